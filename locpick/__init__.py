@@ -1,1 +1,93 @@
-"""locpick."""
+"""locpick: fetch a VM image from the best of its many copies, verified.
+
+```python
+import locpick
+result = locpick.download("IMAGE_ID", "/var/lib/nova/images/IMAGE_ID", metadata="image.json")
+```
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.metadata import PackageNotFoundError, version
+
+from locpick.client import Client, Metadata
+from locpick.config import Config, load_config
+from locpick.errors import (
+    AllLocationsFailed,
+    ChecksumMismatch,
+    DeliveryError,
+    InputError,
+    LocationError,
+    LocpickError,
+)
+from locpick.models import Attempt, Image, Location, Ranking, Result, Score, VerifyReport
+
+try:
+    __version__ = version("locpick")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "AllLocationsFailed",
+    "Attempt",
+    "ChecksumMismatch",
+    "Client",
+    "Config",
+    "DeliveryError",
+    "Image",
+    "InputError",
+    "Location",
+    "LocationError",
+    "LocpickError",
+    "Ranking",
+    "Result",
+    "Score",
+    "VerifyReport",
+    "__version__",
+    "download",
+    "load_config",
+    "rank",
+    "verify",
+]
+
+_ConfigArg = Config | str | os.PathLike[str] | None
+
+
+def download(
+    image_id: str,
+    dest: str | os.PathLike[str],
+    *,
+    metadata: Metadata | None = None,
+    glance_url: str | None = None,
+    config: _ConfigArg = None,
+    allow_unverified: bool = False,
+) -> Result:
+    """Download (or system-copy) an image to ``dest`` from its best location, verified."""
+    with Client(config=config, glance_url=glance_url) as client:
+        return client.download(image_id, dest, metadata=metadata, allow_unverified=allow_unverified)
+
+
+def rank(
+    image_id: str,
+    *,
+    metadata: Metadata | None = None,
+    glance_url: str | None = None,
+    config: _ConfigArg = None,
+) -> Ranking:
+    """Score every location of an image without downloading it."""
+    with Client(config=config, glance_url=glance_url) as client:
+        return client.rank(image_id, metadata=metadata)
+
+
+def verify(
+    image_id: str,
+    *,
+    metadata: Metadata | None = None,
+    glance_url: str | None = None,
+    config: _ConfigArg = None,
+    quick: bool = False,
+) -> VerifyReport:
+    """Check that every replica of an image is reachable and matches its size and hash."""
+    with Client(config=config, glance_url=glance_url) as client:
+        return client.verify(image_id, metadata=metadata, quick=quick)

@@ -1,0 +1,5 @@
+import sys
+
+from locpick.cli import main
+
+sys.exit(main())

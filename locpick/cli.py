@@ -1,0 +1,239 @@
+"""The ``locpick`` command: parse, call the API, print, exit with the contract's code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from locpick.client import Client
+from locpick.errors import LocpickError
+from locpick.models import Ranking, Result, VerifyReport
+from locpick.redact import SCRUB
+
+log = logging.getLogger("locpick")
+
+
+def _source_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("image source (one of)")
+    g.add_argument("--metadata", metavar="FILE", help="Glance-v2-shaped image JSON")
+    g.add_argument("--glance-url", metavar="URL", help="Glance endpoint (else $OS_IMAGE_URL)")
+    g.add_argument("--token", metavar="TOKEN", help="Keystone token (else $OS_AUTH_TOKEN)")
+    p.add_argument("--config", metavar="FILE", help="TOML config (else $LOCPICK_CONFIG)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("--verbose", "-v", action="store_true", help="log what locpick does")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="locpick", description="Fetch a VM image from the best of its many copies."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("download", help="fetch the image to DEST, verified")
+    d.add_argument("image_id", metavar="IMAGE_ID")
+    d.add_argument("dest", metavar="DEST")
+    _source_args(d)
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="accept an image without any hash (size check only)",
+    )
+
+    r = sub.add_parser("rank", help="score every location without downloading")
+    r.add_argument("image_id", metavar="IMAGE_ID")
+    _source_args(r)
+
+    v = sub.add_parser("verify", help="check every replica's size and hash")
+    v.add_argument("image_id", metavar="IMAGE_ID")
+    _source_args(v)
+    v.add_argument("--quick", action="store_true", help="reachability and size only")
+
+    sub.add_parser("demo", help="start a local world of origins and show a ranked download")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "verbose", False):
+        logging.basicConfig(level=logging.INFO, format="locpick: %(message)s", stream=sys.stderr)
+    try:
+        handler = _COMMANDS[args.command]
+        return handler(args)
+    except LocpickError as exc:
+        print(f"locpick: error: {SCRUB(str(exc))}", file=sys.stderr)
+        for attempt in getattr(exc, "attempts", ()):
+            if attempt.outcome != "ok":
+                print(
+                    f"locpick:   {attempt.outcome}: {attempt.url}: {attempt.error}", file=sys.stderr
+                )
+        if getattr(args, "json", False) and getattr(exc, "attempts", None) is not None:
+            _print_json({"error": SCRUB(str(exc)), "attempts": [a.to_json() for a in exc.attempts]})  # type: ignore[attr-defined]
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("locpick: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if getattr(args, "verbose", False):
+            log.exception("internal error")
+        print(f"locpick: internal error: {type(exc).__name__}: {SCRUB(str(exc))}", file=sys.stderr)
+        return 3
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(config=args.config, glance_url=args.glance_url, token=args.token)
+
+
+def _print_json(doc: Any) -> None:
+    print(SCRUB(json.dumps(doc, indent=2)))
+
+
+def _download(args: argparse.Namespace) -> int:
+    show = not args.json and not args.no_progress and sys.stderr.isatty()
+    with _client(args) as client, _progress_bar(show) as progress:
+        result = client.download(
+            args.image_id,
+            args.dest,
+            metadata=args.metadata,
+            allow_unverified=args.allow_unverified,
+            progress=progress,
+        )
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        print(format_result(result))
+    return 0
+
+
+def format_result(result: Result) -> str:
+    rate = result.bytes / result.seconds / 1e6 if result.seconds > 0 else 0.0
+    lines = [
+        f"{result.dest}: {result.bytes} bytes via {result.method} from {result.source_url} "
+        f"in {result.seconds:.2f}s ({rate:.1f} MB/s), verified: {result.verified or 'NO'}",
+    ]
+    for a in result.attempts:
+        if a.outcome != "ok":
+            lines.append(f"  {a.outcome}: {a.url} ({a.error})")
+    return "\n".join(lines)
+
+
+@contextmanager
+def _progress_bar(show: bool) -> Iterator[Callable[[int, int | None], None] | None]:
+    if not show:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("locpick", total=None)
+
+        def update(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _rank(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        ranking = client.rank(args.image_id, metadata=args.metadata)
+    if args.json:
+        _print_json(ranking.to_json())
+    else:
+        print(format_ranking(ranking))
+    return 0
+
+
+def format_ranking(ranking: Ranking) -> str:
+    """A table with the contract's columns, for people."""
+    head = (
+        "rank",
+        "score_s",
+        "usable",
+        "latency_ms",
+        "MB/s",
+        "topology",
+        "shared_fs",
+        "history",
+        "url / why",
+    )
+    rows: list[tuple[str, ...]] = []
+    for s in ranking.scores:
+        r = s.reasons
+        why = r.error or "; ".join(r.notes)
+        rows.append(
+            (
+                str(s.rank),
+                "-" if s.score is None else f"{s.score:.3f}",
+                "yes" if s.usable else "no",
+                "-" if r.latency_ms is None else f"{r.latency_ms:.1f}",
+                "-" if r.throughput_bps is None else f"{r.throughput_bps / 1e6:.1f}",
+                r.topology or "-",
+                r.shared_fs or "-",
+                r.history or "-",
+                f"{s.url}  [{why}]" if why else s.url,
+            )
+        )
+    widths = [
+        max(len(head[i]), *(len(row[i]) for row in rows)) if rows else len(head[i])
+        for i in range(len(head) - 1)
+    ]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=False)) + "  " + head[-1]]
+    for row in rows:
+        lines.append(
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        )
+    return "\n".join(lines)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        report = client.verify(args.image_id, metadata=args.metadata, quick=args.quick)
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print(format_report(report))
+    return 0 if report.ok else 3
+
+
+def format_report(report: VerifyReport) -> str:
+    lines = [f"image {report.image_id}:"]
+    for r in report.locations:
+        lines.append(f"  {r.status:<11} {r.url}" + (f"  ({r.detail})" if r.detail else ""))
+    return "\n".join(lines)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from locpick.demo import run_demo
+
+    return run_demo()
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "download": _download,
+    "rank": _rank,
+    "verify": _verify,
+    "demo": _demo,
+}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""Configuration: one frozen ``Config`` read once at the edge, from TOML, env and arguments.
+
+Every knob that changes a decision lives here with its default and a one-line meaning, so that
+nothing is a magic constant buried in code. See the README's configuration section.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+
+from locpick.errors import ConfigError
+
+__all__ = [
+    "CacheConfig",
+    "Config",
+    "Filesystem",
+    "Hint",
+    "Policy",
+    "ProbeConfig",
+    "ScoringConfig",
+    "SecurityConfig",
+    "TLSConfig",
+    "Topology",
+    "TransferConfig",
+    "load_config",
+]
+
+TOPOLOGY_LEVELS = ("host", "rack", "zone", "region")
+
+
+@attrs.frozen
+class Topology:
+    """Where a node (or a copy) lives; any part may be unknown."""
+
+    region: str | None = None
+    zone: str | None = None
+    rack: str | None = None
+    host: str | None = None
+
+
+@attrs.frozen
+class Filesystem:
+    """A shared filesystem this node mounts (Nova ``image_file_url`` semantics)."""
+
+    id: str
+    mountpoint: str
+    #: A file that must exist at the mount root, so a wrong filesystem at the same path is refused.
+    marker: str | None = None
+    #: Expected filesystem UUID or source device (as in /proc/self/mountinfo), if set.
+    fs_uuid: str | None = None
+    #: Trust the operator: copies from this filesystem may be checked by size alone.
+    trusted: bool = False
+    #: Test-only: accept a plain directory as if it were a mount. Not settable from a file.
+    require_mount: bool = attrs.field(default=True, kw_only=True)
+
+
+@attrs.frozen
+class Hint:
+    """Topology for locations whose metadata says nothing, matched by URL prefix."""
+
+    url_prefix: str
+    region: str | None = None
+    zone: str | None = None
+    rack: str | None = None
+    host: str | None = None
+
+
+@attrs.frozen
+class CacheConfig:
+    dir: str | None = None
+    max_bytes: int | None = None
+    register: bool = False
+    public_url: str | None = None
+
+
+@attrs.frozen
+class ProbeConfig:
+    """How long and how hard locations are measured before a choice is made."""
+
+    #: One overall deadline for the probe phase, seconds.
+    deadline: float = 2.0
+    #: Bytes asked for by the small ranged GET that measures time to first byte.
+    ttfb_bytes: int = 65536
+    #: ICMP echo via ping3 (quietly skipped where raw/unprivileged ICMP is not allowed).
+    icmp: bool = True
+    #: Stop waiting for stragglers once the best TTFB is known: a location slower than
+    #: max(straggler_floor, straggler_factor x best) cannot win.
+    straggler_factor: float = 4.0
+    straggler_floor: float = 0.25
+    #: Throughput probe: minimum and maximum bytes and seconds, stability threshold (CV).
+    throughput_min_bytes: int = 1 << 20
+    throughput_max_bytes: int = 32 << 20
+    throughput_min_seconds: float = 0.15
+    throughput_max_seconds: float = 0.8
+    throughput_cv: float = 0.15
+    #: Probe throughput only for this many best candidates by latency.
+    throughput_top: int = 3
+    #: Images up to this size skip the throughput probe: latency dominates.
+    small_image_bytes: int = 8 << 20
+    #: Seconds a probe result stays valid inside one process.
+    cache_ttl: float = 30.0
+
+
+@attrs.frozen
+class ScoringConfig:
+    """Priors and weights of the expected-time score (seconds; lower is better)."""
+
+    #: Throughput assumed for a location whose throughput was not measured, bytes/s.
+    prior_throughput_bps: float = 50e6
+    #: Throughput assumed for a system copy from a shared filesystem, bytes/s.
+    prior_copy_bps: float = 1.5e9
+    #: Latency assumed when none was measured, seconds.
+    prior_latency: float = 0.05
+    #: A closer topology class wins unless another location is expected to be more than
+    #: this fraction faster (0.2 = 20 % less expected time), per the contract.
+    topology_tolerance: float = 0.2
+    #: Locations within this fraction of the best, in the same topology class, are "equal"
+    #: and one is chosen at random to avoid herding.
+    herd_margin: float = 0.05
+    #: Multiplier on the expected time of a location that failed recently (circuit breaker).
+    failure_penalty: float = 10.0
+    #: Seconds a failed location stays demoted before it is tried normally again.
+    cooldown: float = 300.0
+    #: Seed for the near-equal tie break; None = random per process.
+    seed: int | None = None
+
+
+@attrs.frozen
+class Policy:
+    """Operator pins and bans, applied before scoring and shown in reasons."""
+
+    prefer_schemes: tuple[str, ...] = ()
+    forbid_schemes: tuple[str, ...] = ()
+    prefer_hosts: tuple[str, ...] = ()
+    forbid_hosts: tuple[str, ...] = ()
+    #: Never use Glance's own /v2/images/{id}/file.
+    forbid_glance_file: bool = False
+
+
+@attrs.frozen
+class SecurityConfig:
+    forbid_networks: tuple[str, ...] = ("169.254.0.0/16", "fe80::/10")
+    token_hosts: tuple[str, ...] = ()
+    max_redirects: int = 5
+    max_locations: int = 1000
+    file_mode: int = 0o644
+
+
+@attrs.frozen
+class TLSConfig:
+    ca_file: str | None = None
+    verify: bool = True
+
+
+@attrs.frozen
+class TransferConfig:
+    """Timeouts, retries and stall detection of a transfer."""
+
+    connect_timeout: float = 5.0
+    first_byte_timeout: float = 15.0
+    #: No byte for this long and the transfer is abandoned for the next location.
+    idle_timeout: float = 5.0
+    #: A transfer slower than this (bytes/s) over ``low_speed_window`` seconds is abandoned.
+    low_speed_bps: float = 0.0
+    low_speed_window: float = 5.0
+    #: Retries per location for transient errors; the budget resets on progress.
+    retries: int = 2
+    backoff: float = 0.2
+    backoff_max: float = 5.0
+    #: Switch mid-transfer when another location is this many times faster.
+    switch_factor: float = 1.5
+    max_switches: int = 2
+    #: Read buffer of the data path, bytes.
+    buffer_bytes: int = 4 << 20
+
+
+@attrs.frozen
+class GlanceConfig:
+    prefer_stores: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Config:
+    """Everything locpick can be told; immutable, change it with ``attrs.evolve``."""
+
+    topology: Topology = Topology()
+    filesystems: tuple[Filesystem, ...] = ()
+    cache: CacheConfig = CacheConfig()
+    hints: tuple[Hint, ...] = ()
+    probe: ProbeConfig = ProbeConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    policy: Policy = Policy()
+    security: SecurityConfig = SecurityConfig()
+    tls: TLSConfig = TLSConfig()
+    transfer: TransferConfig = TransferConfig()
+    glance: GlanceConfig = GlanceConfig()
+    #: Persisted per-location history; None = the user's cache dir; "" = disabled.
+    history_file: str | None = None
+    source_path: str | None = None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Config:
+        return load_config(path)
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], data: Any, where: str, *, exclude: tuple[str, ...] = ()) -> T:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config [{where}]: expected a table, got {type(data).__name__}")
+    fields = {f.name: f for f in attrs.fields(cls) if f.name not in exclude}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        f = fields.get(key)
+        if f is None:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"config [{where}]: unknown key {key!r} (known: {known})")
+        kwargs[key] = _coerce(value, f.default, f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"config [{where}]: {exc}") from exc
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"config {where}: expected true/false, got {value!r}")
+        return value
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config {where}: expected an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"config {where}: expected a number, got {value!r}")
+        return float(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"config {where}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    if value is not None and not isinstance(value, str | int | float):
+        raise ConfigError(f"config {where}: unexpected value {value!r}")
+    return value
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "topology": Topology,
+    "cache": CacheConfig,
+    "probe": ProbeConfig,
+    "scoring": ScoringConfig,
+    "policy": Policy,
+    "security": SecurityConfig,
+    "tls": TLSConfig,
+    "transfer": TransferConfig,
+    "glance": GlanceConfig,
+}
+
+
+def config_from_mapping(data: Mapping[str, Any], *, source: str | None = None) -> Config:
+    """Build a Config from parsed TOML, rejecting unknown keys and wrong types."""
+    kwargs: dict[str, Any] = {"source_path": source}
+    for key, value in data.items():
+        if key in _SECTIONS:
+            kwargs[key] = _build(_SECTIONS[key], value, key)
+        elif key == "filesystems":
+            if not isinstance(value, list):
+                raise ConfigError("config [[filesystems]]: expected an array of tables")
+            fss = tuple(
+                _build(Filesystem, v, f"filesystems[{i}]", exclude=("require_mount",))
+                for i, v in enumerate(value)
+            )
+            for fs in fss:
+                if not os.path.isabs(fs.mountpoint):
+                    raise ConfigError(
+                        f"config [[filesystems]] id={fs.id!r}: mountpoint must be absolute"
+                    )
+            kwargs["filesystems"] = fss
+        elif key == "hints":
+            if not isinstance(value, list):
+                raise ConfigError("config [[hints]]: expected an array of tables")
+            kwargs["hints"] = tuple(_build(Hint, v, f"hints[{i}]") for i, v in enumerate(value))
+        elif key == "history_file":
+            if not isinstance(value, str):
+                raise ConfigError("config history_file: expected a path string")
+            kwargs["history_file"] = value
+        else:
+            raise ConfigError(f"config: unknown section or key {key!r}")
+    return Config(**kwargs)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read a TOML config file; any problem is a ConfigError naming the file."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"config {path}: cannot read ({exc.strerror or exc})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path}: not valid TOML ({exc})") from exc
+    try:
+        return config_from_mapping(data, source=str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def resolve_config(config: Config | str | os.PathLike[str] | None) -> Config:
+    """The contract's lookup: explicit config, else $LOCPICK_CONFIG, else the user file."""
+    if isinstance(config, Config):
+        return config
+    if config is not None:
+        return load_config(config)
+    env = os.environ.get("LOCPICK_CONFIG")
+    if env:
+        return load_config(env)
+    user = Path.home() / ".config" / "locpick" / "config.toml"
+    if user.is_file():
+        return load_config(user)
+    return Config()

@@ -1,0 +1,226 @@
+"""Frozen values that flow through locpick: what an image is, where its copies are, and
+what happened when we measured, ranked and fetched them."""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
+
+import attrs
+
+from locpick.redact import redact_url
+
+Outcome = Literal["ok", "failed", "skipped"]
+Method = Literal["download", "copy", "cache"]
+LocationKind = Literal["location", "direct_url", "glance-file", "cache"]
+
+
+def _scheme(url: str) -> str:
+    try:
+        return urllib.parse.urlsplit(url).scheme.lower()
+    except ValueError:
+        return ""
+
+
+@attrs.frozen
+class Location:
+    """One copy of an image: a URL plus the metadata Glance keeps beside it."""
+
+    url: str
+    metadata: Mapping[str, Any] = attrs.field(factory=dict, hash=False, eq=False)
+    #: Where it came from: a Glance location, ``direct_url``, Glance's own ``/file``, a cache.
+    kind: LocationKind = "location"
+
+    @property
+    def scheme(self) -> str:
+        return _scheme(self.url)
+
+    @property
+    def host(self) -> str:
+        try:
+            return urllib.parse.urlsplit(self.url).hostname or ""
+        except ValueError:
+            return ""
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any credentials removed: safe to print, log and store."""
+        return redact_url(self.url)
+
+    def __repr__(self) -> str:
+        return f"Location({self.display_url!r}, kind={self.kind!r})"
+
+
+@attrs.frozen
+class Image:
+    """A Glance image record, reduced to what locpick needs and validated."""
+
+    id: str
+    size: int | None
+    checksum: str | None = None
+    os_hash_algo: str | None = None
+    os_hash_value: str | None = None
+    locations: tuple[Location, ...] = ()
+    status: str = "active"
+    #: Locations in the record that could not even be parsed, with the reason.
+    rejected: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def has_hash(self) -> bool:
+        return bool(self.os_hash_value or self.checksum)
+
+
+@attrs.frozen
+class Probe:
+    """What one measurement of one location found. Times are seconds; ``None`` = not measured."""
+
+    url: str
+    ok: bool
+    ttfb: float | None = None
+    connect: float | None = None
+    icmp: float | None = None
+    icmp_note: str | None = None
+    throughput_bps: float | None = None
+    size: int | None = None
+    error: str | None = None
+    final_url: str | None = None
+
+
+@attrs.frozen
+class Reasons:
+    """Why a location scored as it did; keys follow the public JSON contract."""
+
+    latency_ms: float | None = None
+    throughput_bps: float | None = None
+    topology: str | None = None
+    shared_fs: str | None = None
+    history: str | None = None
+    error: str | None = None
+    #: Extra, human-oriented explanation (priors used, policy, ...).
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 2),
+            "throughput_bps": None if self.throughput_bps is None else round(self.throughput_bps),
+            "topology": self.topology,
+            "shared_fs": self.shared_fs,
+            "history": self.history,
+            "error": self.error,
+        }
+
+
+@attrs.frozen
+class Score:
+    """A ranked location: ``score`` is the expected seconds to deliver the image (lower wins)."""
+
+    location: Location
+    rank: int
+    score: float | None
+    usable: bool
+    reasons: Reasons
+
+    @property
+    def url(self) -> str:
+        return self.location.display_url
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "rank": self.rank,
+            "score": None if self.score is None else round(self.score, 4),
+            "usable": self.usable,
+            "reasons": self.reasons.to_json(),
+        }
+
+
+@attrs.frozen
+class Attempt:
+    """One try at one location during a download."""
+
+    url: str
+    outcome: Outcome
+    error: str | None = None
+    bytes: int = 0
+    note: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"url": self.url, "outcome": self.outcome, "error": self.error, "bytes": self.bytes}
+
+
+@attrs.frozen
+class Result:
+    """A verified image at ``dest``."""
+
+    image_id: str
+    dest: str
+    source_url: str
+    method: Method
+    bytes: int
+    seconds: float
+    verified: str | None
+    attempts: tuple[Attempt, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image_id": self.image_id,
+            "dest": self.dest,
+            "source_url": self.source_url,
+            "method": self.method,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 4),
+            "verified": self.verified,
+            "attempts": [a.to_json() for a in self.attempts],
+        }
+
+
+@attrs.frozen
+class Ranking:
+    """Every location of an image, best first."""
+
+    image: Image
+    scores: tuple[Score, ...]
+
+    @property
+    def usable(self) -> tuple[Score, ...]:
+        return tuple(s for s in self.scores if s.usable)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [s.to_json() for s in self.scores]
+
+    def __iter__(self) -> Iterator[Score]:
+        return iter(self.scores)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+VerifyStatus = Literal["ok", "mismatch", "missing", "unreachable", "unsupported"]
+
+
+@attrs.frozen
+class ReplicaStatus:
+    """One location's verdict in ``verify``."""
+
+    url: str
+    status: VerifyStatus
+    detail: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"url": self.url, "status": self.status, "detail": self.detail}
+
+
+@attrs.frozen
+class VerifyReport:
+    """All replicas of an image checked against its size and hash."""
+
+    image_id: str
+    locations: tuple[ReplicaStatus, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status == "ok" for r in self.locations)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"image_id": self.image_id, "locations": [r.to_json() for r in self.locations]}

@@ -1,0 +1,76 @@
+"""Keep secrets out of everything a person or a program can read: logs, errors, JSON, history."""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+
+_SECRET_QUERY_KEYS = frozenset(
+    {
+        "token",
+        "x-auth-token",
+        "signature",
+        "sig",
+        "x-amz-signature",
+        "x-amz-credential",
+        "x-amz-security-token",
+        "temp_url_sig",
+        "password",
+        "key",
+        "secret",
+        "awsaccesskeyid",
+    }
+)
+REDACTED = "***"
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with userinfo and secret-looking query values replaced by ``***``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return _redact_userinfo_text(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = REDACTED + "@" + netloc.rsplit("@", 1)[1]
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        query = urllib.parse.urlencode(
+            [(k, REDACTED if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs],
+            safe="*,",
+        )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+
+
+def _redact_userinfo_text(text: str) -> str:
+    return _USERINFO.sub(lambda m: m.group("scheme") + REDACTED + "@", text)
+
+
+class Redactor:
+    """Scrubs known secret strings (tokens, passwords, keys) and URL userinfo from text."""
+
+    def __init__(self) -> None:
+        self._secrets: set[str] = set()
+
+    def add(self, *secrets: str | None) -> None:
+        for secret in secrets:
+            if secret and len(secret) >= 4:
+                self._secrets.add(secret)
+                quoted = urllib.parse.quote(secret, safe="")
+                if quoted != secret:
+                    self._secrets.add(quoted)
+
+    def __call__(self, text: str) -> str:
+        text = _redact_userinfo_text(text)
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(secret, REDACTED)
+        return text
+
+
+#: Process-wide scrubber: every secret locpick learns (tokens, passwords) is registered here
+#: so that no message, log record or JSON document can carry it.
+SCRUB = Redactor()

@@ -1,0 +1,104 @@
+"""Check that every replica of an image agrees with its record: reachable, size, hash."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from collections.abc import Sequence
+
+from locpick.errors import (
+    IntegrityError,
+    LocationError,
+    LocationUnreachable,
+    UnsupportedLocation,
+)
+from locpick.hashing import Expected
+from locpick.models import Image, Location, ReplicaStatus, VerifyReport, VerifyStatus
+from locpick.redact import SCRUB
+from locpick.transports import Transports
+
+_CHUNK = 1 << 20
+
+
+def verify_replicas(
+    image: Image,
+    locations: Sequence[Location],
+    transports: Transports,
+    *,
+    quick: bool = False,
+    workers: int = 4,
+) -> VerifyReport:
+    """Check each location concurrently (``workers`` at a time, bounding bandwidth use)."""
+    expected = Expected.for_image(image.os_hash_algo, image.os_hash_value, image.checksum)
+    with cf.ThreadPoolExecutor(
+        max_workers=max(1, workers), thread_name_prefix="locpick-verify"
+    ) as pool:
+        statuses = list(
+            pool.map(lambda loc: _check_one(image, loc, transports, expected, quick), locations)
+        )
+    rejected = tuple(
+        ReplicaStatus(url=url, status="unsupported", detail=reason)
+        for url, reason in image.rejected
+    )
+    return VerifyReport(image_id=image.id, locations=(*statuses, *rejected))
+
+
+def _check_one(
+    image: Image, loc: Location, transports: Transports, expected: Expected, quick: bool
+) -> ReplicaStatus:
+    url = loc.display_url
+    try:
+        transport = transports.for_location(loc)
+    except UnsupportedLocation as exc:
+        return ReplicaStatus(url, "unsupported", _detail(exc))
+    reason = transport.check(loc, image)
+    if reason:
+        status: VerifyStatus = "unsupported"
+        if "not readable" in reason:
+            status = "missing"
+        elif "size mismatch" in reason:
+            status = "mismatch"
+        return ReplicaStatus(url, status, reason)
+    try:
+        stream = transport.open(loc, image, offset=0)
+    except UnsupportedLocation as exc:
+        return ReplicaStatus(url, "unsupported", _detail(exc))
+    except LocationUnreachable as exc:
+        missing = "HTTP 404" in str(exc) or "HTTP 410" in str(exc)
+        return ReplicaStatus(url, "missing" if missing else "unreachable", _detail(exc))
+    except IntegrityError as exc:
+        return ReplicaStatus(url, "mismatch", _detail(exc))
+    except LocationError as exc:
+        return ReplicaStatus(url, "mismatch" if "size" in str(exc) else "unreachable", _detail(exc))
+    try:
+        if stream.total is not None and image.size is not None and stream.total != image.size:
+            return ReplicaStatus(url, "mismatch", f"size {stream.total}, image {image.size}")
+        if quick:
+            return ReplicaStatus(url, "ok", "reachable, size matches (hash not checked: --quick)")
+        hasher = expected.new()
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
+        total = 0
+        while True:
+            n = stream.readinto(view)
+            if n == 0:
+                break
+            total += n
+            if image.size is not None and total > image.size:
+                return ReplicaStatus(url, "mismatch", f"more than {image.size} bytes")
+            if hasher is not None:
+                hasher.update(view[:n])
+    except LocationError as exc:
+        return ReplicaStatus(url, "unreachable", _detail(exc))
+    finally:
+        stream.close()
+    if image.size is not None and total != image.size:
+        return ReplicaStatus(url, "mismatch", f"{total} bytes, image {image.size}")
+    if hasher is not None and hasher.hexdigest() != expected.value:
+        return ReplicaStatus(url, "mismatch", f"{expected.algo} differs from the image record")
+    algo = expected.algo or "size only"
+    return ReplicaStatus(url, "ok", f"{total} bytes, {algo} matches")
+
+
+def _detail(exc: Exception) -> str:
+    text = SCRUB(str(exc))
+    return text.split(": ", 1)[1] if ": " in text else text

@@ -1,0 +1,207 @@
+"""Pure ranking: probes, topology, shared-filesystem and history signals in, explained scores out.
+
+A score is the expected number of seconds to deliver the image from that location:
+``latency + size / throughput``, each term measured where possible and a documented prior
+otherwise (``[scoring]`` in the config). Lower wins. No I/O happens here.
+
+Ordering rules, in this order:
+1. usable before unusable; operator-preferred schemes/hosts before the rest;
+   Glance's own ``/file`` always last among usable ones (last resort);
+2. topology: each class farther away (host < rack < zone < region < unknown) must be expected
+   to be more than ``topology_tolerance`` faster to win (effective time = time x 1/(1-tol)^class);
+3. near-equal locations (within ``herd_margin``) of the same topology class are shuffled with
+   a seeded RNG so that many nodes do not all pick one mirror.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from locpick.config import Config, Hint, Topology
+from locpick.models import Image, Location, Probe, Reasons, Score
+
+#: Topology classes, closest first; the index is the class number used in weights.
+CLASSES = ("same-host", "same-rack", "same-zone", "same-region", "unknown")
+_LEVELS = ("host", "rack", "zone", "region")
+#: Size assumed for expected-time math when the image's size is unknown.
+UNKNOWN_SIZE = 1 << 30
+
+
+@attrs.frozen
+class HistoryInfo:
+    """What earlier runs learned about a location's host (see ``locpick.history``)."""
+
+    ewma_bps: float | None = None
+    successes: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    #: Seconds since the last failure, None if it never failed.
+    failed_ago: float | None = None
+
+    def describe(self, cooldown: float) -> str:
+        parts = [f"{self.successes} ok/{self.failures} failed"]
+        if self.ewma_bps:
+            parts.append(f"ewma {self.ewma_bps / 1e6:.1f} MB/s")
+        if self.failed_ago is not None and self.failed_ago < cooldown:
+            parts.append(f"demoted: failed {self.failed_ago:.0f}s ago ({self.last_error})")
+        return ", ".join(parts)
+
+
+@attrs.frozen
+class Candidate:
+    """Everything known about one location before scoring."""
+
+    location: Location
+    unusable: str | None = None
+    probe: Probe | None = None
+    shared_fs: str | None = None
+    history: HistoryInfo | None = None
+
+
+def location_topology(location: Location, hints: Sequence[Hint]) -> Topology:
+    """The copy's place: its metadata first, else the longest matching ``[[hints]]`` prefix."""
+    meta = location.metadata
+    found = {k: meta.get(k) for k in _LEVELS if isinstance(meta.get(k), str) and meta.get(k)}
+    if found:
+        return Topology(**found)
+    best: Hint | None = None
+    for hint in hints:
+        if location.url.startswith(hint.url_prefix) and (
+            best is None or len(hint.url_prefix) > len(best.url_prefix)
+        ):
+            best = hint
+    if best is None:
+        return Topology()
+    return Topology(region=best.region, zone=best.zone, rack=best.rack, host=best.host)
+
+
+def topology_class(node: Topology, where: Topology) -> int:
+    """0 same host ... 3 same region, 4 unknown/different (index into CLASSES)."""
+    for i, level in enumerate(_LEVELS):
+        mine, theirs = getattr(node, level), getattr(where, level)
+        if mine and theirs and mine == theirs:
+            return i
+    return len(_LEVELS)
+
+
+def _policy_reason(location: Location, config: Config) -> str | None:
+    pol = config.policy
+    if location.scheme in pol.forbid_schemes:
+        return f"scheme {location.scheme!r} forbidden by policy"
+    if location.host and location.host in pol.forbid_hosts:
+        return f"host {location.host!r} forbidden by policy"
+    if location.kind == "glance-file" and pol.forbid_glance_file:
+        return "Glance /file forbidden by policy"
+    return None
+
+
+def _preferred(location: Location, config: Config) -> bool:
+    pol = config.policy
+    return location.scheme in pol.prefer_schemes or (
+        bool(location.host) and location.host in pol.prefer_hosts
+    )
+
+
+def rank(
+    image: Image,
+    candidates: Sequence[Candidate],
+    config: Config,
+    *,
+    rng: random.Random | None = None,
+) -> tuple[Score, ...]:
+    """Score and order every candidate, best first; pure and deterministic for a seeded rng."""
+    sc = config.scoring
+    rng = rng or random.Random(sc.seed)  # noqa: S311 - load spreading, not cryptography
+    size = image.size if image.size is not None else UNKNOWN_SIZE
+    factor = 1.0 / (1.0 - sc.topology_tolerance) if sc.topology_tolerance < 1 else 1e9
+
+    rows: list[tuple[tuple[float, ...], float | None, Candidate, Reasons, int]] = []
+    for cand in candidates:
+        loc, probe = cand.location, cand.probe
+        cls = topology_class(config.topology, location_topology(loc, config.hints))
+        notes: list[str] = []
+        error = cand.unusable or _policy_reason(loc, config)
+        if error is None and probe is not None and not probe.ok:
+            error = probe.error or "probe failed"
+        latency = probe.ttfb if probe is not None and probe.ok else None
+        bps = probe.throughput_bps if probe is not None and probe.ok else None
+        hist = cand.history
+        if error is not None:
+            reasons = Reasons(
+                latency_ms=None if latency is None else latency * 1000,
+                throughput_bps=bps,
+                topology=CLASSES[cls],
+                shared_fs=cand.shared_fs,
+                history=hist.describe(sc.cooldown) if hist else None,
+                error=error,
+            )
+            rows.append(((3.0, 0.0, 0.0), None, cand, reasons, cls))
+            continue
+        if latency is None:
+            latency = sc.prior_latency
+            notes.append(f"latency prior {sc.prior_latency * 1000:.0f} ms")
+        if bps is None and hist is not None and hist.ewma_bps:
+            bps = hist.ewma_bps
+            notes.append("throughput from history")
+        if bps is None:
+            bps = sc.prior_copy_bps if cand.shared_fs else sc.prior_throughput_bps
+            notes.append(f"throughput prior {bps / 1e6:.0f} MB/s")
+        expected = latency + size / bps
+        effective = expected * factor**cls
+        if hist is not None and hist.failed_ago is not None and hist.failed_ago < sc.cooldown:
+            effective *= sc.failure_penalty
+            notes.append(f"recent failure: x{sc.failure_penalty:g}")
+        tier = 1.0 if loc.kind == "glance-file" else (0.0 if _preferred(loc, config) else 0.5)
+        if tier == 0.0:
+            notes.append("preferred by policy")
+        if loc.kind == "glance-file":
+            notes.append("Glance /file: last resort")
+        reasons = Reasons(
+            latency_ms=latency * 1000 if probe is not None and probe.ttfb is not None else None,
+            throughput_bps=probe.throughput_bps if probe is not None else None,
+            topology=f"{CLASSES[cls]} (x{factor**cls:.2f})",
+            shared_fs=cand.shared_fs,
+            history=hist.describe(sc.cooldown) if hist else None,
+            error=None,
+            notes=tuple(notes),
+        )
+        rows.append(((tier, effective, 0.0), expected, cand, reasons, cls))
+
+    rows.sort(key=lambda r: r[0])
+    rows = _spread_near_equal(rows, sc.herd_margin, rng)
+    return tuple(
+        Score(location=c.location, rank=i + 1, score=expected, usable=key[0] < 3.0, reasons=reasons)
+        for i, (key, expected, c, reasons, _cls) in enumerate(rows)
+    )
+
+
+_Row = tuple[tuple[float, ...], float | None, Candidate, Reasons, int]
+
+
+def _spread_near_equal(rows: list[_Row], margin: float, rng: random.Random) -> list[_Row]:
+    """Shuffle the leading group of near-equal, same-tier, same-class usable rows."""
+    if len(rows) < 2 or rows[0][0][0] >= 3.0:
+        return rows
+    tier, best = rows[0][0][0], rows[0][0][1]
+    cls = rows[0][4]
+    n = 0
+    while (
+        n < len(rows)
+        and rows[n][0][0] == tier
+        and rows[n][4] == cls
+        and rows[n][0][1] <= best * (1 + margin)
+    ):
+        n += 1
+    if n < 2:
+        return rows
+    group = rows[:n]
+    rng.shuffle(group)
+    return [*group, *rows[n:]]
+
+
+def describe(score: Score) -> Mapping[str, object]:
+    """A human line's worth of why, used by the CLI table."""
+    return score.reasons.to_json() | {"notes": "; ".join(score.reasons.notes)}

@@ -1,0 +1,238 @@
+"""Where an image's record and locations come from: a Glance-v2-shaped JSON file or dict, or the
+Glance v2 API (which also contributes its own ``/v2/images/{id}/file`` as a last resort)."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from locpick.errors import (
+    AuthError,
+    ImageNotActive,
+    ImageNotFound,
+    LocationUnreachable,
+    MetadataError,
+)
+from locpick.hashing import hex_length, is_hex
+from locpick.models import Image, Location
+from locpick.redact import SCRUB, redact_url
+
+#: Longest location URL accepted; longer ones are rejected as hostile.
+MAX_URL_LENGTH = 8192
+#: Longest string accepted as a location metadata value.
+MAX_META_VALUE = 4096
+#: Largest image size accepted (1 PiB): anything bigger is a malformed record.
+MAX_SIZE = 1 << 50
+
+
+def parse_image(
+    record: Any, image_id: str, *, source: str = "metadata", max_locations: int = 1000
+) -> Image:
+    """Validate a Glance v2 image record and reduce it to an Image.
+
+    Record-level problems raise MetadataError (exit 2); a single unusable location is kept out
+    of ``locations`` and listed in ``rejected`` with its reason instead.
+    """
+    if not isinstance(record, Mapping):
+        raise MetadataError(f"{source}: expected a JSON object, got {type(record).__name__}")
+    rid = record.get("id")
+    if not isinstance(rid, str) or not rid:
+        raise MetadataError(f"{source}: missing or non-string 'id'")
+    if rid != image_id:
+        raise MetadataError(f"{source}: record is for image {rid!r}, not {image_id!r}")
+
+    size = record.get("size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
+        raise MetadataError(f"{source}: 'size' must be an integer, got {size!r}")
+    if size is not None and not 0 <= size <= MAX_SIZE:
+        raise MetadataError(f"{source}: 'size' {size} is out of range")
+
+    checksum = _opt_str(record, "checksum", source)
+    if checksum and not is_hex(checksum, 32):
+        raise MetadataError(f"{source}: 'checksum' is not a 32-digit md5 hex digest")
+    algo = _opt_str(record, "os_hash_algo", source)
+    value = _opt_str(record, "os_hash_value", source)
+    if value and not algo:
+        raise MetadataError(f"{source}: 'os_hash_value' given without 'os_hash_algo'")
+    if algo and value:
+        length = hex_length(algo)
+        if not is_hex(value, length):
+            raise MetadataError(
+                f"{source}: 'os_hash_value' is not a {length}-digit hex {algo} digest"
+            )
+    status = record.get("status", "active")
+    if not isinstance(status, str):
+        raise MetadataError(f"{source}: 'status' must be a string")
+
+    raw_locations = record.get("locations")
+    if raw_locations is None:
+        raw_locations = []
+        direct = record.get("direct_url")
+        if isinstance(direct, str) and direct:
+            raw_locations = [{"url": direct, "metadata": {}, "_kind": "direct_url"}]
+    if not isinstance(raw_locations, list):
+        raise MetadataError(f"{source}: 'locations' must be a list")
+    if len(raw_locations) > max_locations:
+        raise MetadataError(
+            f"{source}: {len(raw_locations)} locations, more than the limit of {max_locations}"
+        )
+
+    locations: list[Location] = []
+    rejected: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_locations):
+        try:
+            loc = _parse_location(raw)
+        except MetadataError as exc:
+            url = raw.get("url") if isinstance(raw, Mapping) else None
+            label = redact_url(url) if isinstance(url, str) else f"locations[{i}]"
+            rejected.append((label[:200], str(exc)))
+            continue
+        if loc.url in seen:
+            continue
+        seen.add(loc.url)
+        locations.append(loc)
+    return Image(
+        id=rid,
+        size=size,
+        checksum=checksum.lower() if checksum else None,
+        os_hash_algo=algo.lower() if algo else None,
+        os_hash_value=value.lower() if value else None,
+        locations=tuple(locations),
+        status=status,
+        rejected=tuple(rejected),
+    )
+
+
+def _opt_str(record: Mapping[str, Any], key: str, source: str) -> str | None:
+    value = record.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise MetadataError(f"{source}: {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _parse_location(raw: Any) -> Location:
+    if not isinstance(raw, Mapping):
+        raise MetadataError("location is not an object")
+    url = raw.get("url")
+    if not isinstance(url, str) or not url:
+        raise MetadataError("location has no 'url' string")
+    if len(url) > MAX_URL_LENGTH:
+        raise MetadataError("URL longer than 8192 characters")
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        raise MetadataError("URL contains whitespace or control characters")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port
+    except ValueError as exc:
+        raise MetadataError(f"unparseable URL ({exc})") from exc
+    if not parts.scheme:
+        raise MetadataError("URL has no scheme")
+    meta = raw.get("metadata") or {}
+    if not isinstance(meta, Mapping):
+        raise MetadataError("location 'metadata' is not an object")
+    clean: dict[str, Any] = {}
+    for k, v in meta.items():
+        if not isinstance(k, str):
+            continue
+        if isinstance(v, str) and len(v) > MAX_META_VALUE:
+            raise MetadataError(f"metadata value {k!r} is longer than {MAX_META_VALUE} characters")
+        clean[k] = v
+    kind = raw.get("_kind", "location")
+    return Location(url=url, metadata=clean, kind=kind)
+
+
+def load_metadata(
+    metadata: str | os.PathLike[str] | Mapping[str, Any],
+    image_id: str,
+    *,
+    max_locations: int = 1000,
+) -> Image:
+    """Read a Glance-v2-shaped record from a JSON file path or an already-loaded dict."""
+    if isinstance(metadata, Mapping):
+        return parse_image(metadata, image_id, max_locations=max_locations)
+    name = os.fspath(metadata)
+    try:
+        with open(name, encoding="utf-8") as fh:
+            record = json.load(fh)
+    except OSError as exc:
+        raise MetadataError(f"metadata {name}: cannot read ({exc.strerror or exc})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MetadataError(f"metadata {name}: not valid JSON ({exc})") from exc
+    return parse_image(record, image_id, source=f"metadata {name}", max_locations=max_locations)
+
+
+def glance_file_location(
+    endpoint: str, image_id: str, prefer_stores: tuple[str, ...] = ()
+) -> Location:
+    """Glance's own ``/v2/images/{id}/file``: always a candidate, always last resort."""
+    url = f"{endpoint.rstrip('/')}/v2/images/{urllib.parse.quote(image_id, safe='')}/file"
+    if prefer_stores:
+        url += "?" + urllib.parse.urlencode({"prefer": ",".join(prefer_stores)})
+    return Location(url=url, metadata={}, kind="glance-file")
+
+
+def fetch_glance_image(
+    client: httpx.Client,
+    endpoint: str,
+    image_id: str,
+    *,
+    token: str | None,
+    max_locations: int = 1000,
+    prefer_stores: tuple[str, ...] = (),
+) -> Image:
+    """``GET {endpoint}/v2/images/{id}`` and parse it; adds the ``/file`` location last."""
+    endpoint = endpoint.rstrip("/")
+    url = f"{endpoint}/v2/images/{urllib.parse.quote(image_id, safe='')}"
+    headers = {"Accept": "application/json"}
+    if token:
+        SCRUB.add(token)
+        headers["X-Auth-Token"] = token
+    shown = redact_url(endpoint)
+    try:
+        resp = client.get(url, headers=headers, follow_redirects=False)
+    except httpx.HTTPError as exc:
+        raise LocationUnreachable(
+            f"glance {shown}: cannot reach the image API ({type(exc).__name__}: {SCRUB(str(exc))})"
+        ) from exc
+    if resp.status_code == 401:
+        raise AuthError(
+            f"glance {shown}: 401 Unauthorized; the token is missing, expired or "
+            "invalid (set --token / OS_AUTH_TOKEN or the OS_* Keystone variables)"
+        )
+    if resp.status_code == 403:
+        raise AuthError(f"glance {shown}: 403 Forbidden for image {image_id}")
+    if resp.status_code == 404:
+        raise ImageNotFound(
+            f"glance {shown}: image {image_id} not found (or not visible to this project)"
+        )
+    if resp.status_code != 200:
+        raise LocationUnreachable(f"glance {shown}: GET image answered HTTP {resp.status_code}")
+    try:
+        record = resp.json()
+    except ValueError as exc:
+        raise MetadataError(f"glance {shown}: image record is not JSON") from exc
+    image = parse_image(record, image_id, source=f"glance {shown}", max_locations=max_locations)
+    if image.status != "active":
+        raise ImageNotActive(
+            f"glance {shown}: image {image_id} is {image.status!r}, not "
+            "'active'; nothing to download yet"
+        )
+    file_loc = glance_file_location(endpoint, image_id, prefer_stores)
+    return Image(
+        id=image.id,
+        size=image.size,
+        checksum=image.checksum,
+        os_hash_algo=image.os_hash_algo,
+        os_hash_value=image.os_hash_value,
+        locations=(*image.locations, file_loc),
+        status=image.status,
+        rejected=image.rejected,
+    )
