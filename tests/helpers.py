@@ -14,8 +14,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def image_record(image_id: str, data: bytes, locations: Iterable[Any], *,
-                 algo: str = "sha512", **extra: Any) -> dict[str, Any]:
+def image_record(
+    image_id: str, data: bytes, locations: Iterable[Any], *, algo: str = "sha512", **extra: Any
+) -> dict[str, Any]:
     """A Glance-v2-shaped record for ``data``; locations are URLs or (url, metadata) pairs."""
     locs = []
     for loc in locations:
@@ -28,7 +29,7 @@ def image_record(image_id: str, data: bytes, locations: Iterable[Any], *,
         "id": image_id,
         "status": "active",
         "size": len(data),
-        "checksum": hashlib.md5(data).hexdigest(),  # noqa: S324 - Glance's legacy checksum
+        "checksum": hashlib.md5(data).hexdigest(),
         "os_hash_algo": algo,
         "os_hash_value": hashlib.new(algo, data).hexdigest(),
         "locations": locs,
@@ -42,8 +43,9 @@ def write_record(path: Path, record: Mapping[str, Any]) -> Path:
     return path
 
 
-def run_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 120,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m locpick ARGS`` from this source tree and capture its output."""
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
@@ -52,7 +54,12 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 1
         full_env.update(env)
     return subprocess.run(
         [sys.executable, "-m", "locpick", *args],
-        capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd, check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=cwd,
+        check=False,
     )
 
 
