@@ -17,7 +17,7 @@ def _isolated_env(
 ) -> Iterator[None]:
     """No test reads the developer's config, OpenStack env or history file."""
     for var in list(os.environ):
-        if var.startswith("OS_") or var.startswith("AWS_"):
+        if var.startswith(("OS_", "AWS_")):
             monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("LOCPICK_CONFIG", str(HERE / "empty-config.toml"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
