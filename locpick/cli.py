@@ -13,7 +13,7 @@ from typing import Any
 from locpick.client import Client
 from locpick.errors import LocpickError
 from locpick.models import Ranking, Result, VerifyReport
-from locpick.redact import SCRUB
+from locpick.redact import SCRUB, RedactingFilter
 
 log = logging.getLogger("locpick")
 
@@ -26,6 +26,11 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config (else $LOCPICK_CONFIG)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--verbose", "-v", action="store_true", help="log what locpick does")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do NOT verify TLS certificates (warns on every use; for test clouds only)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "verbose", False):
         logging.basicConfig(level=logging.INFO, format="locpick: %(message)s", stream=sys.stderr)
+        for h in logging.getLogger().handlers:
+            h.addFilter(RedactingFilter())
     try:
         handler = _COMMANDS[args.command]
         return handler(args)
@@ -87,7 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(config=args.config, glance_url=args.glance_url, token=args.token)
+    return Client(
+        config=args.config,
+        glance_url=args.glance_url,
+        token=args.token,
+        insecure=getattr(args, "insecure", False),
+    )
 
 
 def _print_json(doc: Any) -> None:

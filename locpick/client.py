@@ -8,6 +8,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attrs
 import cachetools
 
 from locpick.config import Config, resolve_config
@@ -15,7 +16,7 @@ from locpick.errors import InputError, UnverifiedImage
 from locpick.fetch import Progress, fetch
 from locpick.models import Image, Location, Probe, Ranking, Result, VerifyReport
 from locpick.probe import probe_all
-from locpick.redact import SCRUB
+from locpick.redact import SCRUB, register_env_secrets
 from locpick.replicas import verify_replicas
 from locpick.score import Candidate, rank
 from locpick.sources import fetch_glance_image, load_metadata
@@ -36,8 +37,18 @@ class Client:
         config: Config | str | os.PathLike[str] | None = None,
         glance_url: str | None = None,
         token: str | None = None,
+        insecure: bool = False,
     ) -> None:
+        register_env_secrets()
+        SCRUB.add(token)
         self.config = resolve_config(config)
+        if insecure:
+            self.config = attrs.evolve(self.config, tls=attrs.evolve(self.config.tls, verify=False))
+        if not self.config.tls.verify:
+            log.warning(
+                "TLS certificate verification is OFF (--insecure / [tls] verify = false): "
+                "any host on the path can impersonate image locations and Glance"
+            )
         if glance_url is None:
             glance_url = os.environ.get("OS_IMAGE_URL") or None
         if token is None:

@@ -143,13 +143,44 @@ class Policy:
     forbid_glance_file: bool = False
 
 
+def _check_networks(_inst: object, _attr: object, value: tuple[str, ...]) -> None:
+    import ipaddress
+
+    for net in value:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                f"config [security] forbid_networks: {net!r} is not a network"
+            ) from exc
+
+
+def _check_range(lo: float, hi: float) -> Any:
+    def check(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+        if not lo <= value <= hi:
+            raise ConfigError(f"config [security] {attr.name}: {value!r} is not in {lo}..{hi}")
+
+    return check
+
+
 @attrs.frozen
 class SecurityConfig:
-    forbid_networks: tuple[str, ...] = ("169.254.0.0/16", "fe80::/10")
+    """Bounds on what hostile metadata and hostile servers can make locpick do."""
+
+    #: Never connect to these networks, directly or through a redirect (cloud metadata services).
+    forbid_networks: tuple[str, ...] = attrs.field(
+        default=("169.254.0.0/16", "fe80::/10"), validator=_check_networks
+    )
     token_hosts: tuple[str, ...] = ()
-    max_redirects: int = 5
-    max_locations: int = 1000
-    file_mode: int = 0o644
+    #: Redirects followed per request (only to http/https, never to a forbidden network).
+    max_redirects: int = attrs.field(default=5, validator=_check_range(0, 20))
+    #: Locations accepted in one image record; more is a malformed record.
+    max_locations: int = attrs.field(default=1000, validator=_check_range(1, 100_000))
+    #: Permission bits of a delivered file (no setuid/setgid/sticky bits).
+    file_mode: int = attrs.field(default=0o644, validator=_check_range(0, 0o777))
+    #: A transfer slower than this (bytes/s) over ``[transfer] low_speed_window`` is abandoned
+    #: even when ``[transfer] low_speed_bps`` is 0: a server dripping bytes cannot hold locpick.
+    min_speed_bps: float = attrs.field(default=1024.0, validator=_check_range(0, 1e12))
 
 
 @attrs.frozen

@@ -25,10 +25,20 @@ class FileStream:
     """A local file read from an offset."""
 
     def __init__(self, path: str, offset: int, final_url: str) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: a FIFO swapped in after check() must not block open(); O_NOFOLLOW: nor
+        # may a symlink. What was opened is checked again on the descriptor itself.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(path, flags)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise UnsupportedLocation(f"{final_url}: not a regular file", url=final_url)
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
         self._file = os.fdopen(fd, "rb", buffering=0)
         self._file.seek(offset)
-        st = os.fstat(fd)
         self.start = offset
         self.total: int | None = st.st_size
         self.final_url = final_url

@@ -51,7 +51,14 @@ class HttpStream:
     """A streaming response body as a ``readinto`` source."""
 
     def __init__(
-        self, response: httpx.Response, *, start: int, total: int | None, final_url: str
+        self,
+        response: httpx.Response,
+        *,
+        start: int,
+        total: int | None,
+        final_url: str,
+        min_bps: float = 0.0,
+        window: float = 5.0,
     ) -> None:
         self._response = response
         self._chunks: Iterator[bytes] = response.iter_raw()
@@ -59,6 +66,29 @@ class HttpStream:
         self.start = start
         self.total = total
         self.final_url = final_url
+        self._min_bps = min_bps
+        self._window = window
+        self._mark_time = time.monotonic()
+        self._mark_bytes = 0
+        self._got = 0
+
+    def _check_speed(self, n: int) -> None:
+        """Abandon a location that delivers less than ``min_bps`` over a whole window."""
+        self._got += n
+        if self._min_bps <= 0:
+            return
+        now = time.monotonic()
+        elapsed = now - self._mark_time
+        if elapsed < self._window:
+            return
+        rate = (self._got - self._mark_bytes) / elapsed
+        if rate < self._min_bps:
+            raise TransferError(
+                f"{self.final_url}: too slow ({rate:.0f} B/s over {elapsed:.1f}s, "
+                f"minimum {self._min_bps:.0f} B/s)",
+                url=self.final_url,
+            )
+        self._mark_time, self._mark_bytes = now, self._got
 
     def readinto(self, buf: memoryview) -> int:
         filled = 0
@@ -69,6 +99,7 @@ class HttpStream:
                     return filled
                 try:
                     self._pending = memoryview(next(self._chunks))
+                    self._check_speed(len(self._pending))
                 except StopIteration:
                     return filled
                 except httpx.TimeoutException as exc:
@@ -252,7 +283,7 @@ class HttpTransport:
                         url=final,
                         permanent=True,
                     )
-                return HttpStream(response, start=offset, total=total, final_url=final)
+                return self._stream(response, start=offset, total=total, final_url=final)
             if status == 200:
                 total = _content_length(response)
                 if image.size is not None and total is not None and total != image.size:
@@ -261,13 +292,27 @@ class HttpTransport:
                         url=final,
                         permanent=True,
                     )
-                return HttpStream(response, start=0, total=total, final_url=final)
+                return self._stream(response, start=0, total=total, final_url=final)
             if status == 416 and image.size is not None and offset >= image.size:
                 raise TransferError(f"{final}: HTTP 416 at offset {offset}", url=final)
             raise _status_error(final, status, response.headers.get("retry-after"))
         except BaseException:
             response.close()
             raise
+
+    def _stream(
+        self, response: httpx.Response, *, start: int, total: int | None, final_url: str
+    ) -> HttpStream:
+        t = self.ctx.config.transfer
+        floor = max(t.low_speed_bps, self.ctx.config.security.min_speed_bps)
+        return HttpStream(
+            response,
+            start=start,
+            total=total,
+            final_url=final_url,
+            min_bps=floor,
+            window=t.low_speed_window,
+        )
 
     def close(self) -> None:
         """The HTTP pool belongs to the Context."""
