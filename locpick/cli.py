@@ -78,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for attempt in getattr(exc, "attempts", ()):
             if attempt.outcome != "ok":
                 print(
-                    f"locpick:   {attempt.outcome}: {attempt.url}: {attempt.error}", file=sys.stderr
+                    SCRUB(f"locpick:   {attempt.outcome}: {attempt.url}: {attempt.error}"),
+                    file=sys.stderr,
                 )
         if getattr(args, "json", False) and getattr(exc, "attempts", None) is not None:
             _print_json({"error": SCRUB(str(exc)), "attempts": [a.to_json() for a in exc.attempts]})  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ from locpick.replicas import verify_replicas
 from locpick.score import Candidate, rank
 from locpick.sources import fetch_glance_image, load_metadata
 from locpick.transports import Context, Transports
+from locpick.transports.base import tls_verify
 from locpick.transports.file import FileTransport
 
 log = logging.getLogger("locpick")
@@ -44,6 +45,7 @@ class Client:
         self.config = resolve_config(config)
         if insecure:
             self.config = attrs.evolve(self.config, tls=attrs.evolve(self.config.tls, verify=False))
+        tls_verify(self.config)  # a bad [tls] ca_file is a config error now, not per location
         if not self.config.tls.verify:
             log.warning(
                 "TLS certificate verification is OFF (--insecure / [tls] verify = false): "

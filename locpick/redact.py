@@ -32,7 +32,7 @@ def redact_url(url: str) -> str:
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
-        return _redact_userinfo_text(url)
+        return SCRUB(url)
     netloc = parts.netloc
     if "@" in netloc:
         netloc = REDACTED + "@" + netloc.rsplit("@", 1)[1]
@@ -43,7 +43,7 @@ def redact_url(url: str) -> str:
             [(k, REDACTED if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs],
             safe="*,",
         )
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return SCRUB(urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)))
 
 
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")

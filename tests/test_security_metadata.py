@@ -24,7 +24,9 @@ DATA = b"hostile" * 100
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -61,7 +63,9 @@ def hostile_records(draw: st.DrawFn) -> Any:
         st.lists(
             st.fixed_dictionaries(
                 {"url": safe_urls | json_values},
-                optional={"metadata": st.dictionaries(st.text(max_size=12), json_values, max_size=5)},
+                optional={
+                    "metadata": st.dictionaries(st.text(max_size=12), json_values, max_size=5)
+                },
             )
             | json_values,
             max_size=4,
@@ -111,7 +115,9 @@ def test_url_handling_never_crashes(url: str) -> None:
     assert reason is None or isinstance(reason, str)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(record=hostile_records(), command=st.sampled_from(["rank", "verify", "download"]))
 def test_cli_fuzz_exit_codes(
     record: Any, command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -160,7 +166,7 @@ def test_deeply_nested_json_is_bad_input(tmp_path: Path) -> None:
     """A record nested 100000 deep is refused as bad JSON, not a RecursionError."""
     path = tmp_path / "deep.json"
     path.write_text("[" * 100_000 + "]" * 100_000)
-    with pytest.raises(MetadataError, match="nested too deeply|not valid JSON"):
+    with pytest.raises(MetadataError, match="nested too deeply"):
         load_metadata(path, "img")
 
 
