@@ -141,3 +141,11 @@ class TLSOrigin:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+def dripping_headers(server: RawServer, conn: socket.socket) -> None:
+    """A status line, then one header byte every 0.2 s: no read ever times out."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+    while not server.stop_event.wait(0.2):
+        conn.sendall(b"a")
+        server.count(1)

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 import trustme
-from fixtures_security import RawServer, TLSOrigin, endless_body, endless_headers
+from fixtures_security import (
+    RawServer,
+    TLSOrigin,
+    dripping_headers,
+    endless_body,
+    endless_headers,
+)
 from helpers import image_record, run_cli, temp_leftovers, write_record
 from origin import Origin
 
@@ -330,3 +336,31 @@ def test_probe_read_is_bounded() -> None:
     ctx.close()
     assert probe.ok
     assert sent < len(big)  # the connection was closed early, not drained
+
+
+def test_dripping_headers_bounded_by_first_byte_timeout(tmp_path: Path) -> None:
+    """Headers dripped a byte at a time (per-read timeouts never fire) cannot hold a probe or a
+    download past [probe] deadline / [transfer] first_byte_timeout; the process exits."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[transfer]\nfirst_byte_timeout = 2.0\n[probe]\ndeadline = 1.0\n")
+    config = Config(transfer=TransferConfig(first_byte_timeout=2.0))
+    with RawServer(dripping_headers) as srv:
+        ctx = Context(config)
+        t0 = time.monotonic()
+        with pytest.raises(LocationUnreachable, match="no complete response headers within 2s"):
+            HttpTransport(ctx).open(Location(url=srv.url), Image(id="img", size=10), offset=0)
+        assert time.monotonic() - t0 < 30
+        ctx.close()
+        t0 = time.monotonic()
+        r = run_cli(
+            "rank",
+            "img",
+            "--metadata",
+            str(write_record(tmp_path / "m.json", image_record("img", DATA, [srv.url]))),
+            "--config",
+            str(cfg),
+        )
+        elapsed = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    assert "probe deadline" in r.stdout or "no complete response headers" in r.stdout
+    assert elapsed < 30  # without the deadline the probe thread would keep the process alive

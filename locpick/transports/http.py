@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -45,6 +47,51 @@ def _parse_retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+class _HeaderDeadline:
+    """Bounds the wait for response headers on a new connection, whatever the server drips.
+
+    httpx's timeouts are per read, so a server sending one header byte per second never trips
+    them. The request's ``trace`` extension hands over the socket right after connecting; when
+    the deadline passes first, the socket is shut down and the pending read fails at once.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.fired = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def trace(self, name: str, info: dict[str, object]) -> None:
+        if name not in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            return
+        stream = info.get("return_value")
+        get = getattr(stream, "get_extra_info", None)
+        sock = get("socket") if get is not None else None
+        with self._lock:
+            if self._sock is None and isinstance(sock, socket.socket):
+                self._sock = sock
+                if self.fired:
+                    self._shutdown()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> _HeaderDeadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
 
 
 class HttpStream:
@@ -182,19 +229,28 @@ class HttpTransport:
             if reason:
                 raise UnsupportedLocation(f"{redact_url(url)}: refused, {reason}", url=shown)
             req_headers = {**headers, **self._headers_for(location, url)}
+            limit = timeout or self.ctx.config.transfer.first_byte_timeout
+            deadline = _HeaderDeadline(limit)
             try:
                 request = self.ctx.http.build_request(
                     "GET",
                     url,
                     headers=req_headers,
                     timeout=httpx.Timeout(timeout) if timeout else httpx.USE_CLIENT_DEFAULT,
+                    extensions={"trace": deadline.trace},
                 )
-                response = self.ctx.http.send(request, stream=True)
+                with deadline:
+                    response = self.ctx.http.send(request, stream=True)
             except httpx.TimeoutException as exc:
                 raise LocationUnreachable(
                     f"{redact_url(url)}: timed out ({type(exc).__name__})", url=shown
                 ) from exc
             except httpx.HTTPError as exc:
+                if deadline.fired:
+                    raise LocationUnreachable(
+                        f"{redact_url(url)}: no complete response headers within {limit:g}s",
+                        url=shown,
+                    ) from exc
                 raise LocationUnreachable(
                     f"{redact_url(url)}: {type(exc).__name__}: {SCRUB(str(exc)) or 'failed'}",
                     url=shown,
