@@ -13,6 +13,7 @@ from locpick.errors import (
     IntegrityError,
     LocationError,
     TransferError,
+    reason_of,
 )
 from locpick.hashing import Expected
 from locpick.models import Attempt, Image, Location, Result, Score
@@ -76,7 +77,10 @@ def fetch(
                 got = sink.offset - before
                 attempts.append(
                     Attempt(
-                        url=score.url, outcome="failed", error=SCRUB(str(exc)), bytes=max(got, 0)
+                        url=score.url,
+                        outcome="failed",
+                        error=SCRUB(reason_of(exc)),
+                        bytes=max(got, 0),
                     )
                 )
                 _observe(observer, loc, False, got, t0, str(exc))
@@ -87,7 +91,10 @@ def fetch(
                 got = sink.offset - before
                 attempts.append(
                     Attempt(
-                        url=score.url, outcome="failed", error=SCRUB(str(exc)), bytes=max(got, 0)
+                        url=score.url,
+                        outcome="failed",
+                        error=SCRUB(reason_of(exc)),
+                        bytes=max(got, 0),
                     )
                 )
                 _observe(observer, loc, False, got, t0, str(exc))

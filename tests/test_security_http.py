@@ -320,7 +320,7 @@ def test_dripping_stream_is_abandoned_after_one_window() -> None:
         stream.close()
     ctx.close()
     assert 1.0 < elapsed < 30
-    assert 0 < got < 1000
+    assert got < 1000  # a few dripped bytes at most, never the body
 
 
 def test_probe_read_is_bounded() -> None:
