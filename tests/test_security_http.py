@@ -128,7 +128,9 @@ def test_token_only_to_glance_and_never_printed(tmp_path: Path) -> None:
     for h in store_headers + hop_headers:
         assert "X-Auth-Token" not in h and TOKEN not in json.dumps(h)
     assert TOKEN not in r.stdout + r.stderr
-    for path in tmp_path.rglob("*"):
+    # Every file locpick may have written: beside dest, and its cache dir (history lives there).
+    written = [*tmp_path.rglob("*"), *Path(os.environ["XDG_CACHE_HOME"]).rglob("*")]
+    for path in written:
         if path.is_file() and path != dest:
             assert TOKEN.encode() not in path.read_bytes()
 
