@@ -83,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         if getattr(args, "json", False) and getattr(exc, "attempts", None) is not None:
             _print_json({"error": SCRUB(str(exc)), "attempts": [a.to_json() for a in exc.attempts]})  # type: ignore[attr-defined]
-        return exc.exit_code
+        # Only the contract's codes: a LocationError reaching here (e.g. Glance unreachable)
+        # means nothing could be delivered.
+        return exc.exit_code if exc.exit_code in (2, 3) else 3
     except KeyboardInterrupt:
         print("locpick: interrupted", file=sys.stderr)
         return 130

@@ -366,3 +366,29 @@ def test_dripping_headers_bounded_by_first_byte_timeout(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "probe deadline" in r.stdout or "no complete response headers" in r.stdout
     assert elapsed < 30  # without the deadline the probe thread would keep the process alive
+
+
+@pytest.mark.parametrize(
+    ("target", "needle"),
+    [
+        ("", "more than 5 redirects"),  # a redirect to itself
+        ("///etc/passwd", "more than 5 redirects"),  # same origin (which redirects again)
+        ("http://[::1", "malformed URL"),
+        ("http://127.0.0.1:99999/x", "malformed URL"),
+        ("/caf\u00e9 au lait", "malformed URL"),
+        ("javascript:alert(1)", "refused redirect to a javascript URL"),
+        ("file:/etc/passwd", "refused redirect to a file URL"),
+        ("//169.254.169.254/latest", "forbidden network"),
+        ("HTTP://169.254.169.254/", "forbidden network"),
+    ],
+)
+def test_hostile_redirect_targets_refused_in_process(target: str, needle: str) -> None:
+    """Whatever a Location header says, open() fails with a LocationError naming why."""
+    ctx = Context(Config())
+    try:
+        with Origin(DATA) as o:
+            o.faults.redirect_to = target
+            with pytest.raises(LocpickError, match=needle):
+                HttpTransport(ctx).open(Location(url=o.url), Image(id="img", size=1), offset=0)
+    finally:
+        ctx.close()

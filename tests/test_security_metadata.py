@@ -235,3 +235,12 @@ def test_bad_security_config_is_exit_2(tmp_path: Path, toml: str, needle: str) -
     r = run_cli("rank", "img", "--metadata", str(meta), "--config", str(cfg))
     assert r.returncode == 2, r.stderr
     assert needle in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unreachable_glance_is_a_contract_exit_code() -> None:
+    """A Glance endpoint that cannot be reached ends with exit 3 and one line, never 1."""
+    r = run_cli("rank", "img", "--glance-url", "http://127.0.0.1:1", "--token", "tok-abcdef-123")
+    assert r.returncode == 3, r.stderr
+    assert r.stderr.startswith("locpick: error: glance http://127.0.0.1:1")
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "tok-abcdef-123" not in r.stderr

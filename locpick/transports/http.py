@@ -337,16 +337,28 @@ class HttpTransport:
             if status not in _REDIRECTS:
                 return reply, redact_url(url)
             close(reply)
-            nxt = urllib.parse.urljoin(url, target or "")
-            scheme = urllib.parse.urlsplit(nxt).scheme.lower()
-            if scheme not in self.schemes:
-                raise UnsupportedLocation(
-                    f"{shown}: refused redirect to a {scheme or 'schemeless'} URL", url=shown
-                )
-            url = nxt
+            url = self._redirect_target(url, target or "", shown)
         raise UnsupportedLocation(
             f"{shown}: more than {self.ctx.config.security.max_redirects} redirects", url=shown
         )
+
+    def _redirect_target(self, url: str, target: str, shown: str) -> str:
+        """The absolute URL a redirect points to, or UnsupportedLocation when it is not a
+        well-formed http(s) URL with a host (the server's Location header is hostile input)."""
+        try:
+            nxt = urllib.parse.urljoin(url, target)
+            parts = urllib.parse.urlsplit(nxt)
+            host, _port = parts.hostname, parts.port
+        except ValueError:
+            host, nxt, parts = None, "", urllib.parse.urlsplit("")
+        scheme = parts.scheme.lower()
+        if nxt and scheme not in self.schemes:
+            raise UnsupportedLocation(
+                f"{shown}: refused redirect to a {scheme or 'schemeless'} URL", url=shown
+            )
+        if not host or not nxt.isascii() or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in nxt):
+            raise UnsupportedLocation(f"{shown}: refused redirect to a malformed URL", url=shown)
+        return nxt
 
     def _get(
         self, location: Location, headers: dict[str, str], *, timeout: float | None = None
