@@ -234,7 +234,23 @@ class FsspecTransport:
         if missing is not None:
             return f"unsupported scheme {scheme!r}, needs {missing}"
         if scheme in S3_SCHEMES:
-            return self._s3_reason(location)
+            reason = self._s3_reason(location)
+            if reason is None:
+                reason = self._connect(location)
+            return reason
+        return None
+
+    def _connect(self, location: Location) -> str | None:
+        """Set up the S3 client now (credentials, profile; local work with env credentials), so
+        that the probe phase times the store rather than our own start-up."""
+        shown = location.display_url
+        try:
+            fs, _path = self._filesystem(location)
+            connect = getattr(fs, "connect", None)
+            if connect is not None:
+                connect()
+        except Exception as exc:  # any filesystem error, converted at this boundary
+            return str(convert(exc, shown)).removeprefix(f"{shown}: ")
         return None
 
     def probe(self, location: Location, image: Image, *, timeout: float) -> Probe:
@@ -247,10 +263,12 @@ class FsspecTransport:
             n = min(n, image.size)
         try:
             fs, path = self._filesystem(location)
+            # info() first: it also sets up the client (credentials, connection), so the
+            # timed ranged read below measures the store, not our own start-up.
+            size = _size(fs.info(path))
             t0 = time.monotonic()
             got = len(fs.cat_file(path, start=0, end=n)) if n > 0 else 0
             ttfb = time.monotonic() - t0
-            size = _size(fs.info(path))
         except Exception as exc:  # noqa: BLE001 - any filesystem error, converted at this boundary
             err = convert(exc, shown)
             return Probe(url=shown, ok=False, error=str(err).removeprefix(f"{shown}: "))
