@@ -10,10 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 BUCKET = "images"
 REGION = "us-east-1"
@@ -88,22 +85,3 @@ class MotoS3:
     def stop(self) -> None:
         self.server.stop()
         self._settings.INITIAL_NO_AUTH_ACTION_COUNT = self._old_count
-
-
-@pytest.fixture(scope="module")
-def moto_s3() -> Iterator[MotoS3]:
-    server = MotoS3()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def aws_env(moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch) -> MotoS3:
-    """Point the standard AWS environment of this process at the moto server."""
-    for name, value in moto_s3.env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-    return moto_s3

@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fixtures_s3 import REGION, MotoS3, aws_env, moto_s3  # noqa: F401 - fixtures
+from fixtures_s3 import REGION, MotoS3
 from helpers import image_record, run_cli, temp_leftovers, write_record
 
 import locpick
@@ -28,6 +29,25 @@ GLANCE_ONLY = [
     "cinder://volume-id",
     "vsphere://vc.example/folder/image?dcPath=dc&dsName=ds",
 ]
+
+
+@pytest.fixture(scope="module")
+def moto_s3() -> Iterator[MotoS3]:
+    server = MotoS3()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def aws_env(moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch) -> MotoS3:
+    """Point the standard AWS environment of this process at the moto server."""
+    for name, value in moto_s3.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    return moto_s3
 
 
 def _rank(args: list[str], env: dict[str, str]) -> dict[str, dict[str, object]]:

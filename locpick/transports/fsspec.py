@@ -249,7 +249,7 @@ class FsspecTransport:
             connect = getattr(fs, "connect", None)
             if connect is not None:
                 connect()
-        except Exception as exc:  # any filesystem error, converted at this boundary
+        except Exception as exc:  # noqa: BLE001 - any filesystem error becomes the reason
             return str(convert(exc, shown)).removeprefix(f"{shown}: ")
         return None
 
