@@ -15,6 +15,7 @@ order: the location's metadata ``endpoint_url`` (unless ``[s3] location_endpoint
 from __future__ import annotations
 
 import contextlib
+import inspect
 import ipaddress
 import os
 import threading
@@ -139,6 +140,51 @@ class FsspecStream:
         # closing a read-only remote file cannot lose data
         with contextlib.suppress(Exception):
             self._file.close()
+
+
+class S3Stream:
+    """One streaming GET (``Range: bytes=N-``) through s3fs's own client, read on its loop.
+
+    fsspec's buffered files issue one ranged request per read; a single streamed response
+    avoids that per-request cost (it dominates on slow servers such as moto).
+    """
+
+    def __init__(self, fs: Any, body: Any, *, start: int, total: int | None, final_url: str):
+        self._fs = fs
+        self._body = body
+        self.start = start
+        self.total = total
+        self.final_url = final_url
+
+    async def _fill(self, buf: memoryview) -> int:
+        filled = 0
+        while filled < len(buf):
+            chunk = await self._body.read(len(buf) - filled)
+            if not chunk:
+                break
+            buf[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+        return filled
+
+    def readinto(self, buf: memoryview) -> int:
+        from fsspec.asyn import sync
+
+        try:
+            return int(sync(self._fs.loop, self._fill, buf))
+        except Exception as exc:  # any client error, converted at this boundary
+            raise convert(exc, self.final_url, midway=True) from exc
+
+    def close(self) -> None:
+        from fsspec.asyn import sync
+
+        async def _close() -> None:
+            result = getattr(self._body, "aclose", self._body.close)()
+            if inspect.isawaitable(result):
+                await result
+
+        # closing a read-only response cannot lose data
+        with contextlib.suppress(Exception):
+            sync(self._fs.loop, _close)
 
 
 class FsspecTransport:
@@ -285,11 +331,13 @@ class FsspecTransport:
             return Probe(url=shown, ok=False, ttfb=ttfb, error=f"short read: {got} of {n} bytes")
         return Probe(url=shown, ok=True, ttfb=ttfb, size=size, final_url=shown)
 
-    def open(self, location: Location, image: Image, *, offset: int) -> FsspecStream:
+    def open(self, location: Location, image: Image, *, offset: int) -> FsspecStream | S3Stream:
         shown = location.display_url
         reason = self.check(location, image)
         if reason:
             raise UnsupportedLocation(f"{shown}: {reason}", url=shown)
+        if location.scheme in S3_SCHEMES:
+            return self._open_s3(location, image, offset)
         block = self.ctx.config.transfer.buffer_bytes
         try:
             fs, path = self._filesystem(location)
@@ -317,9 +365,46 @@ class FsspecTransport:
             raise convert(exc, shown) from exc
         return FsspecStream(file, start=offset, total=total, final_url=shown)
 
+    def _open_s3(self, location: Location, image: Image, offset: int) -> S3Stream:
+        from fsspec.asyn import sync
+
+        shown = location.display_url
+        try:
+            fs, path = self._filesystem(location)
+            bucket, key, version = fs.split_path(path)
+            kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+            if version:
+                kwargs["VersionId"] = version
+            if offset:
+                kwargs["Range"] = f"bytes={offset}-"
+            response = sync(fs.loop, fs._call_s3, "get_object", **kwargs)
+        except Exception as exc:  # any client error, converted at this boundary
+            raise convert(exc, shown) from exc
+        stream = S3Stream(fs, response["Body"], start=offset, total=None, final_url=shown)
+        total = _content_range_total(response.get("ContentRange"))
+        if total is None and not offset:
+            total = _size({"size": response.get("ContentLength")})
+        if image.size is not None and total is not None and total != image.size:
+            stream.close()
+            raise TransferError(
+                f"{shown}: size {total} differs from the image's {image.size}",
+                url=shown,
+                permanent=True,
+            )
+        stream.total = total
+        return stream
+
     def close(self) -> None:
         with self._lock:
             self._filesystems.clear()
+
+
+def _content_range_total(value: Any) -> int | None:
+    """``bytes a-b/total`` -> total."""
+    if not isinstance(value, str) or "/" not in value:
+        return None
+    tail = value.rsplit("/", 1)[1].strip()
+    return int(tail) if tail.isdigit() else None
 
 
 def _size(info: Any) -> int | None:
