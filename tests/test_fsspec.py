@@ -167,6 +167,7 @@ def test_wrong_credentials_unusable_and_never_shown(
         assert wrong not in text
         assert moto_s3.secret not in text
         assert "AKIANOTAREALKEY12345" not in text
+        assert moto_s3.key_id not in text
 
 
 def test_glance_only_schemes_listed_unsupported(moto_s3: MotoS3, tmp_path: Path) -> None:
