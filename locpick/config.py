@@ -191,8 +191,10 @@ class S3Config:
     region: str | None = None
     #: Named AWS profile; None = $AWS_PROFILE / default.
     profile: str | None = None
-    #: Honour a location's own metadata ``endpoint_url`` (it then wins over the above).
-    location_endpoint: bool = True
+    #: Honour a location's own metadata ``endpoint_url`` (it then wins over the above). Off by
+    #: default: image locations may be tenant-controlled (OSSN-0065), and signed requests
+    #: should not be steered to a host the operator did not choose.
+    location_endpoint: bool = False
 
 
 @attrs.frozen

@@ -232,7 +232,8 @@ def test_endpoint_from_config_and_from_location_metadata(
     assert result.source_url == url
     assert (tmp_path / "a").read_bytes() == DATA
     rec = image_record("img", DATA, [(url, {"endpoint_url": moto_s3.endpoint})])
-    result = locpick.download("img", tmp_path / "b", metadata=rec, config=CFG)
+    by_meta = Config(probe=CFG.probe, s3=S3Config(location_endpoint=True))
+    result = locpick.download("img", tmp_path / "b", metadata=rec, config=by_meta)
     assert (tmp_path / "b").read_bytes() == DATA
     no_meta = Config(
         probe=CFG.probe, s3=S3Config(location_endpoint=False, endpoint_url="http://127.0.0.1:9")
@@ -272,7 +273,7 @@ def test_malformed_s3_urls_refused_without_io(url: str, reason: str) -> None:
 
 def test_forbidden_endpoint_network_refused() -> None:
     """A metadata endpoint in a forbidden network (link-local) is refused by check()."""
-    transport = FsspecTransport(Context(Config()))
+    transport = FsspecTransport(Context(Config(s3=S3Config(location_endpoint=True))))
     loc = Location("s3://b/k", metadata={"endpoint_url": "http://169.254.169.254/"})
     assert "forbidden network" in (transport.check(loc, Image(id="i", size=1)) or "")
 
