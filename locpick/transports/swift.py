@@ -432,12 +432,15 @@ class SwiftTransport:
         for attempt in (0, 1):
             inner, _note = self._object(location, target, refresh=attempt > 0)
             try:
-                return self._http.open(inner, image, offset=offset)
+                stream = self._http.open(inner, image, offset=offset)
             except LocationError as exc:
                 status = getattr(exc, "status", None)
                 if status == 401 and attempt == 0 and target.form != "multi":
                     continue
                 raise _rewrap(exc, location, target) from exc
+            # Name the Swift location (not its storage URL) in results and mid-transfer errors.
+            stream.final_url = location.display_url
+            return stream
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
