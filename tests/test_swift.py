@@ -334,3 +334,39 @@ def test_config_swift_refs_parse_and_hide_key(tmp_path: Path) -> None:
     assert "s3cr3tkey" not in repr(cfg)
     with pytest.raises(locpick.errors.ConfigError, match=r"swift\.refs\.b"):
         locpick.config.load_config(_config(tmp_path, '[swift.refs.b]\nauth_url = "x"\n'))
+
+
+@pytest.mark.parametrize(
+    ("url", "form", "auth_or_object"),
+    [
+        ("swift://a%3Au:k3y!@keystone:5000/v3/c/o", "single", "https://keystone:5000/v3"),
+        ("swift+http://a%3Au:k%40y@h/auth/v1.0/c/o", "single", "http://h/auth/v1.0"),
+        ("swift+https://h:8080/v1/AUTH_p/c/o", "multi", "https://h:8080/v1/AUTH_p/c/o"),
+        ("swift+config://ref1/c/o", "config", None),
+    ],
+)
+def test_parse_forms(url: str, form: str, auth_or_object: str | None) -> None:
+    from locpick.transports.swift import parse_swift_location
+
+    target = parse_swift_location(Location(url))
+    assert (target.form, target.container, target.obj) == (form, "c", "o")
+    assert auth_or_object in (target.auth_url, target.object_url)
+    if form == "single":
+        assert target.user == "a:u"
+        assert target.key is not None and target.key not in repr(target)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("swift+http://h/onlyone", "needs a host, a container and an object"),
+        ("swift+http://nocolon@h/auth/v1.0/c/o", "ACCOUNT%3AUSER:KEY"),
+        ("swift+config://ref/extra/c/o", "swift+config://REF/CONTAINER/OBJECT"),
+    ],
+)
+def test_malformed_is_unusable_with_reason(url: str, reason: str) -> None:
+    from locpick.transports.base import Context
+
+    image = locpick.models.Image(id="x", size=1, locations=(Location(url),))
+    got = SwiftTransport(Context(Config())).check(Location(url), image)
+    assert got is not None and reason in got

@@ -179,11 +179,14 @@ class SwiftTransport:
         self._http = _ObjectHttp(ctx)
         self._lock = threading.Lock()
         self._auth_lock = threading.Lock()
+        self._catalog_lock = threading.Lock()
+        #: One lock per credential, so a slow auth endpoint does not hold up the others.
+        self._key_locks: dict[tuple[str, str, str, str], threading.Lock] = {}
         self._tokens: cachetools.TLRUCache[tuple[str, str, str, str], _Auth] = cachetools.TLRUCache(
             maxsize=256, ttu=_expiry, timer=time.monotonic
         )
-        self._catalogs: cachetools.TTLCache[str, frozenset[tuple[str, int | None]]] = (
-            cachetools.TTLCache(maxsize=16, ttl=300.0)
+        self._catalogs: cachetools.TTLCache[str, frozenset[tuple[str, int]]] = cachetools.TTLCache(
+            maxsize=16, ttl=300.0
         )
         #: How many times each cache key was authenticated (tests, diagnostics).
         self.auth_count: dict[tuple[str, str, str, str], int] = {}
@@ -229,22 +232,30 @@ class SwiftTransport:
         # A different key for the same user is a different credential: never reuse its token.
         return (target.auth_url or "", user, project, digest)
 
-    def _auth(self, location: Location, target: SwiftTarget, *, refresh: bool) -> _Auth:
+    def _auth(
+        self, location: Location, target: SwiftTarget, *, refresh: bool, timeout: float | None
+    ) -> _Auth:
         key = self._cache_key(target)
         with self._auth_lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
             if refresh:
                 self._tokens.pop(key, None)
-            else:
+        with key_lock:
+            with self._auth_lock:
                 hit = self._tokens.get(key)
-                if hit is not None:
-                    return hit
-            auth = self._v1(location, target) if target.v1 else self._keystone(location, target)
+            if hit is not None:
+                return hit
+            if target.v1:
+                auth = self._v1(location, target, timeout)
+            else:
+                auth = self._keystone(location, target, timeout)
             SCRUB.add(auth.token)
-            self._tokens[key] = auth
-            self.auth_count[key] = self.auth_count.get(key, 0) + 1
+            with self._auth_lock:
+                self._tokens[key] = auth
+                self.auth_count[key] = self.auth_count.get(key, 0) + 1
             return auth
 
-    def _v1(self, location: Location, target: SwiftTarget) -> _Auth:
+    def _v1(self, location: Location, target: SwiftTarget, timeout: float | None) -> _Auth:
         shown = location.display_url
         auth_url = target.auth_url or ""
         where = redact_url(auth_url)
@@ -255,6 +266,7 @@ class SwiftTransport:
             response = self.ctx.http.get(
                 auth_url,
                 headers={"X-Auth-User": target.user or "", "X-Auth-Key": target.key or ""},
+                timeout=httpx.Timeout(timeout) if timeout else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.HTTPError as exc:
             raise LocationUnreachable(
@@ -284,7 +296,7 @@ class SwiftTransport:
             ttl = float(response.headers.get("x-auth-token-expires", _DEFAULT_TTL))
         return _Auth(token=token, storage_url=storage.rstrip("/"), ttl=ttl)
 
-    def _keystone(self, location: Location, target: SwiftTarget) -> _Auth:
+    def _keystone(self, location: Location, target: SwiftTarget, timeout: float | None) -> _Auth:
         shown = location.display_url
         where = redact_url(target.auth_url or "")
         try:
@@ -309,7 +321,7 @@ class SwiftTransport:
         session = ks_session.Session(
             auth=plugin,
             verify=tls.ca_file if (tls.verify and tls.ca_file) else tls.verify,
-            timeout=self.ctx.config.transfer.connect_timeout,
+            timeout=timeout or self.ctx.config.transfer.connect_timeout,
         )
         try:
             token = session.get_token()
@@ -347,7 +359,7 @@ class SwiftTransport:
         named = f"{host}:{port}" if port else host
         if host in listed or named in listed:
             return f"caller's token sent to {named}: listed in [security] token_hosts"
-        if (host, port) in self._catalog_hosts() or (host, None) in self._catalog_hosts():
+        if (host, _port(parts)) in self._catalog_hosts():
             return f"caller's token sent to {named}: object-store endpoint in the token's catalog"
         raise UnsupportedLocation(
             f"{shown}: refused to send the caller's token to {named}: not an object-store "
@@ -355,19 +367,26 @@ class SwiftTransport:
             url=shown,
         )
 
-    def _catalog_hosts(self) -> frozenset[tuple[str, int | None]]:
+    def _catalog_hosts(self) -> frozenset[tuple[str, int]]:
         """Object-store endpoint hosts of the caller's token (Keystone v3 token validation)."""
         token = self.ctx.token
         keystone = os.environ.get("OS_AUTH_URL", "").rstrip("/")
         if not token or not keystone:
             return frozenset()
-        with self._lock:
-            hit = self._catalogs.get(token)
-        if hit is not None:
-            return hit
+        with self._catalog_lock:
+            with self._lock:
+                hit = self._catalogs.get(token)
+            if hit is not None:
+                return hit
+            found = self._fetch_catalog_hosts(keystone, token)
+            with self._lock:
+                self._catalogs[token] = found
+            return found
+
+    def _fetch_catalog_hosts(self, keystone: str, token: str) -> frozenset[tuple[str, int]]:
         if not keystone.endswith("/v3"):
             keystone += "/v3"
-        hosts: set[tuple[str, int | None]] = set()
+        hosts: set[tuple[str, int]] = set()
         try:
             response = self.ctx.http.get(
                 f"{keystone}/auth/tokens",
@@ -381,18 +400,19 @@ class SwiftTransport:
                     for endpoint in service.get("endpoints", []):
                         ep = urllib.parse.urlsplit(str(endpoint.get("url", "")))
                         if ep.hostname:
-                            port = ep.port or (443 if ep.scheme == "https" else 80)
-                            hosts.update({(ep.hostname, ep.port), (ep.hostname, port)})
+                            hosts.add((ep.hostname, _port(ep)))
         except (httpx.HTTPError, ValueError, AttributeError):
             hosts = set()
-        found = frozenset(hosts)
-        with self._lock:
-            self._catalogs[token] = found
-        return found
+        return frozenset(hosts)
 
     # -- requests -----------------------------------------------------------------------------
     def _object(
-        self, location: Location, target: SwiftTarget, *, refresh: bool
+        self,
+        location: Location,
+        target: SwiftTarget,
+        *,
+        refresh: bool,
+        timeout: float | None = None,
     ) -> tuple[Location, str | None]:
         """The object's http(s) URL as an internal Location carrying its token, and a note."""
         if target.form == "multi":
@@ -400,7 +420,7 @@ class SwiftTransport:
             note = self._token_note(location, url)
             token = self.ctx.token or ""
         else:
-            auth = self._auth(location, target, refresh=refresh)
+            auth = self._auth(location, target, refresh=refresh, timeout=timeout)
             q = urllib.parse.quote
             url = f"{auth.storage_url}/{q(target.container, safe='')}/{q(target.obj, safe='')}"
             token, note = auth.token, None
@@ -416,7 +436,7 @@ class SwiftTransport:
         note: str | None = None
         for attempt in (0, 1):
             try:
-                inner, note = self._object(location, target, refresh=attempt > 0)
+                inner, note = self._object(location, target, refresh=attempt > 0, timeout=timeout)
             except LocationError as exc:
                 return Probe(url=shown, ok=False, error=SCRUB(reason_of(exc)))
             probe = self._http.probe(inner, image, timeout=timeout)
@@ -446,6 +466,10 @@ class SwiftTransport:
     def close(self) -> None:
         with self._auth_lock:
             self._tokens.clear()
+
+
+def _port(parts: urllib.parse.SplitResult) -> int:
+    return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def _expiry(_key: object, value: _Auth, now: float) -> float:
