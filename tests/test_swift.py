@@ -268,7 +268,15 @@ def test_segmented_resume_from_swift_across_segments(
         cfg = _config(tmp_path, '[policy]\nprefer_schemes = ["http"]\n')
         dest = tmp_path / "out.raw"
         r = run_cli(
-            "download", "img-8", str(dest), "--metadata", str(meta), "--json", "--config", str(cfg)
+            "download",
+            "img-8",
+            str(dest),
+            "--verbose",
+            "--metadata",
+            str(meta),
+            "--json",
+            "--config",
+            str(cfg),
         )
     assert r.returncode == 0, r.stderr
     assert dest.read_bytes() == LARGE

@@ -83,7 +83,15 @@ def test_form1_keystone_v3(
     assert row["usable"] and row["reasons"]["latency_ms"] is not None
     dest = tmp_path / "out.raw"
     d = run_cli(
-        "download", "ks-1", str(dest), "--metadata", str(meta), "--json", "--config", str(cfg)
+        "download",
+        "ks-1",
+        str(dest),
+        "--verbose",
+        "--metadata",
+        str(meta),
+        "--json",
+        "--config",
+        str(cfg),
     )
     assert d.returncode == 0, d.stderr
     assert dest.read_bytes() == SMALL
