@@ -41,7 +41,7 @@ from locpick.errors import LocationError, LocationUnreachable, UnsupportedLocati
 from locpick.models import Image, Location, Probe
 from locpick.redact import SCRUB, redact_url
 from locpick.transports.base import Context
-from locpick.transports.http import HttpStream, HttpTransport
+from locpick.transports.http import HttpStream, HttpTransport, RawHttpStream
 
 _HTTP_SCHEME = {"swift": "https", "swift+https": "https", "swift+http": "http"}
 #: Seconds a token is kept when the auth service does not say how long it lives.
@@ -447,7 +447,7 @@ class SwiftTransport:
         error = _explain(probe.error, target) if probe.error else None
         return attrs.evolve(probe, url=shown, error=error, note=note)
 
-    def open(self, location: Location, image: Image, *, offset: int) -> HttpStream:
+    def open(self, location: Location, image: Image, *, offset: int) -> HttpStream | RawHttpStream:
         target = self._resolve(location)
         for attempt in (0, 1):
             inner, _note = self._object(location, target, refresh=attempt > 0)
