@@ -177,7 +177,7 @@ def _from_os_env(
 
     auth_type = env.get("OS_AUTH_TYPE") or ("token" if token else "password")
     try:
-        loader = loading.get_plugin_loader(auth_type)
+        loader: Any = loading.get_plugin_loader(auth_type)
     except ks.NoMatchingPlugin as exc:
         raise ConfigError(f"OS_AUTH_TYPE {auth_type!r}: no such keystoneauth1 plugin") from exc
     options: dict[str, Any] = {}
