@@ -43,6 +43,7 @@ def _status_error(url: str, status: int, retry_after: str | None = None) -> Loca
     permanent = 400 <= status < 500 and status not in (408, 429)
     err = LocationUnreachable(f"{url}: HTTP {status}", url=url, permanent=permanent)
     err.retry_after = _parse_retry_after(retry_after)  # type: ignore[attr-defined]
+    err.status = status  # type: ignore[attr-defined]
     return err
 
 
@@ -429,6 +430,7 @@ class HttpTransport:
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             deadline = _HeaderDeadline(t.first_byte_timeout)
             try:
+<<<<<<< HEAD
                 with deadline:
                     conn.connect()
                     sock = conn.sock  # http.client drops it from conn on a "close" response
@@ -439,6 +441,16 @@ class HttpTransport:
                     response = conn.getresponse()
                 if deadline.fired:  # headers cut short by the deadline look complete to http.client
                     raise http.client.HTTPException("header deadline")
+=======
+                conn.connect()
+                # keep our own reference: getresponse() drops conn.sock when the server will
+                # close the connection (HTTP/1.0, "Connection: close"); the body still reads it
+                sock = conn.sock
+                assert sock is not None
+                sock.settimeout(t.first_byte_timeout)
+                conn.request("GET", path, headers=all_headers)
+                response = conn.getresponse()
+>>>>>>> main
                 sock.settimeout(t.idle_timeout)
             except TimeoutError as exc:
                 conn.close()
