@@ -430,10 +430,11 @@ class HttpTransport:
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             deadline = _HeaderDeadline(t.first_byte_timeout)
             try:
-<<<<<<< HEAD
                 with deadline:
                     conn.connect()
-                    sock = conn.sock  # http.client drops it from conn on a "close" response
+                    # keep our own reference: getresponse() drops conn.sock when the server will
+                    # close the connection (HTTP/1.0, "Connection: close"); the body still reads it
+                    sock = conn.sock
                     assert sock is not None
                     deadline.watch(sock)
                     sock.settimeout(t.first_byte_timeout)
@@ -441,16 +442,6 @@ class HttpTransport:
                     response = conn.getresponse()
                 if deadline.fired:  # headers cut short by the deadline look complete to http.client
                     raise http.client.HTTPException("header deadline")
-=======
-                conn.connect()
-                # keep our own reference: getresponse() drops conn.sock when the server will
-                # close the connection (HTTP/1.0, "Connection: close"); the body still reads it
-                sock = conn.sock
-                assert sock is not None
-                sock.settimeout(t.first_byte_timeout)
-                conn.request("GET", path, headers=all_headers)
-                response = conn.getresponse()
->>>>>>> main
                 sock.settimeout(t.idle_timeout)
             except TimeoutError as exc:
                 conn.close()
