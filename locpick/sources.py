@@ -59,7 +59,7 @@ def parse_image(
 
     size = record.get("size")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
-        raise MetadataError(f"{source}: 'size' must be an integer, got {size!r}")
+        raise MetadataError(f"{source}: 'size' must be an integer, got {_short(repr(size))}")
     if size is not None and not 0 <= size <= MAX_SIZE:
         raise MetadataError(f"{source}: 'size' {size} is out of range")
 
@@ -101,7 +101,7 @@ def parse_image(
             loc = _parse_location(raw)
         except MetadataError as exc:
             url = raw.get("url") if isinstance(raw, Mapping) else None
-            label = redact_url(url) if isinstance(url, str) else f"locations[{i}]"
+            label = _printable(redact_url(url)) if isinstance(url, str) else f"locations[{i}]"
             rejected.append((label[:200], str(exc)))
             continue
         if loc.url in seen:
@@ -131,9 +131,15 @@ def _opt_str(record: Mapping[str, Any], key: str, source: str) -> str | None:
     return value
 
 
+def _printable(text: str) -> str:
+    """Hostile text made safe for a one-line message: control and separator characters
+    (which ``splitlines`` and terminals honour) are shown as escapes."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def _short(text: str, limit: int = 80) -> str:
     """A hostile string shortened for an error message (one line, bounded)."""
-    text = text.replace("\n", " ").replace("\r", " ")
+    text = _printable(text)
     return text if len(text) <= limit else text[:limit] + "..."
 
 
