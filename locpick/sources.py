@@ -151,7 +151,7 @@ def _parse_location(raw: Any) -> Location:
         raise MetadataError("location has no 'url' string")
     if len(url) > MAX_URL_LENGTH:
         raise MetadataError("URL longer than 8192 characters")
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+    if not url.isprintable() or any(c.isspace() for c in url):
         raise MetadataError("URL contains whitespace or control characters")
     try:
         parts = urllib.parse.urlsplit(url)

@@ -257,3 +257,13 @@ def test_error_messages_stay_short_and_on_one_line() -> None:
             parse_image(rec, "img")
         assert len(str(info.value)) < 400
         assert len(str(info.value).splitlines()) == 1
+
+
+def test_urls_with_line_separators_rejected() -> None:
+    """Unicode line separators and NEL cannot sneak a second line into the output via a URL."""
+    rec = _valid()
+    rec["locations"] = [{"url": f"http://127.0.0.1:1/a{sep}b"} for sep in ("\u2028", "\x85", " ")]
+    image = parse_image(rec, "img")
+    assert image.locations == ()
+    assert all("whitespace or control" in why for _u, why in image.rejected)
+    assert all(len(label.splitlines()) == 1 for label, _w in image.rejected)
