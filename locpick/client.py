@@ -11,7 +11,7 @@ from typing import Any
 import cachetools
 
 from locpick.config import Config, resolve_config
-from locpick.errors import InputError, UnverifiedImage
+from locpick.errors import InputError, LocationError, UnverifiedImage
 from locpick.fetch import Progress, fetch
 from locpick.models import Image, Location, Probe, Ranking, Result, VerifyReport
 from locpick.probe import probe_all
@@ -85,8 +85,8 @@ class Client:
         )
 
     # -- decisions ----------------------------------------------------------------------------
-    def rank_image(self, image: Image) -> Ranking:
-        """Score every location of an already-loaded image."""
+    def rank_image(self, image: Image, *, dest: str | os.PathLike[str] | None = None) -> Ranking:
+        """Score every location of an already-loaded image (``dest``: where it will go)."""
         candidates: list[Candidate] = []
         to_probe: list[Location] = []
         for loc in image.locations:
@@ -97,11 +97,11 @@ class Client:
             except Exception as exc:  # noqa: BLE001 - any refusal makes just this one unusable
                 candidates.append(Candidate(loc, unusable=_reason(exc)))
                 continue
-            reason = transport.check(loc, image)
             shared = None
-            if reason is None and isinstance(transport, FileTransport):
-                _path, fs = transport.resolve(loc)
-                shared = f"system copy from {fs.id} at {fs.mountpoint}"
+            if isinstance(transport, FileTransport):
+                reason, shared = _shared_fs(transport, loc, image, dest)
+            else:
+                reason = transport.check(loc, image)
             candidates.append(Candidate(loc, unusable=reason, shared_fs=shared))
             if reason is None:
                 to_probe.append(loc)
@@ -153,7 +153,7 @@ class Client:
                     "unverified bytes (pass --allow-unverified to accept a size-only check)"
                 )
             log.warning("image %s has no hash: downloading UNVERIFIED (size check only)", image_id)
-        ranking = self.rank_image(image)
+        ranking = self.rank_image(image, dest=dest)
         return fetch(
             image,
             ranking.scores,
@@ -170,6 +170,18 @@ class Client:
         """Check every location: reachable, right size, and (unless quick) right hash."""
         image = self.image(image_id, metadata=metadata)
         return verify_replicas(image, image.locations, self._transports, quick=quick)
+
+
+def _shared_fs(
+    transport: FileTransport, loc: Location, image: Image, dest: str | os.PathLike[str] | None
+) -> tuple[str | None, str | None]:
+    """(unusable reason, ``shared_fs`` reason) of a file:// location."""
+    dest_dir = None if dest is None else os.path.dirname(os.path.abspath(dest))
+    try:
+        rep = transport.report(loc, image, dest_dir)
+    except LocationError as exc:
+        return _reason(exc), None
+    return rep.reason, rep.describe()
 
 
 def _reason(exc: BaseException) -> str:

@@ -9,7 +9,9 @@ import os
 import queue
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from locpick.errors import (
     ChecksumMismatch,
@@ -20,6 +22,9 @@ from locpick.errors import (
 from locpick.hashing import BackgroundHasher, Expected
 
 _POOL_BUFFERS = 4
+
+#: ``(fd, offset, hasher, advance) -> engine name``: see ``AtomicSink.adopt``.
+CopyEngine = Callable[[int, int, Any, Callable[[int], None]], str]
 
 
 class AtomicSink:
@@ -65,6 +70,8 @@ class AtomicSink:
         self._pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._allocated = 0
         self._hasher = BackgroundHasher(expected.new(), release=self._pool.put)
+        #: Set by ``adopt(..., verify=False)``: commit checks the size alone.
+        self.size_only = False
 
     def _check_free_space(self, parent: Path) -> None:
         if not self.size:
@@ -112,6 +119,35 @@ class AtomicSink:
         self.offset += n
         self._hasher.submit(buf, n)
 
+    def adopt(self, engine: CopyEngine, *, verify: bool = True) -> str:
+        """Let a copy engine write into the temp file at fd level, from ``self.offset`` on.
+
+        ``engine(fd, offset, hasher, advance)`` writes the following bytes at their offsets,
+        calls ``advance(n)`` after each ``n`` bytes, and before it returns or raises has fed
+        every advanced byte, in order, to ``hasher`` (None = not hashing). The bytes before
+        ``offset`` are already in the hash, so a copy can continue a partial download and the
+        usual ``commit`` verifies the whole file. ``verify=False`` (a trusted filesystem, from
+        offset 0 only) makes ``commit`` check the size alone. Returns what the engine returns.
+        """
+        assert self.fd is not None
+        hasher = self._hasher.detach()
+        if not verify and self.offset == 0:
+            hasher = None
+            self.size_only = True
+
+        def advance(n: int) -> None:
+            if self.size is not None and self.offset + n > self.size:
+                raise SizeMismatch(
+                    f"{self.label}: copied more than the image size ({self.size} bytes)"
+                )
+            self.offset += n
+
+        try:
+            return engine(self.fd, self.offset, hasher, advance)
+        finally:
+            self._hasher = BackgroundHasher(hasher, release=self._pool.put)
+            os.lseek(self.fd, self.offset, os.SEEK_SET)
+
     def give_back(self, buf: bytearray) -> None:
         """Return a buffer that was taken but not written."""
         self._pool.put(buf)
@@ -129,6 +165,7 @@ class AtomicSink:
         os.ftruncate(self.fd, 0)
         os.lseek(self.fd, 0, os.SEEK_SET)
         self.offset = 0
+        self.size_only = False
         self._hasher = BackgroundHasher(self.expected.new(), release=self._pool.put)
 
     def commit(self) -> str | None:
@@ -136,6 +173,8 @@ class AtomicSink:
         digest = self._hasher.hexdigest()
         if self.size is not None and self.offset != self.size:
             raise SizeMismatch(f"{self.label}: got {self.offset} bytes, expected {self.size}")
+        if self.size_only:
+            digest = self.expected.value
         if self.expected.value is not None and digest != self.expected.value:
             raise ChecksumMismatch(
                 f"{self.label}: {self.expected.algo} mismatch, expected "
@@ -151,7 +190,7 @@ class AtomicSink:
             _fsync_dir(self.dest.parent)
         except OSError as exc:
             self._raise_disk(exc)
-        return self.expected.algo
+        return None if self.size_only else self.expected.algo
 
     def abort(self) -> None:
         """Remove the temp file; safe to call repeatedly and after commit."""
