@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
+import queue
 import stat
 import threading
 import urllib.parse
@@ -52,6 +54,10 @@ FICLONE = 0x40049409
 COPY_CHUNK = 8 << 20
 #: Read-back buffer of the hashing follower: fits in L2/L3 so the hash reads cached bytes.
 HASH_CHUNK = 1 << 20
+#: Mapping window of the mmap follower.
+MMAP_WINDOW = 16 << 20
+#: Buffer of the read/write/hash pipeline engine.
+PIPE_CHUNK = 1 << 20
 
 MOUNTINFO = "/proc/self/mountinfo"
 
@@ -384,9 +390,10 @@ _DEST_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 class _Follower:
     """Hashes ``dst`` from ``start`` up to what the copier reports, in a thread, as it goes."""
 
-    def __init__(self, hasher: Any, dst: int, start: int) -> None:
+    def __init__(self, hasher: Any, dst: int, start: int, mode: str = "pread") -> None:
         self.hasher = hasher
         self.dst = dst
+        self.mode = mode
         self.hashed = start
         self.copied = start
         self.done = False
@@ -403,6 +410,9 @@ class _Follower:
             self._cond.notify()
 
     def _run(self) -> None:
+        if self.mode == "mmap":
+            self._run_mmap()
+            return
         buf = bytearray(HASH_CHUNK)
         view = memoryview(buf)
         try:
@@ -421,6 +431,28 @@ class _Follower:
                         raise OSError(errno.EIO, "short read of the copied bytes")
                     self.hasher.update(view[:n])
                     self.hashed += n
+        except BaseException as exc:  # noqa: BLE001 - surfaced by finish()
+            self.error = exc
+
+    def _wait(self) -> int | None:
+        with self._cond:
+            while self.copied <= self.hashed and not self.done:
+                self._cond.wait()
+            return None if (self.copied <= self.hashed and self.done) else self.copied
+
+    def _run_mmap(self) -> None:
+        """Hash through read-only mappings of the temp file: no copy into a buffer. Safe from
+        SIGBUS because only bytes already written are mapped and nobody else truncates it."""
+        try:
+            while (end := self._wait()) is not None:
+                while self.hashed < end:
+                    base = self.hashed - self.hashed % mmap.ALLOCATIONGRANULARITY
+                    length = min(end, base + MMAP_WINDOW) - base
+                    with mmap.mmap(self.dst, length, access=mmap.ACCESS_READ, offset=base) as mm:
+                        mm.madvise(mmap.MADV_SEQUENTIAL)
+                        with memoryview(mm) as whole, whole[self.hashed - base :] as part:
+                            self.hasher.update(part)
+                    self.hashed = base + length
         except BaseException as exc:  # noqa: BLE001 - surfaced by finish()
             self.error = exc
 
@@ -446,6 +478,7 @@ def system_copy(
     *,
     label: str,
     engines: Sequence[str] = ("reflink", "copy_file_range", "sendfile", "buffered"),
+    follow: str = "pread",
 ) -> str:
     """Copy ``src[offset:end]`` to ``dst`` at the same offsets, hashing what lands in ``dst``.
 
@@ -453,7 +486,10 @@ def system_copy(
     advanced has been fed to ``hasher`` (if any). Returns the engine that did the work (the
     last one used). Raises TransferError (source side) or DestinationError (dest side).
     """
-    follower = _Follower(hasher, dst, offset)
+    if tuple(engines) == ("pipeline",):
+        _pipeline(src, dst, offset, end, hasher, advance, label)
+        return "pipeline"
+    follower = _Follower(hasher, dst, offset, follow)
     pos = offset
     used = "none"
 
@@ -564,6 +600,42 @@ def _buffered(src: int, dst: int, pos: int, end: int, step: Advance, label: str)
                 raise _os_error(exc, label, pos + done, True) from exc
         pos += n
         step(n)
+
+
+def _pipeline(
+    src: int, dst: int, pos: int, end: int, hasher: Any, advance: Advance, label: str
+) -> None:
+    """read -> write -> hash the same buffer in a second thread (no re-read of the copy)."""
+    from locpick.hashing import BackgroundHasher
+
+    pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+    for _ in range(3):
+        pool.put(bytearray(PIPE_CHUNK))
+    bg = BackgroundHasher(hasher, release=pool.put)
+    try:
+        while pos < end:
+            buf = pool.get()
+            view = memoryview(buf)
+            try:
+                n = os.preadv(src, [view[: min(len(buf), end - pos)]], pos)
+            except OSError as exc:
+                pool.put(buf)
+                raise TransferError(f"{label}: read failed at byte {pos} ({exc.strerror})") from exc
+            if n == 0:
+                pool.put(buf)
+                raise _shrank(label, pos, end)
+            done = 0
+            while done < n:
+                try:
+                    done += os.pwrite(dst, view[done:n], pos + done)
+                except OSError as exc:
+                    pool.put(buf)
+                    raise _os_error(exc, label, pos + done, True) from exc
+            bg.submit(buf, n)
+            pos += n
+            advance(n)
+    finally:
+        bg.stop()
 
 
 _ENGINES: dict[str, Callable[[int, int, int, int, Advance, str], None]] = {

@@ -329,8 +329,17 @@ def test_hung_mount_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 # -- copy engines -----------------------------------------------------------------------------
-@pytest.mark.parametrize("engine", ["copy_file_range", "sendfile", "buffered"])
-def test_engines_copy_and_hash_from_offset(tmp_path: Path, engine: str) -> None:
+@pytest.mark.parametrize(
+    ("engine", "follow"),
+    [
+        ("copy_file_range", "pread"),
+        ("copy_file_range", "mmap"),
+        ("sendfile", "pread"),
+        ("buffered", "pread"),
+        ("pipeline", "-"),
+    ],
+)
+def test_engines_copy_and_hash_from_offset(tmp_path: Path, engine: str, follow: str) -> None:
     """Every engine copies the tail from an offset and hashes exactly the copied bytes."""
     data = os.urandom(2 * sharedfs.COPY_CHUNK + 999)
     src = tmp_path / "src"
@@ -342,7 +351,15 @@ def test_engines_copy_and_hash_from_offset(tmp_path: Path, engine: str) -> None:
         h = hashlib.sha256()
         seen: list[int] = []
         used = sharedfs.system_copy(
-            s.fileno(), d.fileno(), off, len(data), h, seen.append, label="t", engines=(engine,)
+            s.fileno(),
+            d.fileno(),
+            off,
+            len(data),
+            h,
+            seen.append,
+            label="t",
+            engines=(engine,),
+            follow=follow,
         )
     assert used == engine
     assert sum(seen) == len(data) - off
