@@ -7,6 +7,7 @@ A random N-MiB source file on the root filesystem (kept in the page cache) is co
 same run, interleaved, best of R rounds, to a dest on the SAME filesystem and to a tmpfs:
 
   cp                 cp SRC DST                    (coreutils: reflink=auto, copy_file_range)
+  cp+fsync           cp SRC DST && sync DST        (what locpick's atomic commit also does)
   cp+sha512sum       cp SRC DST && sha512sum DST
   sha512             hashlib.sha512 over the cached source bytes (mmap, in-process)
   crf+pread          sharedfs.system_copy: copy_file_range, hash follower reads dst by pread
@@ -167,6 +168,9 @@ def run(work: Path, shm: Path, size: int, rounds: int) -> None:
     dests = {"same-fs": work / "out", "tmpfs": shm / "out"}
     rows: dict[str, Callable[[Path], object]] = {
         "cp": lambda d: subprocess.run(["cp", str(src), str(d)], check=True),
+        "cp+fsync": lambda d: subprocess.run(
+            ["bash", "-c", f"cp '{src}' '{d}' && sync '{d}'"], check=True
+        ),
         "cp+sha512sum": lambda d: subprocess.run(
             ["bash", "-c", f"cp '{src}' '{d}' && sha512sum '{d}' >/dev/null"], check=True
         ),

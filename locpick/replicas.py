@@ -53,10 +53,12 @@ def _check_one(
     reason = transport.check(loc, image)
     if reason:
         status: VerifyStatus = "unsupported"
-        if "not readable" in reason:
+        if "not readable" in reason or reason.startswith(("file-missing", "not-readable")):
             status = "missing"
-        elif "size mismatch" in reason:
+        elif "size mismatch" in reason or reason.startswith("size-mismatch"):
             status = "mismatch"
+        elif reason.startswith(("mount-unresponsive", "not-mounted")):
+            status = "unreachable"
         return ReplicaStatus(url, status, reason)
     try:
         stream = transport.open(loc, image, offset=0)

@@ -256,9 +256,11 @@ def inspect(
     except OSError as exc:
         return FsReport(fs, path, f"{NOT_MOUNTED}: {fs.mountpoint} ({exc.strerror})")
     if fs.require_mount:
-        m = mount_at(root, read_mounts() if mounts is None else mounts)
-        if m is None or not os.path.ismount(root):
-            return FsReport(fs, path, f"{NOT_MOUNTED}: {fs.mountpoint} is not a mount point")
+        table = read_mounts() if mounts is None else mounts
+        m = mount_at(root, table)
+        if m is None:  # bind mounts count: they are in the table though on the same device
+            why = "is not a mount point" if table else f"unknown (cannot read {MOUNTINFO})"
+            return FsReport(fs, path, f"{NOT_MOUNTED}: {fs.mountpoint} {why}")
         fstype = m.fstype
         if fs.fs_uuid is not None and not _same_source(fs.fs_uuid, m):
             return FsReport(
@@ -275,8 +277,7 @@ def inspect(
             same_dev = os.stat(dest_dir).st_dev == root_st.st_dev
         except OSError:
             same_dev = None
-    rep = attrs.evolve  # shorthand
-
+    rep = attrs.evolve
     base = FsReport(fs, path, None, fstype, same_dev)
     if fs.marker is not None:
         marker = os.path.join(root, fs.marker)

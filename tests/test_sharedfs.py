@@ -304,6 +304,26 @@ def test_source_shrinks_midway_falls_back(tmp_path: Path, tmpfs: tuple[Path, str
     assert temp_leftovers(tmp_path) == []
 
 
+def test_verify_replicas_on_shared_fs(tmp_path: Path, tmpfs: tuple[Path, str]) -> None:
+    """verify maps the file checks onto ok / mismatch / missing / unreachable."""
+    mnt, _src = tmpfs
+    place(mnt, "good.raw")
+    place(mnt, "short.raw", DATA[:-1])
+    bad = bytearray(DATA)
+    bad[0] ^= 1
+    place(mnt, "bad.raw", bytes(bad))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    urls = [f"file://{mnt}/images/{n}.raw" for n in ("good", "short", "bad", "gone")]
+    rec = image_record("img", DATA, [*urls, f"file://{plain}/x.raw"])
+    config = cfg(
+        Filesystem(id="fs1", mountpoint=str(mnt)), Filesystem(id="p", mountpoint=str(plain))
+    )
+    report = locpick.verify("img", metadata=rec, config=config)
+    got = [r.status for r in report.locations]
+    assert got == ["ok", "mismatch", "mismatch", "missing", "unreachable"], report.to_json()
+
+
 # -- reachability timeout ---------------------------------------------------------------------
 def test_hung_mount_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A check stuck in the filesystem answers mount-unresponsive at the timeout, and a
@@ -365,6 +385,21 @@ def test_engines_copy_and_hash_from_offset(tmp_path: Path, engine: str, follow: 
     assert sum(seen) == len(data) - off
     assert h.hexdigest() == hashlib.sha256(data[off:]).hexdigest()
     assert (tmp_path / "dst").read_bytes() == data
+
+
+def test_default_engines_fall_back_from_reflink(tmpfs: tuple[Path, str]) -> None:
+    """tmpfs has no FICLONE: the default order falls back to copy_file_range (same fs)."""
+    mnt, _src = tmpfs
+    data = os.urandom(1 << 20)
+    (mnt / "src").write_bytes(data)
+    with open(mnt / "src", "rb") as s, open(mnt / "dst", "w+b") as d:
+        h = hashlib.sha512()
+        used = sharedfs.system_copy(
+            s.fileno(), d.fileno(), 0, len(data), h, lambda n: None, label="t"
+        )
+    assert used == "copy_file_range"
+    assert h.hexdigest() == hashlib.sha512(data).hexdigest()
+    assert (mnt / "dst").read_bytes() == data
 
 
 def test_engine_shrunk_source_raises(tmp_path: Path) -> None:
