@@ -113,6 +113,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", default="", help="comma-separated variants (cp, sha512 always run)")
     ap.add_argument("--dir", default="/var/tmp", help="same-filesystem work dir (not tmpfs)")
     args = ap.parse_args()
     size = args.size_mib * MiB
@@ -131,7 +132,8 @@ def main() -> None:
     if not mounted:
         shm = Path(tempfile.mkdtemp(prefix="lpk-copybench-", dir="/dev/shm"))
     try:
-        run(work, shm, size, args.rounds)
+        only = {v for v in args.only.split(",") if v} | {"cp", "sha512"} if args.only else set()
+        run(work, shm, size, args.rounds, only)
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(shm)], check=False)
@@ -140,7 +142,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(work: Path, shm: Path, size: int, rounds: int) -> None:
+def run(work: Path, shm: Path, size: int, rounds: int, only: set[str]) -> None:
     src_dir = work / "images"
     src_dir.mkdir()
     src = src_dir / "img.raw"
@@ -183,6 +185,8 @@ def run(work: Path, shm: Path, size: int, rounds: int) -> None:
         "locpick": lambda d: api(d, cfg),
         "locpick-trusted": lambda d: api(d, cfg_trusted),
     }
+    if only:
+        rows = {k: v for k, v in rows.items() if k in only}
     times: dict[tuple[str, str], list[float]] = {}
     for r in range(rounds):
         for where, dst in dests.items():
