@@ -31,12 +31,18 @@ import stat
 import threading
 import urllib.parse
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
 from locpick.config import Filesystem
-from locpick.errors import DestinationError, LocationError, TransferError, UnsupportedLocation
+from locpick.errors import (
+    DestinationError,
+    LocationError,
+    LocationUnreachable,
+    TransferError,
+    UnsupportedLocation,
+)
 
 NOT_ON_FS = "not-on-configured-filesystem"
 NOT_MOUNTED = "not-mounted"
@@ -202,12 +208,13 @@ class FsReport:
         return f"system copy from {where} ({', '.join(bits)})"
 
 
+T = TypeVar("T")
 _stuck_lock = threading.Lock()
 #: Mountpoints whose check thread never came back: later checks answer at once, no new thread.
 _stuck: dict[str, threading.Thread] = {}
 
 
-def run_bounded(key: str, fn: Callable[[], FsReport], timeout: float) -> FsReport | None:
+def run_bounded(key: str, fn: Callable[[], T], timeout: float) -> T | None:
     """Run ``fn`` in a daemon thread; None if it did not finish within ``timeout`` seconds.
 
     A thread stuck in the kernel on a dead NFS mount cannot be killed, so it is remembered and
@@ -219,7 +226,7 @@ def run_bounded(key: str, fn: Callable[[], FsReport], timeout: float) -> FsRepor
             if old.is_alive():
                 return None
             del _stuck[key]
-    box: list[FsReport] = []
+    box: list[T] = []
     err: list[BaseException] = []
 
     def target() -> None:
@@ -352,6 +359,27 @@ def open_confined(real: str, dev: int) -> int:
         os.close(fd)
         raise UnsupportedLocation(f"{NOT_REGULAR}: {real} changed while being opened")
     os.set_blocking(fd, True)
+    return fd
+
+
+def open_checked(report: FsReport, timeout: float) -> int:
+    """Open a file that passed ``check``, again bounded by ``timeout`` (the mount may have
+    died since); UnsupportedLocation / LocationUnreachable with the reason otherwise."""
+    fs = report.fs
+
+    def do_open() -> int:
+        dev = os.stat(os.path.realpath(fs.mountpoint)).st_dev
+        return open_confined(report.path, dev)
+
+    try:
+        fd = run_bounded(os.path.abspath(fs.mountpoint), do_open, timeout)
+    except OSError as exc:
+        raise LocationUnreachable(f"{NOT_READABLE}: {report.path} ({exc.strerror})") from exc
+    if fd is None:
+        raise LocationUnreachable(
+            f"{UNRESPONSIVE}: {fs.mountpoint} did not answer within "
+            f"{timeout:g}s (stale or hung mount?)"
+        )
     return fd
 
 

@@ -88,12 +88,11 @@ class FileTransport:
         if rep.reason:
             raise UnsupportedLocation(f"{shown}: {rep.reason}", url=shown)
         try:
-            dev = os.stat(os.path.realpath(rep.fs.mountpoint)).st_dev
-            fd = sharedfs.open_confined(rep.path, dev)
+            fd = sharedfs.open_checked(rep, rep.fs.timeout)
         except UnsupportedLocation as exc:
             raise UnsupportedLocation(f"{shown}: {exc}", url=shown) from None
-        except OSError as exc:
-            raise LocationUnreachable(f"{shown}: cannot open ({exc.strerror})", url=shown) from exc
+        except LocationUnreachable as exc:
+            raise LocationUnreachable(f"{shown}: {exc}", url=shown) from None
         return fd, rep
 
     def open(self, location: Location, image: Image, *, offset: int) -> FileStream:
