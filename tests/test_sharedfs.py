@@ -414,3 +414,21 @@ def test_engine_shrunk_source_raises(tmp_path: Path) -> None:
         sharedfs.system_copy(
             s.fileno(), d.fileno(), 0, 2000, hashlib.md5(), lambda n: None, label="t"
         )
+
+
+def test_hung_open_after_check_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mount dies between check and copy: the open is bounded too, and names the reason."""
+    release = threading.Event()
+
+    def stuck(real: str, dev: int) -> int:
+        release.wait(30)
+        raise AssertionError("released")
+
+    monkeypatch.setattr(sharedfs, "open_confined", stuck)
+    fs = Filesystem(id="nfs", mountpoint=str(tmp_path), timeout=0.3, require_mount=False)
+    report = sharedfs.FsReport(fs, str(tmp_path / "x"), None)
+    t0 = time.monotonic()
+    with pytest.raises(locpick.LocpickError, match="mount-unresponsive"):
+        sharedfs.open_checked(report, fs.timeout)
+    assert time.monotonic() - t0 < 5
+    release.set()
