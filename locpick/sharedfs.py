@@ -419,8 +419,16 @@ _DEST_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 class _Follower:
     """Hashes ``dst`` from ``start`` up to what the copier reports, in a thread, as it goes."""
 
-    def __init__(self, hasher: Any, dst: int, start: int, mode: str = "pread") -> None:
+    def __init__(
+        self,
+        hasher: Any,
+        dst: int,
+        start: int,
+        mode: str = "pread",
+        beat: Callable[[], None] | None = None,
+    ) -> None:
         self.hasher = hasher
+        self.beat = beat or (lambda: None)
         self.dst = dst
         self.mode = mode
         self.hashed = start
@@ -460,6 +468,7 @@ class _Follower:
                         raise OSError(errno.EIO, "short read of the copied bytes")
                     self.hasher.update(view[:n])
                     self.hashed += n
+                    self.beat()
         except BaseException as exc:  # noqa: BLE001 - surfaced by finish()
             self.error = exc
 
@@ -482,6 +491,7 @@ class _Follower:
                         with memoryview(mm) as whole, whole[self.hashed - base :] as part:
                             self.hasher.update(part)
                     self.hashed = base + length
+                    self.beat()
         except BaseException as exc:  # noqa: BLE001 - surfaced by finish()
             self.error = exc
 
@@ -508,17 +518,19 @@ def system_copy(
     label: str,
     engines: Sequence[str] = ("reflink", "copy_file_range", "sendfile", "buffered"),
     follow: str = "pread",
+    beat: Callable[[], None] | None = None,
 ) -> str:
     """Copy ``src[offset:end]`` to ``dst`` at the same offsets, hashing what lands in ``dst``.
 
     ``advance(n)`` is called after every ``n`` bytes; when this returns or raises, every byte
     advanced has been fed to ``hasher`` (if any). Returns the engine that did the work (the
     last one used). Raises TransferError (source side) or DestinationError (dest side).
+    ``beat()`` is called from the hashing thread as it progresses (a liveness signal).
     """
     if tuple(engines) == ("pipeline",):
         _pipeline(src, dst, offset, end, hasher, advance, label)
         return "pipeline"
-    follower = _Follower(hasher, dst, offset, follow)
+    follower = _Follower(hasher, dst, offset, follow, beat)
     pos = offset
     used = "none"
 
@@ -546,6 +558,72 @@ def system_copy(
     finally:
         follower.finish()
     return used
+
+
+def guarded_copy(
+    src: int,
+    dst: int,
+    offset: int,
+    end: int,
+    hasher: Any,
+    advance: Advance,
+    *,
+    label: str,
+    idle_timeout: float,
+) -> str:
+    """``system_copy`` in a worker thread, so a filesystem that stops answering mid-copy (dead
+    NFS) cannot hang the caller: no progress for ``idle_timeout`` seconds raises
+    ``EngineAbandoned`` (the sink then drops that temp file and its hash). The worker uses its
+    own duplicates of both fds, so an fd number the caller closes or reuses is never touched.
+    """
+    from locpick.sink import EngineAbandoned
+
+    wsrc, wdst = os.dup(src), os.dup(dst)
+    steps: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+    cancel = threading.Event()
+    outcome: list[str] = []
+    failure: list[BaseException] = []
+
+    def step(n: int) -> None:
+        if cancel.is_set():
+            raise TransferError(f"{label}: copy cancelled")
+        steps.put(n)
+
+    def work() -> None:
+        try:
+            outcome.append(
+                system_copy(
+                    wsrc, wdst, offset, end, hasher, step, label=label, beat=lambda: steps.put(0)
+                )
+            )
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            failure.append(exc)
+        finally:
+            os.close(wsrc)
+            os.close(wdst)
+            steps.put(None)
+
+    worker = threading.Thread(target=work, name="locpick-copy", daemon=True)
+    worker.start()
+    try:
+        while (n := steps.get(timeout=idle_timeout)) is not None:
+            if n:  # 0 = the hasher is alive (it may lag the copy by seconds)
+                advance(n)
+    except queue.Empty:
+        cancel.set()
+        raise EngineAbandoned(
+            f"{label}: copy stalled: no progress for {idle_timeout:g}s "
+            "(hung filesystem?); copy abandoned"
+        ) from None
+    except BaseException:
+        cancel.set()
+        worker.join(idle_timeout)
+        if worker.is_alive():
+            raise EngineAbandoned(f"{label}: copy did not stop; copy abandoned") from None
+        raise
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 class _Unsupported(Exception):

@@ -19,10 +19,17 @@ from locpick.errors import (
     DestinationError,
     InputError,
     SizeMismatch,
+    TransferError,
 )
 from locpick.hashing import BackgroundHasher, Expected
 
 _POOL_BUFFERS = 4
+
+
+class EngineAbandoned(TransferError):
+    """A copy engine stalled and was left behind, possibly still writing to the temp file and
+    its hash: the sink discards that temp file and its hash and starts a new one at offset 0."""
+
 
 #: ``(fd, offset, hasher, advance) -> engine name``: see ``AtomicSink.adopt``.
 CopyEngine = Callable[[int, int, Any, Callable[[int], None]], str]
@@ -189,11 +196,39 @@ class AtomicSink:
                 )
             self.offset += n
 
+        abandoned = False
         try:
             return engine(self.fd, self.offset, hasher, advance)
+        except EngineAbandoned:
+            abandoned = True
+            self._renew_temp()
+            raise
         finally:
-            self._hasher = BackgroundHasher(hasher, release=self._pool.put)
-            self._writer = _Writer(self.fd, self._hasher, self._pool)
+            if not abandoned:
+                self._hasher = BackgroundHasher(hasher, release=self._pool.put)
+                self._writer = _Writer(self.fd, self._hasher, self._pool)
+
+    def _renew_temp(self) -> None:
+        """Swap in a fresh temp file (offset 0, fresh hash); the old one is unlinked, so a
+        thread still writing into it through its own fd only fills an orphaned inode."""
+        assert self.fd is not None
+        old_fd, old_tmp = self.fd, self.tmp
+        try:
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{self.dest.name}.", suffix=".locpick-tmp", dir=self.dest.parent
+            )
+        except OSError as exc:
+            raise DestinationError(
+                f"dest {self.dest}: cannot create a temporary file ({exc.strerror})"
+            ) from exc
+        self.fd, self.tmp = fd, Path(tmp)
+        os.close(old_fd)
+        with contextlib.suppress(FileNotFoundError):
+            old_tmp.unlink()
+        self.offset = 0
+        self.size_only = False
+        self._hasher = BackgroundHasher(self.expected.new(), release=self._pool.put)
+        self._writer = _Writer(fd, self._hasher, self._pool)
 
     def give_back(self, buf: bytearray) -> None:
         """Return a buffer that was taken but not written."""

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 from fixtures_sharedfs import mount_tmpfs, tmpfs, unmount
 from helpers import image_record, run_cli, temp_leftovers, write_record
@@ -16,7 +17,7 @@ from helpers import image_record, run_cli, temp_leftovers, write_record
 import locpick
 from locpick import sharedfs
 from locpick.client import Client
-from locpick.config import Config, Filesystem, ProbeConfig, config_from_mapping
+from locpick.config import Config, Filesystem, ProbeConfig, TransferConfig, config_from_mapping
 from locpick.errors import ConfigError, TransferError
 from locpick.testing import Origin
 
@@ -432,3 +433,42 @@ def test_hung_open_after_check_times_out(tmp_path: Path, monkeypatch: pytest.Mon
         sharedfs.open_checked(report, fs.timeout)
     assert time.monotonic() - t0 < 5
     release.set()
+
+
+def test_copy_stall_abandoned_falls_back(
+    tmp_path: Path, tmpfs: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The filesystem stops answering mid-copy: the copy is abandoned at the idle timeout, its
+    temp file discarded, and HTTP delivers from byte 0; nothing is left beside dest."""
+    mnt, _src = tmpfs
+    place(mnt)
+    release = threading.Event()
+
+    def stalling(src: int, dst: int, pos: int, end: int, step, label: str) -> None:
+        step(os.pwrite(dst, os.pread(src, 1 << 20, pos), pos))
+        release.wait(30)  # a dead NFS server: the syscall never returns
+        raise OSError(5, "Input/output error")
+
+    for engine in ("copy_file_range", "sendfile"):
+        monkeypatch.setitem(sharedfs._ENGINES, engine, stalling)
+    config = attrs.evolve(
+        cfg(Filesystem(id="fs1", mountpoint=str(mnt))),
+        transfer=TransferConfig(idle_timeout=0.5),
+    )
+    try:
+        with Origin(DATA) as origin:
+            url = origin.url
+            rec = image_record("img", DATA, [f"file://{mnt}/images/img.raw", url])
+            t0 = time.monotonic()
+            result = locpick.download("img", tmp_path / "out", metadata=rec, config=config)
+            elapsed = time.monotonic() - t0
+            sent = origin.bytes_sent
+    finally:
+        release.set()
+    assert elapsed < 10
+    assert result.source_url == url
+    assert [a.outcome for a in result.attempts] == ["failed", "ok"]
+    assert "stalled" in (result.attempts[0].error or "")
+    assert sent >= len(DATA)  # started over: the abandoned temp's bytes were not trusted
+    assert (tmp_path / "out").read_bytes() == DATA
+    assert temp_leftovers(tmp_path) == []

@@ -111,6 +111,7 @@ class FileTransport:
         shown = location.display_url
         fd, rep = self._open_fd(location, image)
         end = image.size if image.size is not None else os.fstat(fd).st_size
+        idle = self.ctx.config.transfer.idle_timeout
 
         def engine(dst: int, offset: int, hasher: Any, advance: Callable[[int], None]) -> str:
             def step(n: int) -> None:
@@ -118,7 +119,9 @@ class FileTransport:
                 if progress is not None:
                     progress(sink.offset, sink.size)
 
-            return sharedfs.system_copy(fd, dst, offset, end, hasher, step, label=shown)
+            return sharedfs.guarded_copy(
+                fd, dst, offset, end, hasher, step, label=shown, idle_timeout=idle
+            )
 
         try:
             return sink.adopt(engine, verify=not rep.fs.trusted)
