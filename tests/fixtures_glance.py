@@ -1,6 +1,7 @@
 """One real Keystone + one real Glance (keystone auth, tmpfs file stores) per test session.
 
-Import the fixture into a test module with ``from fixtures_glance import glance_world``.
+Import the fixture into a test module with ``from fixtures_glance import glance_world_fixture``
+(registered under the name ``glance_world``, so test arguments do not shadow the import).
 Images seeded once (all by admin, 1.5 MB of random bytes unless said otherwise):
 
 * ``image_id``: public; locations fs1 (upload), fs2 (copy-image), ``origin`` (http, records
@@ -98,8 +99,8 @@ class GlanceWorld:
         return path
 
 
-@pytest.fixture(scope="session")
-def glance_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceWorld]:
+@pytest.fixture(scope="session", name="glance_world")
+def glance_world_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceWorld]:
     if not gh.harness_available():
         pytest.fail(f"the Glance harness is missing at {gh.harness_dir()}")
     if not gh.tmpfs_supported():
@@ -151,7 +152,11 @@ def glance_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlanceWor
         dead.stop()
 
         private_image_id = gh.seed_image(
-            ep, image_file, token=token, name="locpick-private", visibility="private",
+            ep,
+            image_file,
+            token=token,
+            name="locpick-private",
+            visibility="private",
             copy_to_stores=(),
         )
         inactive_image_id = gh.seed_image(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from fixtures_glance import ADMIN, DEMO, GlanceWorld, glance_world  # noqa: F401
-from helpers import run_cli, temp_leftovers
+from fixtures_glance import ADMIN, DEMO, GlanceWorld, glance_world_fixture  # noqa: F401
+from helpers import ROOT, run_cli, temp_leftovers
 
 import locpick
 from locpick.auth import auth_from_environment, unversioned_endpoint
@@ -79,9 +82,7 @@ def test_file_location_mapped_through_filesystems_is_a_system_copy(
     assert best["url"] == f"file://{w.glance.stores['fs1']}/{w.image_id}"
     assert "locpick-fs1" in (best["reasons"]["shared_fs"] or "")
     dest = tmp_path / "img"
-    r = run_cli(
-        "download", w.image_id, str(dest), *_token_args(w), "--config", str(cfg), "--json"
-    )
+    r = run_cli("download", w.image_id, str(dest), *_token_args(w), "--config", str(cfg), "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["method"] == "copy"
@@ -142,9 +143,7 @@ def test_bad_token_is_a_clear_401(glance_world: World) -> None:
     assert bogus not in r.stderr
 
 
-def test_image_without_any_hash_needs_allow_unverified(
-    glance_world: World, tmp_path: Path
-) -> None:
+def test_image_without_any_hash_needs_allow_unverified(glance_world: World, tmp_path: Path) -> None:
     """A location-only image (no checksum, no os_hash): refused naming the flag; with it, a
     size-checked download and a loud warning."""
     w = glance_world
@@ -288,3 +287,18 @@ def test_catalog_urls_lose_their_version_suffix() -> None:
     assert unversioned_endpoint("http://h:9292/v2.1") == "http://h:9292"
     assert unversioned_endpoint("https://h/image") == "https://h/image"
     assert auth_from_environment({}) is None
+
+
+def test_compute_agent_example_caches_the_image(glance_world: World, tmp_path: Path) -> None:
+    """examples/compute_agent.py with an openrc environment: downloads once, then reuses."""
+    w = glance_world
+    env = {**os.environ, **w.keystone_env(), "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "examples" / "compute_agent.py"), w.image_id]
+    cmd += ["--cache-dir", str(tmp_path / "_base")]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert first.returncode == 0, first.stderr
+    assert "verified: sha512" in first.stdout
+    cached = tmp_path / "_base" / hashlib.sha1(w.image_id.encode()).hexdigest()
+    assert cached.read_bytes() == w.data
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == 0 and "already cached" in again.stdout

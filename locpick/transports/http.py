@@ -292,11 +292,14 @@ class HttpTransport:
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             try:
                 conn.connect()
-                assert conn.sock is not None
-                conn.sock.settimeout(t.first_byte_timeout)
+                # keep our own reference: getresponse() drops conn.sock when the server will
+                # close the connection (HTTP/1.0, "Connection: close"); the body still reads it
+                sock = conn.sock
+                assert sock is not None
+                sock.settimeout(t.first_byte_timeout)
                 conn.request("GET", path, headers=all_headers)
                 response = conn.getresponse()
-                conn.sock.settimeout(t.idle_timeout)
+                sock.settimeout(t.idle_timeout)
             except TimeoutError as exc:
                 conn.close()
                 raise LocationUnreachable(f"{shown}: timed out", url=shown) from exc
