@@ -7,18 +7,16 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import fixtures_glance
 import glance_harness as gh
 import pytest
 from fixtures_cache import ServeProcess
-from fixtures_glance import DEMO, GlanceWorld
+from fixtures_glance import DEMO, GlanceWorld, glance_world_fixture  # noqa: F401
 from helpers import run_cli
 
 from locpick.cache import NodeCache
 from locpick.testing import Origin
 
 pytestmark = pytest.mark.glance
-glance_world = fixtures_glance.glance_world
 
 SIZE = 400_000
 
