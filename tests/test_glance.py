@@ -16,6 +16,7 @@ from helpers import ROOT, run_cli, temp_leftovers
 import locpick
 from locpick.auth import auth_from_environment, unversioned_endpoint
 from locpick.redact import SCRUB
+from locpick.testing import ClosedPort
 
 pytestmark = pytest.mark.glance
 
@@ -302,3 +303,37 @@ def test_compute_agent_example_caches_the_image(glance_world: World, tmp_path: P
     assert cached.read_bytes() == w.data
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert again.returncode == 0 and "already cached" in again.stdout
+
+
+def test_bare_token_with_auth_url_still_finds_the_catalog(
+    glance_world: World, tmp_path: Path
+) -> None:
+    """OS_AUTH_TOKEN + OS_AUTH_URL and no image URL: keystoneauth1's token plugin scopes it and
+    the image endpoint comes from the catalog."""
+    w = glance_world
+    env = {
+        "OS_AUTH_URL": w.auth_url,
+        "OS_AUTH_TOKEN": w.admin_token,
+        "OS_PROJECT_NAME": "admin",
+        "OS_PROJECT_DOMAIN_NAME": "Default",
+    }
+    r = run_cli("rank", w.image_id, "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert w.origin.url in {row["url"] for row in json.loads(r.stdout)}
+
+
+def test_unreachable_keystone_is_a_clear_auth_error(tmp_path: Path) -> None:
+    """OS_AUTH_URL where nothing listens: exit 2, names Keystone, no traceback."""
+    with ClosedPort("/v3") as cp:
+        env = {
+            "OS_AUTH_URL": cp.url,
+            "OS_USERNAME": "u",
+            "OS_PASSWORD": "pw-never-shown",
+            "OS_PROJECT_NAME": "p",
+            "OS_USER_DOMAIN_NAME": "Default",
+            "OS_PROJECT_DOMAIN_NAME": "Default",
+        }
+        r = run_cli("rank", "some-image", env=env)
+    assert r.returncode == 2, r.stderr
+    assert f"keystone {cp.url}: cannot reach Keystone" in r.stderr
+    assert "Traceback" not in r.stderr and "pw-never-shown" not in r.stderr
