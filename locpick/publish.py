@@ -113,9 +113,15 @@ class GlanceLocations:
         if resp.status_code in (200, 204):
             return
         body = SCRUB(resp.text.strip().replace("\n", " "))[:300]
-        if resp.status_code in (400, 403):
+        if resp.status_code == 403:
             raise PublishError(
-                f"glance {self._shown}: {what}: HTTP {resp.status_code} ({body}); {_FORBIDDEN_HELP}"
+                f"glance {self._shown}: {what}: HTTP 403 ({body}); {_FORBIDDEN_HELP}"
+            )
+        if resp.status_code == 400:
+            raise PublishError(
+                f"glance {self._shown}: {what}: HTTP 400 ({body}); either {_FORBIDDEN_HELP}, "
+                "or Glance cannot reach the URL ([cache] public_url must be reachable from "
+                "Glance and pass its allowed hosts/ports filter)"
             )
         raise PublishError(f"glance {self._shown}: {what}: HTTP {resp.status_code} ({body})")
 

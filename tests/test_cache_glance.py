@@ -275,3 +275,22 @@ def test_reconcile_fixes_drift_both_ways_and_lru_unregisters(
     assert a.url(image_id) not in _locations(w, image_id)
     assert a.url(second) in _locations(w, second)
     assert data  # the first image's bytes are only in Glance's stores now
+
+
+def test_public_url_glance_cannot_reach_keeps_a_plain_cache(
+    glance_world: GlanceWorld,
+    nodes: tuple[Node, Node],
+    image: tuple[str, bytes, Origin],
+    tmp_path: Path,
+) -> None:
+    """Glance refuses a location it cannot reach: one clear line, exit 0, still cached."""
+    w = glance_world
+    a, _ = nodes
+    image_id, _data, _origin = image
+    dead = f"http://127.0.0.1:{gh.find_free_port()}"
+    a.config.write_text(a.config.read_text().replace(a.serve.url, dead))
+    code, _out, err = a.cli("download", image_id, str(tmp_path / "a.img"), "--register")
+    assert code == 0, err
+    assert "keeping a plain cache" in err and "public_url" in err
+    assert a.cache.entry(image_id) is not None
+    assert not [u for u in _locations(w, image_id) if u.startswith(dead)]
