@@ -242,3 +242,37 @@ def test_prune_refuses_quick_or_metadata(tmp_path: Path, argv: list[str]) -> Non
     """--prune needs a full hash check and a Glance source: exit 2."""
     r = run_cli("verify", IMG, "--prune", *argv, "--glance-url", "http://127.0.0.1:9", cwd=tmp_path)
     assert r.returncode == 2, r.stderr
+
+
+def test_python_api_cache_dir(tmp_path: Path) -> None:
+    """locpick.download(cache_dir=...) keeps a copy; the second call is method 'cache'."""
+    import locpick
+
+    data = os.urandom(100_000)
+    with Origin(data) as origin:
+        record = image_record(IMG, data, [origin.url])
+        first = locpick.download(IMG, tmp_path / "a", metadata=record, cache_dir=tmp_path / "c")
+        second = locpick.download(IMG, tmp_path / "b", metadata=record, cache_dir=tmp_path / "c")
+        assert len(origin.requests) > 0
+    assert (first.method, second.method) == ("download", "cache")
+    assert second.source_url == (tmp_path / "c" / "images" / IMG).as_uri()
+    assert (tmp_path / "b").read_bytes() == data
+
+
+def test_failed_download_leaves_the_cache_empty(tmp_path: Path) -> None:
+    """Bytes that fail verification never enter the cache (exit 3, no entry, no temp file)."""
+    data = os.urandom(100_000)
+    with Origin(os.urandom(len(data))) as liar:
+        meta = write_record(tmp_path / "m.json", image_record(IMG, data, [liar.url]))
+        r = run_cli(
+            "download",
+            IMG,
+            str(tmp_path / "d"),
+            "--metadata",
+            str(meta),
+            "--cache-dir",
+            str(tmp_path / "c"),
+        )
+    assert r.returncode == 3
+    assert sorted(p.name for p in (tmp_path / "c" / "images").iterdir()) == []
+    assert not (tmp_path / "d").exists() and temp_leftovers(tmp_path) == []
