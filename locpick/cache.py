@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -103,9 +104,12 @@ class NodeCache:
             with open(side, encoding="utf-8") as fh:
                 meta = json.load(fh)
             last_used = os.stat(side).st_mtime
-            size = os.stat(data).st_size
+            st = os.lstat(data)
         except (OSError, ValueError):
             return None
+        if not stat.S_ISREG(st.st_mode):  # a symlink or device planted in the cache: refused
+            return None
+        size = st.st_size
         if not isinstance(meta, dict) or meta.get("size") != size:
             return None
         algo, digest = meta.get("algo"), meta.get("digest")

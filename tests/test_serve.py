@@ -134,3 +134,18 @@ def test_evicted_image_is_gone_from_serve(tmp_path: Path) -> None:
         assert _get(proc.port, "/images/x1")[0] == 200
         cache.evict("x1")
         assert _get(proc.port, "/images/x1")[0] == 404
+
+
+def test_symlink_planted_in_the_cache_is_not_followed_out(tmp_path: Path) -> None:
+    """An entry whose data file is a symlink to a file outside the cache answers 404."""
+    cache = NodeCache(tmp_path / "c")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"top secret bytes")
+    (cache.images / "evil").symlink_to(secret)
+    (cache.images / "evil.json").write_text(
+        '{"size": 16, "algo": "sha512", "digest": "00", "registered_url": null}'
+    )
+    assert cache.entry("evil") is None  # not a regular file: not an entry
+    with ServeProcess(tmp_path / "c") as proc:
+        status, _h, body = _get(proc.port, "/images/evil")
+    assert status == 404 and b"secret" not in body
