@@ -41,6 +41,7 @@ def _status_error(url: str, status: int, retry_after: str | None = None) -> Loca
     permanent = 400 <= status < 500 and status not in (408, 429)
     err = LocationUnreachable(f"{url}: HTTP {status}", url=url, permanent=permanent)
     err.retry_after = _parse_retry_after(retry_after)  # type: ignore[attr-defined]
+    err.status = status  # type: ignore[attr-defined]
     return err
 
 
