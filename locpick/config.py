@@ -58,8 +58,11 @@ class Filesystem:
     marker: str | None = None
     #: Expected filesystem UUID or source device (as in /proc/self/mountinfo), if set.
     fs_uuid: str | None = None
-    #: Trust the operator: copies from this filesystem may be checked by size alone.
+    #: Trust the operator: copies from this filesystem are checked by size alone (no hash
+    #: pass; reflink makes such a copy near-instant). Off by default: copies are verified.
     trusted: bool = False
+    #: Seconds the reachability check may take before the mount counts as hung/stale.
+    timeout: float = 2.0
     #: Test-only: accept a plain directory as if it were a mount. Not settable from a file.
     require_mount: bool = attrs.field(default=True, kw_only=True)
 

@@ -58,19 +58,26 @@ def fetch(
             t0 = time.monotonic()
             before = sink.offset
             stream: Stream | None = None
+            note: str | None
             try:
                 transport = transports.for_location(loc)
-                stream = transport.open(loc, image, offset=sink.offset)
-                note = _pump(stream, sink, progress)
-                if image.size is not None and sink.offset < image.size:
-                    raise TransferError(
-                        f"{stream.final_url}: connection ended at byte "
-                        f"{sink.offset} of {image.size}",
-                        url=stream.final_url,
-                    )
-                source = stream.final_url
-                stream.close()
-                stream = None
+                copy_to = getattr(transport, "copy_to", None)
+                if copy_to is not None:  # a system copy (shared filesystem)
+                    sink.label = f"image {image.id} from {loc.display_url}"
+                    note = f"system copy via {copy_to(loc, image, sink, progress)}"
+                    source = loc.display_url
+                else:
+                    stream = transport.open(loc, image, offset=sink.offset)
+                    note = _pump(stream, sink, progress)
+                    if image.size is not None and sink.offset < image.size:
+                        raise TransferError(
+                            f"{stream.final_url}: connection ended at byte "
+                            f"{sink.offset} of {image.size}",
+                            url=stream.final_url,
+                        )
+                    source = stream.final_url
+                    stream.close()
+                    stream = None
                 sink.label = f"image {image.id} from {source}"
                 verified = sink.commit()
             except IntegrityError as exc:

@@ -17,11 +17,12 @@ from helpers import image_record, run_cli, temp_leftovers, write_record
 from origin import Origin
 
 import locpick
+from locpick import sharedfs
 from locpick.config import Config, Filesystem, SecurityConfig
 from locpick.errors import AllLocationsFailed, InputError, UnsupportedLocation
 from locpick.models import Image, Location
 from locpick.transports import Context
-from locpick.transports.file import FileStream, FileTransport
+from locpick.transports.file import FileTransport
 
 DATA = os.urandom(64 * 1024)
 
@@ -63,10 +64,10 @@ def test_file_location_inside_share_is_used(share: Path, tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("suffix", "needle"),
     [
-        ("/../outside.raw", "'..' in path"),
-        ("/%2e%2e/outside.raw", "'..' in path"),
-        ("/sub/..%2F..%2Foutside.raw", "'..' in path"),
-        ("/img.raw%00.txt", "bad path"),
+        ("/../outside.raw", "'..' segment in path"),
+        ("/%2e%2e/outside.raw", "'..' segment in path"),
+        ("/sub/..%2F..%2Foutside.raw", "'..' segment in path"),
+        ("/img.raw%00.txt", "not-on-configured-filesystem"),
     ],
 )
 def test_path_traversal_refused(share: Path, suffix: str, needle: str) -> None:
@@ -99,19 +100,20 @@ def test_paths_outside_any_share_refused(share: Path) -> None:
 
 
 def test_fifo_refused_without_blocking(share: Path, tmp_path: Path) -> None:
-    """A FIFO on the share is 'not a regular file'; opening one directly does not block."""
+    """A FIFO on the share is not a regular file; opening one directly does not block."""
     fifo = share / "pipe.raw"
     os.mkfifo(fifo)
     transport = FileTransport(Context(_config(share)))
     url = f"file://{fifo}"
-    assert transport.check(Location(url=url), _image(url, size=0)) == "not a regular file"
+    reason = transport.check(Location(url=url), _image(url, size=0))
+    assert reason is not None and reason.startswith("not-regular-file") and "FIFO" in reason
     # The race check() cannot see: the path became a FIFO after the check.
     t0 = time.monotonic()
-    with pytest.raises(UnsupportedLocation, match="not a regular file"):
-        FileStream(str(fifo), 0, url)
+    with pytest.raises(UnsupportedLocation, match="not-regular-file"):
+        sharedfs.open_confined(str(fifo), os.stat(share).st_dev)
     assert time.monotonic() - t0 < 5
     record = image_record("img", DATA, [url])
-    with pytest.raises(AllLocationsFailed, match="not a regular file"):
+    with pytest.raises(AllLocationsFailed, match="not-regular-file"):
         locpick.download("img", tmp_path / "o.raw", metadata=record, config=_config(share))
 
 
@@ -121,16 +123,18 @@ def test_device_file_refused(share: Path) -> None:
     try:
         os.mknod(dev, stat.S_IFCHR | 0o600, os.makedev(1, 5))
     except PermissionError:
-        # No CAP_MKNOD here: a bind of /dev/zero is not possible either, so use the device
-        # through a symlink, which must be refused for escaping the share.
+        # No CAP_MKNOD here: use the device through a symlink, refused for leaving the share.
         dev.symlink_to("/dev/zero")
     transport = FileTransport(Context(_config(share)))
     url = f"file://{dev}"
     reason = transport.check(Location(url=url), _image(url))
-    assert reason in ("not a regular file",) or (reason and "resolves outside" in reason)
-    if not dev.is_symlink():
-        with pytest.raises(UnsupportedLocation, match="not a regular file"):
-            FileStream(str(dev), 0, url)
+    assert reason is not None
+    if dev.is_symlink():
+        assert "resolves outside" in reason
+    else:
+        assert reason.startswith("not-regular-file") and "character device" in reason
+        with pytest.raises(UnsupportedLocation, match="not-regular-file"):
+            sharedfs.open_confined(str(dev), os.stat(share).st_dev)
 
 
 # -- destination safety -------------------------------------------------------------------------
