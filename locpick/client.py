@@ -13,8 +13,9 @@ import cachetools
 from locpick.config import Config, resolve_config
 from locpick.errors import InputError, UnverifiedImage
 from locpick.fetch import Progress, fetch
+from locpick.history import History
 from locpick.models import Image, Location, Probe, Ranking, Result, VerifyReport
-from locpick.probe import probe_all
+from locpick.probe import probe_all, probe_throughput
 from locpick.redact import SCRUB
 from locpick.replicas import verify_replicas
 from locpick.score import Candidate, rank
@@ -50,6 +51,8 @@ class Client:
             maxsize=4096, ttl=self.config.probe.cache_ttl
         )
         self._lock = threading.Lock()
+        #: Per-host outcomes persisted across runs (``history_file``; "" disables).
+        self.history = History.from_config(self.config.history_file)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def __enter__(self) -> Client:
@@ -106,8 +109,15 @@ class Client:
             if reason is None:
                 to_probe.append(loc)
         probes = self._probe(image, to_probe)
+        known = self.history.entries()
         candidates = [
-            Candidate(c.location, c.unusable, probes.get(c.location), c.shared_fs, c.history)
+            Candidate(
+                c.location,
+                c.unusable,
+                probes.get(c.location),
+                c.shared_fs,
+                self.history.lookup(c.location, known) if c.unusable is None else None,
+            )
             for c in candidates
         ]
         for url, why in image.rejected:
@@ -125,6 +135,7 @@ class Client:
                 else:
                     missing.append(loc)
         fresh = probe_all(image, missing, self._transports, self.config)
+        fresh = probe_throughput(image, fresh, self._transports, self.config)
         with self._lock:
             for loc, probe in fresh.items():
                 if probe.ok:
@@ -162,6 +173,7 @@ class Client:
             buffer_bytes=self.config.transfer.buffer_bytes,
             file_mode=self.config.security.file_mode,
             progress=progress,
+            observer=self.history.record,
         )
 
     def verify(
