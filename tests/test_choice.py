@@ -37,16 +37,18 @@ def test_fast_bandwidth_wins_for_large_image_low_latency_for_tiny() -> None:
     """Slow-TTFB/fast-bandwidth wins a large image; fast-TTFB/slow-bandwidth wins a tiny one."""
     lat, bw = Faults(first_byte_delay=0.002, bandwidth=4e6), Faults(first_byte_delay=0.12)
     with Origin(BIG, faults=lat) as quick, Origin(BIG, faults=bw) as wide:
-        big = locpick.rank("img", metadata=image_record("img", BIG, [quick.url, wide.url]),
-                           config=_cfg())
+        big = locpick.rank(
+            "img", metadata=image_record("img", BIG, [quick.url, wide.url]), config=_cfg()
+        )
         assert _first(big) == wide.url, big.to_json()
         top = big.scores[0].reasons
         assert top.throughput_bps is not None and top.throughput_bps > 20e6
         assert big.scores[1].reasons.throughput_bps is not None
         assert big.scores[1].reasons.throughput_bps < 10e6
     with Origin(SMALL, faults=lat) as quick, Origin(SMALL, faults=bw) as wide:
-        tiny = locpick.rank("img", metadata=image_record("img", SMALL, [wide.url, quick.url]),
-                            config=_cfg())
+        tiny = locpick.rank(
+            "img", metadata=image_record("img", SMALL, [wide.url, quick.url]), config=_cfg()
+        )
         assert _first(tiny) == quick.url, tiny.to_json()
         # Small image: the throughput probe is cut short entirely.
         assert all(s.reasons.throughput_bps is None for s in tiny.scores)
@@ -62,7 +64,8 @@ def test_same_zone_preferred_when_otherwise_equal() -> None:
     with Origin(ONE_MB) as a, Origin(ONE_MB) as b:
         for near, far in ((a, b), (b, a)):
             rec = image_record(
-                "img", ONE_MB,
+                "img",
+                ONE_MB,
                 [(far.url, {"zone": "az2", "region": "r1"}), (near.url, {"zone": "az1"})],
             )
             ranking = locpick.rank("img", metadata=rec, config=cfg)
@@ -159,8 +162,9 @@ def test_policy_forbid_and_prefer_shown_in_reasons(tmp_path: Path) -> None:
         (tmp_path / "c.toml").write_text(
             'history_file = ""\n[policy]\nforbid_hosts = ["localhost"]\n'
         )
-        out = run_cli("rank", "img", "--metadata", str(rec), "--config", str(tmp_path / "c.toml"),
-                      "--json")
+        out = run_cli(
+            "rank", "img", "--metadata", str(rec), "--config", str(tmp_path / "c.toml"), "--json"
+        )
         assert out.returncode == 0, out.stderr
         rows = {r["url"]: r for r in json.loads(out.stdout)}
         assert rows[a_loc]["usable"] is False
@@ -169,7 +173,8 @@ def test_policy_forbid_and_prefer_shown_in_reasons(tmp_path: Path) -> None:
             assert key in rows[b.url]["reasons"]
         assert rows[b.url]["reasons"]["connect_ms"] is not None
         cfg = _cfg(policy=Policy(prefer_hosts=("127.0.0.1",)))
-        ranking = locpick.rank("img", metadata=image_record("img", ONE_MB, [a_loc, b.url]),
-                               config=cfg)
+        ranking = locpick.rank(
+            "img", metadata=image_record("img", ONE_MB, [a_loc, b.url]), config=cfg
+        )
         assert _first(ranking) == b.url
         assert ranking.scores[0].reasons.policy == "preferred by policy"
