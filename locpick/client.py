@@ -15,7 +15,7 @@ from locpick.errors import InputError, UnverifiedImage
 from locpick.fetch import Progress, fetch
 from locpick.history import History
 from locpick.models import Image, Location, Probe, Ranking, Result, VerifyReport
-from locpick.probe import probe_all, probe_throughput
+from locpick.probe import probe_and_measure
 from locpick.redact import SCRUB
 from locpick.replicas import verify_replicas
 from locpick.score import Candidate, rank
@@ -134,8 +134,7 @@ class Client:
                     found[loc] = hit
                 else:
                     missing.append(loc)
-        fresh = probe_all(image, missing, self._transports, self.config)
-        fresh = probe_throughput(image, fresh, self._transports, self.config)
+        fresh = probe_and_measure(image, missing, self._transports, self.config)
         with self._lock:
             for loc, probe in fresh.items():
                 if probe.ok:

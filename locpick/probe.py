@@ -19,7 +19,10 @@ latency, i.e. beyond the straggler cut-off -- get a throughput probe: a read fro
 that stops as soon as the rate is stable (rate-mirrors' idea): at least ``throughput_min_bytes``
 and ``throughput_min_seconds``, then stop when the coefficient of variation of the last
 ``_CV_WINDOW`` slice rates is below ``throughput_cv``; hard caps ``throughput_max_bytes`` and
-``throughput_max_seconds``. The probes of the top candidates run concurrently.
+``throughput_max_seconds``. The measurements run concurrently, each started as soon as its
+location's latency probe answers (``probe_and_measure``), and each is bounded by
+``throughput_budget`` x the transfer time expected at the prior throughput (probing costs a
+small fraction of the download).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import statistics
 import threading
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
@@ -41,9 +44,17 @@ from locpick.transports import Transport, Transports
 
 
 def probe_all(
-    image: Image, locations: Sequence[Location], transports: Transports, config: Config
+    image: Image,
+    locations: Sequence[Location],
+    transports: Transports,
+    config: Config,
+    *,
+    on_answer: Callable[[Location, Probe, float], None] | None = None,
 ) -> dict[Location, Probe]:
-    """Probe ``locations`` concurrently; every one gets a Probe, failed ones with the reason."""
+    """Probe ``locations`` concurrently; every one gets a Probe, failed ones with the reason.
+
+    ``on_answer(location, probe, best_ttfb)`` is called as each probe answers (used to start
+    throughput measurements without waiting for the whole latency phase)."""
     pc = config.probe
     results: dict[Location, Probe] = {}
     if not locations:
@@ -78,6 +89,8 @@ def probe_all(
                 results[futures[fut]] = probe
                 if probe.ok and probe.ttfb is not None:
                     best = probe.ttfb if best is None else min(best, probe.ttfb)
+                    if on_answer is not None:
+                        on_answer(futures[fut], probe, best)
         waited = time.monotonic() - start
         for fut in pending:
             loc = futures[fut]
@@ -195,45 +208,55 @@ def _icmp(address: str, deadline: float) -> tuple[float | None, str | None]:
 #: Rates of this many most recent slices are compared to decide stability.
 _CV_WINDOW = 5
 #: Length of one rate slice, seconds.
-_SLICE = 0.03
+_SLICE = 0.025
 
 
-def probe_throughput(
-    image: Image,
-    probes: dict[Location, Probe],
-    transports: Transports,
-    config: Config,
+def probe_and_measure(
+    image: Image, locations: Sequence[Location], transports: Transports, config: Config
 ) -> dict[Location, Probe]:
-    """Measure throughput of the best candidates by latency; returns the updated probes."""
+    """Latency of every location, then throughput of the promising ones, pipelined.
+
+    A throughput measurement starts as soon as a location's latency probe answers, if it is
+    not clearly worse on latency than the best answer so far (within the straggler cut-off),
+    at most ``throughput_top`` of them, and never for a small image. Each measurement is
+    bounded by ``throughput_max_seconds`` and by ``throughput_budget`` x the transfer time
+    expected at the prior throughput, so probing a big image costs a small fraction of it.
+    """
     pc = config.probe
-    if image.size is not None and image.size <= pc.small_image_bytes:
-        return probes
-    ok = [
-        (p.ttfb, loc)
-        for loc, p in probes.items()
-        if p.ok and not p.censored and p.ttfb is not None and loc.scheme != "file"
-    ]
-    if not ok:
-        return probes
-    ok.sort(key=lambda t: t[0])
-    best = ok[0][0]
-    cutoff = max(pc.straggler_floor, pc.straggler_factor * best)
-    chosen = [loc for ttfb, loc in ok if ttfb <= cutoff][: max(0, pc.throughput_top)]
-    if len(chosen) < 1:
-        return probes
-    out = dict(probes)
-    with cf.ThreadPoolExecutor(max_workers=len(chosen), thread_name_prefix="locpick-tput") as pool:
-        futs = {pool.submit(_measure, transports, loc, image, config): loc for loc in chosen}
-        for fut in cf.as_completed(futs):
-            loc = futs[fut]
+    size = image.size
+    if size is not None and size <= pc.small_image_bytes:
+        return probe_all(image, locations, transports, config)
+    expected = (size if size is not None else 1 << 30) / config.scoring.prior_throughput_bps
+    limit = min(
+        pc.throughput_max_seconds, max(pc.throughput_min_seconds, pc.throughput_budget * expected)
+    )
+    pool = cf.ThreadPoolExecutor(
+        max_workers=max(1, pc.throughput_top), thread_name_prefix="locpick-tput"
+    )
+    started: dict[cf.Future[float | None], Location] = {}
+
+    def on_answer(loc: Location, probe: Probe, best: float) -> None:
+        if loc.scheme == "file" or len(started) >= pc.throughput_top:
+            return
+        if probe.ttfb is None or probe.ttfb > max(pc.straggler_floor, pc.straggler_factor * best):
+            return
+        started[pool.submit(_measure, transports, loc, image, config, limit)] = loc
+
+    try:
+        probes = probe_all(image, locations, transports, config, on_answer=on_answer)
+        out = dict(probes)
+        for fut in cf.as_completed(started):
+            loc = started[fut]
             bps = fut.result()
-            if bps is not None:
+            if bps is not None and out.get(loc) is not None and out[loc].ok:
                 out[loc] = attrs.evolve(out[loc], throughput_bps=bps)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     return out
 
 
 def _measure(
-    transports: Transports, location: Location, image: Image, config: Config
+    transports: Transports, location: Location, image: Image, config: Config, limit: float
 ) -> float | None:
     """Read from offset 0 until the rate is stable or a cap is hit; bytes/s after first byte."""
     pc = config.probe
@@ -241,7 +264,7 @@ def _measure(
         stream = transports.for_location(location).open(location, image, offset=0)
     except (LocpickError, OSError):
         return None
-    buf = memoryview(bytearray(256 * 1024))
+    buf = memoryview(bytearray(64 * 1024))
     try:
         t_first: float | None = None
         got = 0
@@ -267,7 +290,7 @@ def _measure(
                 rates.append(slice_bytes / (now - slice_start))
                 slice_start, slice_bytes = now, 0
             elapsed = now - t_first
-            if got >= pc.throughput_max_bytes or now - t_open >= pc.throughput_max_seconds:
+            if got >= pc.throughput_max_bytes or now - t_open >= limit:
                 break
             if (
                 got >= pc.throughput_min_bytes
