@@ -5,19 +5,44 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attrs
 import cachetools
 
+from locpick.auth import OpenStackAuth, auth_from_environment
+from locpick.cache import CacheEntry, NodeCache, copy_out
 from locpick.config import Config, resolve_config
-from locpick.errors import InputError, UnverifiedImage
+from locpick.errors import (
+    ConfigError,
+    ImageNotFound,
+    InputError,
+    LocpickError,
+    UnverifiedImage,
+)
 from locpick.fetch import Progress, fetch
 from locpick.history import History
-from locpick.models import Image, Location, Probe, Ranking, Result, VerifyReport
+from locpick.models import (
+    Attempt,
+    Image,
+    Location,
+    Probe,
+    PruneResult,
+    Ranking,
+    Result,
+    VerifyReport,
+)
 from locpick.probe import probe_and_measure
+from locpick.publish import (
+    GlanceLocations,
+    PublishError,
+    cache_location_url,
+    cache_metadata,
+)
 from locpick.redact import SCRUB
-from locpick.replicas import verify_replicas
+from locpick.replicas import plan_prune, verify_replicas
 from locpick.score import Candidate, rank
 from locpick.sources import fetch_glance_image, load_metadata
 from locpick.transports import Context, Transports
@@ -46,6 +71,16 @@ class Client:
         SCRUB.add(token)
         self.glance_url = glance_url
         self._ctx = Context(self.config, glance_url=glance_url, token=token)
+        #: Keystone (OS_AUTH_URL / OS_CLOUD) when the token or the endpoint must come from it.
+        self._auth: OpenStackAuth | None = None
+        if not (token and glance_url):
+            self._auth = auth_from_environment(
+                os.environ,
+                token=token,
+                ca_file=self.config.tls.ca_file,
+                verify=self.config.tls.verify,
+                timeout=max(30.0, self.config.transfer.connect_timeout),
+            )
         self._transports = Transports(self._ctx)
         self._probe_cache: cachetools.TTLCache[tuple[str, int | None], Probe] = cachetools.TTLCache(
             maxsize=4096, ttl=self.config.probe.cache_ttl
@@ -74,22 +109,43 @@ class Client:
             if image.status != "active":
                 raise InputError(f"image {image_id} is {image.status!r}, not 'active'")
             return image
+        glance_url, token = self._glance()
+        try:
+            return fetch_glance_image(
+                self._ctx.http,
+                glance_url,
+                image_id,
+                token=token,
+                max_locations=limit,
+                prefer_stores=self.config.glance.prefer_stores,
+            )
+        except ImageNotFound as exc:
+            if self._auth is None:
+                raise
+            raise ImageNotFound(f"{exc}, as {self._auth.who}") from exc
+
+    def _glance(self) -> tuple[str, str | None]:
+        """Glance endpoint and token; from Keystone (catalog, renewed token) when configured."""
+        if self._auth is not None:
+            token = self._auth.token()
+            endpoint = self.glance_url or self._auth.image_endpoint()
+            with self._lock:
+                self.glance_url = self._ctx.glance_url = endpoint
+                self._ctx.token = token
         if not self.glance_url:
             raise InputError(
-                "no image source: give --metadata FILE or --glance-url URL (or set OS_IMAGE_URL)"
+                "no image source: give --metadata FILE or --glance-url URL (or set OS_IMAGE_URL,"
+                " or OS_AUTH_URL/OS_CLOUD to find it in the service catalog)"
             )
-        return fetch_glance_image(
-            self._ctx.http,
-            self.glance_url,
-            image_id,
-            token=self._ctx.token,
-            max_locations=limit,
-            prefer_stores=self.config.glance.prefer_stores,
-        )
+        return self.glance_url, self._ctx.token
 
     # -- decisions ----------------------------------------------------------------------------
-    def rank_image(self, image: Image) -> Ranking:
-        """Score every location of an already-loaded image."""
+    def rank_image(self, image: Image, *, for_download: bool = False) -> Ranking:
+        """Score every location of an already-loaded image.
+
+        ``for_download``: with a single usable location there is nothing to choose, so it is
+        not probed (the probe would only delay the transfer).
+        """
         candidates: list[Candidate] = []
         to_probe: list[Location] = []
         for loc in image.locations:
@@ -108,7 +164,7 @@ class Client:
             candidates.append(Candidate(loc, unusable=reason, shared_fs=shared))
             if reason is None:
                 to_probe.append(loc)
-        probes = self._probe(image, to_probe)
+        probes = {} if for_download and len(to_probe) <= 1 else self._probe(image, to_probe)
         known = self.history.entries()
         candidates = [
             Candidate(
@@ -153,9 +209,29 @@ class Client:
         metadata: Metadata | None = None,
         allow_unverified: bool = False,
         progress: Progress | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        register: bool | None = None,
     ) -> Result:
-        """Fetch (or system-copy) the image to ``dest``, verified, atomically."""
+        """Fetch (or system-copy) the image to ``dest``, verified, atomically.
+
+        With a node cache (``cache_dir`` or ``[cache] dir``) a verified cached copy is copied
+        out without any network transfer (``method="cache"``), and a fresh download is kept
+        in the cache; with ``register`` (or ``[cache] register``) the cached copy is published
+        as a location of the image in Glance.
+        """
         image = self.image(image_id, metadata=metadata)
+        cache = self.node_cache(cache_dir, required=False)
+        publish = self.config.cache.register if register is None else register
+        if publish and cache is None:
+            raise ConfigError("--register needs a node cache: give --cache-dir or [cache] dir")
+        if publish and not self.config.cache.public_url:
+            raise ConfigError(
+                "--register needs [cache] public_url (how other nodes reach locpick serve here)"
+            )
+        if cache is not None:
+            hit = self._from_cache(cache, image, dest, publish)
+            if hit is not None:
+                return hit
         if not image.has_hash:
             if not allow_unverified:
                 raise UnverifiedImage(
@@ -163,8 +239,8 @@ class Client:
                     "unverified bytes (pass --allow-unverified to accept a size-only check)"
                 )
             log.warning("image %s has no hash: downloading UNVERIFIED (size check only)", image_id)
-        ranking = self.rank_image(image)
-        return fetch(
+        ranking = self.rank_image(image, for_download=True)
+        result = fetch(
             image,
             ranking.scores,
             dest,
@@ -174,13 +250,189 @@ class Client:
             progress=progress,
             observer=self.history.record,
         )
+        if cache is not None and result.verified:
+            try:
+                evicted = cache.add_file(image, dest)
+            except LocpickError as exc:
+                log.warning("cache: %s (image delivered, not cached)", SCRUB(str(exc)))
+                return result
+            self._unpublish(evicted)
+            if publish:
+                self._publish(cache, image)
+        return result
+
+    # -- the node cache -----------------------------------------------------------------------
+    def node_cache(
+        self, cache_dir: str | os.PathLike[str] | None = None, *, required: bool = True
+    ) -> NodeCache | None:
+        """The node cache at ``cache_dir``, else ``[cache] dir``; None (or an error) if neither."""
+        directory = cache_dir if cache_dir is not None else self.config.cache.dir
+        if not directory:
+            if required:
+                raise ConfigError("no node cache: give --cache-dir DIR or set [cache] dir")
+            return None
+        return NodeCache(directory, self.config.cache.max_bytes)
+
+    def _from_cache(
+        self, cache: NodeCache, image: Image, dest: str | os.PathLike[str], publish: bool
+    ) -> Result | None:
+        started = time.monotonic()
+        entry = cache.lookup(image)
+        if entry is None:
+            return None
+        if not copy_out(entry, dest, mode=self.config.security.file_mode):
+            return None
+        cache.touch(image.id)
+        if publish:
+            self._publish(cache, image, entry)
+        url = entry.path.as_uri()
+        return Result(
+            image_id=image.id,
+            dest=str(dest),
+            source_url=url,
+            method="cache",
+            bytes=entry.size,
+            seconds=time.monotonic() - started,
+            verified=entry.algo,
+            attempts=(Attempt(url=url, outcome="ok", bytes=entry.size, note="node cache"),),
+        )
+
+    def glance_locations(self) -> GlanceLocations:
+        """The Glance locations API of this client's endpoint (token renewed if Keystone)."""
+        endpoint, token = self._glance()
+        return GlanceLocations(self._ctx.http, endpoint, token)
+
+    def _publish(self, cache: NodeCache, image: Image, entry: CacheEntry | None = None) -> None:
+        """Register the cached copy in Glance; a refusal is a warning, the cache keeps working."""
+        public_url = self.config.cache.public_url
+        assert public_url is not None
+        url = cache_location_url(public_url, image.id)
+        if entry is None:
+            entry = cache.entry(image.id)
+        if entry is None or entry.registered_url == url:
+            return
+        try:
+            self.glance_locations().add(image.id, url, cache_metadata(self.config.topology))
+        except (PublishError, InputError) as exc:
+            log.warning("not registered, keeping a plain cache: %s", SCRUB(str(exc)))
+            return
+        cache.set_registered(image.id, url)
+
+    def _unpublish(self, evicted: Sequence[CacheEntry]) -> list[str]:
+        """Remove evicted copies' locations from Glance; returns warnings (also logged)."""
+        problems = []
+        for entry in evicted:
+            if not entry.registered_url:
+                continue
+            try:
+                self.glance_locations().remove(entry.image_id, entry.registered_url)
+            except (PublishError, InputError) as exc:
+                text = (
+                    f"evicted {entry.image_id} but its location is still in Glance "
+                    f"({SCRUB(str(exc))}); run `locpick cache reconcile`"
+                )
+                log.warning("%s", text)
+                problems.append(text)
+        return problems
+
+    def evict(
+        self, image_ids: Sequence[str], *, cache_dir: str | os.PathLike[str] | None = None
+    ) -> tuple[list[CacheEntry], list[str]]:
+        """Evict entries (and unregister their locations); returns (evicted, warnings)."""
+        cache = self.node_cache(cache_dir)
+        assert cache is not None
+        evicted = [e for e in (cache.evict(i) for i in image_ids) if e is not None]
+        return evicted, self._unpublish(evicted)
+
+    def reconcile(self, *, cache_dir: str | os.PathLike[str] | None = None) -> list[str]:
+        """Make Glance agree with the cache, both ways; returns what was done, one line each.
+
+        Registered but not (validly) cached: the location is removed. Cached but not
+        registered (with ``[cache] register``): it is added. A cached copy whose hash no
+        longer matches Glance's record is evicted.
+        """
+        cache = self.node_cache(cache_dir)
+        assert cache is not None
+        public_url = self.config.cache.public_url
+        if not public_url:
+            raise ConfigError("cache reconcile needs [cache] public_url (this node's serve URL)")
+        api = self.glance_locations()
+        prefix = public_url.rstrip("/") + "/images/"
+        done: list[str] = []
+        registered = api.images_with_location_prefix(prefix)
+        for image_id, urls in sorted(registered.items()):
+            entry = cache.entry(image_id)
+            for url in urls:
+                if entry is not None and url == cache_location_url(public_url, image_id):
+                    if entry.registered_url != url:
+                        cache.set_registered(image_id, url)
+                    continue
+                api.remove(image_id, url)
+                done.append(f"unregistered {image_id}: {url} (not in the cache)")
+        for entry in cache.entries():
+            url = cache_location_url(public_url, entry.image_id)
+            try:
+                image = self.image(entry.image_id)
+            except ImageNotFound:
+                cache.evict(entry.image_id)
+                done.append(f"evicted {entry.image_id}: no longer in Glance")
+                continue
+            if cache.lookup(image) is None:
+                stale = cache.evict(entry.image_id)
+                if url in registered.get(entry.image_id, []):
+                    api.remove(entry.image_id, url)
+                done.append(f"evicted {entry.image_id}: its hash no longer matches Glance's")
+                del stale
+                continue
+            if url in registered.get(entry.image_id, []):
+                continue
+            if entry.registered_url:
+                cache.set_registered(entry.image_id, None)
+            if self.config.cache.register:
+                api.add(entry.image_id, url, cache_metadata(self.config.topology))
+                cache.set_registered(entry.image_id, url)
+                done.append(f"registered {entry.image_id}: {url}")
+        return done
 
     def verify(
-        self, image_id: str, *, metadata: Metadata | None = None, quick: bool = False
+        self,
+        image_id: str,
+        *,
+        metadata: Metadata | None = None,
+        quick: bool = False,
+        prune: bool = False,
+        yes: bool = False,
     ) -> VerifyReport:
-        """Check every location: reachable, right size, and (unless quick) right hash."""
+        """Check every location: reachable, right size, and (unless quick) right hash.
+
+        ``prune``: plan removing missing/mismatched locations from Glance (never the last
+        verified one); ``yes`` carries it out, otherwise it is a dry run.
+        """
+        if prune and quick:
+            raise InputError("--prune needs the full hash check: drop --quick")
+        if prune and metadata is not None:
+            raise InputError("--prune changes Glance: give --glance-url, not --metadata")
         image = self.image(image_id, metadata=metadata)
-        return verify_replicas(image, image.locations, self._transports, quick=quick)
+        report = verify_replicas(image, image.locations, self._transports, quick=quick)
+        if not prune:
+            return report
+        remove, notes = plan_prune(image, report)
+        removed: list[str] = []
+        if yes and remove:
+            api = self.glance_locations()
+            for loc in remove:
+                try:
+                    if api.remove(image.id, loc.url):
+                        removed.append(loc.display_url)
+                except PublishError as exc:
+                    notes.append(f"not removed: {loc.display_url}: {SCRUB(str(exc))}")
+        result = PruneResult(
+            dry_run=not yes,
+            remove=tuple(loc.display_url for loc in remove),
+            removed=tuple(removed),
+            notes=tuple(notes),
+        )
+        return attrs.evolve(report, prune=result)
 
 
 def _reason(exc: BaseException) -> str:

@@ -87,6 +87,8 @@ class Probe:
     final_url: str | None = None
     #: True when no first byte came before the probe phase ended: ``ttfb`` is a lower bound.
     censored: bool = False
+    #: Something the transport wants said in rank's reasons (e.g. where a token is sent).
+    note: str | None = None
 
 
 @attrs.frozen
@@ -230,10 +232,39 @@ class VerifyReport:
 
     image_id: str
     locations: tuple[ReplicaStatus, ...]
+    #: What ``--prune`` did or would do; None when not asked.
+    prune: PruneResult | None = None
 
     @property
     def ok(self) -> bool:
         return all(r.status == "ok" for r in self.locations)
 
     def to_json(self) -> dict[str, Any]:
-        return {"image_id": self.image_id, "locations": [r.to_json() for r in self.locations]}
+        doc: dict[str, Any] = {
+            "image_id": self.image_id,
+            "locations": [r.to_json() for r in self.locations],
+        }
+        if self.prune is not None:
+            doc["prune"] = self.prune.to_json()
+        return doc
+
+
+@attrs.frozen
+class PruneResult:
+    """``verify --prune``: the missing or mismatched Glance locations to remove, and what was."""
+
+    dry_run: bool
+    #: Display URLs of the locations chosen for removal.
+    remove: tuple[str, ...] = ()
+    #: Display URLs actually removed from Glance (empty on a dry run).
+    removed: tuple[str, ...] = ()
+    #: Why something was kept or not removed (e.g. it would remove the last verified copy).
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "remove": list(self.remove),
+            "removed": list(self.removed),
+            "notes": list(self.notes),
+        }

@@ -9,6 +9,7 @@ import os
 import queue
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from locpick.errors import (
@@ -20,6 +21,54 @@ from locpick.errors import (
 from locpick.hashing import BackgroundHasher, Expected
 
 _POOL_BUFFERS = 4
+
+
+class _Writer:
+    """Writes buffers at their offsets in a worker thread, then hands them to the hasher.
+
+    Reading the socket, writing the file and hashing then run in three threads that all release
+    the GIL, so the slowest stage (sha512 here) sets the pace (benchmarks/README.md).
+    """
+
+    def __init__(
+        self, fd: int, hasher: BackgroundHasher, release: queue.SimpleQueue[bytearray]
+    ) -> None:
+        self._fd = fd
+        self._hasher = hasher
+        self._release = release
+        self._queue: queue.SimpleQueue[tuple[bytearray, int, int] | None] = queue.SimpleQueue()
+        self.error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="locpick-write", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            buf, n, offset = item
+            if self.error is not None:
+                self._release.put(buf)
+                continue
+            view = memoryview(buf)[:n]
+            try:
+                while view:
+                    written = os.pwrite(self._fd, view, offset)
+                    view = view[written:]
+                    offset += written
+            except OSError as exc:
+                self.error = exc
+                self._release.put(buf)
+                continue
+            self._hasher.submit(buf, n)
+
+    def submit(self, buf: bytearray, n: int, offset: int) -> None:
+        self._queue.put((buf, n, offset))
+
+    def drain(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
 
 class AtomicSink:
@@ -65,6 +114,7 @@ class AtomicSink:
         self._pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._allocated = 0
         self._hasher = BackgroundHasher(expected.new(), release=self._pool.put)
+        self._writer = _Writer(fd, self._hasher, self._pool)
 
     def _check_free_space(self, parent: Path) -> None:
         if not self.size:
@@ -100,17 +150,11 @@ class AtomicSink:
         if self.size is not None and self.offset + n > self.size:
             self._pool.put(buf)
             raise SizeMismatch(f"{self.label}: sent more than the image size ({self.size} bytes)")
-        assert self.fd is not None
-        view = memoryview(buf)[:n]
-        try:
-            while view:
-                written = os.write(self.fd, view)
-                view = view[written:]
-        except OSError as exc:
+        if self._writer.error is not None:
             self._pool.put(buf)
-            self._raise_disk(exc)
+            self._raise_disk(self._writer.error)
+        self._writer.submit(buf, n, self.offset)
         self.offset += n
-        self._hasher.submit(buf, n)
 
     def give_back(self, buf: bytearray) -> None:
         """Return a buffer that was taken but not written."""
@@ -124,15 +168,20 @@ class AtomicSink:
 
     def reset(self) -> None:
         """Drop everything written so far (after a mismatch) and start again at offset 0."""
+        self._writer.drain()
         self._hasher.stop()
         assert self.fd is not None
         os.ftruncate(self.fd, 0)
         os.lseek(self.fd, 0, os.SEEK_SET)
         self.offset = 0
         self._hasher = BackgroundHasher(self.expected.new(), release=self._pool.put)
+        self._writer = _Writer(self.fd, self._hasher, self._pool)
 
     def commit(self) -> str | None:
         """Verify size and hash, fsync, and rename onto dest. Returns the verified algorithm."""
+        self._writer.drain()
+        if self._writer.error is not None:
+            self._raise_disk(self._writer.error)
         digest = self._hasher.hexdigest()
         if self.size is not None and self.offset != self.size:
             raise SizeMismatch(f"{self.label}: got {self.offset} bytes, expected {self.size}")
@@ -155,6 +204,7 @@ class AtomicSink:
 
     def abort(self) -> None:
         """Remove the temp file; safe to call repeatedly and after commit."""
+        self._writer.drain()
         self._hasher.stop()
         if self.fd is not None:
             os.close(self.fd)
