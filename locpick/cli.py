@@ -218,6 +218,7 @@ def format_ranking(ranking: Ranking) -> str:
         "score_s",
         "usable",
         "latency_ms",
+        "tcp/icmp_ms",
         "MB/s",
         "topology",
         "shared_fs",
@@ -234,6 +235,7 @@ def format_ranking(ranking: Ranking) -> str:
                 "-" if s.score is None else f"{s.score:.3f}",
                 "yes" if s.usable else "no",
                 "-" if r.latency_ms is None else f"{r.latency_ms:.1f}",
+                _ms(r.connect_ms) + "/" + _ms(r.icmp_ms),
                 "-" if r.throughput_bps is None else f"{r.throughput_bps / 1e6:.1f}",
                 r.topology or "-",
                 r.shared_fs or "-",
@@ -251,6 +253,10 @@ def format_ranking(ranking: Ranking) -> str:
             "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]
         )
     return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from locpick.errors import (
     UnverifiedImage,
 )
 from locpick.fetch import Progress, fetch
+from locpick.history import History
 from locpick.models import (
     Attempt,
     Image,
@@ -34,7 +35,7 @@ from locpick.models import (
     Result,
     VerifyReport,
 )
-from locpick.probe import probe_all
+from locpick.probe import probe_and_measure
 from locpick.publish import (
     GlanceLocations,
     PublishError,
@@ -98,6 +99,8 @@ class Client:
             maxsize=4096, ttl=self.config.probe.cache_ttl
         )
         self._lock = threading.Lock()
+        #: Per-host outcomes persisted across runs (``history_file``; "" disables).
+        self.history = History.from_config(self.config.history_file)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def __enter__(self) -> Client:
@@ -182,8 +185,15 @@ class Client:
             if reason is None:
                 to_probe.append(loc)
         probes = {} if for_download and len(to_probe) <= 1 else self._probe(image, to_probe)
+        known = self.history.entries()
         candidates = [
-            Candidate(c.location, c.unusable, probes.get(c.location), c.shared_fs, c.history)
+            Candidate(
+                c.location,
+                c.unusable,
+                probes.get(c.location),
+                c.shared_fs,
+                self.history.lookup(c.location, known) if c.unusable is None else None,
+            )
             for c in candidates
         ]
         for url, why in image.rejected:
@@ -200,7 +210,7 @@ class Client:
                     found[loc] = hit
                 else:
                     missing.append(loc)
-        fresh = probe_all(image, missing, self._transports, self.config)
+        fresh = probe_and_measure(image, missing, self._transports, self.config)
         with self._lock:
             for loc, probe in fresh.items():
                 if probe.ok:
@@ -258,6 +268,7 @@ class Client:
             buffer_bytes=self.config.transfer.buffer_bytes,
             file_mode=self.config.security.file_mode,
             progress=progress,
+            observer=self.history.record,
         )
         if cache is not None and result.verified:
             try:

@@ -103,11 +103,16 @@ class ProbeConfig:
     #: Throughput probe: minimum and maximum bytes and seconds, stability threshold (CV).
     throughput_min_bytes: int = 1 << 20
     throughput_max_bytes: int = 32 << 20
-    throughput_min_seconds: float = 0.15
-    throughput_max_seconds: float = 0.8
+    throughput_min_seconds: float = 0.1
+    throughput_max_seconds: float = 0.6
     throughput_cv: float = 0.15
-    #: Probe throughput only for this many best candidates by latency.
-    throughput_top: int = 3
+    #: A throughput measurement takes at most this fraction of the transfer time expected at
+    #: the prior throughput (and at most ``throughput_max_seconds``).
+    throughput_budget: float = 0.05
+    #: Probe throughput (concurrently) for at most this many candidates, best latency first,
+    #: among those not clearly worse on latency (within the straggler cut-off). TTFB is a poor
+    #: proxy for bandwidth, so this is generous.
+    throughput_top: int = 6
     #: Images up to this size skip the throughput probe: latency dominates.
     small_image_bytes: int = 8 << 20
     #: Seconds a probe result stays valid inside one process.

@@ -103,6 +103,13 @@ class Reasons:
     error: str | None = None
     #: Extra, human-oriented explanation (priors used, policy, ...).
     notes: tuple[str, ...] = ()
+    #: The other two latency measurements (ICMP echo, TCP connect without DNS), and why ICMP
+    #: was not measured when it was not.
+    icmp_ms: float | None = None
+    connect_ms: float | None = None
+    icmp_note: str | None = None
+    #: What the operator's [policy] did to this location (pinned, forbidden, last resort).
+    policy: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -112,6 +119,10 @@ class Reasons:
             "shared_fs": self.shared_fs,
             "history": self.history,
             "error": self.error,
+            "icmp_ms": None if self.icmp_ms is None else round(self.icmp_ms, 2),
+            "connect_ms": None if self.connect_ms is None else round(self.connect_ms, 2),
+            "policy": self.policy,
+            "notes": list(self.notes),
         }
 
 
