@@ -4,6 +4,7 @@ destination that cannot be subverted (planted symlinks, permissions, atomic repl
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import stat
 import tempfile
@@ -158,7 +159,7 @@ def test_planted_symlink_at_temp_name_is_not_followed(
     dest = out / "img.raw"
     planted = out / ".img.raw.guessed.locpick-tmp"
     planted.symlink_to(victim)
-    names = iter(["guessed", "guessed", "fresh"])
+    names = itertools.chain(["guessed", "guessed"], (f"fresh{i}" for i in itertools.count()))
     monkeypatch.setattr(tempfile, "_get_candidate_names", lambda: names)
     record = image_record("img", DATA, [origin.url])
     locpick.download("img", dest, metadata=record)
