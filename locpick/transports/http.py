@@ -8,6 +8,7 @@ import socket
 import time
 import urllib.parse
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 
@@ -51,7 +52,13 @@ class HttpStream:
     """A streaming response body as a ``readinto`` source."""
 
     def __init__(
-        self, response: httpx.Response, *, start: int, total: int | None, final_url: str
+        self,
+        response: httpx.Response,
+        *,
+        start: int,
+        total: int | None,
+        final_url: str,
+        changed: bool = False,
     ) -> None:
         self._response = response
         self._chunks: Iterator[bytes] = response.iter_raw()
@@ -59,6 +66,23 @@ class HttpStream:
         self.start = start
         self.total = total
         self.final_url = final_url
+        #: Validators of the resource, for If-Range on a later resume.
+        self.etag: str | None = response.headers.get("etag")
+        self.last_modified: str | None = response.headers.get("last-modified")
+        #: An If-Range was sent and the server answered with the full (changed) resource.
+        self.changed = changed
+        self._idle: float | None = None
+
+    def set_idle_timeout(self, seconds: float) -> None:
+        """Deadline for each body read (no byte for this long = stalled); call before reading.
+
+        The headers were read under the first-byte timeout; httpcore takes the body's read
+        timeout from the request's timeout extension when the body iteration starts.
+        """
+        self._idle = seconds
+        timeouts = self._response.request.extensions.get("timeout")
+        if isinstance(timeouts, dict):
+            timeouts["read"] = seconds
 
     def readinto(self, buf: memoryview) -> int:
         filled = 0
@@ -72,8 +96,9 @@ class HttpStream:
                 except StopIteration:
                     return filled
                 except httpx.TimeoutException as exc:
+                    idle = "the idle timeout" if self._idle is None else f"{self._idle:g} s"
                     raise TransferError(
-                        f"{self.final_url}: no data for the idle timeout (stalled)",
+                        f"{self.final_url}: stalled, no data for {idle}",
                         url=self.final_url,
                     ) from exc
                 except httpx.HTTPError as exc:
@@ -96,6 +121,8 @@ class HttpTransport:
     """``http`` and ``https``."""
 
     schemes: tuple[str, ...] = ("http", "https")
+    #: ``open`` takes ``if_range`` (fetch checks this before passing it).
+    supports_if_range = True
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -141,7 +168,11 @@ class HttpTransport:
 
     # -- requests -----------------------------------------------------------------------------
     def _get(
-        self, location: Location, headers: dict[str, str], *, timeout: float | None = None
+        self,
+        location: Location,
+        headers: dict[str, str],
+        *,
+        timeout: float | httpx.Timeout | None = None,
     ) -> tuple[httpx.Response, str]:
         """GET with redirects followed by hand: only http(s), bounded, never to forbidden hosts."""
         url = location.url
@@ -156,7 +187,7 @@ class HttpTransport:
                     "GET",
                     url,
                     headers=req_headers,
-                    timeout=httpx.Timeout(timeout) if timeout else httpx.USE_CLIENT_DEFAULT,
+                    timeout=_timeout(timeout),
                 )
                 response = self.ctx.http.send(request, stream=True)
             except httpx.TimeoutException as exc:
@@ -231,9 +262,22 @@ class HttpTransport:
             throughput_bps=bps if bps and got > 256 * 1024 else None,
         )
 
-    def open(self, location: Location, image: Image, *, offset: int) -> HttpStream:
+    def open(
+        self, location: Location, image: Image, *, offset: int, if_range: str | None = None
+    ) -> HttpStream:
+        """GET from ``offset``; ``if_range`` (an ETag or Last-Modified the bytes held came from)
+        makes a changed resource answer 200 with the whole body (``stream.changed``)."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        response, final = self._get(location, headers)
+        if offset and if_range:
+            headers["If-Range"] = if_range
+        t = self.ctx.config.transfer
+        timeout = httpx.Timeout(
+            connect=t.connect_timeout,
+            read=t.first_byte_timeout,
+            write=t.connect_timeout,
+            pool=t.connect_timeout,
+        )
+        response, final = self._get(location, headers, timeout=timeout)
         try:
             status = response.status_code
             if status == 206:
@@ -261,7 +305,9 @@ class HttpTransport:
                         url=final,
                         permanent=True,
                     )
-                return HttpStream(response, start=0, total=total, final_url=final)
+                validators = (response.headers.get("etag"), response.headers.get("last-modified"))
+                changed = bool(if_range and offset) and if_range not in validators
+                return HttpStream(response, start=0, total=total, final_url=final, changed=changed)
             if status == 416 and image.size is not None and offset >= image.size:
                 raise TransferError(f"{final}: HTTP 416 at offset {offset}", url=final)
             raise _status_error(final, status, response.headers.get("retry-after"))
@@ -271,6 +317,12 @@ class HttpTransport:
 
     def close(self) -> None:
         """The HTTP pool belongs to the Context."""
+
+
+def _timeout(value: float | httpx.Timeout | None) -> Any:
+    if isinstance(value, httpx.Timeout):
+        return value
+    return httpx.Timeout(value) if value else httpx.USE_CLIENT_DEFAULT
 
 
 def _content_length(response: httpx.Response) -> int | None:
