@@ -400,7 +400,7 @@ class _Download:
             )
 
     def _switch_target(self, cand: _Candidate, meter: _Meter) -> _Candidate | None:
-        """A location known to be switch_factor times faster, location when enough bytes remain for it to pay."""
+        """A location known to be switch_factor times faster, if enough bytes remain to pay."""
         cfg, size = self.cfg, self.image.size
         if size is None or self.switches >= cfg.max_switches or meter.elapsed < SWITCH_OBSERVE:
             return None

@@ -180,6 +180,8 @@ class AtomicSink:
                 json.dump(meta, fh)
             os.replace(tmp, self.sidecar)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
             self._raise_disk(exc)
 
     def remember_validators(self, url: str, etag: str | None, last_modified: str | None) -> None:
