@@ -139,6 +139,10 @@ class _Candidate:
 class _Abandon(Exception):
     """Stop reading this stream on purpose (switch to a faster location, cheaper elsewhere)."""
 
+    def __init__(self, message: str, target: _Candidate) -> None:
+        super().__init__(message)
+        self.target = target
+
 
 class _Download:
     """One download's state: candidates, sink, attempts. Each step is a small method."""
@@ -165,6 +169,8 @@ class _Download:
             if not s.usable
         ]
         self.switches = 0
+        #: Where the next attempt goes (the target of a switch), if still usable.
+        self.preferred: _Candidate | None = None
         #: Locations that delivered bytes since the sink was last (re)started.
         self.sources: set[str] = set()
 
@@ -184,6 +190,9 @@ class _Download:
         if not live:
             return None
         now = time.monotonic()
+        preferred, self.preferred = self.preferred, None
+        if preferred is not None and preferred in live and preferred.not_before <= now:
+            return preferred
         for c in live:
             if c.not_before <= now:
                 return c
@@ -220,6 +229,7 @@ class _Download:
             verified = self.sink.commit()
         except _Abandon as exc:
             self._record(cand, t0, before, exc, left=True)
+            self.preferred = exc.target
             return None
         except IntegrityError as exc:
             self._integrity_failed(cand, t0, before, exc)
@@ -296,7 +306,8 @@ class _Download:
         if alt is not None:
             raise _Abandon(
                 f"{stream.final_url}: server ignores Range; resuming the remaining bytes at "
-                f"{alt.url} is cheaper than re-reading {held} bytes here"
+                f"{alt.url} is cheaper than re-reading {held} bytes here",
+                alt,
             )
         if self._held_matches(cand, stream):
             self._remember(cand, stream)
@@ -396,7 +407,8 @@ class _Download:
             raise _Abandon(
                 f"{stream.final_url}: switched to a faster location at byte "
                 f"{self.sink.offset}: {_rate(meter.rate(2.0))} here, {alt.url} "
-                f"measured {_rate(bps)}"
+                f"measured {_rate(bps)}",
+                alt,
             )
 
     def _switch_target(self, cand: _Candidate, meter: _Meter) -> _Candidate | None:

@@ -49,7 +49,7 @@ def _image(data: bytes = DATA, urls: tuple[str, ...] = ()) -> Image:
     return Image(
         id="img-1",
         size=len(data),
-        checksum=hashlib.md5(data).hexdigest(),  # noqa: S324 - Glance's legacy checksum
+        checksum=hashlib.md5(data).hexdigest(),
         os_hash_algo="sha512",
         os_hash_value=hashlib.sha512(data).hexdigest(),
         locations=tuple(Location(u) for u in urls),
@@ -101,13 +101,17 @@ def _story(result: Result) -> list[tuple[str, str]]:
 
 # -- the fault matrix: the best location (a) misbehaves, b is healthy ------------------------
 @pytest.mark.parametrize("fraction", [0.0, 0.5, 0.99])
-def test_cut_resumes_on_next_location(tmp_path: Path, a: Origin, b: Origin, fraction: float) -> None:
+def test_cut_resumes_on_next_location(
+    tmp_path: Path, a: Origin, b: Origin, fraction: float
+) -> None:
     a.faults.cut_after_bytes = int(SIZE * fraction)
     dest = tmp_path / "img"
     result = _fetch(dest, [a.url, b.url])
     _ok(dest)
     assert _story(result) == [(a.url, "failed"), (b.url, "ok")]
-    assert "ended" in (result.attempts[0].error or "") or "broke" in (result.attempts[0].error or "")
+    assert "ended" in (result.attempts[0].error or "") or "broke" in (
+        result.attempts[0].error or ""
+    )
     assert result.attempts[0].bytes == int(SIZE * fraction)
     assert result.attempts[1].bytes == SIZE - int(SIZE * fraction)
     assert a.bytes_sent + b.bytes_sent <= SIZE + SLACK
@@ -291,6 +295,17 @@ def test_switches_to_a_much_faster_location(tmp_path: Path) -> None:
         assert a.bytes_sent + b.bytes_sent <= len(data) + SLACK
 
 
+def test_switch_goes_to_the_faster_location_not_the_next_ranked(tmp_path: Path) -> None:
+    data = os.urandom(6 << 20)
+    with Origin(data) as a, Origin(data) as b, Origin(data) as c:
+        a.faults.bandwidth = 500_000
+        dest = tmp_path / "img"
+        result = _fetch(dest, [a.url, b.url, c.url], bps=[60e6, None, 40e6], data=data)
+        assert dest.read_bytes() == data
+        assert _story(result) == [(a.url, "failed"), (c.url, "ok")]
+        assert len(b.requests) == 0
+
+
 def test_no_switch_when_the_other_is_not_much_faster(tmp_path: Path) -> None:
     data = os.urandom(3 << 20)
     with Origin(data) as a, Origin(data) as b:
@@ -374,9 +389,9 @@ def _cli_env() -> dict[str, str]:
 
 
 def _spawn(rec: Path, dest: Path) -> subprocess.Popen[str]:
+    args = ["download", "img-1", str(dest), "--metadata", str(rec), "--no-progress", "--json"]
     return subprocess.Popen(
-        [sys.executable, "-m", "locpick", "download", "img-1", str(dest)]
-        + ["--metadata", str(rec), "--no-progress", "--json"],
+        [sys.executable, "-m", "locpick", *args],
         env=_cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -432,7 +447,7 @@ def test_two_processes_one_download(tmp_path: Path, a: Origin) -> None:
     dest = tmp_path / "img"
     procs = [_spawn(rec, dest) for _ in range(2)]
     outs: list[Any] = [p.communicate(timeout=60) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
     _ok(dest)
     full = [req for req in a.requests if req.range != "bytes=0-65535"]
