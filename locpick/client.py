@@ -85,8 +85,12 @@ class Client:
         )
 
     # -- decisions ----------------------------------------------------------------------------
-    def rank_image(self, image: Image) -> Ranking:
-        """Score every location of an already-loaded image."""
+    def rank_image(self, image: Image, *, for_download: bool = False) -> Ranking:
+        """Score every location of an already-loaded image.
+
+        ``for_download``: with a single usable location there is nothing to choose, so it is
+        not probed (the probe would only delay the transfer).
+        """
         candidates: list[Candidate] = []
         to_probe: list[Location] = []
         for loc in image.locations:
@@ -105,7 +109,7 @@ class Client:
             candidates.append(Candidate(loc, unusable=reason, shared_fs=shared))
             if reason is None:
                 to_probe.append(loc)
-        probes = self._probe(image, to_probe)
+        probes = {} if for_download and len(to_probe) <= 1 else self._probe(image, to_probe)
         candidates = [
             Candidate(c.location, c.unusable, probes.get(c.location), c.shared_fs, c.history)
             for c in candidates
@@ -153,7 +157,7 @@ class Client:
                     "unverified bytes (pass --allow-unverified to accept a size-only check)"
                 )
             log.warning("image %s has no hash: downloading UNVERIFIED (size check only)", image_id)
-        ranking = self.rank_image(image)
+        ranking = self.rank_image(image, for_download=True)
         return fetch(
             image,
             ranking.scores,

@@ -53,8 +53,7 @@ def build_world(stack: ExitStack, workdir: Path, size: int = _SIZE) -> tuple[Pat
     metadata.write_text(json.dumps(record, indent=2))
     config = workdir / "config.toml"
     config.write_text(
-        '[topology]\nregion = "r1"\nzone = "az1"\nhost = "demo-node"\n\n'
-        "[probe]\ndeadline = 1.5\n"
+        '[topology]\nregion = "r1"\nzone = "az1"\nhost = "demo-node"\n\n[probe]\ndeadline = 1.5\n'
     )
     return metadata, config, data
 
@@ -74,7 +73,9 @@ def run_demo() -> int:
         code = cli_main(["download", DEMO_IMAGE_ID, str(dest), *common, "--no-progress"])
         if code == 0:
             same = dest.read_bytes() == data
-            print(f"\nThe file at dest matches the origin's bytes: {same}. The near origin in "
-                  "this node's zone is slow, so the mirror in the next zone won on expected "
-                  "time; the broken, black-holed and refused locations were never used.")
+            print(
+                f"\nThe file at dest matches the origin's bytes: {same}. The near origin in "
+                "this node's zone is slow, so the mirror in the next zone won on expected "
+                "time; the broken, black-holed and refused locations were never used."
+            )
         return code

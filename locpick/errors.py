@@ -102,6 +102,15 @@ class LocationError(LocpickError):
             self.permanent = permanent
 
 
+def reason_of(exc: BaseException) -> str:
+    """The message without its leading location, for records that carry the URL already."""
+    text = str(exc)
+    url = getattr(exc, "url", "")
+    if url and text.startswith(url + ": "):
+        return text[len(url) + 2 :]
+    return text
+
+
 class UnsupportedLocation(LocationError):
     """The location's scheme is unknown, needs a missing extra, or policy forbids it."""
 

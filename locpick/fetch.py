@@ -26,6 +26,7 @@ from locpick.errors import (
     IntegrityError,
     LocationError,
     TransferError,
+    reason_of,
 )
 from locpick.hashing import Expected
 from locpick.models import Attempt, Image, Location, Result, Score
@@ -447,7 +448,8 @@ class _Download:
         """Record a failed attempt and decide: retry later (backoff) or drop the location."""
         got = max(self.sink.offset - before, 0)
         msg = SCRUB(str(exc))
-        self.attempts.append(Attempt(url=cand.url, outcome="failed", error=msg, bytes=got))
+        error = SCRUB(reason_of(exc))
+        self.attempts.append(Attempt(url=cand.url, outcome="failed", error=error, bytes=got))
         self._observe(cand.score.location, False, got, t0, str(exc))
         cand.left = cand.left or left
         if got > 0:

@@ -85,6 +85,8 @@ class Probe:
     size: int | None = None
     error: str | None = None
     final_url: str | None = None
+    #: True when no first byte came before the probe phase ended: ``ttfb`` is a lower bound.
+    censored: bool = False
 
 
 @attrs.frozen

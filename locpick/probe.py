@@ -54,12 +54,15 @@ def probe_all(
         for fut in pending:
             loc = futures[fut]
             fut.cancel()
-            why = (
-                "no first byte within the probe deadline"
-                if best is None
-                else "too slow to answer: cannot beat the locations that already did"
-            )
-            results[loc] = Probe(url=loc.display_url, ok=False, error=f"{why} ({waited:.2f}s)")
+            if best is None:
+                results[loc] = Probe(
+                    url=loc.display_url,
+                    ok=False,
+                    error=f"no first byte within the probe deadline ({waited:.2f}s)",
+                )
+            else:
+                # Still a fallback: it may answer later; its latency is at least ``waited``.
+                results[loc] = Probe(url=loc.display_url, ok=True, ttfb=waited, censored=True)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     return results

@@ -13,6 +13,7 @@ import queue
 import shutil
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,54 @@ _PART_SUFFIX = ".locpick-part"
 _SIDECAR_VERSION = 1
 
 log = logging.getLogger("locpick")
+
+
+class _Writer:
+    """Writes buffers at their offsets in a worker thread, then hands them to the hasher.
+
+    Reading the socket, writing the file and hashing then run in three threads that all release
+    the GIL, so the slowest stage (sha512 here) sets the pace (benchmarks/README.md).
+    """
+
+    def __init__(
+        self, fd: int, hasher: BackgroundHasher, release: queue.SimpleQueue[bytearray]
+    ) -> None:
+        self._fd = fd
+        self._hasher = hasher
+        self._release = release
+        self._queue: queue.SimpleQueue[tuple[bytearray, int, int] | None] = queue.SimpleQueue()
+        self.error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="locpick-write", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            buf, n, offset = item
+            if self.error is not None:
+                self._release.put(buf)
+                continue
+            view = memoryview(buf)[:n]
+            try:
+                while view:
+                    written = os.pwrite(self._fd, view, offset)
+                    view = view[written:]
+                    offset += written
+            except OSError as exc:
+                self.error = exc
+                self._release.put(buf)
+                continue
+            self._hasher.submit(buf, n)
+
+    def submit(self, buf: bytearray, n: int, offset: int) -> None:
+        self._queue.put((buf, n, offset))
+
+    def drain(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
 
 class AtomicSink:
@@ -72,6 +121,7 @@ class AtomicSink:
         self._pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._allocated = 0
         self._hasher = BackgroundHasher(expected.new(), release=self._pool.put)
+        self._writer: _Writer | None = None
         self._resume = dict(resume) if resume is not None else None
         self.sidecar: Path | None = None
         self.fd: int | None = None
@@ -84,6 +134,7 @@ class AtomicSink:
                 self.sidecar = parent / f".{self.dest.name}{_PART_SUFFIX}.json"
                 self.fd = self._open_part()
                 self._check_free_space(parent, self.offset)
+            self._writer = _Writer(self.fd, self._hasher, self._pool)
         except BaseException:
             self.abort()
             raise
@@ -227,17 +278,12 @@ class AtomicSink:
         if self.size is not None and self.offset + n > self.size:
             self._pool.put(buf)
             raise SizeMismatch(f"{self.label}: sent more than the image size ({self.size} bytes)")
-        assert self.fd is not None
-        view = memoryview(buf)[:n]
-        try:
-            while view:
-                written = os.write(self.fd, view)
-                view = view[written:]
-        except OSError as exc:
+        assert self._writer is not None
+        if self._writer.error is not None:
             self._pool.put(buf)
-            self._raise_disk(exc)
+            self._raise_disk(self._writer.error)
+        self._writer.submit(buf, n, self.offset)
         self.offset += n
-        self._hasher.submit(buf, n)
 
     def give_back(self, buf: bytearray) -> None:
         """Return a buffer that was taken but not written."""
@@ -251,6 +297,8 @@ class AtomicSink:
 
     def reset(self) -> None:
         """Drop everything written so far (after a mismatch) and start again at offset 0."""
+        assert self._writer is not None
+        self._writer.drain()
         self._hasher.stop()
         assert self.fd is not None
         os.ftruncate(self.fd, 0)
@@ -258,12 +306,17 @@ class AtomicSink:
         self.offset = 0
         self.reused = 0
         self._hasher = BackgroundHasher(self.expected.new(), release=self._pool.put)
+        self._writer = _Writer(self.fd, self._hasher, self._pool)
         if self.validators:
             self.validators = {}
             self._write_sidecar()
 
     def commit(self) -> str | None:
         """Verify size and hash, fsync, and rename onto dest. Returns the verified algorithm."""
+        assert self._writer is not None
+        self._writer.drain()
+        if self._writer.error is not None:
+            self._raise_disk(self._writer.error)
         digest = self._hasher.hexdigest()
         if self.size is not None and self.offset != self.size:
             raise SizeMismatch(f"{self.label}: got {self.offset} bytes, expected {self.size}")
@@ -289,6 +342,8 @@ class AtomicSink:
 
     def abort(self) -> None:
         """Remove the temp file (and sidecar); safe to call repeatedly and after commit."""
+        if self._writer is not None:
+            self._writer.drain()
         self._hasher.stop()
         if self.fd is not None:
             os.close(self.fd)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import http.client
 import ipaddress
 import re
 import socket
+import ssl
 import time
 import urllib.parse
-from collections.abc import Iterator
-from typing import Any
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from typing import TypeVar
 
+import certifi
 import httpx
 
 from locpick.errors import LocationError, LocationUnreachable, TransferError, UnsupportedLocation
@@ -69,7 +74,7 @@ class HttpStream:
         #: Validators of the resource, for If-Range on a later resume.
         self.etag: str | None = response.headers.get("etag")
         self.last_modified: str | None = response.headers.get("last-modified")
-        #: An If-Range was sent and the server answered with the full (changed) resource.
+        #: An If-Range was sent and the server answered with the whole (changed) resource.
         self.changed = changed
         self._idle: float | None = None
 
@@ -96,9 +101,8 @@ class HttpStream:
                 except StopIteration:
                     return filled
                 except httpx.TimeoutException as exc:
-                    idle = "the idle timeout" if self._idle is None else f"{self._idle:g} s"
                     raise TransferError(
-                        f"{self.final_url}: stalled, no data for {idle}",
+                        f"{self.final_url}: stalled, no data for {_secs(self._idle)}",
                         url=self.final_url,
                     ) from exc
                 except httpx.HTTPError as exc:
@@ -115,6 +119,95 @@ class HttpStream:
 
     def close(self) -> None:
         self._response.close()
+
+
+class RawHttpStream:
+    """The data path: ``http.client`` reading straight into the caller's large buffers.
+
+    httpx hands bodies over in 64 KiB chunks with Python work per chunk; for multi-GiB images
+    that costs 1.4-2.2x the verified-download floor here (benchmarks/README.md). ``readinto``
+    on the response fills 4 MiB buffers with ``recv_into`` and no copies, GIL released.
+    """
+
+    def __init__(
+        self,
+        conn: http.client.HTTPConnection,
+        response: http.client.HTTPResponse,
+        *,
+        start: int,
+        total: int | None,
+        final_url: str,
+        changed: bool = False,
+    ) -> None:
+        self._conn = conn
+        self._response = response
+        self.start = start
+        self.total = total
+        self.final_url = final_url
+        self.etag: str | None = response.getheader("etag")
+        self.last_modified: str | None = response.getheader("last-modified")
+        self.changed = changed
+        self._idle: float | None = None
+        self._stalled = False
+
+    def set_idle_timeout(self, seconds: float) -> None:
+        """Deadline for each body read (no byte for this long = stalled)."""
+        self._idle = seconds
+        if self._conn.sock is not None:
+            self._conn.sock.settimeout(seconds)
+
+    def readinto(self, buf: memoryview) -> int:
+        """Fill ``buf`` but return within ~0.25 s with what arrived, so a caller watching the
+        rate (low speed, switching) gets control even from a trickle."""
+        filled = 0
+        size = len(buf)
+        deadline = time.monotonic() + _READ_SLICE
+        if self._stalled:
+            raise self._stall_error()
+        try:
+            while filled < size:
+                n = self._readinto1(buf[filled:])
+                if not n:
+                    break
+                filled += n
+                if time.monotonic() >= deadline:
+                    break
+        except TimeoutError as exc:
+            if filled:  # a timed-out socket cannot be read again: report it on the next call
+                self._stalled = True
+                return filled
+            raise self._stall_error() from exc
+        except (OSError, http.client.HTTPException) as exc:
+            if filled:
+                return filled
+            raise TransferError(
+                f"{self.final_url}: connection broke ({type(exc).__name__})", url=self.final_url
+            ) from exc
+        return filled
+
+    def _stall_error(self) -> TransferError:
+        return TransferError(
+            f"{self.final_url}: stalled, no data for {_secs(self._idle)}", url=self.final_url
+        )
+
+    def _readinto1(self, view: memoryview) -> int:
+        """At most one ``recv`` into ``view`` (zero-copy), honouring Content-Length framing."""
+        r = self._response
+        if r.chunked or r.length is None or r.fp is None:
+            return r.readinto(view)
+        want = min(len(view), r.length)
+        if want <= 0:
+            return 0
+        n = r.fp.readinto1(view[:want])
+        r.length -= n
+        return n
+
+    def close(self) -> None:
+        self._response.close()
+        self._conn.close()
+
+
+R = TypeVar("R")
 
 
 class HttpTransport:
@@ -167,43 +260,28 @@ class HttpTransport:
         return {}
 
     # -- requests -----------------------------------------------------------------------------
-    def _get(
+    def _follow(
         self,
         location: Location,
         headers: dict[str, str],
-        *,
-        timeout: float | httpx.Timeout | None = None,
-    ) -> tuple[httpx.Response, str]:
-        """GET with redirects followed by hand: only http(s), bounded, never to forbidden hosts."""
+        send: Callable[[str, dict[str, str]], tuple[int, str | None, R]],
+        close: Callable[[R], None],
+    ) -> tuple[R, str]:
+        """Follow redirects by hand: only http(s), bounded, never to forbidden hosts.
+
+        ``send(url, headers)`` performs one request and returns (status, Location, reply).
+        """
         url = location.url
         shown = redact_url(url)
         for _ in range(self.ctx.config.security.max_redirects + 1):
             reason = self._forbidden(urllib.parse.urlsplit(url).hostname or "", resolve=True)
             if reason:
                 raise UnsupportedLocation(f"{redact_url(url)}: refused, {reason}", url=shown)
-            req_headers = {**headers, **self._headers_for(location, url)}
-            try:
-                request = self.ctx.http.build_request(
-                    "GET",
-                    url,
-                    headers=req_headers,
-                    timeout=_timeout(timeout),
-                )
-                response = self.ctx.http.send(request, stream=True)
-            except httpx.TimeoutException as exc:
-                raise LocationUnreachable(
-                    f"{redact_url(url)}: timed out ({type(exc).__name__})", url=shown
-                ) from exc
-            except httpx.HTTPError as exc:
-                raise LocationUnreachable(
-                    f"{redact_url(url)}: {type(exc).__name__}: {SCRUB(str(exc)) or 'failed'}",
-                    url=shown,
-                ) from exc
-            if response.status_code not in _REDIRECTS:
-                return response, redact_url(url)
-            target = response.headers.get("location", "")
-            response.close()
-            nxt = urllib.parse.urljoin(url, target)
+            status, target, reply = send(url, {**headers, **self._headers_for(location, url)})
+            if status not in _REDIRECTS:
+                return reply, redact_url(url)
+            close(reply)
+            nxt = urllib.parse.urljoin(url, target or "")
             scheme = urllib.parse.urlsplit(nxt).scheme.lower()
             if scheme not in self.schemes:
                 raise UnsupportedLocation(
@@ -213,6 +291,101 @@ class HttpTransport:
         raise UnsupportedLocation(
             f"{shown}: more than {self.ctx.config.security.max_redirects} redirects", url=shown
         )
+
+    def _get(
+        self, location: Location, headers: dict[str, str], *, timeout: float | None = None
+    ) -> tuple[httpx.Response, str]:
+        """One GET through the pooled httpx client (probes, and the data path via a proxy)."""
+
+        def send(url: str, req_headers: dict[str, str]) -> tuple[int, str | None, httpx.Response]:
+            shown = redact_url(url)
+            try:
+                request = self.ctx.http.build_request(
+                    "GET",
+                    url,
+                    headers=req_headers,
+                    timeout=httpx.Timeout(timeout) if timeout else httpx.USE_CLIENT_DEFAULT,
+                )
+                response = self.ctx.http.send(request, stream=True)
+            except httpx.TimeoutException as exc:
+                raise LocationUnreachable(
+                    f"{shown}: timed out ({type(exc).__name__})", url=shown
+                ) from exc
+            except httpx.HTTPError as exc:
+                raise LocationUnreachable(
+                    f"{shown}: {type(exc).__name__}: {SCRUB(str(exc)) or 'failed'}", url=shown
+                ) from exc
+            return response.status_code, response.headers.get("location"), response
+
+        return self._follow(location, headers, send, lambda r: r.close())
+
+    def _get_raw(
+        self, location: Location, headers: dict[str, str]
+    ) -> tuple[tuple[http.client.HTTPConnection, http.client.HTTPResponse], str]:
+        """One GET with ``http.client`` for the bulk data path (see RawHttpStream)."""
+        t = self.ctx.config.transfer
+
+        def send(
+            url: str, req_headers: dict[str, str]
+        ) -> tuple[int, str | None, tuple[http.client.HTTPConnection, http.client.HTTPResponse]]:
+            parts = urllib.parse.urlsplit(url)
+            shown = redact_url(url)
+            conn: http.client.HTTPConnection
+            if parts.scheme == "https":
+                conn = http.client.HTTPSConnection(
+                    parts.hostname or "",
+                    parts.port,
+                    timeout=t.connect_timeout,
+                    context=self._ssl_context(),
+                )
+            else:
+                conn = http.client.HTTPConnection(
+                    parts.hostname or "", parts.port, timeout=t.connect_timeout
+                )
+            all_headers = {"User-Agent": "locpick", "Accept-Encoding": "identity", **req_headers}
+            if parts.username is not None:
+                cred = (
+                    f"{urllib.parse.unquote(parts.username)}:"
+                    f"{urllib.parse.unquote(parts.password or '')}"
+                )
+                all_headers["Authorization"] = "Basic " + base64.b64encode(cred.encode()).decode()
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            try:
+                conn.connect()
+                assert conn.sock is not None
+                conn.sock.settimeout(t.first_byte_timeout)
+                conn.request("GET", path, headers=all_headers)
+                response = conn.getresponse()
+                conn.sock.settimeout(t.idle_timeout)
+            except TimeoutError as exc:
+                conn.close()
+                raise LocationUnreachable(f"{shown}: timed out", url=shown) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise LocationUnreachable(
+                    f"{shown}: {type(exc).__name__}: {SCRUB(str(exc)) or 'failed'}", url=shown
+                ) from exc
+            return response.status, response.getheader("location"), (conn, response)
+
+        def close(reply: tuple[http.client.HTTPConnection, http.client.HTTPResponse]) -> None:
+            reply[1].close()
+            reply[0].close()
+
+        return self._follow(location, headers, send, close)
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        tls = self.ctx.config.tls
+        if not tls.verify:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            return ctx
+        return ssl.create_default_context(cafile=tls.ca_file or certifi.where())
+
+    def _proxied(self, url: str) -> bool:
+        parts = urllib.parse.urlsplit(url)
+        proxies = urllib.request.getproxies()
+        return parts.scheme in proxies and not urllib.request.proxy_bypass(parts.hostname or "")
 
     def probe(self, location: Location, image: Image, *, timeout: float) -> Probe:
         shown = location.display_url
@@ -264,65 +437,86 @@ class HttpTransport:
 
     def open(
         self, location: Location, image: Image, *, offset: int, if_range: str | None = None
-    ) -> HttpStream:
+    ) -> HttpStream | RawHttpStream:
         """GET from ``offset``; ``if_range`` (an ETag or Last-Modified the bytes held came from)
         makes a changed resource answer 200 with the whole body (``stream.changed``)."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         if offset and if_range:
             headers["If-Range"] = if_range
-        t = self.ctx.config.transfer
-        timeout = httpx.Timeout(
-            connect=t.connect_timeout,
-            read=t.first_byte_timeout,
-            write=t.connect_timeout,
-            pool=t.connect_timeout,
-        )
-        response, final = self._get(location, headers, timeout=timeout)
+        if self._proxied(location.url):
+            response, final = self._get(location, headers)
+            try:
+                start, total = self._validate(
+                    final, response.status_code, response.headers, image, offset
+                )
+            except BaseException:
+                response.close()
+                raise
+            changed = _changed(headers, start, response.headers)
+            return HttpStream(response, start=start, total=total, final_url=final, changed=changed)
+        (conn, raw), final = self._get_raw(location, headers)
         try:
-            status = response.status_code
-            if status == 206:
-                cr = parse_content_range(response.headers.get("content-range"))
-                if cr is None or cr[0] != offset:
-                    raise TransferError(
-                        f"{final}: Content-Range {response.headers.get('content-range')!r} does "
-                        f"not start at the requested offset {offset}",
-                        url=final,
-                        permanent=True,
-                    )
-                total = cr[2]
-                if image.size is not None and total is not None and total != image.size:
-                    raise TransferError(
-                        f"{final}: size {total} differs from the image's {image.size}",
-                        url=final,
-                        permanent=True,
-                    )
-                return HttpStream(response, start=offset, total=total, final_url=final)
-            if status == 200:
-                total = _content_length(response)
-                if image.size is not None and total is not None and total != image.size:
-                    raise TransferError(
-                        f"{final}: size {total} differs from the image's {image.size}",
-                        url=final,
-                        permanent=True,
-                    )
-                validators = (response.headers.get("etag"), response.headers.get("last-modified"))
-                changed = bool(if_range and offset) and if_range not in validators
-                return HttpStream(response, start=0, total=total, final_url=final, changed=changed)
-            if status == 416 and image.size is not None and offset >= image.size:
-                raise TransferError(f"{final}: HTTP 416 at offset {offset}", url=final)
-            raise _status_error(final, status, response.headers.get("retry-after"))
+            view = _HeaderView(raw)
+            start, total = self._validate(final, raw.status, view, image, offset)
         except BaseException:
-            response.close()
+            raw.close()
+            conn.close()
             raise
+        changed = _changed(headers, start, view)
+        return RawHttpStream(conn, raw, start=start, total=total, final_url=final, changed=changed)
+
+    def _validate(
+        self, final: str, status: int, headers: Mapping[str, str], image: Image, offset: int
+    ) -> tuple[int, int | None]:
+        """Check status and Content-Range against the request; returns (start, total)."""
+        if status == 206:
+            cr = parse_content_range(headers.get("content-range"))
+            if cr is None or cr[0] != offset:
+                raise TransferError(
+                    f"{final}: Content-Range {headers.get('content-range')!r} does not start "
+                    f"at the requested offset {offset}",
+                    url=final,
+                    permanent=True,
+                )
+            total = cr[2]
+        elif status == 200:
+            if headers.get("content-encoding"):
+                raise TransferError(
+                    f"{final}: refuses identity encoding ({headers.get('content-encoding')})",
+                    url=final,
+                    permanent=True,
+                )
+            length = headers.get("content-length")
+            total = int(length) if length and length.isdigit() else None
+        elif status == 416 and image.size is not None and offset >= image.size:
+            raise TransferError(f"{final}: HTTP 416 at offset {offset}", url=final)
+        else:
+            raise _status_error(final, status, headers.get("retry-after"))
+        if image.size is not None and total is not None and total != image.size:
+            raise TransferError(
+                f"{final}: size {total} differs from the image's {image.size}",
+                url=final,
+                permanent=True,
+            )
+        return (offset if status == 206 else 0), total
 
     def close(self) -> None:
         """The HTTP pool belongs to the Context."""
 
 
-def _timeout(value: float | httpx.Timeout | None) -> Any:
-    if isinstance(value, httpx.Timeout):
-        return value
-    return httpx.Timeout(value) if value else httpx.USE_CLIENT_DEFAULT
+_READ_SLICE = 0.25
+
+
+def _secs(value: float | None) -> str:
+    return "the idle timeout" if value is None else f"{value:g} s"
+
+
+def _changed(sent: Mapping[str, str], start: int, headers: Mapping[str, str]) -> bool:
+    """An If-Range was sent, the whole body came back, and its validators differ."""
+    if_range = sent.get("If-Range")
+    if not if_range or start != 0:
+        return False
+    return if_range not in (headers.get("etag"), headers.get("last-modified"))
 
 
 def _content_length(response: httpx.Response) -> int | None:
@@ -340,3 +534,19 @@ def _resource_size(response: httpx.Response) -> int | None:
         cr = parse_content_range(response.headers.get("content-range"))
         return cr[2] if cr else None
     return _content_length(response)
+
+
+class _HeaderView(Mapping[str, str]):
+    """Case-insensitive read-only headers of an http.client response."""
+
+    def __init__(self, response: http.client.HTTPResponse) -> None:
+        self._headers = {k.lower(): v for k, v in response.getheaders()}
+
+    def __getitem__(self, key: str) -> str:
+        return self._headers[key.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers)
+
+    def __len__(self) -> int:
+        return len(self._headers)

@@ -1,0 +1,157 @@
+"""End-to-end downloads against real loopback origins (the Foundation scenarios)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from helpers import image_record, run_cli, temp_leftovers, write_record
+
+import locpick
+from locpick.config import Config, ProbeConfig
+from locpick.testing import BlackHole, Faults, Origin
+
+DATA = os.urandom(4 * 1024 * 1024 + 123)
+CFG = Config(probe=ProbeConfig(deadline=1.5))
+
+
+def test_best_location_wins(tmp_path: Path) -> None:
+    """The origin that answers fast beats one with a long first-byte delay."""
+    with Origin(DATA, faults=Faults(first_byte_delay=0.6)) as slow, Origin(DATA) as fast:
+        rec = image_record("img", DATA, [slow.url, fast.url])
+        result = locpick.download("img", tmp_path / "out", metadata=rec, config=CFG)
+        assert result.source_url == fast.url
+        assert result.verified == "sha512"
+        assert (tmp_path / "out").read_bytes() == DATA
+        assert fast.bytes_sent >= len(DATA)
+        assert slow.bytes_sent < len(DATA)
+
+
+def test_blackhole_and_refused_skipped_within_deadline(tmp_path: Path) -> None:
+    """A black hole does not hold the download past the probe deadline."""
+    with BlackHole() as hole, Origin(DATA) as good:
+        rec = image_record("img", DATA, [hole.url, "file:///etc/passwd", good.url])
+        t0 = time.monotonic()
+        result = locpick.download("img", tmp_path / "out", metadata=rec, config=CFG)
+        elapsed = time.monotonic() - t0
+        assert result.source_url == good.url
+        skipped = {a.url: a.error for a in result.attempts if a.outcome == "skipped"}
+        assert hole.url not in [a.url for a in result.attempts if a.outcome != "skipped"]
+    assert elapsed < CFG.probe.deadline + 3.0
+    assert "not-on-configured-filesystem" in (skipped["file:///etc/passwd"] or "")
+
+
+def test_corrupt_first_location_falls_back(tmp_path: Path) -> None:
+    """Corrupt bytes fail the hash; the next location delivers and dest is verified."""
+    with (
+        Origin(DATA, faults=Faults(corrupt_at=[1000])) as bad,
+        Origin(DATA, faults=Faults(first_byte_delay=0.3)) as good,
+    ):
+        rec = image_record("img", DATA, [bad.url, good.url])
+        result = locpick.download("img", tmp_path / "out", metadata=rec, config=CFG)
+        outcomes = [(a.url, a.outcome) for a in result.attempts]
+        assert outcomes == [(bad.url, "failed"), (good.url, "ok")]
+    assert (tmp_path / "out").read_bytes() == DATA
+    assert "mismatch" in (result.attempts[0].error or "")
+    assert temp_leftovers(tmp_path) == []
+
+
+def test_cut_mid_transfer_resumes_on_next(tmp_path: Path) -> None:
+    """A cut at 50 % resumes by Range on the next location: bytes served prove no restart."""
+    half = len(DATA) // 2
+    with (
+        Origin(DATA, faults=Faults(cut_at_offset=half)) as cut,
+        Origin(DATA, faults=Faults(first_byte_delay=0.3)) as other,
+    ):
+        rec = image_record("img", DATA, [cut.url, other.url])
+        result = locpick.download("img", tmp_path / "out", metadata=rec, config=CFG)
+        # probes read at most the first 64 KiB of each origin
+        assert other.bytes_sent <= len(DATA) - half + 2 * 65536
+        ranges = [r.range for r in other.requests if r.range]
+    assert (tmp_path / "out").read_bytes() == DATA
+    assert f"bytes={half}-" in ranges
+    assert [a.outcome for a in result.attempts] == ["failed", "ok"]
+    assert result.attempts[0].bytes == half
+    assert result.attempts[1].bytes == len(DATA) - half
+
+
+def test_all_bad_exit_3_dest_untouched(tmp_path: Path) -> None:
+    """Every location bad: exit 3, one line per problem, old dest intact, no temp files."""
+    dest = tmp_path / "out"
+    dest.write_bytes(b"previous image")
+    with (
+        Origin(DATA, faults=Faults(status=500)) as err,
+        Origin(DATA, faults=Faults(corrupt_at=[5])) as corrupt,
+    ):
+        meta = write_record(
+            tmp_path / "m.json", image_record("img", DATA, [err.url, corrupt.url, "rbd://a/b"])
+        )
+        proc = run_cli("download", "img", str(dest), "--metadata", str(meta), "--json")
+        corrupt_url = corrupt.url
+    assert proc.returncode == 3, proc.stderr
+    assert dest.read_bytes() == b"previous image"
+    assert temp_leftovers(tmp_path) == []
+    assert "Traceback" not in proc.stderr
+    assert corrupt_url in proc.stderr and "mismatch" in proc.stderr
+    doc = json.loads(proc.stdout)
+    assert {a["outcome"] for a in doc["attempts"]} == {"skipped", "failed"}
+
+
+def test_cli_download_json_contract(tmp_path: Path) -> None:
+    """--json prints exactly the contract's keys."""
+    with Origin(DATA) as good:
+        meta = write_record(tmp_path / "m.json", image_record("img", DATA, [good.url]))
+        proc = run_cli("download", "img", str(tmp_path / "out"), "--metadata", str(meta), "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert set(doc) == {
+        "image_id",
+        "dest",
+        "source_url",
+        "method",
+        "bytes",
+        "seconds",
+        "verified",
+        "attempts",
+    }
+    assert doc["method"] == "download" and doc["verified"] == "sha512"
+    assert doc["bytes"] == len(DATA)
+    assert set(doc["attempts"][0]) == {"url", "outcome", "error", "bytes"}
+
+
+def test_cli_rank_json_contract(tmp_path: Path) -> None:
+    """rank --json: a list best first with the contract's keys; refused ones say why."""
+    with Origin(DATA) as good:
+        meta = write_record(
+            tmp_path / "m.json", image_record("img", DATA, [good.url, "file:///etc/passwd"])
+        )
+        proc = run_cli("rank", "img", "--metadata", str(meta), "--json")
+        good_url = good.url
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [r["rank"] for r in rows] == [1, 2]
+    assert rows[0]["url"] == good_url and rows[0]["usable"] is True
+    assert set(rows[0]["reasons"]) == {
+        "latency_ms",
+        "throughput_bps",
+        "topology",
+        "shared_fs",
+        "history",
+        "error",
+    }
+    assert rows[1]["usable"] is False
+    assert "not-on-configured-filesystem" in rows[1]["reasons"]["error"]
+
+
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "file:///tmp/../etc/passwd", "file://otherhost/etc/passwd"]
+)
+def test_file_outside_configured_mounts_refused(tmp_path: Path, url: str) -> None:
+    """file:// not on a configured filesystem is refused, never opened."""
+    rec = image_record("img", DATA, [url])
+    with pytest.raises(locpick.AllLocationsFailed, match="not-on-configured-filesystem"):
+        locpick.download("img", tmp_path / "out", metadata=rec, config=CFG)
+    assert list(tmp_path.iterdir()) == []
