@@ -455,3 +455,37 @@ def test_two_processes_one_download(tmp_path: Path, a: Origin) -> None:
     assert a.bytes_sent <= SIZE + 2 * 65536 + SLACK
     results = [json.loads(out) for out, _ in outs]
     assert sorted(r["bytes"] for r in results) == [0, SIZE]
+
+
+def test_progress_resets_the_retry_budget(tmp_path: Path, a: Origin) -> None:
+    a.faults.cut_after_bytes = SIZE // 4  # every response breaks off after a quarter
+    cfg = TransferConfig(first_byte_timeout=2.0, retries=1, backoff=0.01)
+    dest = tmp_path / "img"
+    result = _fetch(dest, [a.url], cfg=cfg)
+    _ok(dest)
+    assert [at.outcome for at in result.attempts] == ["failed"] * 3 + ["ok"]
+    assert [r.range for r in a.requests] == [None] + [f"bytes={i * SIZE // 4}-" for i in (1, 2, 3)]
+
+
+def test_part_symlink_is_not_followed(tmp_path: Path, a: Origin) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    dest = tmp_path / "img"
+    (tmp_path / ".img.locpick-part").symlink_to(victim)
+    image = _image(DATA)
+    (tmp_path / ".img.locpick-part.json").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "image_id": image.id,
+                "size": SIZE,
+                "algo": "sha512",
+                "hash": image.os_hash_value,
+                "validators": {},
+            }
+        )
+    )
+    _fetch(dest, [a.url])
+    assert dest.read_bytes() == DATA
+    assert victim.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img", "victim"]
