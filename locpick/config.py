@@ -23,6 +23,7 @@ __all__ = [
     "Hint",
     "Policy",
     "ProbeConfig",
+    "S3Config",
     "ScoringConfig",
     "SecurityConfig",
     "TLSConfig",
@@ -183,6 +184,22 @@ class TransferConfig:
 
 
 @attrs.frozen
+class S3Config:
+    """s3:// locations. Credentials come from the standard AWS environment (env, profile, ...)."""
+
+    #: Endpoint of an S3-compatible store; None = $AWS_ENDPOINT_URL, else AWS itself.
+    endpoint_url: str | None = None
+    #: Region to sign for; None = from the AWS environment.
+    region: str | None = None
+    #: Named AWS profile; None = $AWS_PROFILE / default.
+    profile: str | None = None
+    #: Honour a location's own metadata ``endpoint_url`` (it then wins over the above). Off by
+    #: default: image locations may be tenant-controlled (OSSN-0065), and signed requests
+    #: should not be steered to a host the operator did not choose.
+    location_endpoint: bool = False
+
+
+@attrs.frozen
 class GlanceConfig:
     prefer_stores: tuple[str, ...] = ()
 
@@ -202,6 +219,7 @@ class Config:
     tls: TLSConfig = TLSConfig()
     transfer: TransferConfig = TransferConfig()
     glance: GlanceConfig = GlanceConfig()
+    s3: S3Config = S3Config()
     #: Persisted per-location history; None = the user's cache dir; "" = disabled.
     history_file: str | None = None
     source_path: str | None = None
@@ -263,6 +281,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "tls": TLSConfig,
     "transfer": TransferConfig,
     "glance": GlanceConfig,
+    "s3": S3Config,
 }
 
 

@@ -12,6 +12,8 @@ from locpick.errors import UnsupportedLocation
 from locpick.models import Location
 from locpick.transports.base import Context, Stream, Transport
 from locpick.transports.file import FileTransport
+from locpick.transports.fsspec import SCHEMES as FSSPEC_SCHEMES
+from locpick.transports.fsspec import FsspecTransport
 from locpick.transports.http import HttpTransport
 
 __all__ = ["REGISTRY", "UNSUPPORTED", "Context", "Stream", "Transport", "Transports"]
@@ -20,6 +22,8 @@ REGISTRY: dict[str, Callable[[Context], Transport]] = {
     "http": HttpTransport,
     "https": HttpTransport,
     "file": FileTransport,
+    # s3 and other object stores; the implementation package is imported lazily
+    **dict.fromkeys(FSSPEC_SCHEMES, FsspecTransport),
 }
 
 UNSUPPORTED: dict[str, str] = {

@@ -1,0 +1,298 @@
+"""s3:// (and other fsspec) locations against a real S3 endpoint on loopback (moto server mode)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fixtures_s3 import REGION, MotoS3
+from helpers import image_record, run_cli, temp_leftovers, write_record
+
+import locpick
+from locpick.config import Config, Policy, ProbeConfig, S3Config
+from locpick.errors import ConfigError
+from locpick.models import Image, Location
+from locpick.testing import Faults, Origin
+from locpick.transports import Context
+from locpick.transports.fsspec import FsspecTransport
+
+DATA = os.urandom(3 * 1024 * 1024 + 321)
+CFG = Config(probe=ProbeConfig(deadline=5.0))
+GLANCE_ONLY = [
+    "swift://acct:user:pw@keystone/v3/container/obj",
+    "swift+https://keystone.example/v3/container/obj",
+    "rbd://fsid/pool/image/snap",
+    "cinder://volume-id",
+    "vsphere://vc.example/folder/image?dcPath=dc&dsName=ds",
+]
+
+
+@pytest.fixture(scope="module")
+def moto_s3() -> Iterator[MotoS3]:
+    server = MotoS3()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def aws_env(moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch) -> MotoS3:
+    """Point the standard AWS environment of this process at the moto server."""
+    for name, value in moto_s3.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    return moto_s3
+
+
+def _rank(args: list[str], env: dict[str, str]) -> dict[str, dict[str, object]]:
+    out = run_cli("rank", *args, "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    return {row["url"]: row for row in json.loads(out.stdout)}
+
+
+def test_download_and_verify_from_s3(moto_s3: MotoS3, tmp_path: Path) -> None:
+    """The CLI downloads an s3:// location (endpoint from AWS_ENDPOINT_URL), sha512-verified."""
+    url = moto_s3.put("full.raw", DATA)
+    meta = write_record(tmp_path / "m.json", image_record("img", DATA, [url]))
+    dest = tmp_path / "out"
+    out = run_cli(
+        "download", "img", str(dest), "--metadata", str(meta), "--json", env=moto_s3.env()
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["source_url"] == url
+    assert result["verified"] == "sha512"
+    assert result["bytes"] == len(DATA)
+    assert dest.read_bytes() == DATA
+    assert temp_leftovers(tmp_path) == []
+    verify = run_cli("verify", "img", "--metadata", str(meta), "--json", env=moto_s3.env())
+    assert verify.returncode == 0, verify.stderr
+    assert json.loads(verify.stdout)["locations"][0]["status"] == "ok"
+
+
+def test_resume_from_http_onto_s3(aws_env: MotoS3, tmp_path: Path) -> None:
+    """An http transfer cut midway is finished from the s3 copy at the same offset."""
+    url = aws_env.put("resume.raw", DATA)
+    cut = len(DATA) // 2
+    cfg = Config(probe=ProbeConfig(deadline=5.0), policy=Policy(prefer_schemes=("http",)))
+    with Origin(DATA, faults=Faults(cut_at_offset=cut)) as origin:
+        http_url = origin.url
+        rec = image_record("img", DATA, [url, http_url])
+        result = locpick.download("img", tmp_path / "out", metadata=rec, config=cfg)
+    got = [(a.url, a.outcome, a.bytes) for a in result.attempts]
+    assert got == [(http_url, "failed", cut), (url, "ok", len(DATA) - cut)]
+    assert result.source_url == url
+    assert result.verified == "sha512"
+    assert (tmp_path / "out").read_bytes() == DATA
+
+
+def test_resume_from_s3_offset_reads_only_the_rest(aws_env: MotoS3) -> None:
+    """open(offset=N) on s3 delivers exactly the bytes from N on."""
+    url = aws_env.put("offset.raw", DATA)
+    image = Image(id="img", size=len(DATA))
+    with locpick.Client(config=CFG) as client:
+        transport = FsspecTransport(Context(client.config))
+        stream = transport.open(Location(url), image, offset=1_000_001)
+        buf = bytearray(len(DATA))
+        n, total = 0, 0
+        while (n := stream.readinto(memoryview(buf)[total:])) > 0:
+            total += n
+        stream.close()
+    assert stream.start == 1_000_001
+    assert stream.total == len(DATA)
+    assert bytes(buf[:total]) == DATA[1_000_001:]
+
+
+def test_missing_key_unusable_with_reason(moto_s3: MotoS3, tmp_path: Path) -> None:
+    """A missing object is listed unusable (HTTP 404), verify says missing, download goes on."""
+    good = moto_s3.put("present.raw", DATA)
+    gone = "s3://images/absent.raw"
+    nobucket = "s3://no-such-bucket/x.raw"
+    meta = write_record(tmp_path / "m.json", image_record("img", DATA, [gone, nobucket, good]))
+    rows = _rank(["img", "--metadata", str(meta)], moto_s3.env())
+    assert rows[gone]["usable"] is False
+    assert "no such object (HTTP 404)" in str(rows[gone]["reasons"]["error"])  # type: ignore[index]
+    assert rows[nobucket]["usable"] is False
+    assert rows[good]["usable"] is True
+    verify = run_cli("verify", "img", "--metadata", str(meta), "--json", env=moto_s3.env())
+    statuses = {r["url"]: r["status"] for r in json.loads(verify.stdout)["locations"]}
+    assert statuses[gone] == "missing"
+    assert statuses[good] == "ok"
+    assert verify.returncode == 3
+    out = run_cli(
+        "download",
+        "img",
+        str(tmp_path / "out"),
+        "--metadata",
+        str(meta),
+        "--json",
+        env=moto_s3.env(),
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["source_url"] == good
+
+
+@pytest.mark.parametrize("which", ["secret", "key_id"])
+def test_wrong_credentials_unusable_and_never_shown(
+    moto_s3: MotoS3, tmp_path: Path, which: str
+) -> None:
+    """Wrong keys: unusable with an access-denied reason; no key appears in any output."""
+    url = moto_s3.put("creds.raw", DATA)
+    wrong = "WrongSecretKeyDoNotPrint0123456789abcdef"
+    env = (
+        moto_s3.env(secret=wrong)
+        if which == "secret"
+        else moto_s3.env(key_id="AKIANOTAREALKEY12345")
+    )
+    meta = write_record(tmp_path / "m.json", image_record("img", DATA, [url]))
+    rank = run_cli("rank", "img", "--metadata", str(meta), "--json", env=env)
+    assert rank.returncode == 0, rank.stderr
+    [row] = json.loads(rank.stdout)
+    assert row["usable"] is False
+    assert "access denied (HTTP 403)" in row["reasons"]["error"]
+    dest = tmp_path / "out"
+    dest.write_bytes(b"before")
+    out = run_cli("download", "img", str(dest), "--metadata", str(meta), env=env)
+    assert out.returncode == 3
+    assert url in out.stderr and "access denied" in out.stderr
+    assert dest.read_bytes() == b"before"
+    assert temp_leftovers(tmp_path) == []
+    for text in (rank.stdout, rank.stderr, out.stdout, out.stderr):
+        assert wrong not in text
+        assert moto_s3.secret not in text
+        assert "AKIANOTAREALKEY12345" not in text
+        assert moto_s3.key_id not in text
+
+
+def test_glance_only_schemes_listed_unsupported(moto_s3: MotoS3, tmp_path: Path) -> None:
+    """swift/rbd/cinder/vsphere are unusable with 'unsupported scheme, needs ...'; s3 delivers."""
+    url = moto_s3.put("mixed.raw", DATA)
+    meta = write_record(tmp_path / "m.json", image_record("img", DATA, [*GLANCE_ONLY, url]))
+    rows = _rank(["img", "--metadata", str(meta)], moto_s3.env())
+    assert len(rows) == len(GLANCE_ONLY) + 1
+    ordered = sorted(rows.values(), key=lambda r: int(r["rank"]))  # type: ignore[call-overload]
+    assert ordered[0]["url"] == url
+    for row in ordered[1:]:
+        assert row["usable"] is False
+        assert str(row["reasons"]["error"]).startswith("unsupported scheme")  # type: ignore[index]
+        assert "needs" in str(row["reasons"]["error"])  # type: ignore[index]
+        assert ":pw@" not in str(row["url"])
+    out = run_cli(
+        "download",
+        "img",
+        str(tmp_path / "out"),
+        "--metadata",
+        str(meta),
+        "--json",
+        env=moto_s3.env(),
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    skipped = [a["url"] for a in result["attempts"] if a["outcome"] == "skipped"]
+    assert len(skipped) == len(GLANCE_ONLY)
+    assert result["source_url"] == url
+    assert (tmp_path / "out").read_bytes() == DATA
+
+
+def test_missing_s3fs_names_the_extra(moto_s3: MotoS3, tmp_path: Path) -> None:
+    """Without s3fs importable, an s3 location is unusable with 'install locpick[s3]'."""
+    shadow = tmp_path / "shadow" / "s3fs"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError(\"No module named 's3fs'\")\n")
+    url = moto_s3.put("noext.raw", DATA)
+    meta = write_record(tmp_path / "m.json", image_record("img", DATA, [url]))
+    env = {**moto_s3.env(), "PYTHONPATH": str(tmp_path / "shadow")}
+    rows = _rank(["img", "--metadata", str(meta)], env)
+    error = str(rows[url]["reasons"]["error"])  # type: ignore[index]
+    assert rows[url]["usable"] is False
+    assert "unsupported scheme 's3'" in error and "locpick[s3]" in error
+    out = run_cli("download", "img", str(tmp_path / "out"), "--metadata", str(meta), env=env)
+    assert out.returncode == 3
+    assert "locpick[s3]" in out.stderr
+
+
+def test_endpoint_from_config_and_from_location_metadata(
+    moto_s3: MotoS3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without AWS_ENDPOINT_URL the endpoint comes from [s3] endpoint_url or location metadata."""
+    url = moto_s3.put("ep.raw", DATA)
+    for name, value in moto_s3.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    by_config = Config(probe=CFG.probe, s3=S3Config(endpoint_url=moto_s3.endpoint))
+    result = locpick.download(
+        "img", tmp_path / "a", metadata=image_record("img", DATA, [url]), config=by_config
+    )
+    assert result.source_url == url
+    assert (tmp_path / "a").read_bytes() == DATA
+    rec = image_record("img", DATA, [(url, {"endpoint_url": moto_s3.endpoint})])
+    by_meta = Config(probe=CFG.probe, s3=S3Config(location_endpoint=True))
+    result = locpick.download("img", tmp_path / "b", metadata=rec, config=by_meta)
+    assert (tmp_path / "b").read_bytes() == DATA
+    no_meta = Config(
+        probe=CFG.probe, s3=S3Config(location_endpoint=False, endpoint_url="http://127.0.0.1:9")
+    )
+    [score] = locpick.rank("img", metadata=rec, config=no_meta)
+    assert score.usable is False
+
+
+def test_s3_config_section_parsed_and_checked(tmp_path: Path) -> None:
+    """[s3] keys load into Config; an unknown key is a config error (exit 2)."""
+    good = tmp_path / "good.toml"
+    good.write_text('[s3]\nendpoint_url = "http://127.0.0.1:9000"\nregion = "eu-1"\n')
+    cfg = Config.from_file(good)
+    assert cfg.s3 == S3Config(endpoint_url="http://127.0.0.1:9000", region="eu-1")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[s3]\nendpoint = "x"\n')
+    with pytest.raises(ConfigError, match="endpoint"):
+        Config.from_file(bad)
+    meta = write_record(tmp_path / "m.json", image_record("img", DATA, ["s3://b/k"]))
+    out = run_cli("rank", "img", "--metadata", str(meta), "--config", str(bad))
+    assert out.returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("s3:///key", "no bucket"),
+        ("s3://bucket", "no object key"),
+        ("s3://bucket/", "no object key"),
+    ],
+)
+def test_malformed_s3_urls_refused_without_io(url: str, reason: str) -> None:
+    """check() refuses s3 URLs without bucket or key before any request."""
+    transport = FsspecTransport(Context(Config()))
+    assert reason in (transport.check(Location(url), Image(id="i", size=1)) or "")
+
+
+def test_forbidden_endpoint_network_refused() -> None:
+    """A metadata endpoint in a forbidden network (link-local) is refused by check()."""
+    transport = FsspecTransport(Context(Config(s3=S3Config(location_endpoint=True))))
+    loc = Location("s3://b/k", metadata={"endpoint_url": "http://169.254.169.254/"})
+    assert "forbidden network" in (transport.check(loc, Image(id="i", size=1)) or "")
+
+
+def test_uninstalled_fsspec_protocol_names_its_package() -> None:
+    """Another fsspec protocol whose package is absent is unusable, naming the package."""
+    transport = FsspecTransport(Context(Config()))
+    reason = transport.check(Location("oci://bucket@ns/key"), Image(id="i", size=1))
+    if importlib.util.find_spec("ocifs") is None:
+        assert reason is not None
+        assert reason.startswith("unsupported scheme 'oci', needs ocifs")
+    else:
+        assert reason is None
+
+
+def test_region_setting_reaches_client(aws_env: MotoS3) -> None:
+    """[s3] region is used to sign requests (moto accepts any region)."""
+    url = aws_env.put("region.raw", DATA)
+    cfg = Config(probe=CFG.probe, s3=S3Config(region=REGION))
+    [score] = locpick.rank("img", metadata=image_record("img", DATA, [url]), config=cfg)
+    assert score.usable, score.reasons
+    assert score.reasons.latency_ms is not None
