@@ -242,6 +242,8 @@ class _Download:
             if stream is not None:
                 stream.close()
         got = self.sink.offset - before
+        if note:
+            log.info("%s: %s", cand.url, note)
         self.attempts.append(Attempt(url=cand.url, outcome="ok", bytes=got, note=note))
         self._observe(loc, True, got, t0, None)
         return Result(
