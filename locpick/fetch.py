@@ -44,6 +44,9 @@ Observer = Callable[[Location, bool, int, float, str | None], None]
 SWITCH_OBSERVE = 1.0
 #: Seconds a switch is assumed to cost (new connection, slow start) on top of latency.
 SWITCH_COST = 0.3
+#: An attempt that delivered at least this many bytes made progress: the retry budget resets
+#: (a few bytes per connection do not keep a failing location alive).
+PROGRESS_BYTES = 256 << 10
 #: A Retry-After longer than this drops the location for this download.
 RETRY_AFTER_MAX = 30.0
 
@@ -454,7 +457,7 @@ class _Download:
         self.attempts.append(Attempt(url=cand.url, outcome="failed", error=error, bytes=got))
         self._observe(cand.score.location, False, got, t0, str(exc))
         cand.left = cand.left or left
-        if got > 0:
+        if got >= PROGRESS_BYTES:
             cand.failures = 0  # progress resets the retry budget
         if isinstance(exc, _Abandon):
             cand.not_before = time.monotonic() + self.cfg.backoff
