@@ -10,8 +10,9 @@ from typing import Any
 
 import cachetools
 
+from locpick.auth import OpenStackAuth, auth_from_environment
 from locpick.config import Config, resolve_config
-from locpick.errors import InputError, UnverifiedImage
+from locpick.errors import ImageNotFound, InputError, UnverifiedImage
 from locpick.fetch import Progress, fetch
 from locpick.models import Image, Location, Probe, Ranking, Result, VerifyReport
 from locpick.probe import probe_all
@@ -45,6 +46,16 @@ class Client:
         SCRUB.add(token)
         self.glance_url = glance_url
         self._ctx = Context(self.config, glance_url=glance_url, token=token)
+        #: Keystone (OS_AUTH_URL / OS_CLOUD) when the token or the endpoint must come from it.
+        self._auth: OpenStackAuth | None = None
+        if not (token and glance_url):
+            self._auth = auth_from_environment(
+                os.environ,
+                token=token,
+                ca_file=self.config.tls.ca_file,
+                verify=self.config.tls.verify,
+                timeout=max(30.0, self.config.transfer.connect_timeout),
+            )
         self._transports = Transports(self._ctx)
         self._probe_cache: cachetools.TTLCache[tuple[str, int | None], Probe] = cachetools.TTLCache(
             maxsize=4096, ttl=self.config.probe.cache_ttl
@@ -71,18 +82,35 @@ class Client:
             if image.status != "active":
                 raise InputError(f"image {image_id} is {image.status!r}, not 'active'")
             return image
+        glance_url, token = self._glance()
+        try:
+            return fetch_glance_image(
+                self._ctx.http,
+                glance_url,
+                image_id,
+                token=token,
+                max_locations=limit,
+                prefer_stores=self.config.glance.prefer_stores,
+            )
+        except ImageNotFound as exc:
+            if self._auth is None:
+                raise
+            raise ImageNotFound(f"{exc}, as {self._auth.who}") from exc
+
+    def _glance(self) -> tuple[str, str | None]:
+        """Glance endpoint and token; from Keystone (catalog, renewed token) when configured."""
+        if self._auth is not None:
+            token = self._auth.token()
+            endpoint = self.glance_url or self._auth.image_endpoint()
+            with self._lock:
+                self.glance_url = self._ctx.glance_url = endpoint
+                self._ctx.token = token
         if not self.glance_url:
             raise InputError(
-                "no image source: give --metadata FILE or --glance-url URL (or set OS_IMAGE_URL)"
+                "no image source: give --metadata FILE or --glance-url URL (or set OS_IMAGE_URL,"
+                " or OS_AUTH_URL/OS_CLOUD to find it in the service catalog)"
             )
-        return fetch_glance_image(
-            self._ctx.http,
-            self.glance_url,
-            image_id,
-            token=self._ctx.token,
-            max_locations=limit,
-            prefer_stores=self.config.glance.prefer_stores,
-        )
+        return self.glance_url, self._ctx.token
 
     # -- decisions ----------------------------------------------------------------------------
     def rank_image(self, image: Image, *, for_download: bool = False) -> Ranking:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import attrs
 
 from locpick.errors import ConfigError
+from locpick.redact import SCRUB
 
 __all__ = [
     "CacheConfig",
@@ -26,6 +27,8 @@ __all__ = [
     "S3Config",
     "ScoringConfig",
     "SecurityConfig",
+    "SwiftConfig",
+    "SwiftRefConfig",
     "TLSConfig",
     "Topology",
     "TransferConfig",
@@ -205,6 +208,28 @@ class GlanceConfig:
 
 
 @attrs.frozen
+class SwiftRefConfig:
+    """Credentials of one ``swift+config://REF/...`` reference (Glance's glance-swift.conf)."""
+
+    name: str
+    #: The auth endpoint: Keystone v3 (``.../v3``) or Swift v1 (``.../auth/v1.0``).
+    auth_url: str
+    #: ``account:user`` (the project and user, as in Glance's swift store config).
+    user: str
+    key: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class SwiftConfig:
+    """``[swift.refs.REF]`` tables: what locpick knows of Glance's swift store references."""
+
+    refs: tuple[SwiftRefConfig, ...] = ()
+
+    def ref(self, name: str) -> SwiftRefConfig | None:
+        return next((r for r in self.refs if r.name == name), None)
+
+
+@attrs.frozen
 class Config:
     """Everything locpick can be told; immutable, change it with ``attrs.evolve``."""
 
@@ -220,6 +245,7 @@ class Config:
     transfer: TransferConfig = TransferConfig()
     glance: GlanceConfig = GlanceConfig()
     s3: S3Config = S3Config()
+    swift: SwiftConfig = SwiftConfig()
     #: Persisted per-location history; None = the user's cache dir; "" = disabled.
     history_file: str | None = None
     source_path: str | None = None
@@ -308,6 +334,8 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str | None = None) -
             if not isinstance(value, list):
                 raise ConfigError("config [[hints]]: expected an array of tables")
             kwargs["hints"] = tuple(_build(Hint, v, f"hints[{i}]") for i, v in enumerate(value))
+        elif key == "swift":
+            kwargs["swift"] = _swift_config(value)
         elif key == "history_file":
             if not isinstance(value, str):
                 raise ConfigError("config history_file: expected a path string")
@@ -315,6 +343,37 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str | None = None) -
         else:
             raise ConfigError(f"config: unknown section or key {key!r}")
     return Config(**kwargs)
+
+
+def _swift_config(data: Any) -> SwiftConfig:
+    if not isinstance(data, Mapping):
+        raise ConfigError("config [swift]: expected a table")
+    unknown = set(data) - {"refs"}
+    if unknown:
+        raise ConfigError(f"config [swift]: unknown key {sorted(unknown)[0]!r} (known: refs)")
+    refs = data.get("refs", {})
+    if not isinstance(refs, Mapping):
+        raise ConfigError("config [swift.refs]: expected tables [swift.refs.REF]")
+    out = []
+    for name, table in refs.items():
+        where = f"swift.refs.{name}"
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"config [{where}]: expected a table")
+        for k in ("auth_url", "user", "key"):
+            if not isinstance(table.get(k), str) or not table.get(k):
+                raise ConfigError(f"config [{where}]: {k} must be a non-empty string")
+        extra = set(table) - {"auth_url", "user", "key"}
+        if extra:
+            raise ConfigError(
+                f"config [{where}]: unknown key {sorted(extra)[0]!r} (known: auth_url, key, user)"
+            )
+        SCRUB.add(table["key"])
+        out.append(
+            SwiftRefConfig(
+                name=str(name), auth_url=table["auth_url"], user=table["user"], key=table["key"]
+            )
+        )
+    return SwiftConfig(refs=tuple(out))
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

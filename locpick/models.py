@@ -87,6 +87,8 @@ class Probe:
     final_url: str | None = None
     #: True when no first byte came before the probe phase ended: ``ttfb`` is a lower bound.
     censored: bool = False
+    #: Something the transport wants said in rank's reasons (e.g. where a token is sent).
+    note: str | None = None
 
 
 @attrs.frozen

@@ -140,6 +140,8 @@ def rank(
             )
             rows.append(((3.0, 0.0, 0.0), None, cand, reasons, cls))
             continue
+        if probe is not None and probe.note:
+            notes.append(probe.note)
         if probe is not None and probe.censored:
             notes.append(f"no first byte within {latency or 0:.2f}s: latency is a lower bound")
         if latency is None:

@@ -15,6 +15,7 @@ from locpick.transports.file import FileTransport
 from locpick.transports.fsspec import SCHEMES as FSSPEC_SCHEMES
 from locpick.transports.fsspec import FsspecTransport
 from locpick.transports.http import HttpTransport
+from locpick.transports.swift import SwiftTransport
 
 __all__ = ["REGISTRY", "UNSUPPORTED", "Context", "Stream", "Transport", "Transports"]
 
@@ -24,13 +25,13 @@ REGISTRY: dict[str, Callable[[Context], Transport]] = {
     "file": FileTransport,
     # s3 and other object stores; the implementation package is imported lazily
     **dict.fromkeys(FSSPEC_SCHEMES, FsspecTransport),
+    "swift": SwiftTransport,
+    "swift+http": SwiftTransport,
+    "swift+https": SwiftTransport,
+    "swift+config": SwiftTransport,
 }
 
 UNSUPPORTED: dict[str, str] = {
-    "swift": "a Swift client with credentials",
-    "swift+http": "a Swift client with credentials",
-    "swift+https": "a Swift client with credentials",
-    "swift+config": "Glance's swift store config",
     "rbd": "a Ceph RBD client on this node",
     "cinder": "a Cinder volume attachment",
     "vsphere": "a vSphere datastore client",

@@ -41,6 +41,7 @@ def _status_error(url: str, status: int, retry_after: str | None = None) -> Loca
     permanent = 400 <= status < 500 and status not in (408, 429)
     err = LocationUnreachable(f"{url}: HTTP {status}", url=url, permanent=permanent)
     err.retry_after = _parse_retry_after(retry_after)  # type: ignore[attr-defined]
+    err.status = status  # type: ignore[attr-defined]
     return err
 
 
@@ -352,11 +353,14 @@ class HttpTransport:
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             try:
                 conn.connect()
-                assert conn.sock is not None
-                conn.sock.settimeout(t.first_byte_timeout)
+                # keep our own reference: getresponse() drops conn.sock when the server will
+                # close the connection (HTTP/1.0, "Connection: close"); the body still reads it
+                sock = conn.sock
+                assert sock is not None
+                sock.settimeout(t.first_byte_timeout)
                 conn.request("GET", path, headers=all_headers)
                 response = conn.getresponse()
-                conn.sock.settimeout(t.idle_timeout)
+                sock.settimeout(t.idle_timeout)
             except TimeoutError as exc:
                 conn.close()
                 raise LocationUnreachable(f"{shown}: timed out", url=shown) from exc
