@@ -62,10 +62,23 @@ def download(
     glance_url: str | None = None,
     config: _ConfigArg = None,
     allow_unverified: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    register: bool | None = None,
 ) -> Result:
-    """Download (or system-copy) an image to ``dest`` from its best location, verified."""
+    """Download (or system-copy) an image to ``dest`` from its best location, verified.
+
+    ``cache_dir`` (else ``[cache] dir``): use/keep a verified copy in the node cache;
+    ``register`` (else ``[cache] register``): publish it as a location in Glance.
+    """
     with Client(config=config, glance_url=glance_url) as client:
-        return client.download(image_id, dest, metadata=metadata, allow_unverified=allow_unverified)
+        return client.download(
+            image_id,
+            dest,
+            metadata=metadata,
+            allow_unverified=allow_unverified,
+            cache_dir=cache_dir,
+            register=register,
+        )
 
 
 def rank(
@@ -87,7 +100,13 @@ def verify(
     glance_url: str | None = None,
     config: _ConfigArg = None,
     quick: bool = False,
+    prune: bool = False,
+    yes: bool = False,
 ) -> VerifyReport:
-    """Check that every replica of an image is reachable and matches its size and hash."""
+    """Check that every replica of an image is reachable and matches its size and hash.
+
+    ``prune``: plan removing missing/mismatched locations from Glance (``report.prune``);
+    ``yes``: carry it out. The last verified location is never removed.
+    """
     with Client(config=config, glance_url=glance_url) as client:
-        return client.verify(image_id, metadata=metadata, quick=quick)
+        return client.verify(image_id, metadata=metadata, quick=quick, prune=prune, yes=yes)

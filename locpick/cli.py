@@ -13,7 +13,7 @@ from typing import Any
 from locpick.client import Client
 from locpick.errors import LocpickError
 from locpick.models import Ranking, Result, VerifyReport
-from locpick.redact import SCRUB
+from locpick.redact import SCRUB, RedactingFilter
 
 log = logging.getLogger("locpick")
 
@@ -26,6 +26,11 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config (else $LOCPICK_CONFIG)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--verbose", "-v", action="store_true", help="log what locpick does")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do NOT verify TLS certificates (warns on every use; for test clouds only)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept an image without any hash (size check only)",
     )
+    d.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="node cache: use a verified cached copy, keep this one (else [cache] dir)",
+    )
+    d.add_argument(
+        "--register",
+        action="store_true",
+        default=None,
+        help="publish the cached copy as a location in Glance ([cache] public_url)",
+    )
 
     r = sub.add_parser("rank", help="score every location without downloading")
     r.add_argument("image_id", metavar="IMAGE_ID")
@@ -53,6 +69,25 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("image_id", metavar="IMAGE_ID")
     _source_args(v)
     v.add_argument("--quick", action="store_true", help="reachability and size only")
+    v.add_argument(
+        "--prune",
+        action="store_true",
+        help="remove missing/mismatched locations from Glance (dry run without --yes)",
+    )
+    v.add_argument("--yes", action="store_true", help="with --prune: really remove them")
+
+    s = sub.add_parser("serve", help="serve the node cache read-only over HTTP (with Range)")
+    s.add_argument("--cache-dir", metavar="DIR", help="the node cache (else [cache] dir)")
+    s.add_argument("--bind", metavar="ADDR:PORT", default=None, help="default 127.0.0.1:8470")
+    s.add_argument("--config", metavar="FILE", help="TOML config (else $LOCPICK_CONFIG)")
+    s.add_argument("--verbose", "-v", action="store_true", help="log what locpick does")
+
+    c = sub.add_parser("cache", help="list, evict or reconcile the node cache with Glance")
+    c.add_argument("action", choices=("list", "evict", "reconcile"), metavar="reconcile|list|evict")
+    c.add_argument("image_ids", nargs="*", metavar="IMAGE_ID", help="evict: images to evict")
+    c.add_argument("--all", action="store_true", help="evict: every cached image")
+    c.add_argument("--cache-dir", metavar="DIR", help="the node cache (else [cache] dir)")
+    _source_args(c)
 
     sub.add_parser("demo", help="start a local world of origins and show a ranked download")
     return parser
@@ -63,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "verbose", False):
         logging.basicConfig(level=logging.INFO, format="locpick: %(message)s", stream=sys.stderr)
+    else:
+        logging.basicConfig(level=logging.WARNING, format="locpick: %(message)s", stream=sys.stderr)
+    for h in logging.getLogger().handlers:
+        h.addFilter(RedactingFilter())
     try:
         handler = _COMMANDS[args.command]
         return handler(args)
@@ -71,11 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for attempt in getattr(exc, "attempts", ()):
             if attempt.outcome != "ok":
                 print(
-                    f"locpick:   {attempt.outcome}: {attempt.url}: {attempt.error}", file=sys.stderr
+                    SCRUB(f"locpick:   {attempt.outcome}: {attempt.url}: {attempt.error}"),
+                    file=sys.stderr,
                 )
         if getattr(args, "json", False) and getattr(exc, "attempts", None) is not None:
             _print_json({"error": SCRUB(str(exc)), "attempts": [a.to_json() for a in exc.attempts]})  # type: ignore[attr-defined]
-        return exc.exit_code
+        # Only the contract's codes: a LocationError reaching here (e.g. Glance unreachable)
+        # means nothing could be delivered.
+        return exc.exit_code if exc.exit_code in (2, 3) else 3
     except KeyboardInterrupt:
         print("locpick: interrupted", file=sys.stderr)
         return 130
@@ -87,7 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(config=args.config, glance_url=args.glance_url, token=args.token)
+    return Client(
+        config=args.config,
+        glance_url=args.glance_url,
+        token=args.token,
+        insecure=getattr(args, "insecure", False),
+    )
 
 
 def _print_json(doc: Any) -> None:
@@ -103,6 +150,8 @@ def _download(args: argparse.Namespace) -> int:
             metadata=args.metadata,
             allow_unverified=args.allow_unverified,
             progress=progress,
+            cache_dir=args.cache_dir,
+            register=args.register,
         )
     if args.json:
         _print_json(result.to_json())
@@ -169,6 +218,7 @@ def format_ranking(ranking: Ranking) -> str:
         "score_s",
         "usable",
         "latency_ms",
+        "tcp/icmp_ms",
         "MB/s",
         "topology",
         "shared_fs",
@@ -185,6 +235,7 @@ def format_ranking(ranking: Ranking) -> str:
                 "-" if s.score is None else f"{s.score:.3f}",
                 "yes" if s.usable else "no",
                 "-" if r.latency_ms is None else f"{r.latency_ms:.1f}",
+                _ms(r.connect_ms) + "/" + _ms(r.icmp_ms),
                 "-" if r.throughput_bps is None else f"{r.throughput_bps / 1e6:.1f}",
                 r.topology or "-",
                 r.shared_fs or "-",
@@ -204,9 +255,19 @@ def format_ranking(ranking: Ranking) -> str:
     return "\n".join(lines)
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def _verify(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        report = client.verify(args.image_id, metadata=args.metadata, quick=args.quick)
+        report = client.verify(
+            args.image_id,
+            metadata=args.metadata,
+            quick=args.quick,
+            prune=args.prune,
+            yes=args.yes,
+        )
     if args.json:
         _print_json(report.to_json())
     else:
@@ -218,7 +279,68 @@ def format_report(report: VerifyReport) -> str:
     lines = [f"image {report.image_id}:"]
     for r in report.locations:
         lines.append(f"  {r.status:<11} {r.url}" + (f"  ({r.detail})" if r.detail else ""))
+    p = report.prune
+    if p is not None:
+        verb = "would remove (dry run, --yes to act)" if p.dry_run else "removed"
+        done = p.remove if p.dry_run else p.removed
+        lines.append(f"prune: {verb}: {len(done)}")
+        lines.extend(f"  - {url}" for url in done)
+        lines.extend(f"  note: {n}" for n in p.notes)
     return "\n".join(lines)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from locpick.cache import NodeCache
+    from locpick.config import resolve_config
+    from locpick.errors import ConfigError
+    from locpick.serve import DEFAULT_BIND, announce, serve
+
+    config = resolve_config(args.config)
+    directory = args.cache_dir or config.cache.dir
+    if not directory:
+        raise ConfigError("serve: no node cache: give --cache-dir DIR or set [cache] dir")
+    cache = NodeCache(directory, config.cache.max_bytes)
+    return serve(cache, args.bind or DEFAULT_BIND, ready=announce)
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from locpick.errors import InputError
+
+    with _client(args) as client:
+        if args.action == "list":
+            cache = client.node_cache(args.cache_dir)
+            assert cache is not None
+            entries = cache.entries()
+            if args.json:
+                _print_json([e.to_json() for e in reversed(entries)])
+            else:
+                for e in reversed(entries):
+                    reg = e.registered_url or "-"
+                    print(f"{e.image_id}  {e.size:>14}  {e.algo}  registered: {reg}")
+            return 0
+        if args.action == "evict":
+            if not args.image_ids and not args.all:
+                raise InputError("cache evict: name IMAGE_IDs or give --all")
+            cache = client.node_cache(args.cache_dir)
+            assert cache is not None
+            ids = [e.image_id for e in cache.entries()] if args.all else args.image_ids
+            evicted, problems = client.evict(ids, cache_dir=args.cache_dir)
+            gone = {e.image_id for e in evicted}
+            for image_id in ids:
+                if image_id not in gone:
+                    print(f"locpick: {image_id}: not in the cache", file=sys.stderr)
+            if args.json:
+                _print_json({"evicted": sorted(gone), "warnings": problems})
+            else:
+                for image_id in sorted(gone):
+                    print(f"evicted {image_id}")
+            return 3 if problems else 0
+        done = client.reconcile(cache_dir=args.cache_dir)
+        if args.json:
+            _print_json({"actions": done})
+        else:
+            print("\n".join(done) if done else "cache and Glance agree")
+        return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -232,6 +354,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "rank": _rank,
     "verify": _verify,
     "demo": _demo,
+    "serve": _serve,
+    "cache": _cache,
 }
 
 

@@ -5,22 +5,49 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attrs
 import cachetools
 
 from locpick.auth import OpenStackAuth, auth_from_environment
+from locpick.cache import CacheEntry, NodeCache, copy_out
 from locpick.config import Config, resolve_config
-from locpick.errors import ImageNotFound, InputError, UnverifiedImage
+from locpick.errors import (
+    ConfigError,
+    ImageNotFound,
+    InputError,
+    LocationError,
+    LocpickError,
+    UnverifiedImage,
+)
 from locpick.fetch import Progress, fetch
-from locpick.models import Image, Location, Probe, Ranking, Result, VerifyReport
-from locpick.probe import probe_all
-from locpick.redact import SCRUB
-from locpick.replicas import verify_replicas
+from locpick.history import History
+from locpick.models import (
+    Attempt,
+    Image,
+    Location,
+    Probe,
+    PruneResult,
+    Ranking,
+    Result,
+    VerifyReport,
+)
+from locpick.probe import probe_and_measure
+from locpick.publish import (
+    GlanceLocations,
+    PublishError,
+    cache_location_url,
+    cache_metadata,
+)
+from locpick.redact import SCRUB, register_env_secrets
+from locpick.replicas import plan_prune, verify_replicas
 from locpick.score import Candidate, rank
 from locpick.sources import fetch_glance_image, load_metadata
 from locpick.transports import Context, Transports
+from locpick.transports.base import tls_verify
 from locpick.transports.file import FileTransport
 
 log = logging.getLogger("locpick")
@@ -37,8 +64,19 @@ class Client:
         config: Config | str | os.PathLike[str] | None = None,
         glance_url: str | None = None,
         token: str | None = None,
+        insecure: bool = False,
     ) -> None:
+        register_env_secrets()
+        SCRUB.add(token)
         self.config = resolve_config(config)
+        if insecure:
+            self.config = attrs.evolve(self.config, tls=attrs.evolve(self.config.tls, verify=False))
+        tls_verify(self.config)  # a bad [tls] ca_file is a config error now, not per location
+        if not self.config.tls.verify:
+            log.warning(
+                "TLS certificate verification is OFF (--insecure / [tls] verify = false): "
+                "any host on the path can impersonate image locations and Glance"
+            )
         if glance_url is None:
             glance_url = os.environ.get("OS_IMAGE_URL") or None
         if token is None:
@@ -61,6 +99,8 @@ class Client:
             maxsize=4096, ttl=self.config.probe.cache_ttl
         )
         self._lock = threading.Lock()
+        #: Per-host outcomes persisted across runs (``history_file``; "" disables).
+        self.history = History.from_config(self.config.history_file)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def __enter__(self) -> Client:
@@ -113,11 +153,18 @@ class Client:
         return self.glance_url, self._ctx.token
 
     # -- decisions ----------------------------------------------------------------------------
-    def rank_image(self, image: Image, *, for_download: bool = False) -> Ranking:
+    def rank_image(
+        self,
+        image: Image,
+        *,
+        for_download: bool = False,
+        dest: str | os.PathLike[str] | None = None,
+    ) -> Ranking:
         """Score every location of an already-loaded image.
 
         ``for_download``: with a single usable location there is nothing to choose, so it is
-        not probed (the probe would only delay the transfer).
+        not probed (the probe would only delay the transfer). ``dest``: where it will go (a
+        shared filesystem reports whether it is the same device).
         """
         candidates: list[Candidate] = []
         to_probe: list[Location] = []
@@ -129,17 +176,24 @@ class Client:
             except Exception as exc:  # noqa: BLE001 - any refusal makes just this one unusable
                 candidates.append(Candidate(loc, unusable=_reason(exc)))
                 continue
-            reason = transport.check(loc, image)
             shared = None
-            if reason is None and isinstance(transport, FileTransport):
-                _path, fs = transport.resolve(loc)
-                shared = f"system copy from {fs.id} at {fs.mountpoint}"
+            if isinstance(transport, FileTransport):
+                reason, shared = _shared_fs(transport, loc, image, dest)
+            else:
+                reason = transport.check(loc, image)
             candidates.append(Candidate(loc, unusable=reason, shared_fs=shared))
             if reason is None:
                 to_probe.append(loc)
         probes = {} if for_download and len(to_probe) <= 1 else self._probe(image, to_probe)
+        known = self.history.entries()
         candidates = [
-            Candidate(c.location, c.unusable, probes.get(c.location), c.shared_fs, c.history)
+            Candidate(
+                c.location,
+                c.unusable,
+                probes.get(c.location),
+                c.shared_fs,
+                self.history.lookup(c.location, known) if c.unusable is None else None,
+            )
             for c in candidates
         ]
         for url, why in image.rejected:
@@ -156,7 +210,7 @@ class Client:
                     found[loc] = hit
                 else:
                     missing.append(loc)
-        fresh = probe_all(image, missing, self._transports, self.config)
+        fresh = probe_and_measure(image, missing, self._transports, self.config)
         with self._lock:
             for loc, probe in fresh.items():
                 if probe.ok:
@@ -175,9 +229,29 @@ class Client:
         metadata: Metadata | None = None,
         allow_unverified: bool = False,
         progress: Progress | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        register: bool | None = None,
     ) -> Result:
-        """Fetch (or system-copy) the image to ``dest``, verified, atomically."""
+        """Fetch (or system-copy) the image to ``dest``, verified, atomically.
+
+        With a node cache (``cache_dir`` or ``[cache] dir``) a verified cached copy is copied
+        out without any network transfer (``method="cache"``), and a fresh download is kept
+        in the cache; with ``register`` (or ``[cache] register``) the cached copy is published
+        as a location of the image in Glance.
+        """
         image = self.image(image_id, metadata=metadata)
+        cache = self.node_cache(cache_dir, required=False)
+        publish = self.config.cache.register if register is None else register
+        if publish and cache is None:
+            raise ConfigError("--register needs a node cache: give --cache-dir or [cache] dir")
+        if publish and not self.config.cache.public_url:
+            raise ConfigError(
+                "--register needs [cache] public_url (how other nodes reach locpick serve here)"
+            )
+        if cache is not None:
+            hit = self._from_cache(cache, image, dest, publish)
+            if hit is not None:
+                return hit
         if not image.has_hash:
             if not allow_unverified:
                 raise UnverifiedImage(
@@ -185,8 +259,8 @@ class Client:
                     "unverified bytes (pass --allow-unverified to accept a size-only check)"
                 )
             log.warning("image %s has no hash: downloading UNVERIFIED (size check only)", image_id)
-        ranking = self.rank_image(image, for_download=True)
-        return fetch(
+        ranking = self.rank_image(image, for_download=True, dest=dest)
+        result = fetch(
             image,
             ranking.scores,
             dest,
@@ -195,14 +269,203 @@ class Client:
             file_mode=self.config.security.file_mode,
             progress=progress,
             transfer=self.config.transfer,
+            observer=self.history.record,
+        )
+        if cache is not None and result.verified:
+            try:
+                evicted = cache.add_file(image, dest)
+            except LocpickError as exc:
+                log.warning("cache: %s (image delivered, not cached)", SCRUB(str(exc)))
+                return result
+            self._unpublish(evicted)
+            if publish:
+                self._publish(cache, image)
+        return result
+
+    # -- the node cache -----------------------------------------------------------------------
+    def node_cache(
+        self, cache_dir: str | os.PathLike[str] | None = None, *, required: bool = True
+    ) -> NodeCache | None:
+        """The node cache at ``cache_dir``, else ``[cache] dir``; None (or an error) if neither."""
+        directory = cache_dir if cache_dir is not None else self.config.cache.dir
+        if not directory:
+            if required:
+                raise ConfigError("no node cache: give --cache-dir DIR or set [cache] dir")
+            return None
+        return NodeCache(directory, self.config.cache.max_bytes)
+
+    def _from_cache(
+        self, cache: NodeCache, image: Image, dest: str | os.PathLike[str], publish: bool
+    ) -> Result | None:
+        started = time.monotonic()
+        entry = cache.lookup(image)
+        if entry is None:
+            return None
+        if not copy_out(entry, dest, mode=self.config.security.file_mode):
+            return None
+        cache.touch(image.id)
+        if publish:
+            self._publish(cache, image, entry)
+        url = entry.path.as_uri()
+        return Result(
+            image_id=image.id,
+            dest=str(dest),
+            source_url=url,
+            method="cache",
+            bytes=entry.size,
+            seconds=time.monotonic() - started,
+            verified=entry.algo,
+            attempts=(Attempt(url=url, outcome="ok", bytes=entry.size, note="node cache"),),
         )
 
+    def glance_locations(self) -> GlanceLocations:
+        """The Glance locations API of this client's endpoint (token renewed if Keystone)."""
+        endpoint, token = self._glance()
+        return GlanceLocations(self._ctx.http, endpoint, token)
+
+    def _publish(self, cache: NodeCache, image: Image, entry: CacheEntry | None = None) -> None:
+        """Register the cached copy in Glance; a refusal is a warning, the cache keeps working."""
+        public_url = self.config.cache.public_url
+        assert public_url is not None
+        url = cache_location_url(public_url, image.id)
+        if entry is None:
+            entry = cache.entry(image.id)
+        if entry is None or entry.registered_url == url:
+            return
+        try:
+            self.glance_locations().add(image.id, url, cache_metadata(self.config.topology))
+        except (PublishError, InputError) as exc:
+            log.warning("not registered, keeping a plain cache: %s", SCRUB(str(exc)))
+            return
+        cache.set_registered(image.id, url)
+
+    def _unpublish(self, evicted: Sequence[CacheEntry]) -> list[str]:
+        """Remove evicted copies' locations from Glance; returns warnings (also logged)."""
+        problems = []
+        for entry in evicted:
+            if not entry.registered_url:
+                continue
+            try:
+                self.glance_locations().remove(entry.image_id, entry.registered_url)
+            except (PublishError, InputError) as exc:
+                text = (
+                    f"evicted {entry.image_id} but its location is still in Glance "
+                    f"({SCRUB(str(exc))}); run `locpick cache reconcile`"
+                )
+                log.warning("%s", text)
+                problems.append(text)
+        return problems
+
+    def evict(
+        self, image_ids: Sequence[str], *, cache_dir: str | os.PathLike[str] | None = None
+    ) -> tuple[list[CacheEntry], list[str]]:
+        """Evict entries (and unregister their locations); returns (evicted, warnings)."""
+        cache = self.node_cache(cache_dir)
+        assert cache is not None
+        evicted = [e for e in (cache.evict(i) for i in image_ids) if e is not None]
+        return evicted, self._unpublish(evicted)
+
+    def reconcile(self, *, cache_dir: str | os.PathLike[str] | None = None) -> list[str]:
+        """Make Glance agree with the cache, both ways; returns what was done, one line each.
+
+        Registered but not (validly) cached: the location is removed. Cached but not
+        registered (with ``[cache] register``): it is added. A cached copy whose hash no
+        longer matches Glance's record is evicted.
+        """
+        cache = self.node_cache(cache_dir)
+        assert cache is not None
+        public_url = self.config.cache.public_url
+        if not public_url:
+            raise ConfigError("cache reconcile needs [cache] public_url (this node's serve URL)")
+        api = self.glance_locations()
+        prefix = public_url.rstrip("/") + "/images/"
+        done: list[str] = []
+        registered = api.images_with_location_prefix(prefix)
+        for image_id, urls in sorted(registered.items()):
+            entry = cache.entry(image_id)
+            for url in urls:
+                if entry is not None and url == cache_location_url(public_url, image_id):
+                    if entry.registered_url != url:
+                        cache.set_registered(image_id, url)
+                    continue
+                api.remove(image_id, url)
+                done.append(f"unregistered {image_id}: {url} (not in the cache)")
+        for entry in cache.entries():
+            url = cache_location_url(public_url, entry.image_id)
+            try:
+                image = self.image(entry.image_id)
+            except ImageNotFound:
+                cache.evict(entry.image_id)
+                done.append(f"evicted {entry.image_id}: no longer in Glance")
+                continue
+            if cache.lookup(image) is None:
+                stale = cache.evict(entry.image_id)
+                if url in registered.get(entry.image_id, []):
+                    api.remove(entry.image_id, url)
+                done.append(f"evicted {entry.image_id}: its hash no longer matches Glance's")
+                del stale
+                continue
+            if url in registered.get(entry.image_id, []):
+                continue
+            if entry.registered_url:
+                cache.set_registered(entry.image_id, None)
+            if self.config.cache.register:
+                api.add(entry.image_id, url, cache_metadata(self.config.topology))
+                cache.set_registered(entry.image_id, url)
+                done.append(f"registered {entry.image_id}: {url}")
+        return done
+
     def verify(
-        self, image_id: str, *, metadata: Metadata | None = None, quick: bool = False
+        self,
+        image_id: str,
+        *,
+        metadata: Metadata | None = None,
+        quick: bool = False,
+        prune: bool = False,
+        yes: bool = False,
     ) -> VerifyReport:
-        """Check every location: reachable, right size, and (unless quick) right hash."""
+        """Check every location: reachable, right size, and (unless quick) right hash.
+
+        ``prune``: plan removing missing/mismatched locations from Glance (never the last
+        verified one); ``yes`` carries it out, otherwise it is a dry run.
+        """
+        if prune and quick:
+            raise InputError("--prune needs the full hash check: drop --quick")
+        if prune and metadata is not None:
+            raise InputError("--prune changes Glance: give --glance-url, not --metadata")
         image = self.image(image_id, metadata=metadata)
-        return verify_replicas(image, image.locations, self._transports, quick=quick)
+        report = verify_replicas(image, image.locations, self._transports, quick=quick)
+        if not prune:
+            return report
+        remove, notes = plan_prune(image, report)
+        removed: list[str] = []
+        if yes and remove:
+            api = self.glance_locations()
+            for loc in remove:
+                try:
+                    if api.remove(image.id, loc.url):
+                        removed.append(loc.display_url)
+                except PublishError as exc:
+                    notes.append(f"not removed: {loc.display_url}: {SCRUB(str(exc))}")
+        result = PruneResult(
+            dry_run=not yes,
+            remove=tuple(loc.display_url for loc in remove),
+            removed=tuple(removed),
+            notes=tuple(notes),
+        )
+        return attrs.evolve(report, prune=result)
+
+
+def _shared_fs(
+    transport: FileTransport, loc: Location, image: Image, dest: str | os.PathLike[str] | None
+) -> tuple[str | None, str | None]:
+    """(unusable reason, ``shared_fs`` reason) of a file:// location."""
+    dest_dir = None if dest is None else os.path.dirname(os.path.abspath(dest))
+    try:
+        rep = transport.report(loc, image, dest_dir)
+    except LocationError as exc:
+        return _reason(exc), None
+    return rep.reason, rep.describe()
 
 
 def _reason(exc: BaseException) -> str:

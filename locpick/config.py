@@ -58,8 +58,11 @@ class Filesystem:
     marker: str | None = None
     #: Expected filesystem UUID or source device (as in /proc/self/mountinfo), if set.
     fs_uuid: str | None = None
-    #: Trust the operator: copies from this filesystem may be checked by size alone.
+    #: Trust the operator: copies from this filesystem are checked by size alone (no hash
+    #: pass; reflink makes such a copy near-instant). Off by default: copies are verified.
     trusted: bool = False
+    #: Seconds the reachability check may take before the mount counts as hung/stale.
+    timeout: float = 2.0
     #: Test-only: accept a plain directory as if it were a mount. Not settable from a file.
     require_mount: bool = attrs.field(default=True, kw_only=True)
 
@@ -100,11 +103,16 @@ class ProbeConfig:
     #: Throughput probe: minimum and maximum bytes and seconds, stability threshold (CV).
     throughput_min_bytes: int = 1 << 20
     throughput_max_bytes: int = 32 << 20
-    throughput_min_seconds: float = 0.15
-    throughput_max_seconds: float = 0.8
+    throughput_min_seconds: float = 0.1
+    throughput_max_seconds: float = 0.6
     throughput_cv: float = 0.15
-    #: Probe throughput only for this many best candidates by latency.
-    throughput_top: int = 3
+    #: A throughput measurement takes at most this fraction of the transfer time expected at
+    #: the prior throughput (and at most ``throughput_max_seconds``).
+    throughput_budget: float = 0.05
+    #: Probe throughput (concurrently) for at most this many candidates, best latency first,
+    #: among those not clearly worse on latency (within the straggler cut-off). TTFB is a poor
+    #: proxy for bandwidth, so this is generous.
+    throughput_top: int = 6
     #: Images up to this size skip the throughput probe: latency dominates.
     small_image_bytes: int = 8 << 20
     #: Seconds a probe result stays valid inside one process.
@@ -147,13 +155,44 @@ class Policy:
     forbid_glance_file: bool = False
 
 
+def _check_networks(_inst: object, _attr: object, value: tuple[str, ...]) -> None:
+    import ipaddress
+
+    for net in value:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                f"config [security] forbid_networks: {net!r} is not a network"
+            ) from exc
+
+
+def _check_range(lo: float, hi: float) -> Any:
+    def check(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+        if not lo <= value <= hi:
+            raise ConfigError(f"config [security] {attr.name}: {value!r} is not in {lo}..{hi}")
+
+    return check
+
+
 @attrs.frozen
 class SecurityConfig:
-    forbid_networks: tuple[str, ...] = ("169.254.0.0/16", "fe80::/10")
+    """Bounds on what hostile metadata and hostile servers can make locpick do."""
+
+    #: Never connect to these networks, directly or through a redirect (cloud metadata services).
+    forbid_networks: tuple[str, ...] = attrs.field(
+        default=("169.254.0.0/16", "fe80::/10"), validator=_check_networks
+    )
     token_hosts: tuple[str, ...] = ()
-    max_redirects: int = 5
-    max_locations: int = 1000
-    file_mode: int = 0o644
+    #: Redirects followed per request (only to http/https, never to a forbidden network).
+    max_redirects: int = attrs.field(default=5, validator=_check_range(0, 20))
+    #: Locations accepted in one image record; more is a malformed record.
+    max_locations: int = attrs.field(default=1000, validator=_check_range(1, 100_000))
+    #: Permission bits of a delivered file (no setuid/setgid/sticky bits).
+    file_mode: int = attrs.field(default=0o644, validator=_check_range(0, 0o777))
+    #: A transfer slower than this (bytes/s) over ``[transfer] low_speed_window`` is abandoned
+    #: even when ``[transfer] low_speed_bps`` is 0: a server dripping bytes cannot hold locpick.
+    min_speed_bps: float = attrs.field(default=1024.0, validator=_check_range(0, 1e12))
 
 
 @attrs.frozen

@@ -28,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from locpick.redact import SCRUB
+
 if TYPE_CHECKING:
     from locpick.models import Attempt
 
@@ -57,6 +59,10 @@ class LocpickError(Exception):
     """Root of every error locpick raises on purpose."""
 
     exit_code: int = 1
+
+    def __init__(self, *args: object) -> None:
+        # Secrets never reach a message, a traceback or a repr: scrub at construction.
+        super().__init__(*(SCRUB(a) if isinstance(a, str) else a for a in args))
 
 
 class InputError(LocpickError):
@@ -97,7 +103,7 @@ class LocationError(LocpickError):
 
     def __init__(self, message: str, *, url: str = "", permanent: bool | None = None) -> None:
         super().__init__(message)
-        self.url = url
+        self.url = SCRUB(url)
         if permanent is not None:
             self.permanent = permanent
 

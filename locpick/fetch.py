@@ -32,7 +32,7 @@ from locpick.hashing import Expected
 from locpick.models import Attempt, Image, Location, Result, Score
 from locpick.redact import SCRUB
 from locpick.sink import AtomicSink, dest_lock
-from locpick.transports import Stream, Transports
+from locpick.transports import Stream, Transport, Transports
 
 log = logging.getLogger("locpick")
 
@@ -220,15 +220,22 @@ class _Download:
         t0 = time.monotonic()
         before = self.sink.offset
         stream: Stream | None = None
+        note: str | None
         try:
-            stream = self._open(cand)
-            note = self._align(cand, stream)
-            before = min(before, self.sink.offset)
-            self._pump(cand, stream)
-            self._check_complete(stream)
-            source = stream.final_url
-            stream.close()
-            stream = None
+            transport = self.transports.for_location(loc)
+            copy_to = getattr(transport, "copy_to", None)
+            if copy_to is not None:  # a system copy (shared filesystem)
+                note, source = self._system_copy(cand, copy_to), loc.display_url
+                before = min(before, self.sink.offset)
+            else:
+                stream = self._open(cand, transport)
+                note = self._align(cand, stream)
+                before = min(before, self.sink.offset)
+                self._pump(cand, stream)
+                self._check_complete(stream)
+                source = stream.final_url
+                stream.close()
+                stream = None
             self.sink.label = f"image {self.image.id} from {source}"
             verified = self.sink.commit()
         except _Abandon as exc:
@@ -260,9 +267,15 @@ class _Download:
             attempts=tuple(self.attempts),
         )
 
-    def _open(self, cand: _Candidate) -> Stream:
+    def _system_copy(self, cand: _Candidate, copy_to: Callable[..., str]) -> str:
+        """Let the transport copy at the fd level (it continues from ``sink.offset``)."""
         loc = cand.score.location
-        transport = self.transports.for_location(loc)
+        self.sink.label = f"image {self.image.id} from {loc.display_url}"
+        self.sources.add(cand.url)
+        return f"system copy via {copy_to(loc, self.image, self.sink, self.progress)}"
+
+    def _open(self, cand: _Candidate, transport: Transport) -> Stream:
+        loc = cand.score.location
         offset = self.sink.offset
         if_range = self._if_range(cand) if offset else None
         if if_range and getattr(transport, "supports_if_range", False):

@@ -102,6 +102,16 @@ class BackgroundHasher:
             raise self._error
         return None if self._hasher is None else str(self._hasher.hexdigest())
 
+    def detach(self) -> Any:
+        """Wait for queued buffers, stop, and hand over the hash object (None when not hashing).
+
+        Used when another component (a system copy) goes on hashing the same stream.
+        """
+        self.stop()
+        if self._error is not None:
+            raise self._error
+        return self._hasher
+
     def stop(self) -> None:
         if self._thread.is_alive():
             self._queue.put(None)

@@ -103,6 +103,13 @@ class Reasons:
     error: str | None = None
     #: Extra, human-oriented explanation (priors used, policy, ...).
     notes: tuple[str, ...] = ()
+    #: The other two latency measurements (ICMP echo, TCP connect without DNS), and why ICMP
+    #: was not measured when it was not.
+    icmp_ms: float | None = None
+    connect_ms: float | None = None
+    icmp_note: str | None = None
+    #: What the operator's [policy] did to this location (pinned, forbidden, last resort).
+    policy: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -112,6 +119,10 @@ class Reasons:
             "shared_fs": self.shared_fs,
             "history": self.history,
             "error": self.error,
+            "icmp_ms": None if self.icmp_ms is None else round(self.icmp_ms, 2),
+            "connect_ms": None if self.connect_ms is None else round(self.connect_ms, 2),
+            "policy": self.policy,
+            "notes": list(self.notes),
         }
 
 
@@ -221,10 +232,39 @@ class VerifyReport:
 
     image_id: str
     locations: tuple[ReplicaStatus, ...]
+    #: What ``--prune`` did or would do; None when not asked.
+    prune: PruneResult | None = None
 
     @property
     def ok(self) -> bool:
         return all(r.status == "ok" for r in self.locations)
 
     def to_json(self) -> dict[str, Any]:
-        return {"image_id": self.image_id, "locations": [r.to_json() for r in self.locations]}
+        doc: dict[str, Any] = {
+            "image_id": self.image_id,
+            "locations": [r.to_json() for r in self.locations],
+        }
+        if self.prune is not None:
+            doc["prune"] = self.prune.to_json()
+        return doc
+
+
+@attrs.frozen
+class PruneResult:
+    """``verify --prune``: the missing or mismatched Glance locations to remove, and what was."""
+
+    dry_run: bool
+    #: Display URLs of the locations chosen for removal.
+    remove: tuple[str, ...] = ()
+    #: Display URLs actually removed from Glance (empty on a dry run).
+    removed: tuple[str, ...] = ()
+    #: Why something was kept or not removed (e.g. it would remove the last verified copy).
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "remove": list(self.remove),
+            "removed": list(self.removed),
+            "notes": list(self.notes),
+        }

@@ -1,26 +1,60 @@
 """Concurrent, deadline-bounded measurement of every location. No scoring happens here.
 
-Every location is probed at once; the phase ends at the overall deadline, or earlier, as soon as
-the outcome cannot change: once the fastest locations have answered, one that has not sent a
-first byte within ``max(straggler_floor, straggler_factor x best)`` cannot win and is dropped.
+Latency is measured three ways at once, under one overall deadline (``[probe] deadline``):
+
+- HTTP time-to-first-byte of a small ranged GET (``transport.probe``): the only one that sees a
+  slow server behind a fast network, and the one the score uses;
+- TCP connect time to host:port, name resolution done first and excluded (as librepo does);
+- ICMP echo via ping3; where raw/unprivileged ICMP is not permitted it is skipped quietly and
+  the reason is recorded (``Probe.icmp_note``), once per process.
+
+The phase ends at the deadline, or earlier, as soon as the outcome cannot change: once the
+fastest locations have answered, one that has not sent a first byte within
+``max(straggler_floor, straggler_factor x best)`` cannot win (it stays a fallback with a
+lower-bound latency).
+
+Then, unless the image is small (``small_image_bytes``: latency dominates, probing is cut
+short), the ``throughput_top`` best candidates by latency -- never those clearly worse on
+latency, i.e. beyond the straggler cut-off -- get a throughput probe: a read from offset 0
+that stops as soon as the rate is stable (rate-mirrors' idea): at least ``throughput_min_bytes``
+and ``throughput_min_seconds``, then stop when the coefficient of variation of the last
+``_CV_WINDOW`` slice rates is below ``throughput_cv``; hard caps ``throughput_max_bytes`` and
+``throughput_max_seconds``. The measurements run concurrently, each started as soon as its
+location's latency probe answers (``probe_and_measure``), and each is bounded by
+``throughput_budget`` x the transfer time expected at the prior throughput (probing costs a
+small fraction of the download).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import socket
+import statistics
+import threading
 import time
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import Callable, Sequence
+
+import attrs
 
 from locpick.config import Config
-from locpick.errors import LocpickError
+from locpick.errors import LocationError, LocpickError
 from locpick.models import Image, Location, Probe
 from locpick.transports import Transport, Transports
 
 
 def probe_all(
-    image: Image, locations: Sequence[Location], transports: Transports, config: Config
+    image: Image,
+    locations: Sequence[Location],
+    transports: Transports,
+    config: Config,
+    *,
+    on_answer: Callable[[Location, Probe, float], None] | None = None,
 ) -> dict[Location, Probe]:
-    """Probe ``locations`` concurrently; every one gets a Probe, failed ones with the reason."""
+    """Probe ``locations`` concurrently; every one gets a Probe, failed ones with the reason.
+
+    ``on_answer(location, probe, best_ttfb)`` is called as each probe answers (used to start
+    throughput measurements without waiting for the whole latency phase)."""
     pc = config.probe
     results: dict[Location, Probe] = {}
     if not locations:
@@ -31,10 +65,15 @@ def probe_all(
         max_workers=min(32, len(locations)), thread_name_prefix="locpick-probe"
     )
     futures: dict[cf.Future[Probe], Location] = {}
+    net: dict[tuple[str, int], cf.Future[_NetLatency]] = {}
+    net_pool = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="locpick-ping")
     try:
         for loc in locations:
             transport = transports.for_location(loc)
             futures[pool.submit(_safe_probe, transport, loc, image, pc.deadline)] = loc
+            hp = _host_port(loc)
+            if hp is not None and hp not in net:
+                net[hp] = net_pool.submit(_net_latency, hp[0], hp[1], deadline, pc.icmp)
         pending = set(futures)
         best: float | None = None
         while pending:
@@ -50,6 +89,8 @@ def probe_all(
                 results[futures[fut]] = probe
                 if probe.ok and probe.ttfb is not None:
                     best = probe.ttfb if best is None else min(best, probe.ttfb)
+                    if on_answer is not None:
+                        on_answer(futures[fut], probe, best)
         waited = time.monotonic() - start
         for fut in pending:
             loc = futures[fut]
@@ -63,8 +104,23 @@ def probe_all(
             else:
                 # Still a fallback: it may answer later; its latency is at least ``waited``.
                 results[loc] = Probe(url=loc.display_url, ok=True, ttfb=waited, censored=True)
+        # The other two latency measurements, as far as they got within the deadline.
+        if net:
+            cf.wait(
+                list(net.values()),
+                timeout=max(0.0, min(deadline, time.monotonic() + 0.05) - time.monotonic()),
+            )
+        for loc, probe in list(results.items()):
+            hp = _host_port(loc)
+            nfut = net.get(hp) if hp is not None else None
+            if nfut is not None and nfut.done() and not nfut.cancelled():
+                n = nfut.result()
+                results[loc] = attrs.evolve(
+                    probe, connect=n.connect, icmp=n.icmp, icmp_note=n.icmp_note
+                )
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+        net_pool.shutdown(wait=False, cancel_futures=True)
     return results
 
 
@@ -75,3 +131,179 @@ def _safe_probe(transport: Transport, location: Location, image: Image, timeout:
         return Probe(url=location.display_url, ok=False, error=str(exc))
     except OSError as exc:
         return Probe(url=location.display_url, ok=False, error=f"{type(exc).__name__}: {exc}")
+
+
+@attrs.frozen
+class _NetLatency:
+    connect: float | None = None
+    icmp: float | None = None
+    icmp_note: str | None = None
+
+
+def _host_port(location: Location) -> tuple[str, int] | None:
+    if location.scheme not in ("http", "https"):
+        return None
+    try:
+        parts = urllib.parse.urlsplit(location.url)
+        port = parts.port or (443 if location.scheme == "https" else 80)
+    except ValueError:
+        return None
+    return (parts.hostname, port) if parts.hostname else None
+
+
+_icmp_lock = threading.Lock()
+_icmp_refused: str | None = None
+
+
+def _net_latency(host: str, port: int, deadline: float, icmp: bool) -> _NetLatency:
+    """TCP connect time (DNS excluded) and ICMP echo time to ``host``, each within ``deadline``."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return _NetLatency(icmp_note=f"name resolution failed ({exc})")
+    family, _type, proto, _canon, addr = infos[0]
+    connect = None
+    left = deadline - time.monotonic()
+    if left > 0:
+        sock = socket.socket(family, socket.SOCK_STREAM, proto)
+        sock.settimeout(left)
+        t0 = time.monotonic()
+        try:
+            sock.connect(addr)
+            connect = time.monotonic() - t0
+        except OSError:
+            connect = None
+        finally:
+            sock.close()
+    rtt, note = (None, "disabled by config") if not icmp else _icmp(str(addr[0]), deadline)
+    return _NetLatency(connect=connect, icmp=rtt, icmp_note=note)
+
+
+def _icmp(address: str, deadline: float) -> tuple[float | None, str | None]:
+    """One ICMP echo via ping3; (rtt, None) or (None, why not). Never raises."""
+    global _icmp_refused
+    with _icmp_lock:
+        if _icmp_refused is not None:
+            return None, _icmp_refused
+    left = deadline - time.monotonic()
+    if left <= 0:
+        return None, "no time left"
+    try:
+        import ping3
+
+        rtt = ping3.ping(address, timeout=left, unit="s")
+    except PermissionError:
+        with _icmp_lock:
+            _icmp_refused = "ICMP not permitted here (no raw/unprivileged ICMP socket)"
+        return None, _icmp_refused
+    except Exception as exc:  # noqa: BLE001 - ping3 raises its own and OS errors; never fatal
+        return None, f"ICMP failed ({type(exc).__name__})"
+    if rtt is None:
+        return None, "no ICMP echo reply (timeout)"
+    if rtt is False:
+        return None, "ICMP echo failed"
+    return float(rtt), None
+
+
+#: Rates of this many most recent slices are compared to decide stability.
+_CV_WINDOW = 5
+#: Length of one rate slice, seconds.
+_SLICE = 0.025
+
+
+def probe_and_measure(
+    image: Image, locations: Sequence[Location], transports: Transports, config: Config
+) -> dict[Location, Probe]:
+    """Latency of every location, then throughput of the promising ones, pipelined.
+
+    A throughput measurement starts as soon as a location's latency probe answers, if it is
+    not clearly worse on latency than the best answer so far (within the straggler cut-off),
+    at most ``throughput_top`` of them, and never for a small image. Each measurement is
+    bounded by ``throughput_max_seconds`` and by ``throughput_budget`` x the transfer time
+    expected at the prior throughput, so probing a big image costs a small fraction of it.
+    """
+    pc = config.probe
+    size = image.size
+    if size is not None and size <= pc.small_image_bytes:
+        return probe_all(image, locations, transports, config)
+    expected = (size if size is not None else 1 << 30) / config.scoring.prior_throughput_bps
+    limit = min(
+        pc.throughput_max_seconds, max(pc.throughput_min_seconds, pc.throughput_budget * expected)
+    )
+    pool = cf.ThreadPoolExecutor(
+        max_workers=max(1, pc.throughput_top), thread_name_prefix="locpick-tput"
+    )
+    started: dict[cf.Future[float | None], Location] = {}
+
+    def on_answer(loc: Location, probe: Probe, best: float) -> None:
+        if loc.scheme == "file" or len(started) >= pc.throughput_top:
+            return
+        if probe.ttfb is None or probe.ttfb > max(pc.straggler_floor, pc.straggler_factor * best):
+            return
+        started[pool.submit(_measure, transports, loc, image, config, limit)] = loc
+
+    try:
+        probes = probe_all(image, locations, transports, config, on_answer=on_answer)
+        out = dict(probes)
+        for fut in cf.as_completed(started):
+            loc = started[fut]
+            bps = fut.result()
+            if bps is not None and out.get(loc) is not None and out[loc].ok:
+                out[loc] = attrs.evolve(out[loc], throughput_bps=bps)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return out
+
+
+def _measure(
+    transports: Transports, location: Location, image: Image, config: Config, limit: float
+) -> float | None:
+    """Read from offset 0 until the rate is stable or a cap is hit; bytes/s after first byte."""
+    pc = config.probe
+    try:
+        stream = transports.for_location(location).open(location, image, offset=0)
+    except (LocpickError, OSError):
+        return None
+    buf = memoryview(bytearray(64 * 1024))
+    try:
+        t_first: float | None = None
+        got = 0
+        slice_start = 0.0
+        slice_bytes = 0
+        rates: list[float] = []
+        t_open = time.monotonic()
+        while True:
+            try:
+                n = stream.readinto(buf)
+            except (LocationError, OSError):
+                break
+            now = time.monotonic()
+            if n == 0:
+                break
+            if t_first is None:
+                # The first read includes the response's first byte: start the clock here.
+                t_first = slice_start = now
+                continue
+            got += n
+            slice_bytes += n
+            if now - slice_start >= _SLICE:
+                rates.append(slice_bytes / (now - slice_start))
+                slice_start, slice_bytes = now, 0
+            elapsed = now - t_first
+            if got >= pc.throughput_max_bytes or now - t_open >= limit:
+                break
+            if (
+                got >= pc.throughput_min_bytes
+                and elapsed >= pc.throughput_min_seconds
+                and len(rates) >= _CV_WINDOW
+            ):
+                recent = rates[-_CV_WINDOW:]
+                mean = statistics.fmean(recent)
+                if mean > 0 and statistics.pstdev(recent) / mean <= pc.throughput_cv:
+                    break
+        if t_first is None or got == 0:
+            return None
+        elapsed = time.monotonic() - t_first
+        return got / elapsed if elapsed > 0 else None
+    finally:
+        stream.close()

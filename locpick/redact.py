@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import urllib.parse
+from collections.abc import Mapping
 
 _SECRET_QUERY_KEYS = frozenset(
     {
@@ -29,7 +32,7 @@ def redact_url(url: str) -> str:
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
-        return _redact_userinfo_text(url)
+        return SCRUB(url)
     netloc = parts.netloc
     if "@" in netloc:
         netloc = REDACTED + "@" + netloc.rsplit("@", 1)[1]
@@ -40,7 +43,7 @@ def redact_url(url: str) -> str:
             [(k, REDACTED if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs],
             safe="*,",
         )
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return SCRUB(urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)))
 
 
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
@@ -74,3 +77,46 @@ class Redactor:
 #: Process-wide scrubber: every secret locpick learns (tokens, passwords) is registered here
 #: so that no message, log record or JSON document can carry it.
 SCRUB = Redactor()
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that renders each record's message and scrubs it with ``SCRUB``.
+
+    Attached to the ``locpick`` logger (records logged there are scrubbed whatever handler the
+    application installs) and to the CLI's handler (which also sees third-party records, e.g.
+    httpx's request lines carrying URLs).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken record is passed through unchanged
+            return True
+        scrubbed = SCRUB(message)
+        if record.exc_info and record.exc_info[1] is not None:
+            # The traceback text is rendered later by the formatter: render and scrub it now.
+            record.exc_text = SCRUB(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        record.msg = scrubbed
+        record.args = None
+        return True
+
+
+def register_env_secrets(environ: Mapping[str, str] | None = None) -> None:
+    """Teach ``SCRUB`` the secrets that the standard environment may hold."""
+    env = os.environ if environ is None else environ
+    SCRUB.add(*(env.get(name) for name in SECRET_ENV))
+
+
+#: Environment variables whose values are secrets (OpenStack, AWS).
+SECRET_ENV = (
+    "OS_AUTH_TOKEN",
+    "OS_TOKEN",
+    "OS_PASSWORD",
+    "OS_APPLICATION_CREDENTIAL_SECRET",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+)
+
+logging.getLogger("locpick").addFilter(RedactingFilter())

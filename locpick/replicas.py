@@ -53,10 +53,12 @@ def _check_one(
     reason = transport.check(loc, image)
     if reason:
         status: VerifyStatus = "unsupported"
-        if "not readable" in reason:
+        if "not readable" in reason or reason.startswith(("file-missing", "not-readable")):
             status = "missing"
-        elif "size mismatch" in reason:
+        elif "size mismatch" in reason or reason.startswith("size-mismatch"):
             status = "mismatch"
+        elif reason.startswith(("mount-unresponsive", "not-mounted")):
+            status = "unreachable"
         return ReplicaStatus(url, status, reason)
     try:
         stream = transport.open(loc, image, offset=0)
@@ -102,3 +104,31 @@ def _check_one(
 def _detail(exc: Exception) -> str:
     text = SCRUB(str(exc))
     return text.split(": ", 1)[1] if ": " in text else text
+
+
+#: Statuses that prove a location is useless (unreachable may be transient: never pruned).
+PRUNABLE: frozenset[str] = frozenset({"missing", "mismatch"})
+
+
+def plan_prune(image: Image, report: VerifyReport) -> tuple[list[Location], list[str]]:
+    """Which Glance locations ``--prune`` removes, and notes on what it keeps and why.
+
+    Pure. Only the image's own Glance locations count (not ``direct_url`` nor Glance's
+    ``/file``); only ``missing`` and ``mismatch`` ones go; and nothing goes unless at least
+    one location verified ``ok`` remains, so the last verified copy is never removed.
+    """
+    status = {r.url: r for r in report.locations}
+    own = [loc for loc in image.locations if loc.kind == "location"]
+    verified = [loc for loc in own if (r := status.get(loc.display_url)) and r.status == "ok"]
+    bad = [loc for loc in own if (r := status.get(loc.display_url)) and r.status in PRUNABLE]
+    notes = [
+        f"kept {status[loc.display_url].status}: {loc.display_url} (may be transient)"
+        for loc in own
+        if loc.display_url in status and status[loc.display_url].status == "unreachable"
+    ]
+    if bad and not verified:
+        notes.append(
+            "no location verified ok: nothing removed (never removes the last verified copy)"
+        )
+        return [], notes
+    return bad, notes

@@ -7,8 +7,13 @@ otherwise (``[scoring]`` in the config). Lower wins. No I/O happens here.
 Ordering rules, in this order:
 1. usable before unusable; operator-preferred schemes/hosts before the rest;
    Glance's own ``/file`` always last among usable ones (last resort);
-2. topology: each class farther away (host < rack < zone < region < unknown) must be expected
-   to be more than ``topology_tolerance`` faster to win (effective time = time x 1/(1-tol)^class);
+2. topology: among the topology classes present (host < rack < zone < region < unknown), each
+   class farther away must be expected to be more than ``topology_tolerance`` faster to win
+   (effective time = time x (1/(1-tol))^k, k = how many present classes are closer). So with the
+   default 0.2, a same-zone copy beats an unknown one unless that is >20 % faster; a large
+   measured throughput difference always beats topology;
+   a recent failure (history) multiplies the effective time by ``failure_penalty`` for a
+   cool-down that doubles with each consecutive failure (capped at 8x), then it is retried;
 3. near-equal locations (within ``herd_margin``) of the same topology class are shuffled with
    a seeded RNG so that many nodes do not all pick one mirror.
 """
@@ -38,15 +43,30 @@ class HistoryInfo:
     successes: int = 0
     failures: int = 0
     last_error: str | None = None
-    #: Seconds since the last failure, None if it never failed.
+    #: Seconds since the last failure when the last outcome was a failure, else None.
     failed_ago: float | None = None
+    #: Failures in a row (0 after a success); lengthens the cool-down.
+    consecutive_failures: int = 0
+
+    def cooldown(self, base: float) -> float:
+        """The circuit breaker's cool-down: doubled per consecutive failure, capped at 8x."""
+        return base * float(min(8, 2 ** max(0, self.consecutive_failures - 1)))
+
+    def demoted(self, base: float) -> bool:
+        return self.failed_ago is not None and self.failed_ago < self.cooldown(base)
 
     def describe(self, cooldown: float) -> str:
         parts = [f"{self.successes} ok/{self.failures} failed"]
         if self.ewma_bps:
             parts.append(f"ewma {self.ewma_bps / 1e6:.1f} MB/s")
-        if self.failed_ago is not None and self.failed_ago < cooldown:
-            parts.append(f"demoted: failed {self.failed_ago:.0f}s ago ({self.last_error})")
+        if self.demoted(cooldown):
+            left = self.cooldown(cooldown) - (self.failed_ago or 0)
+            parts.append(
+                f"demoted: failed {self.failed_ago:.0f}s ago ({self.last_error}), "
+                f"retried in {left:.0f}s"
+            )
+        elif self.failed_ago is not None:
+            parts.append(f"cool-down over: retrying after failure ({self.last_error})")
         return ", ".join(parts)
 
 
@@ -98,6 +118,27 @@ def _policy_reason(location: Location, config: Config) -> str | None:
     return None
 
 
+def _with_latency(reasons: Reasons, probe: Probe | None) -> Reasons:
+    """Add ICMP and TCP-connect latency (ms) and the ICMP note beside the HTTP TTFB."""
+    if probe is None:
+        return reasons
+    return attrs.evolve(
+        reasons,
+        icmp_ms=None if probe.icmp is None else probe.icmp * 1000,
+        connect_ms=None if probe.connect is None else probe.connect * 1000,
+        icmp_note=probe.icmp_note,
+    )
+
+
+def _error_of(cand: Candidate, config: Config) -> str | None:
+    """Why a candidate cannot be used at all (refusal, policy, failed probe), else None."""
+    error = cand.unusable or _policy_reason(cand.location, config)
+    probe = cand.probe
+    if error is None and probe is not None and not probe.ok:
+        error = probe.error or "probe failed"
+    return error
+
+
 def _preferred(location: Location, config: Config) -> bool:
     pol = config.policy
     return location.scheme in pol.prefer_schemes or (
@@ -118,14 +159,17 @@ def rank(
     size = image.size if image.size is not None else UNKNOWN_SIZE
     factor = 1.0 / (1.0 - sc.topology_tolerance) if sc.topology_tolerance < 1 else 1e9
 
+    classes = [
+        topology_class(config.topology, location_topology(c.location, config.hints))
+        for c in candidates
+    ]
+    errors = [_error_of(c, config) for c in candidates]
+    present = sorted({cls for cls, err in zip(classes, errors, strict=True) if err is None})
+
     rows: list[tuple[tuple[float, ...], float | None, Candidate, Reasons, int]] = []
-    for cand in candidates:
+    for cand, cls, error in zip(candidates, classes, errors, strict=True):
         loc, probe = cand.location, cand.probe
-        cls = topology_class(config.topology, location_topology(loc, config.hints))
         notes: list[str] = []
-        error = cand.unusable or _policy_reason(loc, config)
-        if error is None and probe is not None and not probe.ok:
-            error = probe.error or "probe failed"
         latency = probe.ttfb if probe is not None and probe.ok else None
         bps = probe.throughput_bps if probe is not None and probe.ok else None
         hist = cand.history
@@ -137,7 +181,9 @@ def rank(
                 shared_fs=cand.shared_fs,
                 history=hist.describe(sc.cooldown) if hist else None,
                 error=error,
+                policy=error if "by policy" in error else None,
             )
+            reasons = _with_latency(reasons, probe)
             rows.append(((3.0, 0.0, 0.0), None, cand, reasons, cls))
             continue
         if probe is not None and probe.note:
@@ -149,29 +195,35 @@ def rank(
             notes.append(f"latency prior {sc.prior_latency * 1000:.0f} ms")
         if bps is None and hist is not None and hist.ewma_bps:
             bps = hist.ewma_bps
-            notes.append("throughput from history")
+            notes.append(f"throughput from history {bps / 1e6:.1f} MB/s")
         if bps is None:
             bps = sc.prior_copy_bps if cand.shared_fs else sc.prior_throughput_bps
             notes.append(f"throughput prior {bps / 1e6:.0f} MB/s")
         expected = latency + size / bps
-        effective = expected * factor**cls
-        if hist is not None and hist.failed_ago is not None and hist.failed_ago < sc.cooldown:
+        weight = factor ** present.index(cls)
+        effective = expected * weight
+        if hist is not None and hist.demoted(sc.cooldown):
             effective *= sc.failure_penalty
-            notes.append(f"recent failure: x{sc.failure_penalty:g}")
+            notes.append(f"circuit open after a recent failure: x{sc.failure_penalty:g}")
         tier = 1.0 if loc.kind == "glance-file" else (0.0 if _preferred(loc, config) else 0.5)
+        policy = None
         if tier == 0.0:
-            notes.append("preferred by policy")
+            policy = "preferred by policy"
+            notes.append(policy)
         if loc.kind == "glance-file":
-            notes.append("Glance /file: last resort")
+            policy = "Glance /file: last resort"
+            notes.append(policy)
         reasons = Reasons(
             latency_ms=latency * 1000 if probe is not None and probe.ttfb is not None else None,
             throughput_bps=probe.throughput_bps if probe is not None else None,
-            topology=f"{CLASSES[cls]} (x{factor**cls:.2f})",
+            topology=f"{CLASSES[cls]} (x{weight:.2f})",
             shared_fs=cand.shared_fs,
             history=hist.describe(sc.cooldown) if hist else None,
             error=None,
             notes=tuple(notes),
+            policy=policy,
         )
+        reasons = _with_latency(reasons, probe)
         rows.append(((tier, effective, 0.0), expected, cand, reasons, cls))
 
     rows.sort(key=lambda r: r[0])

@@ -14,7 +14,7 @@ import shutil
 import stat
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from locpick.errors import (
     DestinationError,
     InputError,
     SizeMismatch,
+    TransferError,
 )
 from locpick.hashing import BackgroundHasher, Expected
 
@@ -31,6 +32,15 @@ _PART_SUFFIX = ".locpick-part"
 _SIDECAR_VERSION = 1
 
 log = logging.getLogger("locpick")
+
+
+class EngineAbandoned(TransferError):
+    """A copy engine stalled and was left behind, possibly still writing to the temp file and
+    its hash: the sink discards that temp file and its hash and starts a new one at offset 0."""
+
+
+#: ``(fd, offset, hasher, advance) -> engine name``: see ``AtomicSink.adopt``.
+CopyEngine = Callable[[int, int, Any, Callable[[int], None]], str]
 
 
 class _Writer:
@@ -122,6 +132,8 @@ class AtomicSink:
         self._allocated = 0
         self._hasher = BackgroundHasher(expected.new(), release=self._pool.put)
         self._writer: _Writer | None = None
+        #: Set by ``adopt(..., verify=False)``: commit checks the size alone.
+        self.size_only = False
         self._resume = dict(resume) if resume is not None else None
         self.sidecar: Path | None = None
         self.fd: int | None = None
@@ -285,6 +297,67 @@ class AtomicSink:
         self._writer.submit(buf, n, self.offset)
         self.offset += n
 
+    def adopt(self, engine: CopyEngine, *, verify: bool = True) -> str:
+        """Let a copy engine write into the temp file at fd level, from ``self.offset`` on.
+
+        ``engine(fd, offset, hasher, advance)`` writes the following bytes at their offsets,
+        calls ``advance(n)`` after each ``n`` bytes, and before it returns or raises has fed
+        every advanced byte, in order, to ``hasher`` (None = not hashing). The bytes before
+        ``offset`` are already in the hash, so a copy can continue a partial download and the
+        usual ``commit`` verifies the whole file. ``verify=False`` (a trusted filesystem, from
+        offset 0 only) makes ``commit`` check the size alone. Returns what the engine returns.
+        """
+        assert self.fd is not None and self._writer is not None
+        self._writer.drain()
+        if self._writer.error is not None:
+            self._raise_disk(self._writer.error)
+        hasher = self._hasher.detach()
+        if not verify and self.offset == 0:
+            hasher = None
+            self.size_only = True
+
+        def advance(n: int) -> None:
+            if self.size is not None and self.offset + n > self.size:
+                raise SizeMismatch(
+                    f"{self.label}: copied more than the image size ({self.size} bytes)"
+                )
+            self.offset += n
+
+        abandoned = False
+        try:
+            return engine(self.fd, self.offset, hasher, advance)
+        except EngineAbandoned:
+            abandoned = True
+            self._renew_temp()
+            raise
+        finally:
+            if not abandoned:
+                self._hasher = BackgroundHasher(hasher, release=self._pool.put)
+                self._writer = _Writer(self.fd, self._hasher, self._pool)
+
+    def _renew_temp(self) -> None:
+        """Swap in a fresh temp file (offset 0, fresh hash); the old one is unlinked, so a
+        thread still writing into it through its own fd only fills an orphaned inode."""
+        assert self.fd is not None
+        old_fd, old_tmp = self.fd, self.tmp
+        if self._resume is not None:  # part mode: unlink first, then a fresh part (O_EXCL)
+            with contextlib.suppress(FileNotFoundError):
+                old_tmp.unlink()
+            self.validators = {}
+            self.offset = self.reused = 0
+            fd, tmp = self._open_part(), self.tmp
+        else:
+            fd, tmp = self._open_temp(self.dest.parent)
+        self.fd, self.tmp = fd, Path(tmp)
+        os.close(old_fd)
+        with contextlib.suppress(FileNotFoundError):
+            if old_tmp != self.tmp:
+                old_tmp.unlink()
+        self.offset = 0
+        self.size_only = False
+        self._hasher = BackgroundHasher(self.expected.new(), release=self._pool.put)
+        self._writer = _Writer(fd, self._hasher, self._pool)
+
     def give_back(self, buf: bytearray) -> None:
         """Return a buffer that was taken but not written."""
         self._pool.put(buf)
@@ -305,6 +378,7 @@ class AtomicSink:
         os.lseek(self.fd, 0, os.SEEK_SET)
         self.offset = 0
         self.reused = 0
+        self.size_only = False
         self._hasher = BackgroundHasher(self.expected.new(), release=self._pool.put)
         self._writer = _Writer(self.fd, self._hasher, self._pool)
         if self.validators:
@@ -320,6 +394,8 @@ class AtomicSink:
         digest = self._hasher.hexdigest()
         if self.size is not None and self.offset != self.size:
             raise SizeMismatch(f"{self.label}: got {self.offset} bytes, expected {self.size}")
+        if self.size_only:
+            digest = self.expected.value
         if self.expected.value is not None and digest != self.expected.value:
             raise ChecksumMismatch(
                 f"{self.label}: {self.expected.algo} mismatch, expected "
@@ -338,7 +414,7 @@ class AtomicSink:
             _fsync_dir(self.dest.parent)
         except OSError as exc:
             self._raise_disk(exc)
-        return self.expected.algo
+        return None if self.size_only else self.expected.algo
 
     def abort(self) -> None:
         """Remove the temp file (and sidecar); safe to call repeatedly and after commit."""

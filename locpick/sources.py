@@ -28,6 +28,15 @@ MAX_URL_LENGTH = 8192
 MAX_META_VALUE = 4096
 #: Largest image size accepted (1 PiB): anything bigger is a malformed record.
 MAX_SIZE = 1 << 50
+#: Longest image id, status or hash string accepted.
+MAX_FIELD = 255
+#: Most keys accepted in one location's metadata, and longest key.
+MAX_META_KEYS = 64
+MAX_META_KEY = 255
+#: Location metadata keys locpick reads: when present they must be short strings.
+KNOWN_META_KEYS = frozenset({"id", "mountpoint", "region", "zone", "rack", "host", "store"})
+#: Largest image record read from a file or the Glance API (a hostile record cannot exhaust memory).
+MAX_RECORD_BYTES = 16 << 20
 
 
 def parse_image(
@@ -44,11 +53,13 @@ def parse_image(
     if not isinstance(rid, str) or not rid:
         raise MetadataError(f"{source}: missing or non-string 'id'")
     if rid != image_id:
-        raise MetadataError(f"{source}: record is for image {rid!r}, not {image_id!r}")
+        raise MetadataError(
+            f"{source}: record is for image {_short(rid)!r}, not {_short(image_id)!r}"
+        )
 
     size = record.get("size")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
-        raise MetadataError(f"{source}: 'size' must be an integer, got {size!r}")
+        raise MetadataError(f"{source}: 'size' must be an integer, got {_short(repr(size))}")
     if size is not None and not 0 <= size <= MAX_SIZE:
         raise MetadataError(f"{source}: 'size' {size} is out of range")
 
@@ -66,8 +77,8 @@ def parse_image(
                 f"{source}: 'os_hash_value' is not a {length}-digit hex {algo} digest"
             )
     status = record.get("status", "active")
-    if not isinstance(status, str):
-        raise MetadataError(f"{source}: 'status' must be a string")
+    if not isinstance(status, str) or len(status) > MAX_FIELD:
+        raise MetadataError(f"{source}: 'status' must be a short string")
 
     raw_locations = record.get("locations")
     if raw_locations is None:
@@ -90,7 +101,7 @@ def parse_image(
             loc = _parse_location(raw)
         except MetadataError as exc:
             url = raw.get("url") if isinstance(raw, Mapping) else None
-            label = redact_url(url) if isinstance(url, str) else f"locations[{i}]"
+            label = _printable(redact_url(url)) if isinstance(url, str) else f"locations[{i}]"
             rejected.append((label[:200], str(exc)))
             continue
         if loc.url in seen:
@@ -115,7 +126,21 @@ def _opt_str(record: Mapping[str, Any], key: str, source: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise MetadataError(f"{source}: {key!r} must be a string, got {type(value).__name__}")
+    if len(value) > MAX_FIELD:
+        raise MetadataError(f"{source}: {key!r} is longer than {MAX_FIELD} characters")
     return value
+
+
+def _printable(text: str) -> str:
+    """Hostile text made safe for a one-line message: control and separator characters
+    (which ``splitlines`` and terminals honour) are shown as escapes."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """A hostile string shortened for an error message (one line, bounded)."""
+    text = _printable(text)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _parse_location(raw: Any) -> Location:
@@ -126,7 +151,7 @@ def _parse_location(raw: Any) -> Location:
         raise MetadataError("location has no 'url' string")
     if len(url) > MAX_URL_LENGTH:
         raise MetadataError("URL longer than 8192 characters")
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+    if not url.isprintable() or any(c.isspace() for c in url):
         raise MetadataError("URL contains whitespace or control characters")
     try:
         parts = urllib.parse.urlsplit(url)
@@ -138,13 +163,23 @@ def _parse_location(raw: Any) -> Location:
     meta = raw.get("metadata") or {}
     if not isinstance(meta, Mapping):
         raise MetadataError("location 'metadata' is not an object")
+    if len(meta) > MAX_META_KEYS:
+        raise MetadataError(f"location metadata has more than {MAX_META_KEYS} keys")
     clean: dict[str, Any] = {}
     for k, v in meta.items():
-        if not isinstance(k, str):
+        if not isinstance(k, str) or len(k) > MAX_META_KEY:
             continue
-        if isinstance(v, str) and len(v) > MAX_META_VALUE:
-            raise MetadataError(f"metadata value {k!r} is longer than {MAX_META_VALUE} characters")
-        clean[k] = v
+        if isinstance(v, str):
+            if len(v) > MAX_META_VALUE:
+                raise MetadataError(
+                    f"metadata value {_short(k)!r} is longer than {MAX_META_VALUE} characters"
+                )
+            clean[k] = v
+        elif k in KNOWN_META_KEYS:
+            if v is not None:
+                raise MetadataError(f"metadata value {k!r} must be a string")
+        elif isinstance(v, bool | int | float) or v is None:
+            clean[k] = v  # scalars are kept (and ignored); nested structures are dropped
     kind = raw.get("_kind", "location")
     return Location(url=url, metadata=clean, kind=kind)
 
@@ -160,13 +195,28 @@ def load_metadata(
         return parse_image(metadata, image_id, max_locations=max_locations)
     name = os.fspath(metadata)
     try:
-        with open(name, encoding="utf-8") as fh:
-            record = json.load(fh)
+        with open(name, "rb") as fh:
+            raw = fh.read(MAX_RECORD_BYTES + 1)
     except OSError as exc:
         raise MetadataError(f"metadata {name}: cannot read ({exc.strerror or exc})") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MetadataError(f"metadata {name}: not valid JSON ({exc})") from exc
+    if len(raw) > MAX_RECORD_BYTES:
+        raise MetadataError(f"metadata {name}: larger than {MAX_RECORD_BYTES} bytes")
+    record = _decode_json(raw, f"metadata {name}")
     return parse_image(record, image_id, source=f"metadata {name}", max_locations=max_locations)
+
+
+def _decode_json(raw: bytes, source: str) -> Any:
+    """Strict JSON: UTF-8, no NaN/Infinity, bounded nesting (RecursionError becomes bad input)."""
+
+    def _no_constants(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MetadataError(f"{source}: not valid JSON ({_short(str(exc))})") from exc
+    except RecursionError as exc:
+        raise MetadataError(f"{source}: JSON nested too deeply") from exc
 
 
 def glance_file_location(
@@ -197,7 +247,15 @@ def fetch_glance_image(
         headers["X-Auth-Token"] = token
     shown = redact_url(endpoint)
     try:
-        resp = client.get(url, headers=headers, follow_redirects=False)
+        with client.stream("GET", url, headers=headers, follow_redirects=False) as resp:
+            body = bytearray()
+            if resp.status_code == 200:
+                for chunk in resp.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_RECORD_BYTES:
+                        raise MetadataError(
+                            f"glance {shown}: image record larger than {MAX_RECORD_BYTES} bytes"
+                        )
     except httpx.HTTPError as exc:
         raise LocationUnreachable(
             f"glance {shown}: cannot reach the image API ({type(exc).__name__}: {SCRUB(str(exc))})"
@@ -215,10 +273,7 @@ def fetch_glance_image(
         )
     if resp.status_code != 200:
         raise LocationUnreachable(f"glance {shown}: GET image answered HTTP {resp.status_code}")
-    try:
-        record = resp.json()
-    except ValueError as exc:
-        raise MetadataError(f"glance {shown}: image record is not JSON") from exc
+    record = _decode_json(bytes(body), f"glance {shown}")
     image = parse_image(record, image_id, source=f"glance {shown}", max_locations=max_locations)
     if image.status != "active":
         raise ImageNotActive(

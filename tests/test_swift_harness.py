@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import os
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fixtures_swift import swift_server  # noqa: F401 - session fixture
 from swift_harness import (
     ADMIN_USER,
-    HARNESS_DIR,
     OTHER_ACCOUNT_USER,
     PutResult,
     SwiftHandle,
@@ -26,7 +25,6 @@ from swift_harness import (
     multi_tenant_url,
     put_object,
     single_tenant_url,
-    start_swift,
     v1_token,
 )
 
@@ -36,14 +34,9 @@ MiB = 1 << 20
 
 
 @pytest.fixture(scope="session")
-def swift(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwiftHandle]:
-    if not (HARNESS_DIR / "start-swift").exists():
-        pytest.skip(f"Swift harness not found at {HARNESS_DIR} (set LOCPICK_SWIFT_HARNESS)")
-    handle = start_swift(tmp_path_factory.mktemp("swift"))
-    try:
-        yield handle
-    finally:
-        handle.stop()
+def swift(swift_server: SwiftHandle) -> SwiftHandle:  # noqa: F811 - the imported fixture
+    """The one Swift of the session (tests/fixtures_swift.py), shared with the transport tests."""
+    return swift_server
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ an offset (``open``). Nothing outside ``locpick.transports`` knows about schemes
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -73,8 +74,7 @@ class Context:
         """One pooled httpx client per Context (thread-safe), TLS verification on by default."""
         with self._lock:
             if self._http is None:
-                tls = self.config.tls
-                verify: bool | str = tls.ca_file if (tls.verify and tls.ca_file) else tls.verify
+                verify = tls_verify(self.config)
                 t = self.config.transfer
                 self._http = httpx.Client(
                     verify=verify,
@@ -96,6 +96,22 @@ class Context:
             if self._http is not None:
                 self._http.close()
                 self._http = None
+
+
+def tls_verify(config: Config) -> ssl.SSLContext | bool:
+    """What httpx should verify against: the system trust store, ``[tls] ca_file``, or nothing
+    (``verify = false`` / ``--insecure``, which the CLI and the Client warn about on every use)."""
+    tls = config.tls
+    if not tls.verify:
+        return False
+    if tls.ca_file:
+        try:
+            return ssl.create_default_context(cafile=tls.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            from locpick.errors import ConfigError
+
+            raise ConfigError(f"config [tls] ca_file {tls.ca_file}: cannot load ({exc})") from exc
+    return True
 
 
 def monotonic() -> float:

@@ -1,38 +1,32 @@
-"""file:// locations, confined to configured shared filesystems (Nova image_file_url rules)."""
+"""file:// locations: a thin transport over ``locpick.sharedfs`` (mapping, reachability,
+confinement and the system copy all live there)."""
 
 from __future__ import annotations
 
 import os
-import stat
 import time
-import urllib.parse
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
+from locpick import sharedfs
 from locpick.config import Filesystem
 from locpick.errors import LocationUnreachable, UnsupportedLocation
 from locpick.models import Image, Location, Probe
+from locpick.sink import AtomicSink
 from locpick.transports.base import Context
 
-NOT_ON_FS = "not-on-configured-filesystem"
-
-
-def _under(path: str, root: str) -> bool:
-    root = root.rstrip("/") or "/"
-    return path == root or path.startswith(root + "/") or root == "/"
+NOT_ON_FS = sharedfs.NOT_ON_FS
 
 
 class FileStream:
-    """A local file read from an offset."""
+    """A confined local file read from an offset (used by ``verify`` and stream fallbacks)."""
 
-    def __init__(self, path: str, offset: int, final_url: str) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    def __init__(self, fd: int, offset: int, final_url: str) -> None:
         self._file = os.fdopen(fd, "rb", buffering=0)
         self._file.seek(offset)
-        st = os.fstat(fd)
         self.start = offset
-        self.total: int | None = st.st_size
+        self.total: int | None = os.fstat(fd).st_size
         self.final_url = final_url
-        self.path = path
 
     def readinto(self, buf: memoryview) -> int:
         try:
@@ -55,87 +49,84 @@ class FileTransport:
         self.ctx = ctx
 
     def resolve(self, location: Location) -> tuple[str, Filesystem]:
-        """Map the location onto a local path; UnsupportedLocation with the reason if refused."""
+        """Map the location onto a local path (no I/O); UnsupportedLocation if refused."""
         shown = location.display_url
-        parts = urllib.parse.urlsplit(location.url)
-        if parts.netloc not in ("", "localhost"):
-            raise UnsupportedLocation(f"{shown}: {NOT_ON_FS} (remote host in file URL)", url=shown)
-        path = urllib.parse.unquote(parts.path)
-        if "\x00" in path or not path.startswith("/"):
-            raise UnsupportedLocation(f"{shown}: {NOT_ON_FS} (bad path)", url=shown)
-        if any(seg == ".." for seg in path.split("/")):
-            raise UnsupportedLocation(f"{shown}: {NOT_ON_FS} ('..' in path)", url=shown)
-        meta_id = location.metadata.get("id")
-        meta_mount = location.metadata.get("mountpoint")
-        candidates: list[tuple[str, Filesystem]] = []
-        for fs in self.ctx.config.filesystems:
-            if meta_id is not None:
-                if fs.id != meta_id or not isinstance(meta_mount, str):
-                    continue
-                if not _under(path, meta_mount):
-                    continue
-                rel = os.path.relpath(path, meta_mount)
-                candidates.append((os.path.join(fs.mountpoint, rel), fs))
-            elif _under(path, fs.mountpoint):
-                candidates.append((path, fs))
-        if not candidates:
-            raise UnsupportedLocation(f"{shown}: {NOT_ON_FS}", url=shown)
-        local, fs = candidates[0]
-        root = os.path.realpath(fs.mountpoint)
-        real = os.path.realpath(local)
-        if not _under(real, root):
-            raise UnsupportedLocation(
-                f"{shown}: {NOT_ON_FS} (resolves outside {fs.mountpoint})", url=shown
+        try:
+            return sharedfs.map_location(
+                location.url, location.metadata, self.ctx.config.filesystems
             )
-        if fs.require_mount and not os.path.ismount(fs.mountpoint):
-            raise UnsupportedLocation(
-                f"{shown}: filesystem {fs.id} is not mounted at {fs.mountpoint}", url=shown
-            )
-        return real, fs
+        except UnsupportedLocation as exc:
+            raise UnsupportedLocation(f"{shown}: {exc}", url=shown) from None
+
+    def report(
+        self, location: Location, image: Image, dest_dir: str | None = None
+    ) -> sharedfs.FsReport:
+        """The full reachability report (bounded by the filesystem's timeout)."""
+        path, fs = self.resolve(location)
+        return sharedfs.check(fs, path, image.size, dest_dir=dest_dir, timeout=fs.timeout)
 
     def check(self, location: Location, image: Image) -> str | None:
         try:
-            path, _fs = self.resolve(location)
+            return self.report(location, image).reason
         except UnsupportedLocation as exc:
             return str(exc).split(": ", 1)[-1]
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            return f"file not readable ({exc.strerror})"
-        if not stat.S_ISREG(st.st_mode):
-            return "not a regular file"
-        if image.size is not None and st.st_size != image.size:
-            return f"size mismatch: file has {st.st_size} bytes, image {image.size}"
-        if not os.access(path, os.R_OK):
-            return "file not readable (permission denied)"
-        return None
 
     def probe(self, location: Location, image: Image, *, timeout: float) -> Probe:
         shown = location.display_url
         t0 = time.monotonic()
-        reason = self.check(location, image)
-        if reason:
-            return Probe(url=shown, ok=False, error=reason)
-        path, _ = self.resolve(location)
-        return Probe(
-            url=shown,
-            ok=True,
-            ttfb=time.monotonic() - t0,
-            size=Path(path).stat().st_size,
-            final_url=shown,
-        )
+        try:
+            rep = self.report(location, image)
+        except UnsupportedLocation as exc:
+            return Probe(url=shown, ok=False, error=str(exc).split(": ", 1)[-1])
+        if rep.reason:
+            return Probe(url=shown, ok=False, error=rep.reason)
+        return Probe(url=shown, ok=True, ttfb=time.monotonic() - t0, size=rep.size, final_url=shown)
+
+    def _open_fd(self, location: Location, image: Image) -> tuple[int, sharedfs.FsReport]:
+        shown = location.display_url
+        rep = self.report(location, image)
+        if rep.reason:
+            raise UnsupportedLocation(f"{shown}: {rep.reason}", url=shown)
+        try:
+            fd = sharedfs.open_checked(rep, rep.fs.timeout)
+        except UnsupportedLocation as exc:
+            raise UnsupportedLocation(f"{shown}: {exc}", url=shown) from None
+        except LocationUnreachable as exc:
+            raise LocationUnreachable(f"{shown}: {exc}", url=shown) from None
+        return fd, rep
 
     def open(self, location: Location, image: Image, *, offset: int) -> FileStream:
-        reason = self.check(location, image)
-        if reason:
-            raise UnsupportedLocation(f"{location.display_url}: {reason}", url=location.display_url)
-        path, _ = self.resolve(location)
+        fd, _rep = self._open_fd(location, image)
+        return FileStream(fd, offset, location.display_url)
+
+    def copy_to(
+        self,
+        location: Location,
+        image: Image,
+        sink: AtomicSink,
+        progress: Callable[[int, int | None], None] | None = None,
+    ) -> str:
+        """System-copy the file into ``sink`` (hashing while copying unless the filesystem is
+        trusted); returns the copy engine used. The caller commits the sink."""
+        shown = location.display_url
+        fd, rep = self._open_fd(location, image)
+        end = image.size if image.size is not None else os.fstat(fd).st_size
+        idle = self.ctx.config.transfer.idle_timeout
+
+        def engine(dst: int, offset: int, hasher: Any, advance: Callable[[int], None]) -> str:
+            def step(n: int) -> None:
+                advance(n)
+                if progress is not None:
+                    progress(sink.offset, sink.size)
+
+            return sharedfs.guarded_copy(
+                fd, dst, offset, end, hasher, step, label=shown, idle_timeout=idle
+            )
+
         try:
-            return FileStream(path, offset, location.display_url)
-        except OSError as exc:
-            raise LocationUnreachable(
-                f"{location.display_url}: cannot open ({exc.strerror})", url=location.display_url
-            ) from exc
+            return sink.adopt(engine, verify=not rep.fs.trusted)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Nothing pooled."""

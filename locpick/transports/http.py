@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import ipaddress
 import re
 import socket
 import ssl
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -54,6 +56,89 @@ def _parse_retry_after(value: str | None) -> float | None:
         return None
 
 
+class _HeaderDeadline:
+    """Bounds the wait for response headers on a new connection, whatever the server drips.
+
+    httpx's timeouts are per read, so a server sending one header byte per second never trips
+    them. The request's ``trace`` extension hands over the socket right after connecting; when
+    the deadline passes first, the socket is shut down and the pending read fails at once.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.fired = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def trace(self, name: str, info: dict[str, object]) -> None:
+        if name not in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            return
+        stream = info.get("return_value")
+        get = getattr(stream, "get_extra_info", None)
+        sock = get("socket") if get is not None else None
+        with self._lock:
+            if self._sock is None and isinstance(sock, socket.socket):
+                self._sock = sock
+                if self.fired:
+                    self._shutdown()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+    def watch(self, sock: socket.socket | None) -> None:
+        """Watch a socket that is already connected (the http.client data path)."""
+        with self._lock:
+            if self._sock is None and sock is not None:
+                self._sock = sock
+                if self.fired:
+                    self._shutdown()
+
+    def __enter__(self) -> _HeaderDeadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
+class _SpeedFloor:
+    """Abandons a location that delivers less than ``min_bps`` over a whole ``window``: bytes
+    that keep trickling in never trip an idle timeout, so this is what bounds a dripping server."""
+
+    def __init__(self, url: str, min_bps: float, window: float) -> None:
+        self._url = url
+        self._min_bps = min_bps
+        self._window = window
+        self._mark_time = time.monotonic()
+        self._mark_bytes = 0
+        self._got = 0
+
+    def check(self, n: int) -> None:
+        self._got += n
+        if self._min_bps <= 0:
+            return
+        now = time.monotonic()
+        elapsed = now - self._mark_time
+        if elapsed < self._window:
+            return
+        rate = (self._got - self._mark_bytes) / elapsed
+        if rate < self._min_bps:
+            raise TransferError(
+                f"{self._url}: too slow ({rate:.0f} B/s over {elapsed:.1f}s, "
+                f"minimum {self._min_bps:.0f} B/s)",
+                url=self._url,
+            )
+        self._mark_time, self._mark_bytes = now, self._got
+
+
 class HttpStream:
     """A streaming response body as a ``readinto`` source."""
 
@@ -64,6 +149,8 @@ class HttpStream:
         start: int,
         total: int | None,
         final_url: str,
+        min_bps: float = 0.0,
+        window: float = 5.0,
         changed: bool = False,
     ) -> None:
         self._response = response
@@ -72,6 +159,7 @@ class HttpStream:
         self.start = start
         self.total = total
         self.final_url = final_url
+        self._floor = _SpeedFloor(final_url, min_bps, window)
         #: Validators of the resource, for If-Range on a later resume.
         self.etag: str | None = response.headers.get("etag")
         self.last_modified: str | None = response.headers.get("last-modified")
@@ -99,6 +187,7 @@ class HttpStream:
                     return filled
                 try:
                     self._pending = memoryview(next(self._chunks))
+                    self._floor.check(len(self._pending))
                 except StopIteration:
                     return filled
                 except httpx.TimeoutException as exc:
@@ -138,6 +227,8 @@ class RawHttpStream:
         start: int,
         total: int | None,
         final_url: str,
+        min_bps: float = 0.0,
+        window: float = 5.0,
         changed: bool = False,
     ) -> None:
         self._conn = conn
@@ -145,6 +236,7 @@ class RawHttpStream:
         self.start = start
         self.total = total
         self.final_url = final_url
+        self._floor = _SpeedFloor(final_url, min_bps, window)
         self.etag: str | None = response.getheader("etag")
         self.last_modified: str | None = response.getheader("last-modified")
         self.changed = changed
@@ -154,8 +246,11 @@ class RawHttpStream:
     def set_idle_timeout(self, seconds: float) -> None:
         """Deadline for each body read (no byte for this long = stalled)."""
         self._idle = seconds
-        if self._conn.sock is not None:
-            self._conn.sock.settimeout(seconds)
+        sock = self._conn.sock
+        if sock is None:  # http.client drops conn.sock on "Connection: close"; the body reads on
+            sock = getattr(getattr(self._response.fp, "raw", None), "_sock", None)
+        if isinstance(sock, socket.socket):
+            sock.settimeout(seconds)
 
     def readinto(self, buf: memoryview) -> int:
         """Fill ``buf`` but return within ~0.25 s with what arrived, so a caller watching the
@@ -167,10 +262,11 @@ class RawHttpStream:
             raise self._stall_error()
         try:
             while filled < size:
-                n = self._readinto1(buf[filled:])
+                n = self._read_some(buf[filled:])
                 if not n:
                     break
                 filled += n
+                self._floor.check(n)
                 if time.monotonic() >= deadline:
                     break
         except TimeoutError as exc:
@@ -191,16 +287,22 @@ class RawHttpStream:
             f"{self.final_url}: stalled, no data for {_secs(self._idle)}", url=self.final_url
         )
 
-    def _readinto1(self, view: memoryview) -> int:
-        """At most one ``recv`` into ``view`` (zero-copy), honouring Content-Length framing."""
-        r = self._response
-        if r.chunked or r.length is None or r.fp is None:
-            return r.readinto(view)
-        want = min(len(view), r.length)
-        if want <= 0:
-            return 0
-        n = r.fp.readinto1(view[:want])
-        r.length -= n
+    def _read_some(self, buf: memoryview) -> int:
+        """One socket read's worth (``readinto1``), so that a server dripping bytes is seen by
+        the speed floor: ``HTTPResponse.readinto`` would block until all of ``buf`` is full."""
+        response = self._response
+        fp = response.fp
+        if response.chunked or fp is None:
+            return response.readinto(buf[: 1 << 20])
+        if response.length is not None:
+            buf = buf[: response.length]
+            if not buf:
+                return 0
+        n = fp.readinto1(buf)
+        if response.length is not None:
+            response.length -= n
+            if n == 0:
+                raise http.client.IncompleteRead(b"", response.length)
         return n
 
     def close(self) -> None:
@@ -282,37 +384,58 @@ class HttpTransport:
             if status not in _REDIRECTS:
                 return reply, redact_url(url)
             close(reply)
-            nxt = urllib.parse.urljoin(url, target or "")
-            scheme = urllib.parse.urlsplit(nxt).scheme.lower()
-            if scheme not in self.schemes:
-                raise UnsupportedLocation(
-                    f"{shown}: refused redirect to a {scheme or 'schemeless'} URL", url=shown
-                )
-            url = nxt
+            url = self._redirect_target(url, target or "", shown)
         raise UnsupportedLocation(
             f"{shown}: more than {self.ctx.config.security.max_redirects} redirects", url=shown
         )
+
+    def _redirect_target(self, url: str, target: str, shown: str) -> str:
+        """The absolute URL a redirect points to, or UnsupportedLocation when it is not a
+        well-formed http(s) URL with a host (the server's Location header is hostile input)."""
+        try:
+            nxt = urllib.parse.urljoin(url, target)
+            parts = urllib.parse.urlsplit(nxt)
+            host, _port = parts.hostname, parts.port
+        except ValueError:
+            host, nxt, parts = None, "", urllib.parse.urlsplit("")
+        scheme = parts.scheme.lower()
+        if nxt and scheme not in self.schemes:
+            raise UnsupportedLocation(
+                f"{shown}: refused redirect to a {scheme or 'schemeless'} URL", url=shown
+            )
+        if not host or not nxt.isascii() or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in nxt):
+            raise UnsupportedLocation(f"{shown}: refused redirect to a malformed URL", url=shown)
+        return nxt
 
     def _get(
         self, location: Location, headers: dict[str, str], *, timeout: float | None = None
     ) -> tuple[httpx.Response, str]:
         """One GET through the pooled httpx client (probes, and the data path via a proxy)."""
 
+        limit = timeout or self.ctx.config.transfer.first_byte_timeout
+
         def send(url: str, req_headers: dict[str, str]) -> tuple[int, str | None, httpx.Response]:
             shown = redact_url(url)
+            deadline = _HeaderDeadline(limit)
             try:
                 request = self.ctx.http.build_request(
                     "GET",
                     url,
                     headers=req_headers,
                     timeout=httpx.Timeout(timeout) if timeout else httpx.USE_CLIENT_DEFAULT,
+                    extensions={"trace": deadline.trace},
                 )
-                response = self.ctx.http.send(request, stream=True)
+                with deadline:
+                    response = self.ctx.http.send(request, stream=True)
             except httpx.TimeoutException as exc:
                 raise LocationUnreachable(
                     f"{shown}: timed out ({type(exc).__name__})", url=shown
                 ) from exc
             except httpx.HTTPError as exc:
+                if deadline.fired:
+                    raise LocationUnreachable(
+                        f"{shown}: no complete response headers within {limit:g}s", url=shown
+                    ) from exc
                 raise LocationUnreachable(
                     f"{shown}: {type(exc).__name__}: {SCRUB(str(exc)) or 'failed'}", url=shown
                 ) from exc
@@ -351,21 +474,31 @@ class HttpTransport:
                 )
                 all_headers["Authorization"] = "Basic " + base64.b64encode(cred.encode()).decode()
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            deadline = _HeaderDeadline(t.first_byte_timeout)
             try:
-                conn.connect()
-                # keep our own reference: getresponse() drops conn.sock when the server will
-                # close the connection (HTTP/1.0, "Connection: close"); the body still reads it
-                sock = conn.sock
-                assert sock is not None
-                sock.settimeout(t.first_byte_timeout)
-                conn.request("GET", path, headers=all_headers)
-                response = conn.getresponse()
+                with deadline:
+                    conn.connect()
+                    # keep our own reference: getresponse() drops conn.sock when the server will
+                    # close the connection (HTTP/1.0, "Connection: close"); the body still reads it
+                    sock = conn.sock
+                    assert sock is not None
+                    deadline.watch(sock)
+                    sock.settimeout(t.first_byte_timeout)
+                    conn.request("GET", path, headers=all_headers)
+                    response = conn.getresponse()
+                if deadline.fired:  # headers cut short by the deadline look complete to http.client
+                    raise http.client.HTTPException("header deadline")
                 sock.settimeout(t.idle_timeout)
             except TimeoutError as exc:
                 conn.close()
                 raise LocationUnreachable(f"{shown}: timed out", url=shown) from exc
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
+                if deadline.fired:
+                    raise LocationUnreachable(
+                        f"{shown}: no complete response headers within {t.first_byte_timeout:g}s",
+                        url=shown,
+                    ) from exc
                 raise LocationUnreachable(
                     f"{shown}: {type(exc).__name__}: {SCRUB(str(exc)) or 'failed'}", url=shown
                 ) from exc
@@ -457,7 +590,10 @@ class HttpTransport:
                 response.close()
                 raise
             changed = _changed(headers, start, response.headers)
-            return HttpStream(response, start=start, total=total, final_url=final, changed=changed)
+            return HttpStream(
+                response, start=start, total=total, final_url=final, changed=changed,
+                **self._floor(),
+            )  # fmt: skip
         (conn, raw), final = self._get_raw(location, headers)
         try:
             view = _HeaderView(raw)
@@ -467,7 +603,16 @@ class HttpTransport:
             conn.close()
             raise
         changed = _changed(headers, start, view)
-        return RawHttpStream(conn, raw, start=start, total=total, final_url=final, changed=changed)
+        return RawHttpStream(
+            conn, raw, start=start, total=total, final_url=final, changed=changed, **self._floor()
+        )
+
+    def _floor(self) -> dict[str, float]:
+        """The speed floor of a transfer: ``[transfer] low_speed_bps`` or, when that is off,
+        ``[security] min_speed_bps``, over ``[transfer] low_speed_window``."""
+        t = self.ctx.config.transfer
+        floor = max(t.low_speed_bps, self.ctx.config.security.min_speed_bps)
+        return {"min_bps": floor, "window": t.low_speed_window}
 
     def _validate(
         self, final: str, status: int, headers: Mapping[str, str], image: Image, offset: int

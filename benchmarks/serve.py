@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""`locpick serve` vs nginx serving the same cached image, over loopback, in one run.
+
+    python benchmarks/serve.py [--size-mib 512] [--rounds 5]
+
+Puts a random N-MiB image into a node cache (locpick.cache.NodeCache), then serves that one
+file both ways: `locpick serve --cache-dir` (aiohttp, sendfile) and a private nginx (sendfile
+on, 2 workers, access_log off; the config of benchmarks/throughput.py) whose root is the
+cache's images directory. Timed, interleaved per round, best of R kept:
+
+  full      curl -s -o /dev/null URL                         (one connection, whole file)
+  ranges8   8 curls at once, each -r over 1/8 of the file   (what parallel readers do)
+
+Prints seconds, MB/s and the ratio serve/nginx per row; writes results/serve.json.
+Stdlib + curl + nginx (apt-get install nginx curl if missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from throughput import MiB, Nginx, make_image  # noqa: E402
+
+from locpick.cache import NodeCache  # noqa: E402
+from locpick.models import Image  # noqa: E402
+
+RESULTS = HERE / "results" / "serve.json"
+IMAGE_ID = "bench-serve-img"
+
+
+def start_serve(cache_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "LOCPICK_CONFIG": str(ROOT / "tests" / "empty-config.toml"),
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "locpick",
+            "serve",
+            "--cache-dir",
+            str(cache_dir),
+            "--bind",
+            "127.0.0.1:0",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "serving cache on " in line:
+            return proc, line.rsplit("serving cache on ", 1)[1].strip()
+    sys.exit("locpick serve did not start")
+
+
+def time_full(url: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True)
+    return time.perf_counter() - t0
+
+
+def time_ranges(url: str, size: int, n: int = 8) -> float:
+    part = size // n
+    cmds = []
+    for i in range(n):
+        end = size - 1 if i == n - 1 else (i + 1) * part - 1
+        cmds.append(["curl", "-sf", "-o", "/dev/null", "-r", f"{i * part}-{end}", url])
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(c) for c in cmds]
+    if any(p.wait() != 0 for p in procs):
+        sys.exit(f"a range request to {url} failed")
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size-mib", type=int, default=512)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    size = args.size_mib * MiB
+    with tempfile.TemporaryDirectory(prefix="locpick-bench-serve-", dir="/dev/shm") as tmp:
+        work = Path(tmp)
+        src = work / "src.raw"
+        md5, sha = make_image(src, args.size_mib)
+        cache = NodeCache(work / "cache")
+        image = Image(IMAGE_ID, size, checksum=md5, os_hash_algo="sha512", os_hash_value=sha)
+        cache.add_file(image, src)
+        src.unlink()
+        nginx = Nginx(cache.images, work / "nginx")
+        nginx.start()
+        serve, base = start_serve(work / "cache")
+        urls = {
+            "serve": f"{base}/images/{IMAGE_ID}",
+            "nginx": f"http://127.0.0.1:{nginx.port}/{IMAGE_ID}",
+        }
+        try:
+            for u in urls.values():  # warm-up, and both really serve the file
+                time_full(u)
+            best: dict[str, dict[str, float]] = {"full": {}, "ranges8": {}}
+            for _ in range(args.rounds):
+                for name, url in urls.items():
+                    for row, t in (("full", time_full(url)), ("ranges8", time_ranges(url, size))):
+                        best[row][name] = min(best[row].get(name, float("inf")), t)
+        finally:
+            serve.terminate()
+            serve.wait(10)
+            nginx.stop()
+    print(f"\n{args.size_mib} MiB, best of {args.rounds} interleaved rounds (curl -> /dev/null)")
+    cols = ("serve s", "nginx s", "serve MB/s", "nginx MB/s", "ratio")
+    print(f"{'row':<9} " + " ".join(f"{c:>11}" for c in cols))
+    out: dict[str, object] = {
+        "size_mib": args.size_mib,
+        "rounds": args.rounds,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "rows": {},
+    }
+    for row, t in best.items():
+        ratio = t["serve"] / t["nginx"]
+        print(
+            f"{row:<9} {t['serve']:11.3f} {t['nginx']:11.3f} {size / t['serve'] / 1e6:11.0f} "
+            f"{size / t['nginx'] / 1e6:11.0f} {ratio:11.2f}"
+        )
+        out["rows"][row] = {"serve_s": t["serve"], "nginx_s": t["nginx"], "ratio": ratio}  # type: ignore[index]
+    print("ratio = serve seconds / nginx seconds (1.00 = as fast as nginx)")
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""The node cache: verified images kept by image id, least-recently-used out first.
+
+Layout of ``DIR`` (nothing else is ever read or served)::
+
+    DIR/.lock                 filelock: held briefly while an entry is added or removed
+    DIR/images/<id>           the image bytes (complete and verified, or absent)
+    DIR/images/<id>.json      the sidecar: size, hash algorithm and value, registered URL
+
+An entry is *visible* only when both files exist and agree (the data file's size equals the
+sidecar's). Both are written to a private temp file first and renamed into place, data before
+sidecar, so a crash leaves at worst an invisible orphan that the next ``add``/``evict`` sweeps.
+A cached copy is trusted for an image when its sidecar records the image's own hash (the copy
+was verified against exactly that hash on the way in) and its size matches: re-checking is a
+``stat`` and a JSON read, not a re-hash. Last use is the sidecar's mtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import filelock
+
+from locpick.errors import DestinationError, InputError
+from locpick.hashing import Expected
+from locpick.models import Image
+
+log = logging.getLogger("locpick")
+
+#: Image ids a cache accepts: Glance ids are UUIDs; anything path-like is refused.
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+_SIDECAR = ".json"
+_TMP_SUFFIX = ".locpick-tmp"
+#: Temp files older than this are crash leftovers, swept on the next change.
+_STALE_TMP_SECONDS = 24 * 3600.0
+
+
+def valid_image_id(image_id: str) -> bool:
+    """True for an id that can name a cache file (no dots, slashes or other path syntax)."""
+    return bool(_ID.match(image_id))
+
+
+@attrs.frozen
+class CacheEntry:
+    """One visible cached image."""
+
+    image_id: str
+    path: Path
+    size: int
+    algo: str
+    digest: str
+    last_used: float
+    #: The location URL this node registered in Glance for it, if any.
+    registered_url: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image_id": self.image_id,
+            "path": str(self.path),
+            "size": self.size,
+            "algo": self.algo,
+            "digest": self.digest,
+            "last_used": round(self.last_used, 3),
+            "registered_url": self.registered_url,
+        }
+
+
+class NodeCache:
+    """A directory of verified images, safe to share between processes (filelock)."""
+
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int | None = None) -> None:
+        self.dir = Path(directory).absolute()
+        self.max_bytes = max_bytes
+        self.images = self.dir / "images"
+        try:
+            self.images.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cache dir {self.dir}: cannot create ({exc.strerror})") from exc
+        self._lock = filelock.FileLock(str(self.dir / ".lock"), timeout=60)
+
+    # -- reading ------------------------------------------------------------------------------
+    def _paths(self, image_id: str) -> tuple[Path, Path]:
+        if not valid_image_id(image_id):
+            raise InputError(f"cache: {image_id!r} is not a valid image id")
+        return self.images / image_id, self.images / (image_id + _SIDECAR)
+
+    def entry(self, image_id: str) -> CacheEntry | None:
+        """The visible entry for ``image_id`` (complete data + agreeing sidecar), else None."""
+        if not valid_image_id(image_id):
+            return None
+        data, side = self._paths(image_id)
+        try:
+            with open(side, encoding="utf-8") as fh:
+                meta = json.load(fh)
+            last_used = os.stat(side).st_mtime
+            st = os.lstat(data)
+        except (OSError, ValueError):
+            return None
+        if not stat.S_ISREG(st.st_mode):  # a symlink or device planted in the cache: refused
+            return None
+        size = st.st_size
+        if not isinstance(meta, dict) or meta.get("size") != size:
+            return None
+        algo, digest = meta.get("algo"), meta.get("digest")
+        if not isinstance(algo, str) or not isinstance(digest, str):
+            return None
+        reg = meta.get("registered_url")
+        return CacheEntry(
+            image_id=image_id,
+            path=data,
+            size=size,
+            algo=algo,
+            digest=digest,
+            last_used=last_used,
+            registered_url=reg if isinstance(reg, str) else None,
+        )
+
+    def lookup(self, image: Image) -> CacheEntry | None:
+        """A cached copy proven to be ``image``: same size and the record's own hash."""
+        entry = self.entry(image.id)
+        if entry is None:
+            return None
+        expected = Expected.for_image(image.os_hash_algo, image.os_hash_value, image.checksum)
+        if expected.value is None:
+            return None
+        if (
+            entry.algo != expected.algo
+            or entry.digest != expected.value
+            or (image.size is not None and entry.size != image.size)
+        ):
+            log.info("cache: copy of %s does not match the current record; ignoring it", image.id)
+            return None
+        return entry
+
+    def entries(self) -> list[CacheEntry]:
+        """Every visible entry, least recently used first."""
+        found = []
+        for side in self.images.glob("*" + _SIDECAR):
+            entry = self.entry(side.name[: -len(_SIDECAR)])
+            if entry is not None:
+                found.append(entry)
+        return sorted(found, key=lambda e: (e.last_used, e.image_id))
+
+    def touch(self, image_id: str) -> None:
+        """Mark an entry as just used (LRU order)."""
+        with contextlib.suppress(OSError, InputError):
+            os.utime(self._paths(image_id)[1])
+
+    def total_bytes(self) -> int:
+        return sum(e.size for e in self.entries())
+
+    # -- changing -----------------------------------------------------------------------------
+    def add_file(self, image: Image, source: str | os.PathLike[str]) -> list[CacheEntry]:
+        """Copy a verified file of ``image`` into the cache; returns the entries evicted.
+
+        The caller vouches that ``source`` was verified against the image's hash just now.
+        Images without a hash, or larger than ``max_bytes``, are not cached.
+        """
+        expected = Expected.for_image(image.os_hash_algo, image.os_hash_value, image.checksum)
+        if expected.value is None or expected.algo is None:
+            log.info("cache: image %s has no hash; not cached", image.id)
+            return []
+        size = os.stat(source).st_size
+        if self.max_bytes is not None and size > self.max_bytes:
+            log.warning(
+                "cache: image %s (%d bytes) is larger than [cache] max_bytes (%d); not cached",
+                image.id,
+                size,
+                self.max_bytes,
+            )
+            return []
+        data, side = self._paths(image.id)
+        tmp = self._copy_to_temp(source, data)
+        try:
+            with self._lock:
+                evicted = self._make_room(size, keep=image.id)
+                previous = self.entry(image.id)
+                os.replace(tmp, data)
+                self._write_sidecar(
+                    side,
+                    {
+                        "size": size,
+                        "algo": expected.algo,
+                        "digest": expected.value,
+                        "stored_at": time.time(),
+                        "registered_url": previous.registered_url if previous else None,
+                    },
+                )
+                self._sweep()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return evicted
+
+    def _copy_to_temp(self, source: str | os.PathLike[str], data: Path) -> Path:
+        fd, name = tempfile.mkstemp(prefix=f".{data.name}.", suffix=_TMP_SUFFIX, dir=self.images)
+        tmp = Path(name)
+        try:
+            with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
+                shutil.copyfileobj(src, dst, 4 << 20)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.chmod(tmp, 0o644)
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise DestinationError(
+                f"cache dir {self.dir}: cannot store image {data.name} ({exc.strerror})"
+            ) from exc
+        return tmp
+
+    def _write_sidecar(self, side: Path, meta: dict[str, Any]) -> None:
+        fd, name = tempfile.mkstemp(prefix=f".{side.name}.", suffix=_TMP_SUFFIX, dir=self.images)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(meta, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(name, 0o644)
+            os.replace(name, side)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+
+    def set_registered(self, image_id: str, url: str | None) -> None:
+        """Record (or clear) the Glance location URL this node published for an entry."""
+        side = self._paths(image_id)[1]
+        with self._lock:
+            try:
+                with open(side, encoding="utf-8") as fh:
+                    meta = json.load(fh)
+                mtime = os.stat(side).st_mtime
+            except (OSError, ValueError):
+                return
+            meta["registered_url"] = url
+            self._write_sidecar(side, meta)
+            with contextlib.suppress(OSError):
+                os.utime(side, (mtime, mtime))
+
+    def evict(self, image_id: str) -> CacheEntry | None:
+        """Remove one entry (sidecar first, so it is invisible at once); returns what it was."""
+        with self._lock:
+            return self._remove(image_id)
+
+    def _remove(self, image_id: str) -> CacheEntry | None:
+        entry = self.entry(image_id)
+        data, side = self._paths(image_id)
+        for path in (side, data):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return entry
+
+    def _make_room(self, incoming: int, *, keep: str) -> list[CacheEntry]:
+        if self.max_bytes is None:
+            return []
+        entries = [e for e in self.entries() if e.image_id != keep]
+        used = sum(e.size for e in entries)
+        evicted = []
+        for e in entries:  # least recently used first
+            if used + incoming <= self.max_bytes:
+                break
+            removed = self._remove(e.image_id)
+            if removed is not None:
+                evicted.append(removed)
+                used -= removed.size
+                log.info("cache: evicted %s (%d bytes, least recently used)", e.image_id, e.size)
+        return evicted
+
+    def _sweep(self) -> None:
+        """Drop crash leftovers: data without sidecar, sidecars without data, old temp files."""
+        now = time.time()
+        for path in self.images.iterdir():
+            name = path.name
+            with contextlib.suppress(OSError):
+                if name.endswith(_TMP_SUFFIX):
+                    if now - path.stat().st_mtime > _STALE_TMP_SECONDS:
+                        path.unlink()
+                elif name.endswith(_SIDECAR):
+                    if not (self.images / name[: -len(_SIDECAR)]).exists():
+                        path.unlink()
+                elif not (self.images / (name + _SIDECAR)).exists() and valid_image_id(name):
+                    path.unlink()
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        with self._lock:
+            yield
+
+
+def copy_out(entry: CacheEntry, dest: str | os.PathLike[str], *, mode: int = 0o644) -> bool:
+    """Copy a cached image onto ``dest`` atomically (temp beside dest, fsync, rename).
+
+    False when the entry vanished meanwhile (evicted by another process): dest is untouched.
+    """
+    target = Path(dest)
+    parent = target.parent
+    if not parent.is_dir():
+        raise InputError(f"dest {target}: directory {parent} does not exist")
+    if target.is_dir():
+        raise InputError(f"dest {target}: is a directory")
+    try:
+        src = open(entry.path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return False
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=_TMP_SUFFIX, dir=parent)
+    try:
+        with src, os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst, 4 << 20)
+            dst.flush()
+            if dst.tell() != entry.size:
+                raise DestinationError(
+                    f"dest {target}: cached copy of {entry.image_id} changed while copying"
+                )
+            os.fchmod(dst.fileno(), mode)
+            os.fsync(dst.fileno())
+        os.replace(name, target)
+        return True
+    except OSError as exc:
+        raise DestinationError(f"dest {target}: copy from cache failed ({exc.strerror})") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)

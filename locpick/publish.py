@@ -1,0 +1,177 @@
+"""Adding and removing locations of an image in Glance (the JSON-patch locations API).
+
+A node's cached copy becomes a location with ``add /locations/-``; eviction removes it with
+``remove /locations/{index}`` after a fresh GET (indexes shift, so one removal per patch).
+This needs ``show_multiple_locations = True`` and a role that Glance's policy lets change
+locations; operators expose it only on an internal endpoint (OSSN-0090). The newer
+``POST /v2/images/{id}/locations`` accepts only queued images, so it cannot add a copy of an
+active image. Refusals become :class:`PublishError` with a message naming the setting.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from locpick.config import Topology
+from locpick.errors import LocpickError
+from locpick.redact import SCRUB, redact_url
+
+log = logging.getLogger("locpick")
+
+PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
+#: Location metadata key marking a copy published by a locpick node cache.
+MARKER = "locpick_cache"
+
+_FORBIDDEN_HELP = (
+    "Glance refused to change the image's locations; it needs show_multiple_locations = True "
+    "in glance-api.conf and a role that the policy allows to set/delete image locations "
+    "(set_image_location / delete_image_location), on an internal-only endpoint (OSSN-0090)"
+)
+
+
+class PublishError(LocpickError):
+    """Glance would not add or remove a location; the cache keeps working without it."""
+
+    exit_code = 3
+
+
+def cache_location_url(public_url: str, image_id: str) -> str:
+    """The URL under which ``locpick serve`` at ``public_url`` serves ``image_id``."""
+    return f"{public_url.rstrip('/')}/images/{urllib.parse.quote(image_id, safe='')}"
+
+
+def cache_metadata(topology: Topology) -> dict[str, str]:
+    """The location metadata of a cache copy: this node's topology and the locpick marker."""
+    meta = {MARKER: "true"}
+    for key in ("region", "zone", "rack", "host"):
+        value = getattr(topology, key)
+        if value:
+            meta[key] = value
+    return meta
+
+
+class GlanceLocations:
+    """Read and change one Glance endpoint's image locations with one token."""
+
+    def __init__(self, http: httpx.Client, endpoint: str, token: str | None) -> None:
+        self.http = http
+        self.endpoint = endpoint.rstrip("/")
+        self.token = token
+        if token:
+            SCRUB.add(token)
+
+    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+        h = {"Accept": "application/json"}
+        if self.token:
+            h["X-Auth-Token"] = self.token
+        if content_type:
+            h["Content-Type"] = content_type
+        return h
+
+    def _url(self, image_id: str) -> str:
+        return f"{self.endpoint}/v2/images/{urllib.parse.quote(image_id, safe='')}"
+
+    def locations(self, image_id: str) -> list[dict[str, Any]]:
+        """The image's current ``locations`` list (raw dicts, Glance's order)."""
+        try:
+            resp = self.http.get(self._url(image_id), headers=self._headers())
+        except httpx.HTTPError as exc:
+            raise PublishError(
+                f"glance {self._shown}: cannot reach ({type(exc).__name__})"
+            ) from exc
+        if resp.status_code != 200:
+            raise PublishError(
+                f"glance {self._shown}: GET image {image_id} answered HTTP {resp.status_code}"
+            )
+        record = resp.json()
+        locs = record.get("locations") if isinstance(record, Mapping) else None
+        if locs is None:
+            raise PublishError(
+                f"glance {self._shown}: image {image_id} shows no 'locations'; "
+                "set show_multiple_locations = True in glance-api.conf"
+            )
+        return [dict(loc) for loc in locs if isinstance(loc, Mapping)]
+
+    @property
+    def _shown(self) -> str:
+        return redact_url(self.endpoint)
+
+    def _patch(self, image_id: str, ops: list[dict[str, Any]], what: str) -> None:
+        try:
+            resp = self.http.patch(
+                self._url(image_id), json=ops, headers=self._headers(PATCH_TYPE), timeout=60.0
+            )
+        except httpx.HTTPError as exc:
+            raise PublishError(
+                f"glance {self._shown}: {what} failed ({type(exc).__name__})"
+            ) from exc
+        if resp.status_code in (200, 204):
+            return
+        body = SCRUB(resp.text.strip().replace("\n", " "))[:300]
+        if resp.status_code == 403:
+            raise PublishError(
+                f"glance {self._shown}: {what}: HTTP 403 ({body}); {_FORBIDDEN_HELP}"
+            )
+        if resp.status_code == 400:
+            raise PublishError(
+                f"glance {self._shown}: {what}: HTTP 400 ({body}); either {_FORBIDDEN_HELP}, "
+                "or Glance cannot reach the URL ([cache] public_url must be reachable from "
+                "Glance and pass its allowed hosts/ports filter)"
+            )
+        raise PublishError(f"glance {self._shown}: {what}: HTTP {resp.status_code} ({body})")
+
+    def add(self, image_id: str, url: str, metadata: Mapping[str, Any]) -> bool:
+        """Add ``url`` as a location unless it is already one; True when added."""
+        if any(loc.get("url") == url for loc in self.locations(image_id)):
+            return False
+        op = {"op": "add", "path": "/locations/-", "value": {"url": url, "metadata": metadata}}
+        self._patch(image_id, [op], f"add location {redact_url(url)} to image {image_id}")
+        log.info("glance: added location %s to image %s", redact_url(url), image_id)
+        return True
+
+    def remove(self, image_id: str, url: str) -> int:
+        """Remove every location equal to ``url`` (one patch per index); returns how many."""
+        removed = 0
+        for _ in range(16):
+            locs = self.locations(image_id)
+            index = next((i for i, loc in enumerate(locs) if loc.get("url") == url), None)
+            if index is None:
+                break
+            op = {"op": "remove", "path": f"/locations/{index}"}
+            self._patch(image_id, [op], f"remove location {redact_url(url)} of image {image_id}")
+            removed += 1
+            log.info("glance: removed location %s of image %s", redact_url(url), image_id)
+        return removed
+
+    def images_with_location_prefix(self, prefix: str) -> dict[str, list[str]]:
+        """Image id -> its location URLs starting with ``prefix`` (pages through the list)."""
+        found: dict[str, list[str]] = {}
+        url: str | None = f"{self.endpoint}/v2/images?limit=200"
+        while url:
+            try:
+                resp = self.http.get(url, headers=self._headers())
+            except httpx.HTTPError as exc:
+                raise PublishError(
+                    f"glance {self._shown}: cannot list images ({type(exc).__name__})"
+                ) from exc
+            if resp.status_code != 200:
+                raise PublishError(
+                    f"glance {self._shown}: listing images answered HTTP {resp.status_code}"
+                )
+            doc = resp.json()
+            for img in doc.get("images", []):
+                urls = [
+                    loc.get("url", "")
+                    for loc in img.get("locations") or []
+                    if isinstance(loc, Mapping) and str(loc.get("url", "")).startswith(prefix)
+                ]
+                if urls:
+                    found[img["id"]] = urls
+            nxt = doc.get("next")
+            url = urllib.parse.urljoin(self.endpoint + "/", nxt.lstrip("/")) if nxt else None
+        return found

@@ -1,0 +1,81 @@
+"""``locpick serve`` as a real subprocess on a free loopback port, for the cache tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from helpers import ROOT
+
+
+class ServeProcess:
+    """``python -m locpick serve --cache-dir DIR --bind 127.0.0.1:PORT``; stop() ends it."""
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        *,
+        bind: str = "127.0.0.1:0",
+        env: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        full_env = dict(os.environ)
+        full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+        full_env.setdefault("LOCPICK_CONFIG", str(ROOT / "tests" / "empty-config.toml"))
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "locpick",
+                "serve",
+                "--cache-dir",
+                str(cache_dir),
+                "--bind",
+                bind,
+            ],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env=full_env,
+        )
+        self.url = ""
+        deadline = time.monotonic() + timeout
+        assert self.proc.stderr is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            if "serving cache on " in line:
+                self.url = line.rsplit("serving cache on ", 1)[1].strip()
+                return
+        self.stop()
+        raise RuntimeError(f"locpick serve did not start (exit {self.proc.returncode})")
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def image_url(self, image_id: str) -> str:
+        return f"{self.url}/images/{image_id}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+    def __enter__(self) -> ServeProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
