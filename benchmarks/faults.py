@@ -38,7 +38,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# the script's own directory comes first on sys.path and holds benchmarks/copy.py, which would
+# shadow the stdlib's copy module: replace it with the repository root
+sys.path[0] = str(ROOT)
 
 from locpick.testing import Origin  # noqa: E402
 
