@@ -268,6 +268,7 @@ class Client:
             buffer_bytes=self.config.transfer.buffer_bytes,
             file_mode=self.config.security.file_mode,
             progress=progress,
+            transfer=self.config.transfer,
             observer=self.history.record,
         )
         if cache is not None and result.verified:

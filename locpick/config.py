@@ -207,10 +207,12 @@ class TransferConfig:
 
     connect_timeout: float = 5.0
     first_byte_timeout: float = 15.0
-    #: No byte for this long and the transfer is abandoned for the next location.
+    #: No byte for this long and the transfer is abandoned (when no other location is left).
     idle_timeout: float = 5.0
+    #: No byte for this long while another location could continue: abandon and resume there.
+    stall_timeout: float = 1.5
     #: A transfer slower than this (bytes/s) over ``low_speed_window`` seconds is abandoned.
-    low_speed_bps: float = 0.0
+    low_speed_bps: float = 1024.0
     low_speed_window: float = 5.0
     #: Retries per location for transient errors; the budget resets on progress.
     retries: int = 2

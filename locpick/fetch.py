@@ -1,15 +1,28 @@
-"""Verified, atomic transfer from ranked locations: resume on the next one when a location
-breaks off, start over when bytes turn out wrong, and never leave a partial file at ``dest``."""
+"""Verified, atomic transfer from ranked locations.
+
+Resume on the next location by Range when one breaks off, stalls or crawls; switch mid-transfer
+to a much faster known location; retry transient errors with backoff; start over when bytes
+turn out wrong; keep a resumable ``.part`` for a crashed run; never leave a partial ``dest``.
+"""
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
+import random
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, cast
 
+import attrs
+
+from locpick.config import TransferConfig
 from locpick.errors import (
     AllLocationsFailed,
+    ChecksumMismatch,
+    InputError,
     IntegrityError,
     LocationError,
     TransferError,
@@ -18,14 +31,24 @@ from locpick.errors import (
 from locpick.hashing import Expected
 from locpick.models import Attempt, Image, Location, Result, Score
 from locpick.redact import SCRUB
-from locpick.sink import AtomicSink
-from locpick.transports import Stream, Transports
+from locpick.sink import AtomicSink, dest_lock
+from locpick.transports import Stream, Transport, Transports
 
 log = logging.getLogger("locpick")
 
 Progress = Callable[[int, int | None], None]
 #: Called after each attempt: (location, ok, bytes, seconds, error) — feeds history.
 Observer = Callable[[Location, bool, int, float, str | None], None]
+
+#: Seconds of transfer observed before a mid-transfer switch is considered (hysteresis).
+SWITCH_OBSERVE = 1.0
+#: Seconds a switch is assumed to cost (new connection, slow start) on top of latency.
+SWITCH_COST = 0.3
+#: An attempt that delivered at least this many bytes made progress: the retry budget resets
+#: (a few bytes per connection do not keep a failing location alive).
+PROGRESS_BYTES = 256 << 10
+#: A Retry-After longer than this drops the location for this download.
+RETRY_AFTER_MAX = 30.0
 
 
 def fetch(
@@ -38,128 +61,490 @@ def fetch(
     file_mode: int = 0o644,
     progress: Progress | None = None,
     observer: Observer | None = None,
+    transfer: TransferConfig | None = None,
 ) -> Result:
     """Deliver ``image`` to ``dest`` from the first location in ``ranked`` that can."""
     started = time.monotonic()
-    attempts: list[Attempt] = [
-        Attempt(url=s.url, outcome="skipped", error=s.reasons.error) for s in ranked if not s.usable
-    ]
     expected = Expected.for_image(image.os_hash_algo, image.os_hash_value, image.checksum)
-    with AtomicSink(
-        dest,
-        size=image.size,
-        expected=expected,
-        buffer_bytes=buffer_bytes,
-        mode=file_mode,
-        label=f"image {image.id}",
-    ) as sink:
-        for score in (s for s in ranked if s.usable):
-            loc = score.location
-            t0 = time.monotonic()
-            before = sink.offset
-            stream: Stream | None = None
-            note: str | None
-            try:
-                transport = transports.for_location(loc)
-                copy_to = getattr(transport, "copy_to", None)
-                if copy_to is not None:  # a system copy (shared filesystem)
-                    sink.label = f"image {image.id} from {loc.display_url}"
-                    note = f"system copy via {copy_to(loc, image, sink, progress)}"
-                    source = loc.display_url
-                else:
-                    stream = transport.open(loc, image, offset=sink.offset)
-                    note = _pump(stream, sink, progress)
-                    if image.size is not None and sink.offset < image.size:
-                        raise TransferError(
-                            f"{stream.final_url}: connection ended at byte "
-                            f"{sink.offset} of {image.size}",
-                            url=stream.final_url,
-                        )
-                    source = stream.final_url
-                    stream.close()
-                    stream = None
-                sink.label = f"image {image.id} from {source}"
-                verified = sink.commit()
-            except IntegrityError as exc:
-                got = sink.offset - before
-                attempts.append(
-                    Attempt(
-                        url=score.url,
-                        outcome="failed",
-                        error=SCRUB(reason_of(exc)),
-                        bytes=max(got, 0),
-                    )
-                )
-                _observe(observer, loc, False, got, t0, str(exc))
-                log.warning("%s", SCRUB(str(exc)))
-                sink.reset()
-                continue
-            except LocationError as exc:
-                got = sink.offset - before
-                attempts.append(
-                    Attempt(
-                        url=score.url,
-                        outcome="failed",
-                        error=SCRUB(reason_of(exc)),
-                        bytes=max(got, 0),
-                    )
-                )
-                _observe(observer, loc, False, got, t0, str(exc))
-                log.info("location failed, trying the next: %s", SCRUB(str(exc)))
-                continue
-            finally:
-                if stream is not None:
-                    stream.close()
-            got = sink.offset - before
-            attempts.append(Attempt(url=score.url, outcome="ok", bytes=got, note=note))
-            _observe(observer, loc, True, got, t0, None)
-            return Result(
-                image_id=image.id,
-                dest=str(dest),
-                source_url=source,
-                method="copy" if loc.scheme == "file" else "download",
-                bytes=sink.offset,
-                seconds=time.monotonic() - started,
-                verified=verified,
-                attempts=tuple(attempts),
-            )
-    failed = (
-        "; ".join(f"{a.url}: {a.error}" for a in attempts if a.outcome != "ok") or "no locations"
-    )
-    raise AllLocationsFailed(
-        SCRUB(f"image {image.id}: no location delivered a verified image ({failed})"), attempts
+    parent = Path(dest).parent
+    if not parent.is_dir():
+        raise InputError(f"dest {dest}: directory {parent} does not exist")
+    with dest_lock(dest) as waited:
+        if waited:
+            done = _already_delivered(image, expected, dest, started)
+            if done is not None:
+                return done
+        with AtomicSink(
+            dest,
+            size=image.size,
+            expected=expected,
+            buffer_bytes=buffer_bytes,
+            mode=file_mode,
+            label=f"image {image.id}",
+            resume={
+                "image_id": image.id,
+                "size": image.size,
+                "algo": expected.algo,
+                "hash": expected.value,
+            },
+        ) as sink:
+            run = _Download(image, ranked, sink, transports, transfer or TransferConfig())
+            run.progress, run.observer, run.started = progress, observer, started
+            return run.run()
+
+
+def _already_delivered(
+    image: Image, expected: Expected, dest: str | os.PathLike[str], started: float
+) -> Result | None:
+    """After waiting for another process on the same dest: is its result our image?"""
+    path = Path(dest)
+    try:
+        with open(path, "rb") as fh:
+            if image.size is not None and os.fstat(fh.fileno()).st_size != image.size:
+                return None
+            hasher = expected.new()
+            if hasher is None:
+                return None
+            while chunk := fh.read(4 << 20):
+                hasher.update(chunk)
+    except OSError:
+        return None
+    if hasher.hexdigest() != expected.value:
+        return None
+    log.info("dest %s: already delivered and verified by another locpick process", dest)
+    return Result(
+        image_id=image.id,
+        dest=str(dest),
+        source_url=path.resolve().as_uri(),
+        method="download",
+        bytes=0,
+        seconds=time.monotonic() - started,
+        verified=expected.algo,
+        attempts=(),
     )
 
 
-def _observe(
-    observer: Observer | None, loc: Location, ok: bool, got: int, t0: float, error: str | None
-) -> None:
-    if observer is not None:
-        observer(loc, ok, got, time.monotonic() - t0, error)
+@attrs.define
+class _Candidate:
+    """A usable location and what this download learnt about it."""
+
+    score: Score
+    failures: int = 0
+    not_before: float = 0.0
+    dropped: bool = False
+    #: Abandoned (stall, slowness, switch): never switched *to* again, only fallen back on.
+    left: bool = False
+
+    @property
+    def url(self) -> str:
+        return self.score.url
 
 
-def _pump(stream: Stream, sink: AtomicSink, progress: Progress | None) -> str | None:
-    """Copy the stream into the sink; bytes before ``sink.offset`` (Range ignored) are skipped."""
-    skip = sink.offset - stream.start
-    note = f"server ignored Range: discarded {skip} bytes already held" if skip > 0 else None
-    while True:
-        buf = sink.buffer()
+class _Abandon(Exception):
+    """Stop reading this stream on purpose (switch to a faster location, cheaper elsewhere)."""
+
+    def __init__(self, message: str, target: _Candidate) -> None:
+        super().__init__(message)
+        self.target = target
+
+
+class _Download:
+    """One download's state: candidates, sink, attempts. Each step is a small method."""
+
+    def __init__(
+        self,
+        image: Image,
+        ranked: Sequence[Score],
+        sink: AtomicSink,
+        transports: Transports,
+        cfg: TransferConfig,
+    ) -> None:
+        self.image = image
+        self.sink = sink
+        self.transports = transports
+        self.cfg = cfg
+        self.progress: Progress | None = None
+        self.observer: Observer | None = None
+        self.started = time.monotonic()
+        self.cands = [_Candidate(s) for s in ranked if s.usable]
+        self.attempts: list[Attempt] = [
+            Attempt(url=s.url, outcome="skipped", error=s.reasons.error)
+            for s in ranked
+            if not s.usable
+        ]
+        self.switches = 0
+        #: Where the next attempt goes (the target of a switch), if still usable.
+        self.preferred: _Candidate | None = None
+        #: Locations that delivered bytes since the sink was last (re)started.
+        self.sources: set[str] = set()
+
+    # -- loop ------------------------------------------------------------------------------
+    def run(self) -> Result:
+        while True:
+            cand = self._pick()
+            if cand is None:
+                raise self._all_failed()
+            result = self._attempt(cand)
+            if result is not None:
+                return result
+
+    def _pick(self) -> _Candidate | None:
+        """The best-ranked live location that may be tried now; waits out a backoff if none."""
+        live = [c for c in self.cands if not c.dropped]
+        if not live:
+            return None
+        now = time.monotonic()
+        preferred, self.preferred = self.preferred, None
+        if preferred is not None and preferred in live and preferred.not_before <= now:
+            return preferred
+        for c in live:
+            if c.not_before <= now:
+                return c
+        first = min(live, key=lambda c: c.not_before)
+        time.sleep(max(0.0, first.not_before - now))
+        return first
+
+    def _all_failed(self) -> AllLocationsFailed:
+        failed = (
+            "; ".join(f"{a.url}: {a.error}" for a in self.attempts if a.outcome != "ok")
+            or "no locations"
+        )
+        return AllLocationsFailed(
+            SCRUB(f"image {self.image.id}: no location delivered a verified image ({failed})"),
+            self.attempts,
+        )
+
+    # -- one attempt -----------------------------------------------------------------------
+    def _attempt(self, cand: _Candidate) -> Result | None:
+        loc = cand.score.location
+        t0 = time.monotonic()
+        before = self.sink.offset
+        stream: Stream | None = None
+        note: str | None
         try:
-            n = stream.readinto(memoryview(buf))
-        except BaseException:
-            sink.give_back(buf)
-            raise
-        if n == 0:
-            sink.give_back(buf)
-            return note
-        if skip:
-            if n <= skip:
-                skip -= n
-                sink.give_back(buf)
+            transport = self.transports.for_location(loc)
+            copy_to = getattr(transport, "copy_to", None)
+            if copy_to is not None:  # a system copy (shared filesystem)
+                note, source = self._system_copy(cand, copy_to), loc.display_url
+                before = min(before, self.sink.offset)
+            else:
+                stream = self._open(cand, transport)
+                note = self._align(cand, stream)
+                before = min(before, self.sink.offset)
+                self._pump(cand, stream)
+                self._check_complete(stream)
+                source = stream.final_url
+                stream.close()
+                stream = None
+            self.sink.label = f"image {self.image.id} from {source}"
+            verified = self.sink.commit()
+        except _Abandon as exc:
+            self._record(cand, t0, before, exc, left=True)
+            self.preferred = exc.target
+            return None
+        except IntegrityError as exc:
+            self._integrity_failed(cand, t0, before, exc)
+            return None
+        except LocationError as exc:
+            self._record(cand, t0, before, exc, left=isinstance(exc, TransferError))
+            return None
+        finally:
+            if stream is not None:
+                stream.close()
+        got = self.sink.offset - before
+        if note:
+            log.info("%s: %s", cand.url, note)
+        self.attempts.append(Attempt(url=cand.url, outcome="ok", bytes=got, note=note))
+        self._observe(loc, True, got, t0, None)
+        return Result(
+            image_id=self.image.id,
+            dest=str(self.sink.dest),
+            source_url=source,
+            method="copy" if loc.scheme == "file" else "download",
+            bytes=self.sink.offset,
+            seconds=time.monotonic() - self.started,
+            verified=verified,
+            attempts=tuple(self.attempts),
+        )
+
+    def _system_copy(self, cand: _Candidate, copy_to: Callable[..., str]) -> str:
+        """Let the transport copy at the fd level (it continues from ``sink.offset``)."""
+        loc = cand.score.location
+        self.sink.label = f"image {self.image.id} from {loc.display_url}"
+        self.sources.add(cand.url)
+        return f"system copy via {copy_to(loc, self.image, self.sink, self.progress)}"
+
+    def _open(self, cand: _Candidate, transport: Transport) -> Stream:
+        loc = cand.score.location
+        offset = self.sink.offset
+        if_range = self._if_range(cand) if offset else None
+        if if_range and getattr(transport, "supports_if_range", False):
+            stream: Stream = cast(Any, transport).open(
+                loc, self.image, offset=offset, if_range=if_range
+            )
+        else:
+            stream = transport.open(loc, self.image, offset=offset)
+        set_idle = getattr(stream, "set_idle_timeout", None)
+        if set_idle is not None:
+            set_idle(self._idle_timeout(cand))
+        return stream
+
+    def _if_range(self, cand: _Candidate) -> str | None:
+        """A validator of the bytes held, when they came from this same URL."""
+        v = self.sink.validators.get(cand.url)
+        if not v:
+            return None
+        etag = v.get("etag")
+        if etag and not etag.startswith("W/"):
+            return etag
+        return v.get("last_modified")
+
+    def _idle_timeout(self, cand: _Candidate) -> float:
+        """Short (stall_timeout) when another location could continue, else idle_timeout."""
+        others = any(c is not cand and not c.dropped for c in self.cands)
+        if others:
+            return min(self.cfg.stall_timeout, self.cfg.idle_timeout)
+        return self.cfg.idle_timeout
+
+    def _align(self, cand: _Candidate, stream: Stream) -> str | None:
+        """Reconcile the stream's start with the bytes held; returns a note for the attempt."""
+        held = self.sink.offset
+        if getattr(stream, "changed", False):
+            self.sink.reset()
+            self.sources.clear()
+            self._remember(cand, stream)
+            return f"resource changed (If-Range failed): restarted from 0, dropped {held} bytes"
+        if stream.start >= held:
+            self._remember(cand, stream)
+            return None
+        # The server ignored Range (200, whole body): discard the first bytes, restart, or go
+        # elsewhere. Network cost of discard and restart is the same (all ``held`` bytes come
+        # again); restart also rewrites them, so it is only chosen when the bytes held may be
+        # of another version of the resource.
+        alt = self._cheaper_elsewhere(cand, held)
+        if alt is not None:
+            raise _Abandon(
+                f"{stream.final_url}: server ignores Range; resuming the remaining bytes at "
+                f"{alt.url} is cheaper than re-reading {held} bytes here",
+                alt,
+            )
+        if self._held_matches(cand, stream):
+            self._remember(cand, stream)
+            return (
+                f"server ignored Range: discarded {held} bytes already held "
+                "(cheaper than restarting: same bytes on the wire, no rewrite)"
+            )
+        self.sink.reset()
+        self.sources.clear()
+        self._remember(cand, stream)
+        return (
+            f"server ignored Range: restarted from 0 (the {held} bytes held may be of "
+            "another version of the resource)"
+        )
+
+    def _held_matches(self, cand: _Candidate, stream: Stream) -> bool:
+        """False when the held bytes came from this URL under different validators."""
+        v = self.sink.validators.get(cand.url)
+        if not v:
+            return True
+        etag, lastmod = getattr(stream, "etag", None), getattr(stream, "last_modified", None)
+        if v.get("etag") and etag:
+            return bool(v.get("etag") == etag)
+        if v.get("last_modified") and lastmod:
+            return bool(v.get("last_modified") == lastmod)
+        return True
+
+    def _cheaper_elsewhere(self, cand: _Candidate, held: int) -> _Candidate | None:
+        """Another ready location expected to deliver the rest sooner than the whole body here."""
+        size = self.image.size
+        if size is None:
+            return None
+        here = self._eta(cand, size)
+        now = time.monotonic()
+        for c in self.cands:
+            if c is cand or c.dropped or c.failures or c.not_before > now:
                 continue
-            buf[: n - skip] = buf[skip:n]
-            n -= skip
-            skip = 0
-        sink.write(buf, n)
-        if progress is not None:
-            progress(sink.offset, sink.size)
+            if self._eta(c, size - held) < here:
+                return c
+        return None
+
+    def _eta(self, cand: _Candidate, nbytes: int) -> float:
+        r = cand.score.reasons
+        bps = r.throughput_bps or 50e6
+        return nbytes / bps + (r.latency_ms or 50.0) / 1000
+
+    def _remember(self, cand: _Candidate, stream: Stream) -> None:
+        self.sources.add(cand.url)
+        etag, lastmod = getattr(stream, "etag", None), getattr(stream, "last_modified", None)
+        self.sink.remember_validators(cand.url, etag, lastmod)
+
+    # -- data path -------------------------------------------------------------------------
+    def _pump(self, cand: _Candidate, stream: Stream) -> None:
+        """Copy the stream into the sink, watching the rate (low speed, faster elsewhere)."""
+        sink = self.sink
+        skip = sink.offset - stream.start
+        meter = _Meter(sink.offset)
+        while True:
+            buf = sink.buffer()
+            try:
+                n = stream.readinto(memoryview(buf))
+            except BaseException:
+                sink.give_back(buf)
+                raise
+            if n == 0:
+                sink.give_back(buf)
+                return
+            if skip:
+                if n <= skip:
+                    skip -= n
+                    sink.give_back(buf)
+                    continue
+                buf[: n - skip] = buf[skip:n]
+                n -= skip
+                skip = 0
+            sink.write(buf, n)
+            if self.progress is not None:
+                self.progress(sink.offset, sink.size)
+            if meter.due(sink.offset):
+                self._watch(cand, stream, meter)
+
+    def _watch(self, cand: _Candidate, stream: Stream, meter: _Meter) -> None:
+        """Abandon a crawling transfer, or switch to a location known to be much faster."""
+        cfg = self.cfg
+        rate = meter.rate(cfg.low_speed_window)
+        slow = cfg.low_speed_bps > 0 and rate < cfg.low_speed_bps
+        if slow and meter.elapsed >= cfg.low_speed_window:
+            raise TransferError(
+                f"{stream.final_url}: too slow, {rate:.0f} B/s over "
+                f"{cfg.low_speed_window:g} s (floor {cfg.low_speed_bps:.0f} B/s)",
+                url=stream.final_url,
+            )
+        alt = self._switch_target(cand, meter)
+        if alt is not None:
+            self.switches += 1
+            bps = alt.score.reasons.throughput_bps or 0.0
+            raise _Abandon(
+                f"{stream.final_url}: switched to a faster location at byte "
+                f"{self.sink.offset}: {_rate(meter.rate(2.0))} here, {alt.url} "
+                f"measured {_rate(bps)}",
+                alt,
+            )
+
+    def _switch_target(self, cand: _Candidate, meter: _Meter) -> _Candidate | None:
+        """A location known to be switch_factor times faster, if enough bytes remain to pay."""
+        cfg, size = self.cfg, self.image.size
+        if size is None or self.switches >= cfg.max_switches or meter.elapsed < SWITCH_OBSERVE:
+            return None
+        rate = max(meter.rate(2.0), 1.0)
+        remaining = size - self.sink.offset
+        stay = remaining / rate
+        best: tuple[float, _Candidate] | None = None
+        now = time.monotonic()
+        for c in self.cands:
+            bps = c.score.reasons.throughput_bps
+            if c is cand or c.dropped or c.left or c.failures or c.not_before > now or not bps:
+                continue
+            if bps < cfg.switch_factor * rate:
+                continue
+            go = remaining / bps + (c.score.reasons.latency_ms or 50.0) / 1000 + SWITCH_COST
+            if stay - go >= max(1.0, 0.2 * stay) and (best is None or go < best[0]):
+                best = (go, c)
+        return None if best is None else best[1]
+
+    def _check_complete(self, stream: Stream) -> None:
+        size = self.image.size if self.image.size is not None else stream.total
+        if size is not None and self.sink.offset < size:
+            raise TransferError(
+                f"{stream.final_url}: connection ended at byte {self.sink.offset} of {size}",
+                url=stream.final_url,
+            )
+
+    # -- outcomes --------------------------------------------------------------------------
+    def _record(
+        self, cand: _Candidate, t0: float, before: int, exc: Exception, *, left: bool
+    ) -> None:
+        """Record a failed attempt and decide: retry later (backoff) or drop the location."""
+        got = max(self.sink.offset - before, 0)
+        msg = SCRUB(str(exc))
+        error = SCRUB(reason_of(exc))
+        self.attempts.append(Attempt(url=cand.url, outcome="failed", error=error, bytes=got))
+        self._observe(cand.score.location, False, got, t0, str(exc))
+        cand.left = cand.left or left
+        if got >= PROGRESS_BYTES:
+            cand.failures = 0  # progress resets the retry budget
+        if isinstance(exc, _Abandon):
+            cand.not_before = time.monotonic() + self.cfg.backoff
+            log.info("%s", msg)
+            return
+        retry_after = getattr(exc, "retry_after", None)
+        too_long = retry_after is not None and retry_after > RETRY_AFTER_MAX
+        if getattr(exc, "permanent", False) or too_long:
+            cand.dropped = True
+        else:
+            cand.failures += 1
+            if cand.failures > self.cfg.retries:
+                cand.dropped = True
+            else:
+                cand.not_before = time.monotonic() + self._delay(cand.failures, retry_after)
+        log.info("location failed (%s): %s", "dropped" if cand.dropped else "will retry", msg)
+
+    def _delay(self, failures: int, retry_after: float | None) -> float:
+        """Exponential backoff with jitter; a server's Retry-After is a floor."""
+        base = min(self.cfg.backoff_max, self.cfg.backoff * 2 ** (failures - 1))
+        delay = random.uniform(base / 2, base)  # noqa: S311 - jitter, not crypto
+        return max(delay, retry_after or 0.0)
+
+    def _integrity_failed(
+        self, cand: _Candidate, t0: float, before: int, exc: IntegrityError
+    ) -> None:
+        """Wrong bytes: start over. Blame the location only if all bytes held came from it."""
+        mixed = self.sink.reused > 0 or len(self.sources - {cand.url}) > 0
+        if isinstance(exc, ChecksumMismatch) and mixed:
+            exc.permanent = False
+        log.warning("%s", SCRUB(str(exc)))
+        self._record(cand, t0, before, exc, left=False)
+        self.sink.reset()
+        self.sources.clear()
+
+    def _observe(self, loc: Location, ok: bool, got: int, t0: float, error: str | None) -> None:
+        if self.observer is not None:
+            self.observer(loc, ok, got, time.monotonic() - t0, error)
+
+
+class _Meter:
+    """Offsets over time for one attempt: rate over a trailing window."""
+
+    def __init__(self, offset: int) -> None:
+        self.t0 = time.monotonic()
+        self.samples: collections.deque[tuple[float, int]] = collections.deque([(self.t0, offset)])
+        self._next = self.t0 + 0.2
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def due(self, offset: int) -> bool:
+        """Record a sample at most every 0.2 s; True when one was recorded."""
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + 0.2
+        self.samples.append((now, offset))
+        while len(self.samples) > 2 and now - self.samples[1][0] > 30:
+            self.samples.popleft()
+        return True
+
+    def rate(self, window: float) -> float:
+        """Bytes/s over the last ``window`` seconds (or since the start, if shorter)."""
+        now, last = self.samples[-1]
+        first_t, first = self.samples[0]
+        for t, off in self.samples:
+            if now - t <= window:
+                first_t, first = t, off
+                break
+        span = now - first_t
+        return (last - first) / span if span > 0 else 0.0
+
+
+def _rate(bps: float) -> str:
+    return f"{bps / 1e6:.1f} MB/s" if bps >= 1e5 else f"{bps / 1e3:.1f} kB/s"

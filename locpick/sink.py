@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import json
+import logging
 import os
 import queue
 import shutil
+import stat
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,10 @@ from locpick.errors import (
 from locpick.hashing import BackgroundHasher, Expected
 
 _POOL_BUFFERS = 4
+_PART_SUFFIX = ".locpick-part"
+_SIDECAR_VERSION = 1
+
+log = logging.getLogger("locpick")
 
 
 class EngineAbandoned(TransferError):
@@ -99,7 +107,11 @@ class AtomicSink:
         buffer_bytes: int = 4 << 20,
         mode: int = 0o644,
         label: str = "",
+        resume: Mapping[str, Any] | None = None,
     ) -> None:
+        """``resume``: identity of the image (id, size, hash) -> write to a resumable
+        ``.DEST.locpick-part`` with a JSON sidecar, reusing a matching part left by a crashed run
+        (the caller holds :func:`dest_lock`). Without it, a private random temp file is used."""
         self.dest = Path(dest)
         self.size = size
         self.expected = expected
@@ -111,7 +123,35 @@ class AtomicSink:
             raise InputError(f"dest {self.dest}: directory {parent} does not exist")
         if self.dest.is_dir():
             raise InputError(f"dest {self.dest}: is a directory")
-        self._check_free_space(parent)
+        self.offset = 0
+        #: Bytes taken over from a part file of an earlier run (0 when starting fresh).
+        self.reused = 0
+        #: Source validators known for the bytes held: {url: {"etag": .., "last_modified": ..}}.
+        self.validators: dict[str, dict[str, str | None]] = {}
+        self._pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._allocated = 0
+        self._hasher = BackgroundHasher(expected.new(), release=self._pool.put)
+        self._writer: _Writer | None = None
+        #: Set by ``adopt(..., verify=False)``: commit checks the size alone.
+        self.size_only = False
+        self._resume = dict(resume) if resume is not None else None
+        self.sidecar: Path | None = None
+        self.fd: int | None = None
+        try:
+            if self._resume is None:
+                self._check_free_space(parent, 0)
+                self.fd, self.tmp = self._open_temp(parent)
+            else:
+                self.tmp = parent / f".{self.dest.name}{_PART_SUFFIX}"
+                self.sidecar = parent / f".{self.dest.name}{_PART_SUFFIX}.json"
+                self.fd = self._open_part()
+                self._check_free_space(parent, self.offset)
+            self._writer = _Writer(self.fd, self._hasher, self._pool)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _open_temp(self, parent: Path) -> tuple[int, Path]:
         try:
             fd, tmp = tempfile.mkstemp(
                 prefix=f".{self.dest.name}.", suffix=".locpick-tmp", dir=parent
@@ -120,27 +160,113 @@ class AtomicSink:
             raise DestinationError(
                 f"dest {self.dest}: cannot create a temporary file ({exc.strerror})"
             ) from exc
-        self.fd: int | None = fd
-        self.tmp = Path(tmp)
-        self.offset = 0
-        self._pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        self._allocated = 0
-        self._hasher = BackgroundHasher(expected.new(), release=self._pool.put)
-        self._writer = _Writer(fd, self._hasher, self._pool)
-        #: Set by ``adopt(..., verify=False)``: commit checks the size alone.
-        self.size_only = False
+        return fd, Path(tmp)
 
-    def _check_free_space(self, parent: Path) -> None:
+    def _open_part(self) -> int:
+        """Reuse a matching part file (hashing what it holds) or create a fresh one (O_EXCL)."""
+        assert self.sidecar is not None
+        fd = self._reuse_part()
+        if fd is not None:
+            return fd
+        for stale in (self.tmp, self.sidecar):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.tmp, flags, 0o600)
+        except OSError as exc:
+            raise DestinationError(
+                f"dest {self.dest}: cannot create the part file {self.tmp.name} ({exc.strerror})"
+            ) from exc
+        self._write_sidecar()
+        return fd
+
+    def _reuse_part(self) -> int | None:
+        assert self.sidecar is not None and self._resume is not None
+        try:
+            meta = json.loads(self.sidecar.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(meta, dict) or meta.get("version") != _SIDECAR_VERSION:
+            return None
+        if any(meta.get(k) != v for k, v in self._resume.items()):
+            return None
+        try:
+            fd = os.open(self.tmp, os.O_RDWR | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return None
+        st = os.fstat(fd)
+        held = st.st_size
+        safe = stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.geteuid()
+        if not safe or (self.size is not None and held > self.size):
+            os.close(fd)
+            return None
+        validators = meta.get("validators")
+        if isinstance(validators, dict):
+            self.validators = {
+                str(u): dict(v) for u, v in validators.items() if isinstance(v, dict)
+            }
+        try:
+            self._rehash(fd, held)
+        except OSError:
+            os.close(fd)
+            self._hasher.stop()
+            self._hasher = BackgroundHasher(self.expected.new(), release=self._pool.put)
+            return None
+        os.lseek(fd, held, os.SEEK_SET)
+        self.offset = self.reused = held
+        log.info("dest %s: resuming %d bytes left by an earlier run", self.dest, held)
+        return fd
+
+    def _rehash(self, fd: int, held: int) -> None:
+        """Feed the bytes already in the part file to the hasher."""
+        pos = 0
+        while pos < held:
+            buf = self.buffer()
+            n = os.preadv(fd, [memoryview(buf)[: min(len(buf), held - pos)]], pos)
+            if n <= 0:
+                self.give_back(buf)
+                raise OSError(errno.EIO, "part file shorter than its size")
+            self._hasher.submit(buf, n)
+            pos += n
+
+    def _write_sidecar(self) -> None:
+        if self.sidecar is None or self._resume is None:
+            return
+        meta = {"version": _SIDECAR_VERSION, **self._resume, "validators": self.validators}
+        tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(meta, fh)
+            os.replace(tmp, self.sidecar)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            self._raise_disk(exc)
+
+    def remember_validators(self, url: str, etag: str | None, last_modified: str | None) -> None:
+        """Record the validators of the source of the bytes held (for If-Range on resume)."""
+        entry = {"etag": etag, "last_modified": last_modified}
+        if not (etag or last_modified) or self.validators.get(url) == entry:
+            return
+        self.validators[url] = entry
+        self._write_sidecar()
+
+    def _check_free_space(self, parent: Path, held: int) -> None:
         if not self.size:
             return
         try:
             free = shutil.disk_usage(parent).free
         except OSError:
             return
-        if free < self.size:
+        need = self.size - held
+        if free < need:
             raise DestinationError(
                 f"dest {self.dest}: not enough free space in {parent} "
-                f"(need {self.size} bytes, {free} free)"
+                f"(need {need} more bytes, {free} free)"
             )
 
     def __enter__(self) -> AtomicSink:
@@ -164,6 +290,7 @@ class AtomicSink:
         if self.size is not None and self.offset + n > self.size:
             self._pool.put(buf)
             raise SizeMismatch(f"{self.label}: sent more than the image size ({self.size} bytes)")
+        assert self._writer is not None
         if self._writer.error is not None:
             self._pool.put(buf)
             self._raise_disk(self._writer.error)
@@ -180,7 +307,7 @@ class AtomicSink:
         usual ``commit`` verifies the whole file. ``verify=False`` (a trusted filesystem, from
         offset 0 only) makes ``commit`` check the size alone. Returns what the engine returns.
         """
-        assert self.fd is not None
+        assert self.fd is not None and self._writer is not None
         self._writer.drain()
         if self._writer.error is not None:
             self._raise_disk(self._writer.error)
@@ -213,18 +340,19 @@ class AtomicSink:
         thread still writing into it through its own fd only fills an orphaned inode."""
         assert self.fd is not None
         old_fd, old_tmp = self.fd, self.tmp
-        try:
-            fd, tmp = tempfile.mkstemp(
-                prefix=f".{self.dest.name}.", suffix=".locpick-tmp", dir=self.dest.parent
-            )
-        except OSError as exc:
-            raise DestinationError(
-                f"dest {self.dest}: cannot create a temporary file ({exc.strerror})"
-            ) from exc
+        if self._resume is not None:  # part mode: unlink first, then a fresh part (O_EXCL)
+            with contextlib.suppress(FileNotFoundError):
+                old_tmp.unlink()
+            self.validators = {}
+            self.offset = self.reused = 0
+            fd, tmp = self._open_part(), self.tmp
+        else:
+            fd, tmp = self._open_temp(self.dest.parent)
         self.fd, self.tmp = fd, Path(tmp)
         os.close(old_fd)
         with contextlib.suppress(FileNotFoundError):
-            old_tmp.unlink()
+            if old_tmp != self.tmp:
+                old_tmp.unlink()
         self.offset = 0
         self.size_only = False
         self._hasher = BackgroundHasher(self.expected.new(), release=self._pool.put)
@@ -242,18 +370,24 @@ class AtomicSink:
 
     def reset(self) -> None:
         """Drop everything written so far (after a mismatch) and start again at offset 0."""
+        assert self._writer is not None
         self._writer.drain()
         self._hasher.stop()
         assert self.fd is not None
         os.ftruncate(self.fd, 0)
         os.lseek(self.fd, 0, os.SEEK_SET)
         self.offset = 0
+        self.reused = 0
         self.size_only = False
         self._hasher = BackgroundHasher(self.expected.new(), release=self._pool.put)
         self._writer = _Writer(self.fd, self._hasher, self._pool)
+        if self.validators:
+            self.validators = {}
+            self._write_sidecar()
 
     def commit(self) -> str | None:
         """Verify size and hash, fsync, and rename onto dest. Returns the verified algorithm."""
+        assert self._writer is not None
         self._writer.drain()
         if self._writer.error is not None:
             self._raise_disk(self._writer.error)
@@ -274,20 +408,27 @@ class AtomicSink:
             os.close(self.fd)
             self.fd = None
             os.replace(self.tmp, self.dest)
+            if self.sidecar is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    self.sidecar.unlink()
             _fsync_dir(self.dest.parent)
         except OSError as exc:
             self._raise_disk(exc)
         return None if self.size_only else self.expected.algo
 
     def abort(self) -> None:
-        """Remove the temp file; safe to call repeatedly and after commit."""
-        self._writer.drain()
+        """Remove the temp file (and sidecar); safe to call repeatedly and after commit."""
+        if self._writer is not None:
+            self._writer.drain()
         self._hasher.stop()
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
             with contextlib.suppress(FileNotFoundError):
                 self.tmp.unlink()
+            if self.sidecar is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    self.sidecar.unlink()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -300,4 +441,44 @@ def _fsync_dir(path: Path) -> None:
     except OSError:
         pass
     finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def dest_lock(dest: str | os.PathLike[str]) -> Iterator[bool]:
+    """Hold an exclusive lock for ``dest`` (``.DEST.locpick-lock``, fcntl); yields whether another
+    process held it first (it may have produced the file meanwhile).
+
+    The lock file is removed on release, so nothing is left beside dest. Removal is safe because
+    a waiter that locked a file which was unlinked meanwhile notices (inode differs from the
+    path's) and locks again.
+    """
+    path = Path(dest).parent / f".{Path(dest).name}.locpick-lock"
+    waited = False
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise DestinationError(
+                f"dest {dest}: cannot create the lock file {path.name} ({exc.strerror})"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not waited:
+                log.warning("dest %s: another locpick process is writing it; waiting", dest)
+            waited = True
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield waited
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
         os.close(fd)

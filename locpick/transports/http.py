@@ -151,6 +151,7 @@ class HttpStream:
         final_url: str,
         min_bps: float = 0.0,
         window: float = 5.0,
+        changed: bool = False,
     ) -> None:
         self._response = response
         self._chunks: Iterator[bytes] = response.iter_raw()
@@ -159,6 +160,23 @@ class HttpStream:
         self.total = total
         self.final_url = final_url
         self._floor = _SpeedFloor(final_url, min_bps, window)
+        #: Validators of the resource, for If-Range on a later resume.
+        self.etag: str | None = response.headers.get("etag")
+        self.last_modified: str | None = response.headers.get("last-modified")
+        #: An If-Range was sent and the server answered with the whole (changed) resource.
+        self.changed = changed
+        self._idle: float | None = None
+
+    def set_idle_timeout(self, seconds: float) -> None:
+        """Deadline for each body read (no byte for this long = stalled); call before reading.
+
+        The headers were read under the first-byte timeout; httpcore takes the body's read
+        timeout from the request's timeout extension when the body iteration starts.
+        """
+        self._idle = seconds
+        timeouts = self._response.request.extensions.get("timeout")
+        if isinstance(timeouts, dict):
+            timeouts["read"] = seconds
 
     def readinto(self, buf: memoryview) -> int:
         filled = 0
@@ -174,7 +192,7 @@ class HttpStream:
                     return filled
                 except httpx.TimeoutException as exc:
                     raise TransferError(
-                        f"{self.final_url}: no data for the idle timeout (stalled)",
+                        f"{self.final_url}: stalled, no data for {_secs(self._idle)}",
                         url=self.final_url,
                     ) from exc
                 except httpx.HTTPError as exc:
@@ -211,6 +229,7 @@ class RawHttpStream:
         final_url: str,
         min_bps: float = 0.0,
         window: float = 5.0,
+        changed: bool = False,
     ) -> None:
         self._conn = conn
         self._response = response
@@ -218,10 +237,29 @@ class RawHttpStream:
         self.total = total
         self.final_url = final_url
         self._floor = _SpeedFloor(final_url, min_bps, window)
+        self.etag: str | None = response.getheader("etag")
+        self.last_modified: str | None = response.getheader("last-modified")
+        self.changed = changed
+        self._idle: float | None = None
+        self._stalled = False
+
+    def set_idle_timeout(self, seconds: float) -> None:
+        """Deadline for each body read (no byte for this long = stalled)."""
+        self._idle = seconds
+        sock = self._conn.sock
+        if sock is None:  # http.client drops conn.sock on "Connection: close"; the body reads on
+            sock = getattr(getattr(self._response.fp, "raw", None), "_sock", None)
+        if isinstance(sock, socket.socket):
+            sock.settimeout(seconds)
 
     def readinto(self, buf: memoryview) -> int:
+        """Fill ``buf`` but return within ~0.25 s with what arrived, so a caller watching the
+        rate (low speed, switching) gets control even from a trickle."""
         filled = 0
         size = len(buf)
+        deadline = time.monotonic() + _READ_SLICE
+        if self._stalled:
+            raise self._stall_error()
         try:
             while filled < size:
                 n = self._read_some(buf[filled:])
@@ -229,12 +267,13 @@ class RawHttpStream:
                     break
                 filled += n
                 self._floor.check(n)
+                if time.monotonic() >= deadline:
+                    break
         except TimeoutError as exc:
-            if filled:
+            if filled:  # a timed-out socket cannot be read again: report it on the next call
+                self._stalled = True
                 return filled
-            raise TransferError(
-                f"{self.final_url}: no data for the idle timeout (stalled)", url=self.final_url
-            ) from exc
+            raise self._stall_error() from exc
         except (OSError, http.client.HTTPException) as exc:
             if filled:
                 return filled
@@ -242,6 +281,11 @@ class RawHttpStream:
                 f"{self.final_url}: connection broke ({type(exc).__name__})", url=self.final_url
             ) from exc
         return filled
+
+    def _stall_error(self) -> TransferError:
+        return TransferError(
+            f"{self.final_url}: stalled, no data for {_secs(self._idle)}", url=self.final_url
+        )
 
     def _read_some(self, buf: memoryview) -> int:
         """One socket read's worth (``readinto1``), so that a server dripping bytes is seen by
@@ -273,6 +317,8 @@ class HttpTransport:
     """``http`` and ``https``."""
 
     schemes: tuple[str, ...] = ("http", "https")
+    #: ``open`` takes ``if_range`` (fetch checks this before passing it).
+    supports_if_range = True
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -526,8 +572,14 @@ class HttpTransport:
             throughput_bps=bps if bps and got > 256 * 1024 else None,
         )
 
-    def open(self, location: Location, image: Image, *, offset: int) -> HttpStream | RawHttpStream:
+    def open(
+        self, location: Location, image: Image, *, offset: int, if_range: str | None = None
+    ) -> HttpStream | RawHttpStream:
+        """GET from ``offset``; ``if_range`` (an ETag or Last-Modified the bytes held came from)
+        makes a changed resource answer 200 with the whole body (``stream.changed``)."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
+        if offset and if_range:
+            headers["If-Range"] = if_range
         if self._proxied(location.url):
             response, final = self._get(location, headers)
             try:
@@ -537,15 +589,23 @@ class HttpTransport:
             except BaseException:
                 response.close()
                 raise
-            return HttpStream(response, start=start, total=total, final_url=final, **self._floor())
+            changed = _changed(headers, start, response.headers)
+            return HttpStream(
+                response, start=start, total=total, final_url=final, changed=changed,
+                **self._floor(),
+            )  # fmt: skip
         (conn, raw), final = self._get_raw(location, headers)
         try:
-            start, total = self._validate(final, raw.status, _HeaderView(raw), image, offset)
+            view = _HeaderView(raw)
+            start, total = self._validate(final, raw.status, view, image, offset)
         except BaseException:
             raw.close()
             conn.close()
             raise
-        return RawHttpStream(conn, raw, start=start, total=total, final_url=final, **self._floor())
+        changed = _changed(headers, start, view)
+        return RawHttpStream(
+            conn, raw, start=start, total=total, final_url=final, changed=changed, **self._floor()
+        )
 
     def _floor(self) -> dict[str, float]:
         """The speed floor of a transfer: ``[transfer] low_speed_bps`` or, when that is off,
@@ -591,6 +651,21 @@ class HttpTransport:
 
     def close(self) -> None:
         """The HTTP pool belongs to the Context."""
+
+
+_READ_SLICE = 0.25
+
+
+def _secs(value: float | None) -> str:
+    return "the idle timeout" if value is None else f"{value:g} s"
+
+
+def _changed(sent: Mapping[str, str], start: int, headers: Mapping[str, str]) -> bool:
+    """An If-Range was sent, the whole body came back, and its validators differ."""
+    if_range = sent.get("If-Range")
+    if not if_range or start != 0:
+        return False
+    return if_range not in (headers.get("etag"), headers.get("last-modified"))
 
 
 def _content_length(response: httpx.Response) -> int | None:
