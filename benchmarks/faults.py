@@ -38,9 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# the script's own directory comes first on sys.path and holds benchmarks/copy.py, which would
-# shadow the stdlib's copy module: replace it with the repository root
-sys.path[0] = str(ROOT)
+sys.path.insert(0, str(ROOT))
 
 from locpick.testing import Origin  # noqa: E402
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """System-copy benchmark: locpick's verified copy from a shared filesystem vs cp.
 
-    PYTHONPATH=$PWD python benchmarks/copy.py [--size-mib 1024] [--rounds 3]
+    PYTHONPATH=$PWD python benchmarks/system_copy.py [--size-mib 1024] [--rounds 3]
 
 A random N-MiB source file on the root filesystem (kept in the page cache) is copied, in the
 same run, interleaved, best of R rounds, to a dest on the SAME filesystem and to a tmpfs:
@@ -205,7 +205,7 @@ def run(work: Path, shm: Path, size: int, rounds: int, only: set[str]) -> None:
         print(f"round {r + 1}/{rounds} done", file=sys.stderr)
 
     lines = [
-        f"# copy.py  {size // MiB} MiB, best of {rounds}, python {platform.python_version()}, "
+        f"# system_copy.py  {size // MiB} MiB, best of {rounds}, python {platform.python_version()}, "
         f"kernel {platform.release()}, {os.cpu_count()} cpus",
         f"{'dest':8} {'variant':16} {'best s':>7} {'median':>7} {'GiB/s':>6} "
         f"{'/floor':>6} {'cp/x':>5}",
