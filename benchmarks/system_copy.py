@@ -205,7 +205,8 @@ def run(work: Path, shm: Path, size: int, rounds: int, only: set[str]) -> None:
         print(f"round {r + 1}/{rounds} done", file=sys.stderr)
 
     lines = [
-        f"# system_copy.py  {size // MiB} MiB, best of {rounds}, python {platform.python_version()}, "
+        f"# system_copy.py  {size // MiB} MiB, best of {rounds}, "
+        f"python {platform.python_version()}, "
         f"kernel {platform.release()}, {os.cpu_count()} cpus",
         f"{'dest':8} {'variant':16} {'best s':>7} {'median':>7} {'GiB/s':>6} "
         f"{'/floor':>6} {'cp/x':>5}",
