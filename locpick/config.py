@@ -35,8 +35,6 @@ __all__ = [
     "load_config",
 ]
 
-TOPOLOGY_LEVELS = ("host", "rack", "zone", "region")
-
 
 @attrs.frozen
 class Topology:

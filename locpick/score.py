@@ -21,7 +21,7 @@ Ordering rules, in this order:
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import attrs
 
@@ -256,8 +256,3 @@ def _spread_near_equal(rows: list[_Row], margin: float, rng: random.Random) -> l
     group = rows[:n]
     rng.shuffle(group)
     return [*group, *rows[n:]]
-
-
-def describe(score: Score) -> Mapping[str, object]:
-    """A human line's worth of why, used by the CLI table."""
-    return score.reasons.to_json() | {"notes": "; ".join(score.reasons.notes)}

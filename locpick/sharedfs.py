@@ -141,10 +141,6 @@ def mount_at(mountpoint: str, mounts: Sequence[Mount]) -> Mount | None:
     return found
 
 
-def _devstr(st_dev: int) -> str:
-    return f"{os.major(st_dev)}:{os.minor(st_dev)}"
-
-
 # -- mapping and confinement (pure) -----------------------------------------------------------
 def under(path: str, root: str) -> bool:
     root = root.rstrip("/") or "/"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ssl
 import threading
-import time
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import httpx
@@ -112,7 +111,3 @@ def tls_verify(config: Config) -> ssl.SSLContext | bool:
 
             raise ConfigError(f"config [tls] ca_file {tls.ca_file}: cannot load ({exc})") from exc
     return True
-
-
-def monotonic() -> float:
-    return time.monotonic()

@@ -15,8 +15,6 @@ from locpick.models import Image, Location, Probe
 from locpick.sink import AtomicSink
 from locpick.transports.base import Context
 
-NOT_ON_FS = sharedfs.NOT_ON_FS
-
 
 class FileStream:
     """A confined local file read from an offset (used by ``verify`` and stream fallbacks)."""
