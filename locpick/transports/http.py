@@ -191,15 +191,9 @@ class HttpStream:
                 except StopIteration:
                     return filled
                 except httpx.TimeoutException as exc:
-                    raise TransferError(
-                        f"{self.final_url}: stalled, no data for {_secs(self._idle)}",
-                        url=self.final_url,
-                    ) from exc
+                    raise _stalled(self.final_url, self._idle) from exc
                 except httpx.HTTPError as exc:
-                    raise TransferError(
-                        f"{self.final_url}: connection broke ({type(exc).__name__})",
-                        url=self.final_url,
-                    ) from exc
+                    raise _broken(self.final_url, exc) from exc
                 continue
             n = min(size - filled, len(self._pending))
             buf[filled : filled + n] = self._pending[:n]
@@ -259,7 +253,7 @@ class RawHttpStream:
         size = len(buf)
         deadline = time.monotonic() + _READ_SLICE
         if self._stalled:
-            raise self._stall_error()
+            raise _stalled(self.final_url, self._idle)
         try:
             while filled < size:
                 n = self._read_some(buf[filled:])
@@ -273,19 +267,12 @@ class RawHttpStream:
             if filled:  # a timed-out socket cannot be read again: report it on the next call
                 self._stalled = True
                 return filled
-            raise self._stall_error() from exc
+            raise _stalled(self.final_url, self._idle) from exc
         except (OSError, http.client.HTTPException) as exc:
             if filled:
                 return filled
-            raise TransferError(
-                f"{self.final_url}: connection broke ({type(exc).__name__})", url=self.final_url
-            ) from exc
+            raise _broken(self.final_url, exc) from exc
         return filled
-
-    def _stall_error(self) -> TransferError:
-        return TransferError(
-            f"{self.final_url}: stalled, no data for {_secs(self._idle)}", url=self.final_url
-        )
 
     def _read_some(self, buf: memoryview) -> int:
         """One socket read's worth (``readinto1``), so that a server dripping bytes is seen by
@@ -656,8 +643,13 @@ class HttpTransport:
 _READ_SLICE = 0.25
 
 
-def _secs(value: float | None) -> str:
-    return "the idle timeout" if value is None else f"{value:g} s"
+def _stalled(url: str, idle: float | None) -> TransferError:
+    secs = "the idle timeout" if idle is None else f"{idle:g} s"
+    return TransferError(f"{url}: stalled, no data for {secs}", url=url)
+
+
+def _broken(url: str, exc: Exception) -> TransferError:
+    return TransferError(f"{url}: connection broke ({type(exc).__name__})", url=url)
 
 
 def _changed(sent: Mapping[str, str], start: int, headers: Mapping[str, str]) -> bool:
