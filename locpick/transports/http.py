@@ -595,8 +595,9 @@ class HttpTransport:
         )
 
     def _floor(self) -> dict[str, float]:
-        """The speed floor of a transfer: ``[transfer] low_speed_bps`` or, when that is off,
-        ``[security] min_speed_bps``, over ``[transfer] low_speed_window``."""
+        """The speed floor of a transfer: the higher of ``[transfer] low_speed_bps`` and
+        ``[security] min_speed_bps`` (so a floor holds even when the former is 0), over
+        ``[transfer] low_speed_window``."""
         t = self.ctx.config.transfer
         floor = max(t.low_speed_bps, self.ctx.config.security.min_speed_bps)
         return {"min_bps": floor, "window": t.low_speed_window}
