@@ -372,10 +372,7 @@ def open_checked(report: FsReport, timeout: float) -> int:
     except OSError as exc:
         raise LocationUnreachable(f"{NOT_READABLE}: {report.path} ({exc.strerror})") from exc
     if fd is None:
-        raise LocationUnreachable(
-            f"{UNRESPONSIVE}: {fs.mountpoint} did not answer within "
-            f"{timeout:g}s (stale or hung mount?)"
-        )
+        raise LocationUnreachable(_unresponsive(fs, timeout))
     return fd
 
 
@@ -394,13 +391,13 @@ def check(
         timeout,
     )
     if found is None:
-        return FsReport(
-            fs,
-            path,
-            f"{UNRESPONSIVE}: {fs.mountpoint} did not answer within {timeout:g}s "
-            "(stale or hung mount?)",
-        )
+        return FsReport(fs, path, _unresponsive(fs, timeout))
     return found
+
+
+def _unresponsive(fs: Filesystem, timeout: float) -> str:
+    hint = "(stale or hung mount?)"
+    return f"{UNRESPONSIVE}: {fs.mountpoint} did not answer within {timeout:g}s {hint}"
 
 
 # -- system copy ------------------------------------------------------------------------------
