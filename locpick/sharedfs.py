@@ -443,16 +443,9 @@ class _Follower:
         if self.mode == "mmap":
             self._run_mmap()
             return
-        buf = bytearray(HASH_CHUNK)
-        view = memoryview(buf)
+        view = memoryview(bytearray(HASH_CHUNK))
         try:
-            while True:
-                with self._cond:
-                    while self.copied <= self.hashed and not self.done:
-                        self._cond.wait()
-                    end = self.copied
-                    if end <= self.hashed and self.done:
-                        return
+            while (end := self._wait()) is not None:
                 while self.hashed < end:
                     n = os.preadv(
                         self.dst, [view[: min(HASH_CHUNK, end - self.hashed)]], self.hashed
@@ -466,6 +459,7 @@ class _Follower:
             self.error = exc
 
     def _wait(self) -> int | None:
+        """Block until there are copied bytes to hash; their end, or None when all are."""
         with self._cond:
             while self.copied <= self.hashed and not self.done:
                 self._cond.wait()
