@@ -643,11 +643,14 @@ def _reflink(src: int, dst: int, pos: int, end: int, step: Advance, label: str) 
     step(end)
 
 
-def _copy_file_range(src: int, dst: int, pos: int, end: int, step: Advance, label: str) -> None:
+def _kernel_copy(
+    call: Callable[[int, int], int], pos: int, end: int, step: Advance, label: str
+) -> None:
+    """Loop ``call(offset, count) -> bytes copied`` (copy_file_range, sendfile) up to ``end``."""
     progressed = False
     while pos < end:
         try:
-            n = os.copy_file_range(src, dst, min(COPY_CHUNK, end - pos), pos, pos)
+            n = call(pos, min(COPY_CHUNK, end - pos))
         except OSError as exc:
             if exc.errno == errno.EINTR:
                 continue
@@ -657,41 +660,39 @@ def _copy_file_range(src: int, dst: int, pos: int, end: int, step: Advance, labe
         progressed = True
         pos += n
         step(n)
+
+
+def _copy_file_range(src: int, dst: int, pos: int, end: int, step: Advance, label: str) -> None:
+    _kernel_copy(lambda at, n: os.copy_file_range(src, dst, n, at, at), pos, end, step, label)
 
 
 def _sendfile(src: int, dst: int, pos: int, end: int, step: Advance, label: str) -> None:
     os.lseek(dst, pos, os.SEEK_SET)
-    progressed = False
-    while pos < end:
+    _kernel_copy(lambda at, n: os.sendfile(dst, src, at, n), pos, end, step, label)
+
+
+def _read_write(src: int, dst: int, view: memoryview, pos: int, end: int, label: str) -> int:
+    """Read up to ``len(view)`` bytes of ``src`` at ``pos`` and write them to ``dst`` at the
+    same offset; returns how many."""
+    try:
+        n = os.preadv(src, [view[: min(len(view), end - pos)]], pos)
+    except OSError as exc:
+        raise TransferError(f"{label}: read failed at byte {pos} ({exc.strerror})") from exc
+    if n == 0:
+        raise _shrank(label, pos, end)
+    done = 0
+    while done < n:
         try:
-            n = os.sendfile(dst, src, pos, min(COPY_CHUNK, end - pos))
+            done += os.pwrite(dst, view[done:n], pos + done)
         except OSError as exc:
-            if exc.errno == errno.EINTR:
-                continue
-            raise _os_error(exc, label, pos, progressed) from exc
-        if n == 0:
-            raise _shrank(label, pos, end)
-        progressed = True
-        pos += n
-        step(n)
+            raise _os_error(exc, label, pos + done, True) from exc
+    return n
 
 
 def _buffered(src: int, dst: int, pos: int, end: int, step: Advance, label: str) -> None:
-    buf = bytearray(HASH_CHUNK * 4)
-    view = memoryview(buf)
+    view = memoryview(bytearray(HASH_CHUNK * 4))
     while pos < end:
-        try:
-            n = os.preadv(src, [view[: min(len(buf), end - pos)]], pos)
-        except OSError as exc:
-            raise TransferError(f"{label}: read failed at byte {pos} ({exc.strerror})") from exc
-        if n == 0:
-            raise _shrank(label, pos, end)
-        done = 0
-        while done < n:
-            try:
-                done += os.pwrite(dst, view[done:n], pos + done)
-            except OSError as exc:
-                raise _os_error(exc, label, pos + done, True) from exc
+        n = _read_write(src, dst, view, pos, end, label)
         pos += n
         step(n)
 
@@ -709,22 +710,11 @@ def _pipeline(
     try:
         while pos < end:
             buf = pool.get()
-            view = memoryview(buf)
             try:
-                n = os.preadv(src, [view[: min(len(buf), end - pos)]], pos)
-            except OSError as exc:
+                n = _read_write(src, dst, memoryview(buf), pos, end, label)
+            except BaseException:
                 pool.put(buf)
-                raise TransferError(f"{label}: read failed at byte {pos} ({exc.strerror})") from exc
-            if n == 0:
-                pool.put(buf)
-                raise _shrank(label, pos, end)
-            done = 0
-            while done < n:
-                try:
-                    done += os.pwrite(dst, view[done:n], pos + done)
-                except OSError as exc:
-                    pool.put(buf)
-                    raise _os_error(exc, label, pos + done, True) from exc
+                raise
             bg.submit(buf, n)
             pos += n
             advance(n)
