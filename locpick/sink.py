@@ -307,10 +307,8 @@ class AtomicSink:
         usual ``commit`` verifies the whole file. ``verify=False`` (a trusted filesystem, from
         offset 0 only) makes ``commit`` check the size alone. Returns what the engine returns.
         """
-        assert self.fd is not None and self._writer is not None
-        self._writer.drain()
-        if self._writer.error is not None:
-            self._raise_disk(self._writer.error)
+        assert self.fd is not None
+        self._drain_writer()
         hasher = self._hasher.detach()
         if not verify and self.offset == 0:
             hasher = None
@@ -332,8 +330,20 @@ class AtomicSink:
             raise
         finally:
             if not abandoned:
-                self._hasher = BackgroundHasher(hasher, release=self._pool.put)
-                self._writer = _Writer(self.fd, self._hasher, self._pool)
+                self._start_pipeline(hasher)
+
+    def _start_pipeline(self, hasher: Any) -> None:
+        """Fresh hash and write threads on the current fd (``hasher``: None = not hashing)."""
+        assert self.fd is not None
+        self._hasher = BackgroundHasher(hasher, release=self._pool.put)
+        self._writer = _Writer(self.fd, self._hasher, self._pool)
+
+    def _drain_writer(self) -> None:
+        """Wait for the queued writes; a failed write surfaces here as a DestinationError."""
+        assert self._writer is not None
+        self._writer.drain()
+        if self._writer.error is not None:
+            self._raise_disk(self._writer.error)
 
     def _renew_temp(self) -> None:
         """Swap in a fresh temp file (offset 0, fresh hash); the old one is unlinked, so a
@@ -355,8 +365,7 @@ class AtomicSink:
                 old_tmp.unlink()
         self.offset = 0
         self.size_only = False
-        self._hasher = BackgroundHasher(self.expected.new(), release=self._pool.put)
-        self._writer = _Writer(fd, self._hasher, self._pool)
+        self._start_pipeline(self.expected.new())
 
     def give_back(self, buf: bytearray) -> None:
         """Return a buffer that was taken but not written."""
@@ -379,18 +388,14 @@ class AtomicSink:
         self.offset = 0
         self.reused = 0
         self.size_only = False
-        self._hasher = BackgroundHasher(self.expected.new(), release=self._pool.put)
-        self._writer = _Writer(self.fd, self._hasher, self._pool)
+        self._start_pipeline(self.expected.new())
         if self.validators:
             self.validators = {}
             self._write_sidecar()
 
     def commit(self) -> str | None:
         """Verify size and hash, fsync, and rename onto dest. Returns the verified algorithm."""
-        assert self._writer is not None
-        self._writer.drain()
-        if self._writer.error is not None:
-            self._raise_disk(self._writer.error)
+        self._drain_writer()
         digest = self._hasher.hexdigest()
         if self.size is not None and self.offset != self.size:
             raise SizeMismatch(f"{self.label}: got {self.offset} bytes, expected {self.size}")
