@@ -88,8 +88,8 @@ def fetch(
                 "hash": expected.value,
             },
         ) as sink:
-            run = _Download(image, ranked, sink, transports, transfer or TransferConfig())
-            run.progress, run.observer, run.started = progress, observer, started
+            cfg = transfer or TransferConfig()
+            run = _Download(image, ranked, sink, transports, cfg, progress, observer, started)
             return run.run()
 
 
@@ -158,14 +158,17 @@ class _Download:
         sink: AtomicSink,
         transports: Transports,
         cfg: TransferConfig,
+        progress: Progress | None,
+        observer: Observer | None,
+        started: float,
     ) -> None:
         self.image = image
         self.sink = sink
         self.transports = transports
         self.cfg = cfg
-        self.progress: Progress | None = None
-        self.observer: Observer | None = None
-        self.started = time.monotonic()
+        self.progress = progress
+        self.observer = observer
+        self.started = started
         self.cands = [_Candidate(s) for s in ranked if s.usable]
         self.attempts: list[Attempt] = [
             Attempt(url=s.url, outcome="skipped", error=s.reasons.error)
