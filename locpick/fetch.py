@@ -412,7 +412,12 @@ class _Download:
                 self._watch(cand, stream, meter)
 
     def _watch(self, cand: _Candidate, stream: Stream, meter: _Meter) -> None:
-        """Abandon a crawling transfer, or switch to a location known to be much faster."""
+        """Abandon a crawling transfer, or switch to a location known to be much faster.
+
+        This low-speed floor holds for every transport. HTTP streams also enforce their own
+        (``transports/http.py`` ``_SpeedFloor``, with ``[security] min_speed_bps``), so that
+        readers other than fetch, such as ``verify``, cannot be held by a dripping server.
+        """
         cfg = self.cfg
         rate = meter.rate(cfg.low_speed_window)
         slow = cfg.low_speed_bps > 0 and rate < cfg.low_speed_bps
