@@ -234,7 +234,7 @@ def format_ranking(ranking: Ranking) -> str:
                 str(s.rank),
                 "-" if s.score is None else f"{s.score:.3f}",
                 "yes" if s.usable else "no",
-                "-" if r.latency_ms is None else f"{r.latency_ms:.1f}",
+                _ms(r.latency_ms),
                 _ms(r.connect_ms) + "/" + _ms(r.icmp_ms),
                 "-" if r.throughput_bps is None else f"{r.throughput_bps / 1e6:.1f}",
                 r.topology or "-",
@@ -243,16 +243,12 @@ def format_ranking(ranking: Ranking) -> str:
                 f"{s.url}  [{why}]" if why else s.url,
             )
         )
-    widths = [
-        max(len(head[i]), *(len(row[i]) for row in rows)) if rows else len(head[i])
-        for i in range(len(head) - 1)
-    ]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=False)) + "  " + head[-1]]
-    for row in rows:
-        lines.append(
-            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]
-        )
-    return "\n".join(lines)
+    table = [head, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head) - 1)]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        for row in table
+    )
 
 
 def _ms(value: float | None) -> str:
