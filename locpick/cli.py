@@ -96,10 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "verbose", False):
-        logging.basicConfig(level=logging.INFO, format="locpick: %(message)s", stream=sys.stderr)
-    else:
-        logging.basicConfig(level=logging.WARNING, format="locpick: %(message)s", stream=sys.stderr)
+    level = logging.INFO if getattr(args, "verbose", False) else logging.WARNING
+    logging.basicConfig(level=level, format="locpick: %(message)s", stream=sys.stderr)
     for h in logging.getLogger().handlers:
         h.addFilter(RedactingFilter())
     try:
