@@ -78,17 +78,7 @@ class GlanceLocations:
 
     def locations(self, image_id: str) -> list[dict[str, Any]]:
         """The image's current ``locations`` list (raw dicts, Glance's order)."""
-        try:
-            resp = self.http.get(self._url(image_id), headers=self._headers())
-        except httpx.HTTPError as exc:
-            raise PublishError(
-                f"glance {self._shown}: cannot reach ({type(exc).__name__})"
-            ) from exc
-        if resp.status_code != 200:
-            raise PublishError(
-                f"glance {self._shown}: GET image {image_id} answered HTTP {resp.status_code}"
-            )
-        record = resp.json()
+        record = self._get_json(self._url(image_id), "cannot reach", f"GET image {image_id}")
         locs = record.get("locations") if isinstance(record, Mapping) else None
         if locs is None:
             raise PublishError(
@@ -100,6 +90,18 @@ class GlanceLocations:
     @property
     def _shown(self) -> str:
         return redact_url(self.endpoint)
+
+    def _get_json(self, url: str, unreachable: str, request: str) -> Any:
+        """GET ``url``'s JSON; PublishError saying ``unreachable`` or which ``request`` failed."""
+        try:
+            resp = self.http.get(url, headers=self._headers())
+        except httpx.HTTPError as exc:
+            raise PublishError(
+                f"glance {self._shown}: {unreachable} ({type(exc).__name__})"
+            ) from exc
+        if resp.status_code != 200:
+            raise PublishError(f"glance {self._shown}: {request} answered HTTP {resp.status_code}")
+        return resp.json()
 
     def _patch(self, image_id: str, ops: list[dict[str, Any]], what: str) -> None:
         try:
@@ -153,17 +155,7 @@ class GlanceLocations:
         found: dict[str, list[str]] = {}
         url: str | None = f"{self.endpoint}/v2/images?limit=200"
         while url:
-            try:
-                resp = self.http.get(url, headers=self._headers())
-            except httpx.HTTPError as exc:
-                raise PublishError(
-                    f"glance {self._shown}: cannot list images ({type(exc).__name__})"
-                ) from exc
-            if resp.status_code != 200:
-                raise PublishError(
-                    f"glance {self._shown}: listing images answered HTTP {resp.status_code}"
-                )
-            doc = resp.json()
+            doc = self._get_json(url, "cannot list images", "listing images")
             for img in doc.get("images", []):
                 urls = [
                     loc.get("url", "")
