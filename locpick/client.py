@@ -399,11 +399,10 @@ class Client:
                 done.append(f"evicted {entry.image_id}: no longer in Glance")
                 continue
             if cache.lookup(image) is None:
-                stale = cache.evict(entry.image_id)
+                cache.evict(entry.image_id)
                 if url in registered.get(entry.image_id, []):
                     api.remove(entry.image_id, url)
                 done.append(f"evicted {entry.image_id}: its hash no longer matches Glance's")
-                del stale
                 continue
             if url in registered.get(entry.image_id, []):
                 continue
