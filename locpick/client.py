@@ -187,12 +187,10 @@ class Client:
         probes = {} if for_download and len(to_probe) <= 1 else self._probe(image, to_probe)
         known = self.history.entries()
         candidates = [
-            Candidate(
-                c.location,
-                c.unusable,
-                probes.get(c.location),
-                c.shared_fs,
-                self.history.lookup(c.location, known) if c.unusable is None else None,
+            attrs.evolve(
+                c,
+                probe=probes.get(c.location),
+                history=self.history.lookup(c.location, known) if c.unusable is None else None,
             )
             for c in candidates
         ]
