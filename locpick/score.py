@@ -146,6 +146,10 @@ def _preferred(location: Location, config: Config) -> bool:
     )
 
 
+#: (sort key, expected seconds, candidate, reasons, topology class) of one scored location.
+_Row = tuple[tuple[float, ...], float | None, Candidate, Reasons, int]
+
+
 def rank(
     image: Image,
     candidates: Sequence[Candidate],
@@ -166,7 +170,7 @@ def rank(
     errors = [_error_of(c, config) for c in candidates]
     present = sorted({cls for cls, err in zip(classes, errors, strict=True) if err is None})
 
-    rows: list[tuple[tuple[float, ...], float | None, Candidate, Reasons, int]] = []
+    rows: list[_Row] = []
     for cand, cls, error in zip(candidates, classes, errors, strict=True):
         loc, probe = cand.location, cand.probe
         notes: list[str] = []
@@ -232,9 +236,6 @@ def rank(
         Score(location=c.location, rank=i + 1, score=expected, usable=key[0] < 3.0, reasons=reasons)
         for i, (key, expected, c, reasons, _cls) in enumerate(rows)
     )
-
-
-_Row = tuple[tuple[float, ...], float | None, Candidate, Reasons, int]
 
 
 def _spread_near_equal(rows: list[_Row], margin: float, rng: random.Random) -> list[_Row]:
