@@ -13,7 +13,10 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from fixtures_swift import swift_server  # noqa: F401 - session fixture
+from fixtures_swift import (
+    data,
+    swift_server,  # noqa: F401 - session fixture
+)
 from swift_harness import (
     ADMIN_USER,
     OTHER_ACCOUNT_USER,
@@ -44,18 +47,8 @@ def token(swift: SwiftHandle) -> str:
     return v1_token(swift, *ADMIN_USER)[0]
 
 
-def _data(n: int, seed: bytes) -> bytes:
-    # deterministic, incompressible-ish, and different at every offset
-    out = bytearray()
-    i = 0
-    while len(out) < n:
-        out += hashlib.sha256(seed + i.to_bytes(8, "big")).digest()
-        i += 1
-    return bytes(out[:n])
-
-
-SMALL = _data(100_000, b"small")
-LARGE = _data(3 * MiB + 12345, b"large")  # 4 segments: 3 x 1 MiB + a short one
+SMALL = data(100_000, b"small")
+LARGE = data(3 * MiB + 12345, b"large")  # 4 segments: 3 x 1 MiB + a short one
 
 
 @pytest.fixture(scope="session")
