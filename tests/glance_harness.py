@@ -369,6 +369,38 @@ def _running_port(workdir: Path) -> int | None:
     return None
 
 
+def _start_service(
+    kind: str, workdir: Path, port: int | None, env: Mapping[str, str], timeout: float
+) -> tuple[str, int, int]:
+    """Run ``start-KIND WORKDIR PORT``; returns (the last line it printed, port, pid).
+
+    ``port=None`` picks a free port, retrying if it is taken meanwhile. A failed start is
+    stopped by its pid file (a timeout may leave a server behind)."""
+    attempts = 1 if port is not None else 4
+    for attempt in range(attempts):
+        use_port = port if port is not None else find_free_port()
+        try:
+            r = _run_script(
+                [str(harness_dir() / f"start-{kind}"), str(workdir), str(use_port)],
+                env,
+                timeout,
+                f"start-{kind}",
+            )
+            break
+        except GlanceHarnessError as e:
+            subprocess.run(
+                [str(harness_dir() / f"stop-{kind}"), str(workdir)],
+                capture_output=True,
+                check=False,
+                timeout=60,
+            )
+            if "already in use" in str(e) and attempt + 1 < attempts:
+                continue
+            raise
+    line = _last_line(r.stdout)
+    return line, use_port, int((workdir / f"{kind}.pid").read_text().strip())
+
+
 def start_glance(
     workdir: Path,
     port: int | None = None,
@@ -420,31 +452,8 @@ def start_glance(
                 f"{workdir} already runs a Glance on port {running}; use another WORKDIR"
             )
         port = running
-    attempts = 1 if port is not None else 4
     try:
-        for attempt in range(attempts):
-            use_port = port if port is not None else find_free_port()
-            try:
-                r = _run_script(
-                    [str(harness_dir() / "start-glance"), str(workdir), str(use_port)],
-                    script_env,
-                    timeout,
-                    "start-glance",
-                )
-                break
-            except GlanceHarnessError as e:
-                # a timeout may leave a gunicorn behind: stop it by its pid file
-                subprocess.run(
-                    [str(harness_dir() / "stop-glance"), str(workdir)],
-                    capture_output=True,
-                    check=False,
-                    timeout=60,
-                )
-                if "already in use" in str(e) and attempt + 1 < attempts:
-                    continue
-                raise
-        endpoint = _last_line(r.stdout)
-        pid = int((workdir / "glance.pid").read_text().strip())
+        endpoint, use_port, pid = _start_service("glance", workdir, port, script_env, timeout)
     except BaseException:
         for m in reversed(mounts):
             umount(m)
@@ -702,29 +711,7 @@ def start_keystone(
     workdir.mkdir(parents=True, exist_ok=True)
     _link_venv("keystone", workdir)
     script_env = {"KEYSTONE_PYTHON": sys.executable, **(env or {})}
-    attempts = 1 if port is not None else 4
-    for attempt in range(attempts):
-        use_port = port if port is not None else find_free_port()
-        try:
-            r = _run_script(
-                [str(harness_dir() / "start-keystone"), str(workdir), str(use_port)],
-                script_env,
-                timeout,
-                "start-keystone",
-            )
-            break
-        except GlanceHarnessError as e:
-            subprocess.run(
-                [str(harness_dir() / "stop-keystone"), str(workdir)],
-                capture_output=True,
-                check=False,
-                timeout=60,
-            )
-            if "already in use" in str(e) and attempt + 1 < attempts:
-                continue
-            raise
-    auth_url = _last_line(r.stdout)
-    pid = int((workdir / "keystone.pid").read_text().strip())
+    auth_url, use_port, pid = _start_service("keystone", workdir, port, script_env, timeout)
     return KeystoneHandle(auth_url=auth_url, workdir=workdir, port=use_port, pid=pid)
 
 
