@@ -17,7 +17,7 @@ from locpick.transports.base import Context
 
 
 class FileStream:
-    """A confined local file read from an offset (used by ``verify`` and stream fallbacks)."""
+    """A confined local file from an offset (``verify`` reads it; downloads use ``copy_to``)."""
 
     def __init__(self, fd: int, offset: int, final_url: str) -> None:
         self._file = os.fdopen(fd, "rb", buffering=0)
