@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from helpers import ROOT
+from helpers import cli_env
 
 
 class ServeProcess:
@@ -23,10 +22,6 @@ class ServeProcess:
         env: Mapping[str, str] | None = None,
         timeout: float = 30.0,
     ) -> None:
-        full_env = dict(os.environ)
-        full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
-        full_env.setdefault("LOCPICK_CONFIG", str(ROOT / "tests" / "empty-config.toml"))
-        full_env.update(env or {})
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -41,7 +36,7 @@ class ServeProcess:
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
-            env=full_env,
+            env=cli_env(env),
         )
         self.url = ""
         deadline = time.monotonic() + timeout

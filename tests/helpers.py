@@ -43,21 +43,26 @@ def write_record(path: Path, record: Mapping[str, Any]) -> Path:
     return path
 
 
+def cli_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a ``python -m locpick`` subprocess: this source tree first on
+    PYTHONPATH, an empty config unless LOCPICK_CONFIG is set, then ``env``."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.setdefault("LOCPICK_CONFIG", str(ROOT / "tests" / "empty-config.toml"))
+    full_env.update(env or {})
+    return full_env
+
+
 def run_cli(
     *args: str, env: Mapping[str, str] | None = None, timeout: float = 120, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m locpick ARGS`` from this source tree and capture its output."""
-    full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
-    full_env.setdefault("LOCPICK_CONFIG", str(ROOT / "tests" / "empty-config.toml"))
-    if env:
-        full_env.update(env)
     return subprocess.run(
         [sys.executable, "-m", "locpick", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=full_env,
+        env=cli_env(env),
         cwd=cwd,
         check=False,
     )
