@@ -419,13 +419,7 @@ class HttpTransport:
                     f"{shown}: timed out ({type(exc).__name__})", url=shown
                 ) from exc
             except httpx.HTTPError as exc:
-                if deadline.fired:
-                    raise LocationUnreachable(
-                        f"{shown}: no complete response headers within {limit:g}s", url=shown
-                    ) from exc
-                raise LocationUnreachable(
-                    f"{shown}: {type(exc).__name__}: {SCRUB(str(exc)) or 'failed'}", url=shown
-                ) from exc
+                raise _send_failed(shown, exc, deadline, limit) from exc
             return response.status_code, response.headers.get("location"), response
 
         return self._follow(location, headers, send, lambda r: r.close())
@@ -481,14 +475,7 @@ class HttpTransport:
                 raise LocationUnreachable(f"{shown}: timed out", url=shown) from exc
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
-                if deadline.fired:
-                    raise LocationUnreachable(
-                        f"{shown}: no complete response headers within {t.first_byte_timeout:g}s",
-                        url=shown,
-                    ) from exc
-                raise LocationUnreachable(
-                    f"{shown}: {type(exc).__name__}: {SCRUB(str(exc)) or 'failed'}", url=shown
-                ) from exc
+                raise _send_failed(shown, exc, deadline, t.first_byte_timeout) from exc
             return response.status, response.getheader("location"), (conn, response)
 
         def close(reply: tuple[http.client.HTTPConnection, http.client.HTTPResponse]) -> None:
@@ -651,6 +638,19 @@ def _stalled(url: str, idle: float | None) -> TransferError:
 
 def _broken(url: str, exc: Exception) -> TransferError:
     return TransferError(f"{url}: connection broke ({type(exc).__name__})", url=url)
+
+
+def _send_failed(
+    shown: str, exc: Exception, deadline: _HeaderDeadline, limit: float
+) -> LocationUnreachable:
+    """A request that got no usable response: cut off by the header deadline, or why not."""
+    if deadline.fired:
+        return LocationUnreachable(
+            f"{shown}: no complete response headers within {limit:g}s", url=shown
+        )
+    return LocationUnreachable(
+        f"{shown}: {type(exc).__name__}: {SCRUB(str(exc)) or 'failed'}", url=shown
+    )
 
 
 def _changed(sent: Mapping[str, str], start: int, headers: Mapping[str, str]) -> bool:
