@@ -25,7 +25,6 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -291,11 +290,6 @@ class NodeCache:
                         path.unlink()
                 elif not (self.images / (name + _SIDECAR)).exists() and valid_image_id(name):
                     path.unlink()
-
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        with self._lock:
-            yield
 
 
 def copy_out(entry: CacheEntry, dest: str | os.PathLike[str], *, mode: int = 0o644) -> bool:
