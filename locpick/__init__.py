@@ -9,7 +9,6 @@ result = locpick.download("IMAGE_ID", "/var/lib/nova/images/IMAGE_ID", metadata=
 from __future__ import annotations
 
 import os
-from importlib.metadata import PackageNotFoundError, version
 
 from locpick.client import Client, Metadata
 from locpick.config import Config, load_config
@@ -23,10 +22,19 @@ from locpick.errors import (
 )
 from locpick.models import Attempt, Image, Location, Ranking, Result, Score, VerifyReport
 
-try:
-    __version__ = version("locpick")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+
+def __getattr__(name: str) -> str:
+    """``__version__`` from the package metadata, read on first use (it costs ~25 ms at import,
+    which every ``locpick`` command would otherwise pay)."""
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("locpick")
+        except PackageNotFoundError:  # pragma: no cover - running from a bare source tree
+            return "0.0.0"
+    raise AttributeError(f"module 'locpick' has no attribute {name!r}")
+
 
 __all__ = [
     "AllLocationsFailed",

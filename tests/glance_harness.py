@@ -1,6 +1,7 @@
 """Stdlib-only helpers around the shared Glance (and Keystone) test harness.
 
-The harness (``$LOCPICK_GLANCE_HARNESS``, default ``/work/shared/glance-harness``,
+The harness (``$LOCPICK_GLANCE_HARNESS``, default ``../shared/glance-harness``
+beside the repository, else ``/work/shared/...``,
 see its README.md) runs an unmodified OpenStack Glance 33.0.0 API on
 127.0.0.1 (no-auth by default, or behind a real Keystone 30.0.0) with three
 stores: ``fs1`` (file, default), ``fs2`` (file) and ``web`` (http).  Its
@@ -52,6 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from helpers import shared_harness
+
 HOST = "127.0.0.1"
 GLANCE_VERSION = "33.0.0"
 KEYSTONE_VERSION = "30.0.0"
@@ -64,7 +67,8 @@ class GlanceHarnessError(RuntimeError):
 
 
 def harness_dir() -> Path:
-    return Path(os.environ.get("LOCPICK_GLANCE_HARNESS") or "/work/shared/glance-harness")
+    env = os.environ.get("LOCPICK_GLANCE_HARNESS")
+    return Path(env) if env else shared_harness("glance-harness")
 
 
 def harness_available() -> bool:

@@ -1,6 +1,7 @@
 """Stdlib-only helpers around the shared Swift test harness.
 
-The harness (``$LOCPICK_SWIFT_HARNESS``, default ``/work/shared/swift-harness``,
+The harness (``$LOCPICK_SWIFT_HARNESS``, default ``../shared/swift-harness``
+beside the repository, else ``/work/shared/...``,
 see its README.md) runs an unmodified OpenStack Swift 2.38.3 all-in-one
 cluster on 127.0.0.1 with **tempauth** (auth v1.0).  Its directory is
 read-only: every instance gets its own WORKDIR, and ``start-swift`` would
@@ -85,7 +86,9 @@ import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
-HARNESS_DIR = Path(os.environ.get("LOCPICK_SWIFT_HARNESS", "/work/shared/swift-harness"))
+from helpers import shared_harness
+
+HARNESS_DIR = Path(os.environ.get("LOCPICK_SWIFT_HARNESS") or shared_harness("swift-harness"))
 SWIFT_VERSION = os.environ.get("SWIFT_VERSION", "2.38.3")
 HOST = "127.0.0.1"
 
