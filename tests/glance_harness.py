@@ -335,17 +335,7 @@ class GlanceHandle:
         if self.stopped:
             return
         try:
-            subprocess.run(
-                [str(harness_dir() / "stop-glance"), str(self.workdir)],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-                stdin=subprocess.DEVNULL,
-            )
-            deadline = time.monotonic() + 10
-            while self.alive_pids() and time.monotonic() < deadline:
-                time.sleep(0.1)
+            _stop_service("glance", self.workdir, self.pid)
         finally:
             for m in reversed(self.mounts):
                 umount(m)
@@ -403,6 +393,20 @@ def _start_service(
             raise
     line = _last_line(r.stdout)
     return line, use_port, int((workdir / f"{kind}.pid").read_text().strip())
+
+
+def _stop_service(kind: str, workdir: Path, pid: int) -> None:
+    """Run ``stop-KIND WORKDIR``, then wait up to 10 s for ``pid``'s process group to go."""
+    subprocess.run(
+        [str(harness_dir() / f"stop-{kind}"), str(workdir)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while process_group_pids(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def start_glance(
@@ -683,16 +687,7 @@ class KeystoneHandle:
     def stop(self) -> None:
         if self.stopped:
             return
-        subprocess.run(
-            [str(harness_dir() / "stop-keystone"), str(self.workdir)],
-            capture_output=True,
-            timeout=60,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while self.alive_pids() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _stop_service("keystone", self.workdir, self.pid)
         self.stopped = True
 
     def __enter__(self) -> KeystoneHandle:
