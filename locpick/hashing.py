@@ -97,10 +97,8 @@ class BackgroundHasher:
 
     def hexdigest(self) -> str | None:
         """Wait for queued buffers and return the digest (None when not hashing)."""
-        self.stop()
-        if self._error is not None:
-            raise self._error
-        return None if self._hasher is None else str(self._hasher.hexdigest())
+        hasher = self.detach()
+        return None if hasher is None else str(hasher.hexdigest())
 
     def detach(self) -> Any:
         """Wait for queued buffers, stop, and hand over the hash object (None when not hashing).
