@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
-from locpick.config import Config
+from locpick.config import Config, ProbeConfig
 from locpick.errors import LocationError, LocpickError
 from locpick.models import Image, Location, Probe
 from locpick.transports import Transport, Transports
@@ -80,7 +80,7 @@ def probe_all(
             now = time.monotonic()
             cutoff = deadline
             if best is not None:
-                cutoff = min(deadline, start + max(pc.straggler_floor, pc.straggler_factor * best))
+                cutoff = min(deadline, start + _straggler_limit(pc, best))
             if now >= cutoff:
                 break
             done, pending = cf.wait(pending, timeout=cutoff - now, return_when=cf.FIRST_COMPLETED)
@@ -122,6 +122,11 @@ def probe_all(
         pool.shutdown(wait=False, cancel_futures=True)
         net_pool.shutdown(wait=False, cancel_futures=True)
     return results
+
+
+def _straggler_limit(pc: ProbeConfig, best: float) -> float:
+    """A first byte later than this cannot win against ``best``: max(floor, factor x best)."""
+    return max(pc.straggler_floor, pc.straggler_factor * best)
 
 
 def _safe_probe(transport: Transport, location: Location, image: Image, timeout: float) -> Probe:
@@ -238,7 +243,7 @@ def probe_and_measure(
     def on_answer(loc: Location, probe: Probe, best: float) -> None:
         if loc.scheme == "file" or len(started) >= pc.throughput_top:
             return
-        if probe.ttfb is None or probe.ttfb > max(pc.straggler_floor, pc.straggler_factor * best):
+        if probe.ttfb is None or probe.ttfb > _straggler_limit(pc, best):
             return
         started[pool.submit(_measure, transports, loc, image, config, limit)] = loc
 
