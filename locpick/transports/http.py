@@ -191,9 +191,9 @@ class HttpStream:
                 except StopIteration:
                     return filled
                 except httpx.TimeoutException as exc:
-                    raise _stalled(self.final_url, self._idle) from exc
+                    raise _stall_error(self.final_url, self._idle) from exc
                 except httpx.HTTPError as exc:
-                    raise _broken(self.final_url, exc) from exc
+                    raise _broken_error(self.final_url, exc) from exc
                 continue
             n = min(size - filled, len(self._pending))
             buf[filled : filled + n] = self._pending[:n]
@@ -253,7 +253,7 @@ class RawHttpStream:
         size = len(buf)
         deadline = time.monotonic() + _READ_SLICE
         if self._stalled:
-            raise _stalled(self.final_url, self._idle)
+            raise _stall_error(self.final_url, self._idle)
         try:
             while filled < size:
                 n = self._read_some(buf[filled:])
@@ -267,11 +267,11 @@ class RawHttpStream:
             if filled:  # a timed-out socket cannot be read again: report it on the next call
                 self._stalled = True
                 return filled
-            raise _stalled(self.final_url, self._idle) from exc
+            raise _stall_error(self.final_url, self._idle) from exc
         except (OSError, http.client.HTTPException) as exc:
             if filled:
                 return filled
-            raise _broken(self.final_url, exc) from exc
+            raise _broken_error(self.final_url, exc) from exc
         return filled
 
     def _read_some(self, buf: memoryview) -> int:
@@ -631,12 +631,12 @@ class HttpTransport:
 _READ_SLICE = 0.25
 
 
-def _stalled(url: str, idle: float | None) -> TransferError:
+def _stall_error(url: str, idle: float | None) -> TransferError:
     secs = "the idle timeout" if idle is None else f"{idle:g} s"
     return TransferError(f"{url}: stalled, no data for {secs}", url=url)
 
 
-def _broken(url: str, exc: Exception) -> TransferError:
+def _broken_error(url: str, exc: Exception) -> TransferError:
     return TransferError(f"{url}: connection broke ({type(exc).__name__})", url=url)
 
 
