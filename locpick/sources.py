@@ -9,6 +9,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 import httpx
 
 from locpick.errors import (
@@ -281,13 +282,4 @@ def fetch_glance_image(
             "'active'; nothing to download yet"
         )
     file_loc = glance_file_location(endpoint, image_id, prefer_stores)
-    return Image(
-        id=image.id,
-        size=image.size,
-        checksum=image.checksum,
-        os_hash_algo=image.os_hash_algo,
-        os_hash_value=image.os_hash_value,
-        locations=(*image.locations, file_loc),
-        status=image.status,
-        rejected=image.rejected,
-    )
+    return attrs.evolve(image, locations=(*image.locations, file_loc))
