@@ -151,7 +151,7 @@ def _parse_location(raw: Any) -> Location:
     if not isinstance(url, str) or not url:
         raise MetadataError("location has no 'url' string")
     if len(url) > MAX_URL_LENGTH:
-        raise MetadataError("URL longer than 8192 characters")
+        raise MetadataError(f"URL longer than {MAX_URL_LENGTH} characters")
     if not url.isprintable() or any(c.isspace() for c in url):
         raise MetadataError("URL contains whitespace or control characters")
     try:
