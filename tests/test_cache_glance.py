@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -175,6 +176,14 @@ def test_verify_flags_corrupted_replica_and_prune_keeps_the_good_copy(
     assert a.url(image_id) not in left and origin.url in left
 
 
+@contextlib.contextmanager
+def _restore_delay(origin: Origin) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        origin.faults.first_byte_delay = 0.0
+
+
 def test_location_serving_other_bytes_is_rejected_and_demoted(
     glance_world: GlanceWorld,
     nodes: tuple[Node, Node],
@@ -185,7 +194,10 @@ def test_location_serving_other_bytes_is_rejected_and_demoted(
     w = glance_world
     _, b = nodes
     image_id, data, origin = image
-    with Origin(os.urandom(SIZE)) as liar:
+    # The honest origin answers slowly here, so the liar (same host as B, fast) ranks first on
+    # latency as well as topology: the download must try it, reject it, and fall back.
+    origin.faults.first_byte_delay = 0.4
+    with Origin(os.urandom(SIZE)) as liar, _restore_delay(origin):
         gh.add_http_location(
             w.endpoint,
             image_id,
