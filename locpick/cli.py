@@ -135,6 +135,14 @@ def _client(args: argparse.Namespace) -> Client:
     )
 
 
+def _emit(args: argparse.Namespace, value: Any, text: Callable[[Any], str]) -> None:
+    """Print a result as the contract's JSON under ``--json``, else as text for people."""
+    if args.json:
+        _print_json(value.to_json())
+    else:
+        print(text(value))
+
+
 def _print_json(doc: Any) -> None:
     print(SCRUB(json.dumps(doc, indent=2)))
 
@@ -151,10 +159,7 @@ def _download(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             register=args.register,
         )
-    if args.json:
-        _print_json(result.to_json())
-    else:
-        print(format_result(result))
+    _emit(args, result, format_result)
     return 0
 
 
@@ -202,10 +207,7 @@ def _progress_bar(show: bool) -> Iterator[Callable[[int, int | None], None] | No
 def _rank(args: argparse.Namespace) -> int:
     with _client(args) as client:
         ranking = client.rank(args.image_id, metadata=args.metadata)
-    if args.json:
-        _print_json(ranking.to_json())
-    else:
-        print(format_ranking(ranking))
+    _emit(args, ranking, format_ranking)
     return 0
 
 
@@ -262,10 +264,7 @@ def _verify(args: argparse.Namespace) -> int:
             prune=args.prune,
             yes=args.yes,
         )
-    if args.json:
-        _print_json(report.to_json())
-    else:
-        print(format_report(report))
+    _emit(args, report, format_report)
     return 0 if report.ok else 3
 
 
