@@ -268,6 +268,7 @@ class Client:
             progress=progress,
             transfer=self.config.transfer,
             observer=self.history.record,
+            topology_tolerance=self.config.scoring.topology_tolerance,
         )
         if cache is not None and result.verified:
             try:

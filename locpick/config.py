@@ -221,6 +221,12 @@ class TransferConfig:
     max_switches: int = 2
     #: Read buffer of the data path, bytes.
     buffer_bytes: int = 4 << 20
+    #: Locations drawn on at once, a piece from each (swarm fetch); 1 = one at a time.
+    max_sources: int = 4
+    #: Bytes per piece of a swarm fetch; 0 = auto (image / 16, clamped to 4-32 MiB).
+    piece_size: int = 0
+    #: Connections per location in a swarm fetch (RFC 6249: be polite to mirrors).
+    connections_per_source: int = 1
 
 
 @attrs.frozen

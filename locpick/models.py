@@ -165,6 +165,19 @@ class Attempt:
 
 
 @attrs.frozen
+class SourceShare:
+    """What one location contributed to a download: bytes delivered and the rate it ran at."""
+
+    url: str
+    bytes: int
+    rate_bps: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        rate = None if self.rate_bps is None else round(self.rate_bps)
+        return {"url": self.url, "bytes": self.bytes, "rate_bps": rate}
+
+
+@attrs.frozen
 class Result:
     """A verified image at ``dest``."""
 
@@ -176,6 +189,8 @@ class Result:
     seconds: float
     verified: str | None
     attempts: tuple[Attempt, ...] = ()
+    #: Every location that delivered bytes, most first (``source_url`` is the first).
+    sources: tuple[SourceShare, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -187,6 +202,7 @@ class Result:
             "seconds": round(self.seconds, 4),
             "verified": self.verified,
             "attempts": [a.to_json() for a in self.attempts],
+            "sources": [s.to_json() for s in self.sources],
         }
 
 

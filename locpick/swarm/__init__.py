@@ -1,0 +1,129 @@
+"""Swarm fetch: pieces of one image from several locations at once (issue 15).
+
+``plan`` decides whether a download is a swarm (at least two locations that can serve byte
+ranges, an image of at least ``MIN_PIECES`` pieces, ``[transfer] max_sources`` > 1, and the best
+location is not a system copy); ``fetch`` runs it into the usual atomic part file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from locpick.config import TransferConfig
+from locpick.errors import AllLocationsFailed, LocationError
+from locpick.hashing import Expected
+from locpick.models import Attempt, Image, Location, Result, Score
+from locpick.score import CLASSES
+from locpick.swarm.partfile import SwarmSink
+from locpick.swarm.pieces import Geometry, PieceMap, auto_piece_size
+from locpick.swarm.repair import check_and_repair
+from locpick.swarm.run import Source, Swarm
+from locpick.transports import Transports
+from locpick.transports.base import PieceTransport
+
+__all__ = ["MIN_PIECES", "fetch", "plan"]
+
+#: Fewer pieces than this and one location at a time does as well (and switches when slow).
+MIN_PIECES = 4
+
+Progress = Callable[[int, int | None], None]
+Observer = Callable[[Location, bool, int, float, str | None], None]
+
+
+def plan(
+    image: Image, ranked: Sequence[Score], transports: Transports, cfg: TransferConfig
+) -> list[Source] | None:
+    """The locations of a swarm fetch, best first; None when one location at a time is right."""
+    if cfg.max_sources <= 1 or not image.size:
+        return None
+    g = Geometry(image.size, auto_piece_size(image.size, cfg.piece_size))
+    if g.count < MIN_PIECES:
+        return None
+    sources: list[Source] = []
+    for score in ranked:
+        if not score.usable:
+            continue
+        try:
+            transport = transports.for_location(score.location)
+        except LocationError:
+            continue
+        if not isinstance(transport, PieceTransport):
+            if not sources:
+                return None  # the best is a system copy (or streams only): keep it whole
+            continue
+        sources.append(Source(len(sources), score, transport, topology_class(score)))
+    return sources if len(sources) >= 2 else None
+
+
+def topology_class(score: Score) -> int:
+    name = (score.reasons.topology or "unknown").split(" ")[0]
+    return CLASSES.index(name) if name in CLASSES else len(CLASSES) - 1
+
+
+def fetch(
+    image: Image,
+    sources: Sequence[Source],
+    dest: str | os.PathLike[str],
+    sink_args: Mapping[str, Any],
+    cfg: TransferConfig,
+    *,
+    tolerance: float,
+    progress: Progress | None,
+    observer: Observer | None,
+    started: float,
+) -> Result:
+    """Fetch ``image`` in pieces from ``sources`` into ``dest``, verified and atomic."""
+    assert image.size is not None
+    g = Geometry(image.size, auto_piece_size(image.size, cfg.piece_size))
+    expected: Expected = sink_args["expected"]
+    identity = {"image_id": image.id, "size": image.size, "hash": expected.value}
+    attempts: list[Attempt] = []
+    pieces = PieceMap(g, None, identity)
+    swarms: list[Swarm] = []
+    with SwarmSink(dest, pieces=pieces, **sink_args) as sink:
+        resumed = sum(pieces.done)
+
+        def filler(fd: int, hasher: Any) -> Any:
+            while True:
+                live = [s for s in sources if not s.dead]
+                swarm = Swarm(image, live, sink, cfg, tolerance, progress, observer)
+                swarms.append(swarm)
+                try:
+                    hasher = swarm.fill(fd, hasher)
+                finally:
+                    attempts.extend(swarm.attempts)
+                ok, hasher = check_and_repair(swarm, fd, hasher, expected, attempts)
+                if ok:
+                    return hasher
+                if not any(not s.dead for s in sources):
+                    raise AllLocationsFailed(
+                        f"image {image.id}: no location delivered a verified image "
+                        f"({'; '.join(f'{a.url}: {a.error}' for a in attempts if a.error)})",
+                        attempts,
+                    )
+                hasher = sink.truncate()
+
+        sink.fill(filler)
+        shares = swarms[-1].shares() if swarms else ()
+        top = shares[0].url if shares else sources[0].url
+        sink.label = f"image {image.id} from {top}"
+        verified = sink.commit()
+    for share in shares:
+        attempts.append(Attempt(url=share.url, outcome="ok", bytes=share.bytes, note="swarm"))
+    delivered = sum(s.bytes for s in shares)
+    if resumed:
+        attempts.append(Attempt(url=top, outcome="ok", note=f"{resumed} pieces resumed"))
+    return Result(
+        image_id=image.id,
+        dest=str(dest),
+        source_url=top,
+        method="download",
+        bytes=delivered,
+        seconds=time.monotonic() - started,
+        verified=verified,
+        attempts=tuple(attempts),
+        sources=shares,
+    )

@@ -1,0 +1,426 @@
+"""The threads of a swarm fetch: one per connection, each reading its runs of pieces into the
+part file with pwrite, a hash following the written prefix, and a coordinator that admits
+locations, gives up on silent ones and ends the fetch. Decisions come from ``scheduler``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from locpick.config import TransferConfig
+from locpick.errors import AllLocationsFailed, LocationError, TransferError, reason_of
+from locpick.models import Attempt, Image, Location, Score, SourceShare
+from locpick.redact import SCRUB
+from locpick.swarm.ordered_hash import OrderedHasher
+from locpick.swarm.partfile import SwarmSink
+from locpick.swarm.scheduler import Run, Scheduler, Worker, admit, may_join, rises
+from locpick.transports.base import PieceTransport, Stream
+
+log = logging.getLogger("locpick")
+
+Progress = Callable[[int, int | None], None]
+Observer = Callable[[Location, bool, int, float, str | None], None]
+
+#: An attempt that delivered this many bytes made progress: the retry budget resets.
+PROGRESS_BYTES = 256 << 10
+#: A Retry-After longer than this drops the location for this download.
+RETRY_AFTER_MAX = 30.0
+#: How often the coordinator looks at rates (admission, silent locations).
+TICK = 0.1
+#: A location that sent no response headers this many times slower than the slowest that did
+#: (and at least MIN_HEADER_WAIT s) is given up when nothing else is left.
+HEADER_FACTOR = 4.0
+MIN_HEADER_WAIT = 1.0
+
+
+@attrs.define(eq=False)
+class Source:
+    """One location taking part, and its outcome so far."""
+
+    index: int
+    score: Score
+    transport: PieceTransport
+    topology: int
+    failures: int = 0
+    not_before: float = 0.0
+    dead: bool = False
+    bytes: int = 0
+    busy: float = 0.0
+    why: str | None = None
+
+    @property
+    def url(self) -> str:
+        return self.score.url
+
+
+class Swarm:
+    """One swarm fetch into ``sink`` from ``sources`` (ranked, best first)."""
+
+    def __init__(
+        self,
+        image: Image,
+        sources: Sequence[Source],
+        sink: SwarmSink,
+        cfg: TransferConfig,
+        tolerance: float,
+        progress: Progress | None,
+        observer: Observer | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.image = image
+        self.sources = list(sources)
+        self.sink = sink
+        self.cfg = cfg
+        self.tolerance = tolerance
+        self.progress = progress
+        self.observer = observer
+        self.clock = clock
+        self.g = sink.pieces.geometry
+        self.lock = threading.Condition()
+        self.wlock = threading.Lock()
+        self.closed = False
+        self.attempts: list[Attempt] = []
+        self.workers: list[Worker] = []
+        self.sched = Scheduler(self.g, sink.pieces.done, [])
+        self.admitted: list[Source] = []
+        self.last_join_bps = 0.0
+        self.last_join = clock()
+        self.sample: tuple[float, int] = (clock(), 0)
+        self.pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self.allocated = 0
+        self.hasher: OrderedHasher | None = None
+        self.fd = -1
+
+    # -- the whole fetch ----------------------------------------------------------------------
+    def fill(self, fd: int, prefix_hasher: Any) -> Any:
+        """SwarmSink filler: fetch every missing piece; returns the hash of the whole file."""
+        self.fd = fd
+        start = self.sink.offset
+        self.hasher = OrderedHasher(prefix_hasher, fd, start)
+        for i, done in enumerate(self.sched.done):
+            if done and self.g.end(i) > start:
+                self.hasher.note(self.g.start(i), self.g.length(i))
+        bps = [_prior(s.score) for s in self.sources]
+        first = admit([s.topology for s in self.sources], bps, self.cfg.max_sources, self.tolerance)
+        with self.lock:
+            for i in first:
+                self._admit(self.sources[i])
+        try:
+            self._coordinate()
+        finally:
+            with self.wlock:
+                self.closed = True
+            with self.lock:
+                self.lock.notify_all()
+        return self.hasher.finish()
+
+    def _coordinate(self) -> None:
+        with self.lock:
+            while not self.sched.finished:
+                self.lock.wait(TICK)
+                now = self.clock()
+                self._give_up_silent(now)
+                self._maybe_join(now)
+                if not any(w.live for w in self.workers):
+                    self._admit_next()
+                    if not any(w.live for w in self.workers):
+                        raise self._all_failed()
+        assert self.hasher is not None
+        self.hasher.wait_for(self.g.size)
+
+    def _all_failed(self) -> AllLocationsFailed:
+        failed = "; ".join(f"{a.url}: {a.error}" for a in self.attempts if a.outcome != "ok")
+        return AllLocationsFailed(
+            SCRUB(
+                f"image {self.image.id}: no location delivered a verified image "
+                f"({failed or 'no locations'})"
+            ),
+            self.attempts,
+        )
+
+    # -- admission ----------------------------------------------------------------------------
+    def _admit(self, src: Source) -> None:
+        self.admitted.append(src)
+        self.last_join = self.clock()
+        self.last_join_bps = self._aggregate()
+        for _ in range(max(1, self.cfg.connections_per_source)):
+            w = Worker(len(self.workers), src.index, _prior(src.score), _latency(src.score))
+            self.workers.append(w)
+            self.sched.workers[w.id] = w
+            threading.Thread(
+                target=self._work, args=(w, src), name=f"locpick-swarm-{w.id}", daemon=True
+            ).start()
+
+    def _reserve(self) -> list[Source]:
+        return [s for s in self.sources if s not in self.admitted and not s.dead]
+
+    def _admit_next(self) -> None:
+        """A location dropped out: the next one in rank order takes its place."""
+        live = {w.source for w in self.workers if w.live}
+        if len(live) < self.cfg.max_sources:
+            for src in self._reserve():
+                self._admit(src)
+                return
+
+    def _maybe_join(self, now: float) -> None:
+        """Another location joins while the aggregate rate still rises and topology allows."""
+        if now - self.last_join < 0.5:
+            return
+        live = {w.source for w in self.workers if w.live}
+        reserve = self._reserve()
+        if len(live) >= self.cfg.max_sources or not reserve:
+            if len(live) < self.cfg.max_sources:
+                return
+            return
+        agg = self._aggregate()
+        if not rises(self.last_join_bps, agg):
+            return
+        cand = reserve[0]
+        if cand.topology > min(s.topology for s in self.admitted) and not may_join(
+            agg, _prior(cand.score), self.tolerance
+        ):
+            return
+        self._admit(cand)
+
+    def _aggregate(self) -> float:
+        now = self.clock()
+        total = sum(w.bytes for w in self.workers)
+        t0, b0 = self.sample
+        self.sample = (now, total)
+        return (total - b0) / (now - t0) if now > t0 else 0.0
+
+    def _give_up_silent(self, now: float) -> None:
+        """Locations that never answered get one header deadline scaled to the live ones."""
+        answered = [w.latency for w in self.workers if w.answered]
+        if not answered:
+            return
+        limit = max(MIN_HEADER_WAIT, HEADER_FACTOR * max(answered))
+        receiving = any(w.live and w.answered for w in self.workers)
+        for w in self.workers:
+            if not w.live or w.answered or w.asked_at is None:
+                continue
+            if now - w.asked_at > limit and (not receiving or now - w.asked_at > 3 * limit):
+                src = self.sources[w.source]
+                self._drop_source(
+                    src,
+                    f"no response headers within {limit:.1f}s (the others answered within "
+                    f"{max(answered):.2f}s)",
+                    0,
+                    now - w.asked_at,
+                )
+
+    def _drop_source(self, src: Source, error: str, got: int, secs: float) -> None:
+        src.dead = True
+        src.why = error
+        for w in self.workers:
+            if w.source == src.index:
+                w.live = False
+        self.attempts.append(Attempt(url=src.url, outcome="failed", error=error, bytes=got))
+        if self.observer is not None:
+            self.observer(src.score.location, False, got, secs, error)
+        log.info("%s: dropped (%s)", src.url, error)
+        self._admit_next()
+
+    # -- one connection -----------------------------------------------------------------------
+    def _work(self, w: Worker, src: Source) -> None:
+        while True:
+            with self.lock:
+                if self.closed or not w.live or self.sched.finished:
+                    return
+                now = self.clock()
+                run = self.sched.next_task(w.id, now) if src.not_before <= now else None
+                if run is None:
+                    self.lock.wait(TICK)
+                    continue
+                w.asked_at, w.answered = now, False
+            got = 0
+            try:
+                got = self._fetch(w, src, run)
+                self._succeeded(src, run, got)
+            except LocationError as exc:
+                self._failed(w, src, run, exc)
+            finally:
+                with self.lock:
+                    self.sched.release(run)
+                    w.asked_at = None
+                    self.lock.notify_all()
+
+    def _fetch(self, w: Worker, src: Source, run: Run) -> int:
+        """Read ``run``'s pieces with one ranged request; returns the bytes delivered."""
+        t0 = self.clock()
+        end = self.g.end(run.end - 1)
+        stream = src.transport.open(src.score.location, self.image, offset=run.pos, end=end)
+        try:
+            with self.lock:
+                w.latency = self.clock() - t0
+                w.answered = True
+            if stream.start != run.pos:
+                raise TransferError(
+                    f"{stream.final_url}: ignores Range (asked for byte {run.pos}, got "
+                    f"{stream.start}): not usable for pieces",
+                    url=stream.final_url,
+                    permanent=True,
+                )
+            _set_idle(stream, min(self.cfg.stall_timeout, self.cfg.idle_timeout))
+            if run.dup:
+                return self._read_dup(w, src, run, stream, t0)
+            return self._read_run(w, src, run, stream, t0)
+        finally:
+            stream.close()
+
+    def _read_run(self, w: Worker, src: Source, run: Run, stream: Stream, t0: float) -> int:
+        pos, last, got = run.pos, t0, 0
+        assert self.hasher is not None
+        while True:
+            with self.lock:
+                end = self.g.end(run.end - 1) if run.end > run.first else pos
+            if pos >= end or run.cancelled:
+                return got
+            buf = self._buffer()
+            n = stream.readinto(memoryview(buf)[: min(len(buf), end - pos)])
+            if n == 0:
+                self.pool.put(buf)
+                raise TransferError(
+                    f"{stream.final_url}: connection ended at byte {pos} (piece run to {end})",
+                    url=stream.final_url,
+                )
+            with self.wlock:
+                if self.closed or run.cancelled:
+                    self.pool.put(buf)
+                    return got
+                _pwrite(self.fd, memoryview(buf)[:n], pos)
+                self.hasher.offer(pos, buf, n, self.pool.put)
+            pos += n
+            got += n
+            now = self.clock()
+            with self.lock:
+                w.bytes += n
+                w.busy += now - last
+                src.bytes += n
+                src.busy += now - last
+                before = sum(self.sched.done)
+                go = self.sched.advance(run, pos)
+                if sum(self.sched.done) != before:
+                    self.sink.pieces.done = list(self.sched.done)
+                    self.sink.pieces.save()
+                    self.lock.notify_all()
+            last = now
+            if self.progress is not None:
+                self.progress(self.g.size - self.sched.missing_bytes(), self.g.size)
+            if not go:
+                return got
+
+    def _read_dup(self, w: Worker, src: Source, run: Run, stream: Stream, t0: float) -> int:
+        """An endgame duplicate: read the piece to memory; write it only if first."""
+        assert self.hasher is not None
+        length = self.g.length(run.first)
+        buf = bytearray(length)
+        view, got, last = memoryview(buf), 0, t0
+        while got < length:
+            if run.cancelled or self.closed:
+                return got
+            n = stream.readinto(view[got : min(length, got + (4 << 20))])
+            if n == 0:
+                raise TransferError(f"{stream.final_url}: connection ended", url=stream.final_url)
+            got += n
+            now = self.clock()
+            with self.lock:
+                w.bytes += n
+                w.busy += now - last
+            last = now
+        with self.lock:
+            won = self.sched.won(run)
+            if won:
+                src.bytes += length
+                src.busy += self.clock() - t0
+                self.sink.pieces.done = list(self.sched.done)
+                self.sink.pieces.save()
+        if won:
+            with self.wlock:
+                if not self.closed:
+                    _pwrite(self.fd, view, self.g.start(run.first))
+                    self.hasher.offer(self.g.start(run.first), buf, length, None)
+            log.info("%s: endgame duplicate of piece %d won", src.url, run.first)
+            with self.lock:
+                self.lock.notify_all()
+        return got
+
+    def _buffer(self) -> bytearray:
+        try:
+            return self.pool.get_nowait()
+        except queue.Empty:
+            with self.lock:
+                grow = self.allocated < 2 * len(self.workers) + 2
+                if grow:
+                    self.allocated += 1
+            return bytearray(self.cfg.buffer_bytes) if grow else self.pool.get()
+
+    # -- outcomes -----------------------------------------------------------------------------
+    def _succeeded(self, src: Source, run: Run, got: int) -> None:
+        if got >= PROGRESS_BYTES:
+            src.failures = 0
+
+    def _failed(self, w: Worker, src: Source, run: Run, exc: LocationError) -> None:
+        error = SCRUB(reason_of(exc))
+        now = self.clock()
+        with self.lock:
+            if src.dead or self.closed:
+                return
+            if run.pos - self.g.start(run.first) >= 0 and w.bytes >= PROGRESS_BYTES:
+                src.failures = 0
+            retry_after = exc.retry_after if hasattr(exc, "retry_after") else None
+            too_long = retry_after is not None and retry_after > RETRY_AFTER_MAX
+            never = not w.answered and any(x.answered for x in self.workers)
+            if exc.permanent or too_long or never:
+                self._drop_source(src, error, 0, now - (w.asked_at or now))
+                return
+            src.failures += 1
+            if src.failures > self.cfg.retries:
+                self._drop_source(src, error, 0, now - (w.asked_at or now))
+                return
+            self.attempts.append(Attempt(url=src.url, outcome="failed", error=error))
+            if self.observer is not None:
+                self.observer(src.score.location, False, 0, 0.0, str(exc))
+            base = min(self.cfg.backoff_max, self.cfg.backoff * 2 ** (src.failures - 1))
+            delay = random.uniform(base / 2, base)  # noqa: S311 - jitter, not crypto
+            src.not_before = now + max(delay, retry_after or 0.0)
+            log.info("%s: will retry (%s)", src.url, SCRUB(str(exc)))
+
+    # -- result -------------------------------------------------------------------------------
+    def shares(self) -> tuple[SourceShare, ...]:
+        out = [
+            SourceShare(url=s.url, bytes=s.bytes, rate_bps=s.bytes / s.busy if s.busy else None)
+            for s in self.sources
+            if s.bytes
+        ]
+        return tuple(sorted(out, key=lambda s: -s.bytes))
+
+
+def _prior(score: Score) -> float:
+    return score.reasons.throughput_bps or 50e6
+
+
+def _latency(score: Score) -> float:
+    ms = score.reasons.latency_ms
+    return ms / 1000 if ms is not None else 0.05
+
+
+def _set_idle(stream: Stream, seconds: float) -> None:
+    set_idle = getattr(stream, "set_idle_timeout", None)
+    if set_idle is not None:
+        set_idle(seconds)
+
+
+def _pwrite(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
