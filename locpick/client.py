@@ -46,6 +46,7 @@ from locpick.redact import SCRUB, register_env_secrets
 from locpick.replicas import plan_prune, verify_replicas
 from locpick.score import Candidate, rank
 from locpick.sources import fetch_glance_image, load_metadata
+from locpick.swarm import swarm_probes
 from locpick.transports import Context, Transports
 from locpick.transports.base import tls_verify
 from locpick.transports.file import FileTransport
@@ -163,7 +164,8 @@ class Client:
         """Score every location of an already-loaded image.
 
         ``for_download``: with a single usable location there is nothing to choose, so it is
-        not probed (the probe would only delay the transfer). ``dest``: where it will go (a
+        not probed (the probe would only delay the transfer); nor for a swarm download, whose
+        first piece from each copy is the probe. ``dest``: where it will go (a
         shared filesystem reports whether it is the same device).
         """
         candidates: list[Candidate] = []
@@ -184,7 +186,9 @@ class Client:
             candidates.append(Candidate(loc, unusable=reason, shared_fs=shared))
             if reason is None:
                 to_probe.append(loc)
-        probes = {} if for_download and len(to_probe) <= 1 else self._probe(image, to_probe)
+        # a swarm download probes by downloading: its first piece from each copy is the probe
+        skip = for_download and (len(to_probe) <= 1 or swarm_probes(image, self.config.transfer))
+        probes = {} if skip else self._probe(image, to_probe)
         known = self.history.entries()
         candidates = [
             attrs.evolve(

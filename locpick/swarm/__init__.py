@@ -1,7 +1,7 @@
 """Swarm fetch: pieces of one image from several locations at once (issue 15).
 
 ``plan`` decides whether a download is a swarm (at least two locations that can serve byte
-ranges, an image of at least ``MIN_PIECES`` pieces, ``[transfer] max_sources`` > 1, and the best
+ranges, an image of at least ``MIN_SWARM_BYTES``, ``[transfer] max_sources`` > 1, and the best
 location is not a system copy); ``fetch`` runs it into the usual atomic part file.
 """
 
@@ -24,23 +24,26 @@ from locpick.swarm.run import Source, Swarm
 from locpick.transports import Transports
 from locpick.transports.base import PieceTransport
 
-__all__ = ["MIN_PIECES", "fetch", "plan"]
+__all__ = ["MIN_SWARM_BYTES", "fetch", "plan", "swarm_probes"]
 
-#: Fewer pieces than this and one location at a time does as well (and switches when slow).
-MIN_PIECES = 4
+#: Smaller images go to one location at a time (which switches when slow): a swarm's extra
+#: connections cost more than they bring on a few MiB.
+MIN_SWARM_BYTES = 16 << 20
 
 Progress = Callable[[int, int | None], None]
 Observer = Callable[[Location, bool, int, float, str | None], None]
+
+
+def swarm_probes(image: Image, cfg: TransferConfig) -> bool:
+    """Whether a download of ``image`` would be a swarm, which needs no separate probe."""
+    return cfg.max_sources > 1 and image.size is not None and image.size >= MIN_SWARM_BYTES
 
 
 def plan(
     image: Image, ranked: Sequence[Score], transports: Transports, cfg: TransferConfig
 ) -> list[Source] | None:
     """The locations of a swarm fetch, best first; None when one location at a time is right."""
-    if cfg.max_sources <= 1 or not image.size:
-        return None
-    g = Geometry(image.size, auto_piece_size(image.size, cfg.piece_size))
-    if g.count < MIN_PIECES:
+    if not swarm_probes(image, cfg):
         return None
     sources: list[Source] = []
     for score in ranked:
@@ -88,8 +91,7 @@ def fetch(
 
         def filler(fd: int, hasher: Any) -> Any:
             while True:
-                live = [s for s in sources if not s.dead]
-                swarm = Swarm(image, live, sink, cfg, tolerance, progress, observer)
+                swarm = Swarm(image, sources, sink, cfg, tolerance, progress, observer)
                 swarms.append(swarm)
                 try:
                     hasher = swarm.fill(fd, hasher)

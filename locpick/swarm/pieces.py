@@ -16,14 +16,18 @@ import attrs
 
 MiB = 1 << 20
 #: Auto piece size: the image split in this many pieces, clamped to [MIN_AUTO, MAX_AUTO].
-AUTO_PIECES = 16
-MIN_AUTO = 4 * MiB
+#: Small pieces let a slow copy finish some while a fast one does the rest; a run of pieces
+#: is read with one request, so small pieces do not mean many requests.
+AUTO_PIECES = 64
+MIN_AUTO = 1 * MiB
 MAX_AUTO = 32 * MiB
 _VERSION = 1
+#: The record is rewritten at most this often while pieces complete.
+SAVE_EVERY = 0.2
 
 
 def auto_piece_size(size: int, configured: int) -> int:
-    """``configured`` when set (>0), else the image split in ~16 pieces of 4-32 MiB."""
+    """``configured`` when set (>0), else the image split in ~64 pieces of 1-32 MiB."""
     if configured > 0:
         return configured
     return max(MIN_AUTO, min(MAX_AUTO, -(-size // AUTO_PIECES)))
@@ -58,6 +62,7 @@ class PieceMap:
         self.path = path
         self.identity = identity
         self.done = [False] * geometry.count
+        self._next_save = 0.0
 
     def load(self) -> int:
         """Take over the pieces a matching record says are done; returns how many."""
@@ -78,13 +83,14 @@ class PieceMap:
                 n += 1
         return n
 
-    def mark(self, i: int) -> None:
-        self.done[i] = True
-        self.save()
-
-    def save(self) -> None:
+    def save(self, now: float | None = None) -> None:
+        """Write the record (at most every SAVE_EVERY s when ``now`` is given)."""
         if self.path is None:
             return
+        if now is not None:
+            if now < self._next_save:
+                return
+            self._next_save = now + SAVE_EVERY
         meta = {
             "version": _VERSION,
             "piece": self.geometry.piece,

@@ -52,8 +52,12 @@ class Source:
     failures: int = 0
     not_before: float = 0.0
     dead: bool = False
+    #: Bytes of the pieces it completed (that are in the file), and all bytes it sent.
     bytes: int = 0
+    received: int = 0
     busy: float = 0.0
+    #: Seconds to the response headers, when it ever answered.
+    ttfb: float | None = None
     why: str | None = None
 
     @property
@@ -108,13 +112,16 @@ class Swarm:
         for i, done in enumerate(self.sched.done):
             if done and self.g.end(i) > start:
                 self.hasher.note(self.g.start(i), self.g.length(i))
-        bps = [_prior(s.score) for s in self.sources]
-        first = admit([s.topology for s in self.sources], bps, self.cfg.max_sources, self.tolerance)
+        live = [s for s in self.sources if not s.dead]
+        bps = [_prior(s.score) for s in live]
+        first = admit([s.topology for s in live], bps, self.cfg.max_sources, self.tolerance)
         with self.lock:
             for i in first:
-                self._admit(self.sources[i])
+                self._admit(live[i])
         try:
             self._coordinate()
+            with self.lock:
+                self._give_up_silent(self.clock(), ended=True)
         finally:
             with self.wlock:
                 self.closed = True
@@ -165,7 +172,7 @@ class Swarm:
     def _admit_next(self) -> None:
         """A location dropped out: the next one in rank order takes its place."""
         live = {w.source for w in self.workers if w.live}
-        if len(live) < self.cfg.max_sources:
+        if len(live) < self.cfg.max_sources and not self.sched.finished:
             for src in self._reserve():
                 self._admit(src)
                 return
@@ -197,9 +204,10 @@ class Swarm:
         self.sample = (now, total)
         return (total - b0) / (now - t0) if now > t0 else 0.0
 
-    def _give_up_silent(self, now: float) -> None:
-        """Locations that never answered get one header deadline scaled to the live ones."""
-        answered = [w.latency for w in self.workers if w.answered]
+    def _give_up_silent(self, now: float, *, ended: bool = False) -> None:
+        """Locations that never answered get one header deadline scaled to those that did
+        (in this round or an earlier one); ``ended``: the pieces are all in, stop waiting."""
+        answered = [s.ttfb for s in self.sources if s.ttfb is not None]
         if not answered:
             return
         limit = max(MIN_HEADER_WAIT, HEADER_FACTOR * max(answered))
@@ -207,7 +215,8 @@ class Swarm:
         for w in self.workers:
             if not w.live or w.answered or w.asked_at is None:
                 continue
-            if now - w.asked_at > limit and (not receiving or now - w.asked_at > 3 * limit):
+            waited = now - w.asked_at
+            if ended or (waited > limit and (not receiving or waited > 3 * limit)):
                 src = self.sources[w.source]
                 self._drop_source(
                     src,
@@ -262,6 +271,7 @@ class Swarm:
             with self.lock:
                 w.latency = self.clock() - t0
                 w.answered = True
+                src.ttfb = w.latency if src.ttfb is None else min(src.ttfb, w.latency)
             if stream.start != run.pos:
                 raise TransferError(
                     f"{stream.final_url}: ignores Range (asked for byte {run.pos}, got "
@@ -304,14 +314,13 @@ class Swarm:
             with self.lock:
                 w.bytes += n
                 w.busy += now - last
-                src.bytes += n
+                src.received += n
                 src.busy += now - last
-                before = sum(self.sched.done)
+                first = run.first
                 go = self.sched.advance(run, pos)
-                if sum(self.sched.done) != before:
-                    self.sink.pieces.done = list(self.sched.done)
-                    self.sink.pieces.save()
-                    self.lock.notify_all()
+                if run.first != first:
+                    src.bytes += self.g.start(run.first) - self.g.start(first)
+                    self._save(now)
             last = now
             if self.progress is not None:
                 self.progress(self.g.size - self.sched.missing_bytes(), self.g.size)
@@ -338,11 +347,11 @@ class Swarm:
             last = now
         with self.lock:
             won = self.sched.won(run)
+            src.received += got
+            src.busy += self.clock() - t0
             if won:
                 src.bytes += length
-                src.busy += self.clock() - t0
-                self.sink.pieces.done = list(self.sched.done)
-                self.sink.pieces.save()
+                self._save(self.clock())
         if won:
             with self.wlock:
                 if not self.closed:
@@ -352,6 +361,12 @@ class Swarm:
             with self.lock:
                 self.lock.notify_all()
         return got
+
+    def _save(self, now: float) -> None:
+        """Persist the piece map (throttled); called under the lock when pieces completed."""
+        self.sink.pieces.done = list(self.sched.done)
+        self.sink.pieces.save(now)
+        self.lock.notify_all()
 
     def _buffer(self) -> bytearray:
         try:
@@ -397,7 +412,7 @@ class Swarm:
     # -- result -------------------------------------------------------------------------------
     def shares(self) -> tuple[SourceShare, ...]:
         out = [
-            SourceShare(url=s.url, bytes=s.bytes, rate_bps=s.bytes / s.busy if s.busy else None)
+            SourceShare(url=s.url, bytes=s.bytes, rate_bps=s.received / s.busy if s.busy else None)
             for s in self.sources
             if s.bytes
         ]

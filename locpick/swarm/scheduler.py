@@ -16,7 +16,7 @@ from locpick.swarm.pieces import Geometry
 GRACE = 1.0
 #: A duplicate is started only if it is expected to finish in this fraction of the time the
 #: owner still needs for that piece.
-ENDGAME_MARGIN = 0.7
+ENDGAME_MARGIN = 0.5
 #: Another location joins only while the aggregate rate rose at least this much since the
 #: last one joined.
 RISE = 1.05
@@ -81,9 +81,6 @@ class Scheduler:
     def missing_bytes(self) -> int:
         return sum(self.g.length(i) for i, d in enumerate(self.done) if not d)
 
-    def _slots(self) -> int:
-        return max(1, sum(1 for w in self.workers.values() if w.live and w.id not in self.runs))
-
     # -- decisions ------------------------------------------------------------------------
     def next_task(self, wid: int, now: float) -> Run | None:
         """The next run for worker ``wid``: unclaimed pieces, else a steal, else a duplicate."""
@@ -98,7 +95,7 @@ class Scheduler:
         free = [i for i in range(self.g.count) if not self.done[i] and self.owner[i] is None]
         if not free:
             return None
-        share = -(-len(free) // self._slots())
+        share = self._share(wid, len(free))
         first = end = free[0]
         while end < self.g.count and end - first < share:
             if self.done[end] or self.owner[end] is not None:
@@ -108,6 +105,16 @@ class Scheduler:
         for i in range(first, end):
             self.owner[i] = run
         return run
+
+    def _share(self, wid: int, free: int) -> int:
+        """Pieces for one claim: one to start with (the first piece is the probe), then in
+        proportion to the measured rate among the live connections."""
+        me = self.workers[wid]
+        if me.rate() is None:
+            return 1
+        live = [w for w in self.workers.values() if w.live]
+        total = sum(w.expected_bps() for w in live)
+        return max(1, round(free * me.expected_bps() / total)) if total > 0 else free
 
     def _untouched(self, run: Run) -> int:
         """First piece of ``run`` with no byte received yet."""
