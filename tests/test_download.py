@@ -105,6 +105,7 @@ def test_cli_download_json_contract(tmp_path: Path) -> None:
     with Origin(DATA) as good:
         meta = write_record(tmp_path / "m.json", image_record("img", DATA, [good.url]))
         proc = run_cli("download", "img", str(tmp_path / "out"), "--metadata", str(meta), "--json")
+        good_url = good.url
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert set(doc) == {
@@ -116,8 +117,12 @@ def test_cli_download_json_contract(tmp_path: Path) -> None:
         "seconds",
         "verified",
         "attempts",
+        "sources",
     }
     assert doc["method"] == "download" and doc["verified"] == "sha512"
+    assert doc["sources"] == [
+        {"url": good_url, "bytes": len(DATA), "rate_bps": doc["sources"][0]["rate_bps"]}
+    ]
     assert doc["bytes"] == len(DATA)
     assert set(doc["attempts"][0]) == {"url", "outcome", "error", "bytes"}
 
