@@ -47,6 +47,7 @@ from locpick.replicas import plan_prune, verify_replicas
 from locpick.score import Candidate, rank
 from locpick.sources import fetch_glance_image, load_metadata
 from locpick.swarm import swarm_probes
+from locpick.swarm.explain import explain
 from locpick.transports import Context, Transports
 from locpick.transports.base import tls_verify
 from locpick.transports.file import FileTransport
@@ -221,7 +222,13 @@ class Client:
 
     def rank(self, image_id: str, *, metadata: Metadata | None = None) -> Ranking:
         """Every location of the image, best first, each with why."""
-        return self.rank_image(self.image(image_id, metadata=metadata))
+        image = self.image(image_id, metadata=metadata)
+        ranking = self.rank_image(image)
+        t = self.config.transfer
+        scores = explain(
+            image, ranking.scores, t, self.config.scoring.topology_tolerance, swarm_probes(image, t)
+        )
+        return attrs.evolve(ranking, scores=scores)
 
     def download(
         self,

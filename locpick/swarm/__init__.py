@@ -16,11 +16,11 @@ from locpick.config import TransferConfig
 from locpick.errors import AllLocationsFailed, LocationError
 from locpick.hashing import Expected
 from locpick.models import Attempt, Image, Location, Result, Score
-from locpick.score import CLASSES
 from locpick.swarm.partfile import SwarmSink
 from locpick.swarm.pieces import Geometry, PieceMap, auto_piece_size
 from locpick.swarm.repair import check_and_repair
 from locpick.swarm.run import Source, Swarm
+from locpick.swarm.scheduler import topology_class
 from locpick.transports import Transports
 from locpick.transports.base import PieceTransport
 
@@ -59,11 +59,6 @@ def plan(
             continue
         sources.append(Source(len(sources), score, transport, topology_class(score)))
     return sources if len(sources) >= 2 else None
-
-
-def topology_class(score: Score) -> int:
-    name = (score.reasons.topology or "unknown").split(" ")[0]
-    return CLASSES.index(name) if name in CLASSES else len(CLASSES) - 1
 
 
 def fetch(
@@ -115,6 +110,11 @@ def fetch(
         verified = sink.commit()
     for share in shares:
         attempts.append(Attempt(url=share.url, outcome="ok", bytes=share.bytes, note="swarm"))
+    used = {s.url for s in shares} | {a.url for a in attempts}
+    for src in sources:
+        if src.url not in used:
+            why = "swarm: not needed (the others delivered every piece first)"
+            attempts.append(Attempt(url=src.url, outcome="skipped", error=why))
     delivered = sum(s.bytes for s in shares)
     if resumed:
         attempts.append(Attempt(url=top, outcome="ok", note=f"{resumed} pieces resumed"))

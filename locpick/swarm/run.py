@@ -113,7 +113,7 @@ class Swarm:
             if done and self.g.end(i) > start:
                 self.hasher.note(self.g.start(i), self.g.length(i))
         live = [s for s in self.sources if not s.dead]
-        bps = [_prior(s.score) for s in live]
+        bps = [prior_bps(s.score) for s in live]
         first = admit([s.topology for s in live], bps, self.cfg.max_sources, self.tolerance)
         with self.lock:
             for i in first:
@@ -159,7 +159,7 @@ class Swarm:
         self.last_join = self.clock()
         self.last_join_bps = self._aggregate()
         for _ in range(max(1, self.cfg.connections_per_source)):
-            w = Worker(len(self.workers), src.index, _prior(src.score), _latency(src.score))
+            w = Worker(len(self.workers), src.index, prior_bps(src.score), _latency(src.score))
             self.workers.append(w)
             self.sched.workers[w.id] = w
             threading.Thread(
@@ -192,7 +192,7 @@ class Swarm:
             return
         cand = reserve[0]
         if cand.topology > min(s.topology for s in self.admitted) and not may_join(
-            agg, _prior(cand.score), self.tolerance
+            agg, prior_bps(cand.score), self.tolerance
         ):
             return
         self._admit(cand)
@@ -419,7 +419,7 @@ class Swarm:
         return tuple(sorted(out, key=lambda s: -s.bytes))
 
 
-def _prior(score: Score) -> float:
+def prior_bps(score: Score) -> float:
     return score.reasons.throughput_bps or 50e6
 
 

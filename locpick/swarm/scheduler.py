@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import attrs
 
+from locpick.models import Score
+from locpick.score import CLASSES
 from locpick.swarm.pieces import Geometry
 
 #: A connection that has not delivered a byte for this long is presumed dead for stealing.
@@ -279,3 +281,9 @@ def may_join(near_bps: float, far_bps: float, tolerance: float) -> bool:
 def rises(before_bps: float, now_bps: float) -> bool:
     """The aggregate rate rose since the last source joined (so another may be worth it)."""
     return before_bps <= 0 or now_bps >= RISE * before_bps
+
+
+def topology_class(score: Score) -> int:
+    """The topology class index (``score.CLASSES``) a ranked location was put in."""
+    name = (score.reasons.topology or "unknown").split(" ")[0]
+    return CLASSES.index(name) if name in CLASSES else len(CLASSES) - 1
