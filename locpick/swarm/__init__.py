@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from locpick.config import TransferConfig
-from locpick.errors import AllLocationsFailed, LocationError
+from locpick.errors import LocationError
 from locpick.hashing import Expected
 from locpick.models import Attempt, Image, Location, Result, Score
 from locpick.swarm.partfile import SwarmSink
@@ -78,33 +78,28 @@ def fetch(
     g = Geometry(image.size, auto_piece_size(image.size, cfg.piece_size))
     expected: Expected = sink_args["expected"]
     identity = {"image_id": image.id, "size": image.size, "hash": expected.value}
-    attempts: list[Attempt] = []
     pieces = PieceMap(g, None, identity)
-    swarms: list[Swarm] = []
     with SwarmSink(dest, pieces=pieces, **sink_args) as sink:
         resumed = sum(pieces.done)
+        swarm = Swarm(image, sources, sink, cfg, tolerance, progress, observer)
+        attempts = swarm.attempts
 
         def filler(fd: int, hasher: Any) -> Any:
             while True:
-                swarm = Swarm(image, sources, sink, cfg, tolerance, progress, observer)
-                swarms.append(swarm)
-                try:
-                    hasher = swarm.fill(fd, hasher)
-                finally:
-                    attempts.extend(swarm.attempts)
+                hasher = swarm.fill(fd, hasher)
                 ok, hasher = check_and_repair(swarm, fd, hasher, expected, attempts)
                 if ok:
                     return hasher
-                if not any(not s.dead for s in sources):
-                    raise AllLocationsFailed(
-                        f"image {image.id}: no location delivered a verified image "
-                        f"({'; '.join(f'{a.url}: {a.error}' for a in attempts if a.error)})",
-                        attempts,
-                    )
+                if all(s.dead for s in sources):
+                    raise swarm.all_failed()
                 hasher = sink.truncate()
+                swarm.restart()
 
-        sink.fill(filler)
-        shares = swarms[-1].shares() if swarms else ()
+        try:
+            sink.fill(filler)
+        finally:
+            swarm.close()
+        shares = swarm.shares()
         top = shares[0].url if shares else sources[0].url
         sink.label = f"image {image.id} from {top}"
         verified = sink.commit()

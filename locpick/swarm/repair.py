@@ -36,7 +36,7 @@ def check_and_repair(
     involved = [swarm.sources[i] for i in by_source]
     what = f"{expected.algo} mismatch"
     if len(involved) == 1 and not resumed:
-        _blame(swarm, involved[0], f"{what}: every byte came from here; dropped", attempts)
+        _blame(swarm, involved[0], f"{what}: every byte came from here; dropped")
         return False, None
     refetched = 0
     for src in sorted(involved, key=lambda s: len(by_source[s.index])):
@@ -55,25 +55,22 @@ def check_and_repair(
                 bad.append(p)
                 h = _rehash(fd, swarm.g.size, expected)
                 if h.hexdigest() == expected.value:
-                    _blame(swarm, src, f"{what}: wrong bytes in piece {bad}", attempts)
+                    _blame(swarm, src, f"{what}: wrong bytes in piece {bad}")
                     note = f"repaired piece(s) {bad} from {other.url}; {refetched} re-fetched"
                     attempts.append(Attempt(url=other.url, outcome="ok", note=note))
                     log.warning("%s: %s", src.url, note)
                     return True, h
         if bad:
-            _blame(swarm, src, f"{what}: wrong bytes in piece(s) {bad}", attempts)
+            _blame(swarm, src, f"{what}: wrong bytes in piece(s) {bad}")
     for src in involved:
         if not src.dead:
-            _blame(swarm, src, f"{what}: bad bytes not found by comparison; dropped", attempts)
+            _blame(swarm, src, f"{what}: bad bytes not found by comparison; dropped")
     return False, None
 
 
-def _blame(swarm: Swarm, src: Source, error: str, attempts: list[Attempt]) -> None:
-    src.dead = True
-    src.why = error
-    attempts.append(Attempt(url=src.url, outcome="failed", error=error, bytes=src.bytes))
-    if swarm.observer is not None:
-        swarm.observer(src.score.location, False, src.bytes, src.busy, error)
+def _blame(swarm: Swarm, src: Source, error: str) -> None:
+    with swarm.lock:
+        swarm.drop_source(src, error, src.bytes, src.busy)
 
 
 def _piece(swarm: Swarm, src: Source, p: int) -> bytes | None:
@@ -94,8 +91,7 @@ def _piece(swarm: Swarm, src: Source, p: int) -> bytes | None:
         finally:
             stream.close()
     except LocationError as exc:
-        src.dead = True
-        src.why = str(exc)
+        _blame(swarm, src, str(exc))
         return None
     return bytes(buf)
 

@@ -39,6 +39,8 @@ TICK = 0.1
 #: (and at least MIN_HEADER_WAIT s) is given up when nothing else is left.
 HEADER_FACTOR = 4.0
 MIN_HEADER_WAIT = 1.0
+#: Seconds between two locations joining a running swarm.
+JOIN_EVERY = 0.25
 
 
 @attrs.define(eq=False)
@@ -105,29 +107,41 @@ class Swarm:
 
     # -- the whole fetch ----------------------------------------------------------------------
     def fill(self, fd: int, prefix_hasher: Any) -> Any:
-        """SwarmSink filler: fetch every missing piece; returns the hash of the whole file."""
+        """SwarmSink filler: fetch every missing piece; returns the hash of the whole file.
+        Called again after ``restart`` (the connections stay, a silent one keeps waiting)."""
         self.fd = fd
         start = self.sink.offset
-        self.hasher = OrderedHasher(prefix_hasher, fd, start)
+        with self.wlock:
+            self.hasher = OrderedHasher(prefix_hasher, fd, start)
         for i, done in enumerate(self.sched.done):
             if done and self.g.end(i) > start:
                 self.hasher.note(self.g.start(i), self.g.length(i))
-        live = [s for s in self.sources if not s.dead]
-        bps = [prior_bps(s.score) for s in live]
-        first = admit([s.topology for s in live], bps, self.cfg.max_sources, self.tolerance)
-        with self.lock:
-            for i in first:
-                self._admit(live[i])
-        try:
-            self._coordinate()
+        if not self.admitted:
+            live = [s for s in self.sources if not s.dead]
+            bps = [prior_bps(s.score) for s in live]
+            first = admit([s.topology for s in live], bps, self.cfg.max_sources, self.tolerance)
             with self.lock:
-                self._give_up_silent(self.clock(), ended=True)
-        finally:
-            with self.wlock:
-                self.closed = True
-            with self.lock:
-                self.lock.notify_all()
+                for i in first:
+                    self._admit(live[i])
+        self._coordinate()
         return self.hasher.finish()
+
+    def restart(self) -> None:
+        """Every piece again (after the file was truncated): runs in flight are cut off."""
+        with self.lock, self.wlock:
+            for run in self.sched.runs.values():
+                run.cancelled = True
+            self.sched.reopen(range(self.g.count))
+            for src in self.sources:
+                src.bytes = 0
+            self.lock.notify_all()
+
+    def close(self) -> None:
+        """No byte is written any more; the connections end as soon as they notice."""
+        with self.wlock:
+            self.closed = True
+        with self.lock:
+            self.lock.notify_all()
 
     def _coordinate(self) -> None:
         with self.lock:
@@ -139,11 +153,11 @@ class Swarm:
                 if not any(w.live for w in self.workers):
                     self._admit_next()
                     if not any(w.live for w in self.workers):
-                        raise self._all_failed()
+                        raise self.all_failed()
         assert self.hasher is not None
         self.hasher.wait_for(self.g.size)
 
-    def _all_failed(self) -> AllLocationsFailed:
+    def all_failed(self) -> AllLocationsFailed:
         failed = "; ".join(f"{a.url}: {a.error}" for a in self.attempts if a.outcome != "ok")
         return AllLocationsFailed(
             SCRUB(
@@ -155,6 +169,7 @@ class Swarm:
 
     # -- admission ----------------------------------------------------------------------------
     def _admit(self, src: Source) -> None:
+        log.debug("swarm: %s joins", src.url)
         self.admitted.append(src)
         self.last_join = self.clock()
         self.last_join_bps = self._aggregate()
@@ -171,31 +186,44 @@ class Swarm:
 
     def _admit_next(self) -> None:
         """A location dropped out: the next one in rank order takes its place."""
-        live = {w.source for w in self.workers if w.live}
+        live = self._counting(self.clock())
         if len(live) < self.cfg.max_sources and not self.sched.finished:
             for src in self._reserve():
                 self._admit(src)
                 return
 
     def _maybe_join(self, now: float) -> None:
-        """Another location joins while the aggregate rate still rises and topology allows."""
-        if now - self.last_join < 0.5:
+        """Another location joins while the aggregate rate still rises and topology allows;
+        a copy that has not answered within the scaled header deadline does not hold a slot."""
+        if now - self.last_join < JOIN_EVERY:
             return
-        live = {w.source for w in self.workers if w.live}
         reserve = self._reserve()
-        if len(live) >= self.cfg.max_sources or not reserve:
-            if len(live) < self.cfg.max_sources:
-                return
+        if not reserve or len(self._counting(now)) >= self.cfg.max_sources:
             return
+        last = self.admitted[-1] if self.admitted else None
+        if last is not None and last.ttfb is None and now - self.last_join < self._silent_limit():
+            return  # wait to see what the last one brings
         agg = self._aggregate()
-        if not rises(self.last_join_bps, agg):
+        if last is not None and last.ttfb is not None and not rises(self.last_join_bps, agg):
             return
         cand = reserve[0]
-        if cand.topology > min(s.topology for s in self.admitted) and not may_join(
-            agg, prior_bps(cand.score), self.tolerance
-        ):
+        near = min((s.topology for s in self.admitted if not s.dead), default=cand.topology)
+        if cand.topology > near and not may_join(agg, prior_bps(cand.score), self.tolerance):
             return
         self._admit(cand)
+
+    def _silent_limit(self) -> float:
+        answered = [s.ttfb for s in self.sources if s.ttfb is not None]
+        return max(MIN_HEADER_WAIT, HEADER_FACTOR * max(answered, default=0.0))
+
+    def _counting(self, now: float) -> set[int]:
+        """Sources that hold a slot: live, and answered or still within the header deadline."""
+        limit = self._silent_limit()
+        return {
+            w.source
+            for w in self.workers
+            if w.live and (w.answered or w.asked_at is None or now - w.asked_at <= limit)
+        }
 
     def _aggregate(self) -> float:
         now = self.clock()
@@ -204,9 +232,8 @@ class Swarm:
         self.sample = (now, total)
         return (total - b0) / (now - t0) if now > t0 else 0.0
 
-    def _give_up_silent(self, now: float, *, ended: bool = False) -> None:
-        """Locations that never answered get one header deadline scaled to those that did
-        (in this round or an earlier one); ``ended``: the pieces are all in, stop waiting."""
+    def _give_up_silent(self, now: float) -> None:
+        """Locations that never answered get one header deadline scaled to those that did."""
         answered = [s.ttfb for s in self.sources if s.ttfb is not None]
         if not answered:
             return
@@ -216,9 +243,9 @@ class Swarm:
             if not w.live or w.answered or w.asked_at is None:
                 continue
             waited = now - w.asked_at
-            if ended or (waited > limit and (not receiving or waited > 3 * limit)):
+            if waited > limit and (not receiving or waited > 3 * limit):
                 src = self.sources[w.source]
-                self._drop_source(
+                self.drop_source(
                     src,
                     f"no response headers within {limit:.1f}s (the others answered within "
                     f"{max(answered):.2f}s)",
@@ -226,7 +253,7 @@ class Swarm:
                     now - w.asked_at,
                 )
 
-    def _drop_source(self, src: Source, error: str, got: int, secs: float) -> None:
+    def drop_source(self, src: Source, error: str, got: int, secs: float) -> None:
         src.dead = True
         src.why = error
         for w in self.workers:
@@ -242,7 +269,7 @@ class Swarm:
     def _work(self, w: Worker, src: Source) -> None:
         while True:
             with self.lock:
-                if self.closed or not w.live or self.sched.finished:
+                if self.closed or not w.live:
                     return
                 now = self.clock()
                 run = self.sched.next_task(w.id, now) if src.not_before <= now else None
@@ -250,6 +277,10 @@ class Swarm:
                     self.lock.wait(TICK)
                     continue
                 w.asked_at, w.answered = now, False
+                log.debug(
+                    "swarm: %s pieces %d-%d%s", src.url, run.first, run.end - 1,
+                    " (endgame duplicate)" if run.dup else "",
+                )  # fmt: skip
             got = 0
             try:
                 got = self._fetch(w, src, run)
@@ -280,9 +311,11 @@ class Swarm:
                     permanent=True,
                 )
             _set_idle(stream, min(self.cfg.stall_timeout, self.cfg.idle_timeout))
+            # rates count from the response headers on: the wait for them is the latency
+            t1 = self.clock()
             if run.dup:
-                return self._read_dup(w, src, run, stream, t0)
-            return self._read_run(w, src, run, stream, t0)
+                return self._read_dup(w, src, run, stream, t1)
+            return self._read_run(w, src, run, stream, t1)
         finally:
             stream.close()
 
@@ -395,11 +428,11 @@ class Swarm:
             too_long = retry_after is not None and retry_after > RETRY_AFTER_MAX
             never = not w.answered and any(x.answered for x in self.workers)
             if exc.permanent or too_long or never:
-                self._drop_source(src, error, 0, now - (w.asked_at or now))
+                self.drop_source(src, error, 0, now - (w.asked_at or now))
                 return
             src.failures += 1
             if src.failures > self.cfg.retries:
-                self._drop_source(src, error, 0, now - (w.asked_at or now))
+                self.drop_source(src, error, 0, now - (w.asked_at or now))
                 return
             self.attempts.append(Attempt(url=src.url, outcome="failed", error=error))
             if self.observer is not None:

@@ -14,8 +14,9 @@ from locpick.models import Score
 from locpick.score import CLASSES
 from locpick.swarm.pieces import Geometry
 
-#: A connection that has not delivered a byte for this long is presumed dead for stealing.
-GRACE = 1.0
+#: A connection that has not delivered a byte for this long (and 4x the time the thief took
+#: to answer) is presumed dead for stealing.
+GRACE = 0.3
 #: A duplicate is started only if it is expected to finish in this fraction of the time the
 #: owner still needs for that piece.
 ENDGAME_MARGIN = 0.5
@@ -88,7 +89,12 @@ class Scheduler:
         """The next run for worker ``wid``: unclaimed pieces, else a steal, else a duplicate."""
         if self.finished:
             return None
-        run = self._claim(wid, now) or self._steal(wid, now) or self._endgame(wid, now)
+        run = (
+            self._rescue(wid, now)
+            or self._claim(wid, now)
+            or self._steal(wid, now)
+            or self._endgame(wid, now)
+        )
         if run is not None:
             self.runs[wid] = run
         return run
@@ -122,12 +128,32 @@ class Scheduler:
         """First piece of ``run`` with no byte received yet."""
         return run.first + 1 if run.pos > self.g.start(run.first) else run.first
 
-    def _victim_bps(self, run: Run, thief_bps: float, now: float) -> float:
+    def _victim_bps(self, run: Run, thief: Worker, now: float) -> float:
         w = self.workers[run.worker]
         if w.rate() is not None:
             return w.rate() or 0.0
         waited = now - (w.asked_at if w.asked_at is not None else run.started)
-        return 0.0 if waited > max(GRACE, 4 * w.latency) else thief_bps
+        return 0.0 if waited > max(GRACE, 4 * thief.latency) else thief.expected_bps()
+
+    def _rescue(self, wid: int, now: float) -> Run | None:
+        """Take over, before anything else, the untouched pieces of a connection that has sent
+        nothing for too long (a black hole must not hold the hash's frontier)."""
+        thief = self.workers[wid]
+        for run in sorted(self.runs.values(), key=lambda r: r.first):
+            if run.worker == wid or run.dup or run.cancelled:
+                continue
+            u = self._untouched(run)
+            if u < run.end and self._victim_bps(run, thief, now) <= 0:
+                return self._split(run, u, wid, now)
+        return None
+
+    def _split(self, victim: Run, s: int, wid: int, now: float) -> Run:
+        """Pieces ``[s, victim.end)`` move from ``victim`` to a new run of ``wid``."""
+        run = Run(wid, s, victim.end, self.g.start(s), now)
+        victim.end = s
+        for i in range(s, run.end):
+            self.owner[i] = run
+        return run
 
     def _steal(self, wid: int, now: float) -> Run | None:
         thief = self.workers[wid]
@@ -139,7 +165,7 @@ class Scheduler:
             u = self._untouched(run)
             if u >= run.end:
                 continue
-            rv = self._victim_bps(run, rt, now)
+            rv = self._victim_bps(run, thief, now)
             end_b = self.g.end(run.end - 1)
             if rv <= 0:
                 split_b = self.g.start(u)
@@ -157,11 +183,7 @@ class Scheduler:
         if best is None:
             return None
         _, victim, s = best
-        run = Run(wid, s, victim.end, self.g.start(s), now)
-        victim.end = s
-        for i in range(s, run.end):
-            self.owner[i] = run
-        return run
+        return self._split(victim, s, wid, now)
 
     def _endgame(self, wid: int, now: float) -> Run | None:
         thief = self.workers[wid]
@@ -173,7 +195,7 @@ class Scheduler:
             p = run.first
             if self.done[p] or p in self.dups:
                 continue
-            rv = self._victim_bps(run, rt, now)
+            rv = self._victim_bps(run, thief, now)
             left = self.g.end(p) - max(run.pos, self.g.start(p))
             owner_eta = left / rv if rv > 0 else float("inf")
             mine = lat + self.g.length(p) / rt
