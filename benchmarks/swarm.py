@@ -57,6 +57,15 @@ WORLDS: dict[str, tuple[str, dict[str, str], list[dict[str, Any]]]] = {
         {},
         [{"label": f"copy{i}", "uplink": 24 * MB} for i in range(4)],
     ),
+    "nothing": (
+        "nothing works: a corrupt copy, a 404 and a black hole (expect exit 3)",
+        {},
+        [
+            {"label": "liar", "uplink": 100 * MB},
+            {"label": "gone", "status": 404},
+            {"label": "hole"},
+        ],
+    ),
 }
 
 
@@ -92,6 +101,8 @@ def serve_world(name: str, size: int) -> None:
                 out.append({"label": label, "url": hole.url, "metadata": meta})
                 continue
             faults = Faults(**{k: v for k, v in spec.items() if k not in ("label", "metadata")})
+            if label == "liar":
+                faults.corrupt_at = [size // 3]
             if name == "corrupt1" and label == "copy2":
                 faults.corrupt_at = [size // 2 + 4321]
             o = stack.enter_context(Origin(data, path=f"/{label}/image.raw", faults=faults))
@@ -191,6 +202,41 @@ def run_locpick(
     }
 
 
+def bench_nothing(size: int, rounds: int, scratch: Path) -> dict[str, Any]:
+    """Time to exit 3 (the CLI, as a user sees it) with max_sources 1 and the default."""
+    world = World("nothing", size)
+    meta = scratch / "nothing.json"
+    meta.write_text(json.dumps(world.record))
+    runs: dict[str, list[float]] = {"locpick-1": [], "locpick": []}
+    codes: list[int] = []
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent))
+    try:
+        for _ in range(rounds):
+            for key, ms in (("locpick-1", 1), ("locpick", 4)):
+                conf = scratch / "c.toml"
+                conf.write_text(f"history_file = ''\n[transfer]\nmax_sources = {ms}\n")
+                t0 = time.monotonic()
+                r = subprocess.run(
+                    [sys.executable, "-m", "locpick", "download", world.record["id"],
+                     str(scratch / "x"), "--metadata", str(meta)],
+                    env={**env, "LOCPICK_CONFIG": str(conf)}, capture_output=True, timeout=120,
+                )  # fmt: skip
+                runs[key].append(time.monotonic() - t0)
+                codes.append(r.returncode)
+    finally:
+        world.close()
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    return {
+        "world": "nothing",
+        "description": WORLDS["nothing"][0],
+        "size_bytes": size,
+        "rounds": rounds,
+        "seconds": runs,
+        "median_seconds": med,
+        "exit_codes": codes,
+    }
+
+
 def bench_world(name: str, size: int, rounds: int, scratch: Path) -> dict[str, Any]:
     desc, topo, _ = WORLDS[name]
     world = World(name, size)
@@ -271,7 +317,8 @@ def main() -> int:
     if args.serve_world:
         serve_world(args.serve_world, args.size)
         return 0
-    results = []
+    results: list[dict[str, Any]] = []
+    nothing: list[dict[str, Any]] = []
     scratch_root = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(prefix="locpick-swarm-", dir=scratch_root) as tmp:
         for name in args.worlds.split(","):
@@ -280,6 +327,16 @@ def main() -> int:
                 if name.startswith("choice-")
                 else [args.size_mib]
             )
+            if name == "nothing":
+                r = bench_nothing(args.size_mib << 20, args.rounds, Path(tmp))
+                nothing.append(r)
+                m = r["median_seconds"]
+                print(
+                    f"nothing {args.size_mib} MiB  exit codes {set(r['exit_codes'])}  "
+                    f"locpick-1 {m['locpick-1']:.2f}s  locpick {m['locpick']:.2f}s",
+                    flush=True,
+                )
+                continue
             for mib in sizes:
                 r = bench_world(name, mib << 20, args.rounds, Path(tmp))
                 results.append(r)
@@ -292,7 +349,7 @@ def main() -> int:
                 if name == "corrupt1":
                     print("   repair:", [d.get("repair") for d in r["locpick_details"]])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    args.out.write_text(json.dumps(results + nothing, indent=2))
     try:
         chart(results, args.out.with_suffix(".png"))
     except ImportError:

@@ -250,3 +250,40 @@ def test_kill_9_mid_swarm_then_only_missing_pieces_are_fetched(tmp_path: Path) -
         # an endgame duplicate's loser may have sent part of a piece before it was cut off
         assert missing <= sent <= missing + PIECE
         assert json.loads(r.stdout)["bytes"] == missing
+
+
+def test_connections_per_source_opens_parallel_ranges(tmp_path: Path) -> None:
+    """connections_per_source = 2: each copy serves several runs, the image is verified."""
+    with Origin(DATA) as a, Origin(DATA) as b:
+        a.faults.uplink = b.faults.uplink = 8e6
+        cfg = TransferConfig(piece_size=PIECE, connections_per_source=2)
+        result = _fetch(tmp_path / "img", [a.url, b.url], cfg)
+        _ok(tmp_path / "img")
+        assert a.connections >= 2 and b.connections >= 2
+        assert a.bytes_sent + b.bytes_sent <= SIZE + PIECE
+        assert len(result.sources) == 2
+
+
+def test_farther_copy_stays_out_while_near_ones_suffice(tmp_path: Path) -> None:
+    """Topology: two same-zone copies with a measured rate; an other-region copy of similar
+    speed adds less than topology_tolerance and is not drawn on; rank says why."""
+    from locpick.swarm.explain import explain
+
+    with Origin(DATA) as a, Origin(DATA) as b, Origin(DATA) as far:
+        urls = [a.url, b.url, far.url]
+        tops = ["same-zone (x1.00)", "same-zone (x1.00)", "same-region (x1.25)"]
+        bps = [50e6, 50e6, 10e6]
+        ranked = [
+            Score(Location(u), i + 1, float(i + 1), True,
+                  Reasons(latency_ms=1.0, throughput_bps=r, topology=t))
+            for i, (u, t, r) in enumerate(zip(urls, tops, bps, strict=True))
+        ]  # fmt: skip
+        ctx = Context(Config(transfer=CFG))
+        try:
+            fetch(_image(urls), ranked, tmp_path / "img", Transports(ctx), transfer=CFG)
+        finally:
+            ctx.close()
+        _ok(tmp_path / "img")
+        assert far.requests == []
+        notes = [s.reasons.notes[-1] for s in explain(_image(urls), ranked, CFG, 0.2, True)]
+        assert notes[0].startswith("swarm: draws") and "joins only if" in notes[2]
