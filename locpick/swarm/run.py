@@ -5,9 +5,7 @@ locations, gives up on silent ones and ends the fetch. Decisions come from ``sch
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -16,23 +14,20 @@ from typing import Any
 import attrs
 
 from locpick.config import TransferConfig
-from locpick.errors import AllLocationsFailed, LocationError, TransferError, reason_of
+from locpick.errors import AllLocationsFailed
 from locpick.models import Attempt, Image, Location, Score, SourceShare
 from locpick.redact import SCRUB
 from locpick.swarm.ordered_hash import OrderedHasher
 from locpick.swarm.partfile import SwarmSink
-from locpick.swarm.scheduler import Run, Scheduler, Worker, admit, may_join, rises
-from locpick.transports.base import PieceTransport, Stream
+from locpick.swarm.reader import Connection
+from locpick.swarm.scheduler import Scheduler, Worker, admit, may_join, rises
+from locpick.transports.base import PieceTransport
 
 log = logging.getLogger("locpick")
 
 Progress = Callable[[int, int | None], None]
 Observer = Callable[[Location, bool, int, float, str | None], None]
 
-#: An attempt that delivered this many bytes made progress: the retry budget resets.
-PROGRESS_BYTES = 256 << 10
-#: A Retry-After longer than this drops the location for this download.
-RETRY_AFTER_MAX = 30.0
 #: How often the coordinator looks at rates (admission, silent locations).
 TICK = 0.1
 #: A location that sent no response headers this many times slower than the slowest that did
@@ -177,9 +172,8 @@ class Swarm:
             w = Worker(len(self.workers), src.index, prior_bps(src.score), _latency(src.score))
             self.workers.append(w)
             self.sched.workers[w.id] = w
-            threading.Thread(
-                target=self._work, args=(w, src), name=f"locpick-swarm-{w.id}", daemon=True
-            ).start()
+            conn = Connection(self, w, src)
+            threading.Thread(target=conn.run, name=f"locpick-swarm-{w.id}", daemon=True).start()
 
     def _reserve(self) -> list[Source]:
         return [s for s in self.sources if s not in self.admitted and not s.dead]
@@ -266,142 +260,13 @@ class Swarm:
         self._admit_next()
 
     # -- one connection -----------------------------------------------------------------------
-    def _work(self, w: Worker, src: Source) -> None:
-        while True:
-            with self.lock:
-                if self.closed or not w.live:
-                    return
-                now = self.clock()
-                run = self.sched.next_task(w.id, now) if src.not_before <= now else None
-                if run is None:
-                    self.lock.wait(TICK)
-                    continue
-                w.asked_at, w.answered = now, False
-                log.debug(
-                    "swarm: %s pieces %d-%d%s", src.url, run.first, run.end - 1,
-                    " (endgame duplicate)" if run.dup else "",
-                )  # fmt: skip
-            got = 0
-            try:
-                got = self._fetch(w, src, run)
-                self._succeeded(src, run, got)
-            except LocationError as exc:
-                self._failed(w, src, run, exc)
-            finally:
-                with self.lock:
-                    self.sched.release(run)
-                    w.asked_at = None
-                    self.lock.notify_all()
-
-    def _fetch(self, w: Worker, src: Source, run: Run) -> int:
-        """Read ``run``'s pieces with one ranged request; returns the bytes delivered."""
-        t0 = self.clock()
-        end = self.g.end(run.end - 1)
-        stream = src.transport.open(src.score.location, self.image, offset=run.pos, end=end)
-        try:
-            with self.lock:
-                w.latency = self.clock() - t0
-                w.answered = True
-                src.ttfb = w.latency if src.ttfb is None else min(src.ttfb, w.latency)
-            if stream.start != run.pos:
-                raise TransferError(
-                    f"{stream.final_url}: ignores Range (asked for byte {run.pos}, got "
-                    f"{stream.start}): not usable for pieces",
-                    url=stream.final_url,
-                    permanent=True,
-                )
-            _set_idle(stream, min(self.cfg.stall_timeout, self.cfg.idle_timeout))
-            # rates count from the response headers on: the wait for them is the latency
-            t1 = self.clock()
-            if run.dup:
-                return self._read_dup(w, src, run, stream, t1)
-            return self._read_run(w, src, run, stream, t1)
-        finally:
-            stream.close()
-
-    def _read_run(self, w: Worker, src: Source, run: Run, stream: Stream, t0: float) -> int:
-        pos, last, got = run.pos, t0, 0
-        assert self.hasher is not None
-        while True:
-            with self.lock:
-                end = self.g.end(run.end - 1) if run.end > run.first else pos
-            if pos >= end or run.cancelled:
-                return got
-            buf = self._buffer()
-            n = stream.readinto(memoryview(buf)[: min(len(buf), end - pos)])
-            if n == 0:
-                self.pool.put(buf)
-                raise TransferError(
-                    f"{stream.final_url}: connection ended at byte {pos} (piece run to {end})",
-                    url=stream.final_url,
-                )
-            with self.wlock:
-                if self.closed or run.cancelled:
-                    self.pool.put(buf)
-                    return got
-                _pwrite(self.fd, memoryview(buf)[:n], pos)
-                self.hasher.offer(pos, buf, n, self.pool.put)
-            pos += n
-            got += n
-            now = self.clock()
-            with self.lock:
-                w.bytes += n
-                w.busy += now - last
-                src.received += n
-                src.busy += now - last
-                first = run.first
-                go = self.sched.advance(run, pos)
-                if run.first != first:
-                    src.bytes += self.g.start(run.first) - self.g.start(first)
-                    self._save(now)
-            last = now
-            if self.progress is not None:
-                self.progress(self.g.size - self.sched.missing_bytes(), self.g.size)
-            if not go:
-                return got
-
-    def _read_dup(self, w: Worker, src: Source, run: Run, stream: Stream, t0: float) -> int:
-        """An endgame duplicate: read the piece to memory; write it only if first."""
-        assert self.hasher is not None
-        length = self.g.length(run.first)
-        buf = bytearray(length)
-        view, got, last = memoryview(buf), 0, t0
-        while got < length:
-            if run.cancelled or self.closed:
-                return got
-            n = stream.readinto(view[got : min(length, got + (4 << 20))])
-            if n == 0:
-                raise TransferError(f"{stream.final_url}: connection ended", url=stream.final_url)
-            got += n
-            now = self.clock()
-            with self.lock:
-                w.bytes += n
-                w.busy += now - last
-            last = now
-        with self.lock:
-            won = self.sched.won(run)
-            src.received += got
-            src.busy += self.clock() - t0
-            if won:
-                src.bytes += length
-                self._save(self.clock())
-        if won:
-            with self.wlock:
-                if not self.closed:
-                    _pwrite(self.fd, view, self.g.start(run.first))
-                    self.hasher.offer(self.g.start(run.first), buf, length, None)
-            log.info("%s: endgame duplicate of piece %d won", src.url, run.first)
-            with self.lock:
-                self.lock.notify_all()
-        return got
-
-    def _save(self, now: float) -> None:
+    def save(self, now: float) -> None:
         """Persist the piece map (throttled); called under the lock when pieces completed."""
         self.sink.pieces.done = list(self.sched.done)
         self.sink.pieces.save(now)
         self.lock.notify_all()
 
-    def _buffer(self) -> bytearray:
+    def buffer(self) -> bytearray:
         try:
             return self.pool.get_nowait()
         except queue.Empty:
@@ -410,37 +275,6 @@ class Swarm:
                 if grow:
                     self.allocated += 1
             return bytearray(self.cfg.buffer_bytes) if grow else self.pool.get()
-
-    # -- outcomes -----------------------------------------------------------------------------
-    def _succeeded(self, src: Source, run: Run, got: int) -> None:
-        if got >= PROGRESS_BYTES:
-            src.failures = 0
-
-    def _failed(self, w: Worker, src: Source, run: Run, exc: LocationError) -> None:
-        error = SCRUB(reason_of(exc))
-        now = self.clock()
-        with self.lock:
-            if src.dead or self.closed:
-                return
-            if run.pos - self.g.start(run.first) >= 0 and w.bytes >= PROGRESS_BYTES:
-                src.failures = 0
-            retry_after = exc.retry_after if hasattr(exc, "retry_after") else None
-            too_long = retry_after is not None and retry_after > RETRY_AFTER_MAX
-            never = not w.answered and any(x.answered for x in self.workers)
-            if exc.permanent or too_long or never:
-                self.drop_source(src, error, 0, now - (w.asked_at or now))
-                return
-            src.failures += 1
-            if src.failures > self.cfg.retries:
-                self.drop_source(src, error, 0, now - (w.asked_at or now))
-                return
-            self.attempts.append(Attempt(url=src.url, outcome="failed", error=error))
-            if self.observer is not None:
-                self.observer(src.score.location, False, 0, 0.0, str(exc))
-            base = min(self.cfg.backoff_max, self.cfg.backoff * 2 ** (src.failures - 1))
-            delay = random.uniform(base / 2, base)  # noqa: S311 - jitter, not crypto
-            src.not_before = now + max(delay, retry_after or 0.0)
-            log.info("%s: will retry (%s)", src.url, SCRUB(str(exc)))
 
     # -- result -------------------------------------------------------------------------------
     def shares(self) -> tuple[SourceShare, ...]:
@@ -459,16 +293,3 @@ def prior_bps(score: Score) -> float:
 def _latency(score: Score) -> float:
     ms = score.reasons.latency_ms
     return ms / 1000 if ms is not None else 0.05
-
-
-def _set_idle(stream: Stream, seconds: float) -> None:
-    set_idle = getattr(stream, "set_idle_timeout", None)
-    if set_idle is not None:
-        set_idle(seconds)
-
-
-def _pwrite(fd: int, view: memoryview, offset: int) -> None:
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
