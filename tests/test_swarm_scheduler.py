@@ -28,8 +28,12 @@ def test_first_claim_is_one_piece_then_in_proportion_to_rate() -> None:
     s = _sched(None, None)
     assert (s.next_task(0, 0.0).first, s.runs[0].end) == (0, 1)  # type: ignore[union-attr]
     s2 = _sched(30e6, 10e6)
+    s2.workers[0].latency = 0.5  # a far copy: long runs pay for its latency
     run = s2.next_task(0, 0.0)
     assert run is not None and run.end - run.first == 12  # 3/4 of 16 pieces
+    s3 = _sched(30e6, 10e6)  # a near copy: at most RUN_SECONDS (0.2 s) of pieces per claim
+    run = s3.next_task(0, 0.0)
+    assert run is not None and run.end - run.first == int(0.2 * 30e6 / MiB)
 
 
 def test_fast_worker_steals_the_untouched_tail_of_a_slow_one() -> None:

@@ -7,6 +7,7 @@ location is not a system copy); ``fetch`` runs it into the usual atomic part fil
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,8 @@ from locpick.swarm.run import Source, Swarm
 from locpick.swarm.scheduler import topology_class
 from locpick.transports import Transports
 from locpick.transports.base import PieceTransport
+
+log = logging.getLogger("locpick")
 
 __all__ = ["MIN_SWARM_BYTES", "fetch", "plan", "swarm_probes"]
 
@@ -99,10 +102,12 @@ def fetch(
             sink.fill(filler)
         finally:
             swarm.close()
+        log.debug("swarm: all pieces in and hashed")
         shares = swarm.shares()
         top = shares[0].url if shares else sources[0].url
         sink.label = f"image {image.id} from {top}"
         verified = sink.commit()
+        log.debug("swarm: committed")
     for share in shares:
         attempts.append(Attempt(url=share.url, outcome="ok", bytes=share.bytes, note="swarm"))
     used = {s.url for s in shares} | {a.url for a in attempts}

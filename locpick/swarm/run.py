@@ -150,6 +150,7 @@ class Swarm:
                     if not any(w.live for w in self.workers):
                         raise self.all_failed()
         assert self.hasher is not None
+        log.debug("swarm: last piece in (hash at %d)", self.hasher.frontier)
         self.hasher.wait_for(self.g.size)
 
     def all_failed(self) -> AllLocationsFailed:

@@ -20,8 +20,10 @@ GRACE = 0.3
 #: A duplicate is started only if it is expected to finish in this fraction of the time the
 #: owner still needs for that piece.
 ENDGAME_MARGIN = 0.5
-#: A claim covers at most this many seconds of transfer at the connection's rate.
-RUN_SECONDS = 0.5
+#: A claim covers at most this many seconds of transfer at the connection's rate, or this
+#: many times its time to first byte when longer (so a request's latency costs <~12 %).
+RUN_SECONDS = 0.2
+RUN_PER_LATENCY = 8.0
 #: Another location joins only while the aggregate rate rose at least this much since the
 #: last one joined.
 RISE = 1.05
@@ -119,15 +121,16 @@ class Scheduler:
     def _share(self, wid: int, free: int) -> int:
         """Pieces for one claim: one to start with (the first piece is the probe), then in
         proportion to the measured rate among the live connections, but no more than
-        RUN_SECONDS' worth: every connection stays near the hash's frontier, so little is
-        left to read back and hash once the last piece is in."""
+        RUN_SECONDS' worth (longer for a high latency): every connection stays near the
+        hash's frontier, so little is left to read back and hash once the last piece is in."""
         me = self.workers[wid]
         if me.rate() is None:
             return 1
         live = [w for w in self.workers.values() if w.live]
         total = sum(w.expected_bps() for w in live)
         share = max(1, round(free * me.expected_bps() / total)) if total > 0 else free
-        boxed = max(1, int(RUN_SECONDS * me.expected_bps() / self.g.piece))
+        seconds = max(RUN_SECONDS, RUN_PER_LATENCY * me.latency)
+        boxed = max(1, int(seconds * me.expected_bps() / self.g.piece))
         return min(share, boxed)
 
     def _untouched(self, run: Run) -> int:
