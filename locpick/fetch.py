@@ -97,6 +97,7 @@ def fetch(
                 image, sources, dest, sink_args, cfg, tolerance=topology_tolerance,
                 progress=progress, observer=observer, started=started,
             )  # fmt: skip
+        swarm.discard_pieced_part(dest)
         with AtomicSink(dest, **sink_args) as sink:
             run = _Download(image, ranked, sink, transports, cfg, progress, observer, started)
             return run.run()

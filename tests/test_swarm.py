@@ -291,3 +291,49 @@ def test_farther_copy_stays_out_while_near_ones_suffice(tmp_path: Path) -> None:
         assert far.requests == []
         notes = [s.reasons.notes[-1] for s in explain(_image(urls), ranked, CFG, 0.2, True)]
         assert notes[0].startswith("swarm: draws") and "joins only if" in notes[2]
+
+
+def _holey_part(dest: Path, piece: int) -> None:
+    """What a killed swarm leaves: piece 1 written, piece 0 a hole, and its records."""
+    part = dest.parent / f".{dest.name}.locpick-part"
+    with open(part, "wb") as fh:
+        fh.seek(piece)
+        fh.write(DATA[piece : 2 * piece])
+    img = _image([])
+    side = {"version": 1, "image_id": img.id, "size": SIZE, "algo": "sha512"}
+    side |= {"hash": img.os_hash_value, "validators": {}}
+    part.with_name(part.name + ".json").write_text(json.dumps(side))
+    ident = {"image_id": img.id, "size": SIZE, "hash": img.os_hash_value}
+    record = {"version": 1, "piece": piece, "identity": ident, "done": [1]}
+    part.with_name(part.name + ".pieces").write_text(json.dumps(record))
+
+
+def test_a_swarm_part_is_not_continued_in_order(tmp_path: Path) -> None:
+    """max_sources = 1 after a killed swarm: the part has holes, so it starts from 0."""
+    dest = tmp_path / "img"
+    _holey_part(dest, PIECE)
+    with Origin(DATA) as a, Origin(DATA) as b:
+        _fetch(dest, [a.url, b.url], TransferConfig(max_sources=1))
+        _ok(dest)
+        assert [r.range for r in a.requests] == [None]
+
+
+def test_a_record_of_another_piece_size_trusts_nothing(tmp_path: Path) -> None:
+    """A swarm with a different piece size cannot tell the holes: every piece is fetched."""
+    dest = tmp_path / "img"
+    _holey_part(dest, PIECE // 2)
+    with Origin(DATA) as a, Origin(DATA) as b:
+        _fetch(dest, [a.url, b.url])
+        _ok(dest)
+        assert a.bytes_sent + b.bytes_sent >= SIZE
+
+
+def test_cli_summary_names_each_share(tmp_path: Path) -> None:
+    """The one-line summary lists the locations pieces came from, with bytes and rate."""
+    with Origin(DATA) as a, Origin(DATA) as b:
+        a.faults.uplink = b.faults.uplink = 20e6
+        rec = write_record(tmp_path / "rec.json", image_record("img-s", DATA, [a.url, b.url]))
+        r = run_cli("download", "img-s", str(tmp_path / "img"), "--metadata", str(rec))
+        assert r.returncode == 0, r.stderr
+        line = r.stdout.splitlines()[0]
+        assert "pieces from 2 locations" in line and a.url in line and b.url in line

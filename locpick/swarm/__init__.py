@@ -17,7 +17,7 @@ from locpick.config import TransferConfig
 from locpick.errors import LocationError
 from locpick.hashing import Expected
 from locpick.models import Attempt, Image, Location, Result, Score
-from locpick.swarm.partfile import SwarmSink
+from locpick.swarm.partfile import SwarmSink, discard_pieced_part
 from locpick.swarm.pieces import Geometry, PieceMap, auto_piece_size
 from locpick.swarm.repair import check_and_repair
 from locpick.swarm.run import Source, Swarm
@@ -27,7 +27,7 @@ from locpick.transports.base import PieceTransport
 
 log = logging.getLogger("locpick")
 
-__all__ = ["MIN_SWARM_BYTES", "fetch", "plan", "swarm_probes"]
+__all__ = ["MIN_SWARM_BYTES", "discard_pieced_part", "fetch", "plan", "swarm_probes"]
 
 #: Smaller images go to one location at a time (which switches when slow): a swarm's extra
 #: connections cost more than they bring on a few MiB.

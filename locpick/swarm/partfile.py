@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from locpick.sink import AtomicSink
@@ -40,7 +41,9 @@ class SwarmSink(AtomicSink):
         """A reused part: trust the piece map (or, without one, the contiguous bytes held)."""
         assert self.sidecar is not None
         self.pieces.path = self.sidecar.with_name(self.tmp.name + ".pieces")
-        if not self.pieces.load():
+        if self.pieces.path.exists():
+            self.pieces.load()  # a record of another piece size trusts nothing: holes
+        else:  # a part written in order (one location at a time): contiguous
             g = self.pieces.geometry
             self.pieces.done = [g.end(i) <= held for i in range(g.count)]
         self._reused_map = True
@@ -74,3 +77,15 @@ class SwarmSink(AtomicSink):
         super().abort()
         with contextlib.suppress(AttributeError):
             self.pieces.remove()
+
+
+def discard_pieced_part(dest: str | os.PathLike[str]) -> None:
+    """Before a one-location download: a part left by a swarm has holes, so it cannot be
+    continued in order; remove it (the caller holds the dest lock)."""
+    dest = Path(dest)
+    pieces = dest.parent / f".{dest.name}.locpick-part.pieces"
+    if not pieces.exists():
+        return
+    for name in (f".{dest.name}.locpick-part", f".{dest.name}.locpick-part.json", pieces.name):
+        with contextlib.suppress(FileNotFoundError):
+            (dest.parent / name).unlink()
