@@ -53,7 +53,7 @@ WORLDS: dict[str, tuple[str, dict[str, str], list[dict[str, Any]]]] = {
         + [{"label": "fast", "uplink": 100 * MB}],
     ),
     "corrupt1": (
-        "4 copies at 24 MB/s; copy2 flips one byte of one piece",
+        "4 copies at 24 MB/s; copy2 flips a byte in the first piece it serves",
         {},
         [{"label": f"copy{i}", "uplink": 24 * MB} for i in range(4)],
     ),
@@ -104,7 +104,9 @@ def serve_world(name: str, size: int) -> None:
             if label == "liar":
                 faults.corrupt_at = [size // 3]
             if name == "corrupt1" and label == "copy2":
-                faults.corrupt_at = [size // 2 + 4321]
+                # a byte in each of the first 4 pieces (1 MiB at 64 MiB): copy2 serves exactly
+                # one of them, as the first piece every copy is asked for
+                faults.corrupt_at = [100 + k * (1 << 20) for k in range(4)]
             o = stack.enter_context(Origin(data, path=f"/{label}/image.raw", faults=faults))
             out.append({"label": label, "url": o.url, "metadata": meta})
         record = {

@@ -38,30 +38,37 @@ def check_and_repair(
     if len(involved) == 1 and not resumed:
         _blame(swarm, involved[0], f"{what}: every byte came from here; dropped")
         return False, None
+    order = sorted(involved, key=lambda s: len(by_source[s.index]))
+    queues = {s.index: list(by_source[s.index]) for s in order}
+    bad: dict[int, list[int]] = {}
     refetched = 0
-    for src in sorted(involved, key=lambda s: len(by_source[s.index])):
-        other = next((s for s in swarm.sources if s is not src and not s.dead), None)
-        if other is None:
-            break
-        bad: list[int] = []
-        for p in by_source[src.index]:
-            fresh = _piece(swarm, other, p)
-            if fresh is None:
-                break
+    while any(queues.values()):
+        # breadth first over the copies (a copy that corrupts shows on its first pieces),
+        # depth first on a copy once it was caught
+        proven = [s for s in order if bad.get(s.index) and queues[s.index]]
+        for src in proven[:1] or [s for s in order if queues[s.index]]:
+            p = queues[src.index].pop(0)
+            other = next((s for s in swarm.sources if s is not src and not s.dead), None)
+            fresh = None if other is None else _piece(swarm, other, p)
+            if other is None or fresh is None:
+                continue
             refetched += 1
             start = swarm.g.start(p)
-            if os.pread(fd, len(fresh), start) != fresh:
-                os.pwrite(fd, fresh, start)
-                bad.append(p)
-                h = _rehash(fd, swarm.g.size, expected)
-                if h.hexdigest() == expected.value:
-                    _blame(swarm, src, f"{what}: wrong bytes in piece {bad}")
-                    note = f"repaired piece(s) {bad} from {other.url}; {refetched} re-fetched"
-                    attempts.append(Attempt(url=other.url, outcome="ok", note=note))
-                    log.warning("%s: %s", src.url, note)
-                    return True, h
-        if bad:
-            _blame(swarm, src, f"{what}: wrong bytes in piece(s) {bad}")
+            if os.pread(fd, len(fresh), start) == fresh:
+                continue
+            os.pwrite(fd, fresh, start)
+            bad.setdefault(src.index, []).append(p)
+            h = _rehash(fd, swarm.g.size, expected)
+            if h.hexdigest() == expected.value:
+                for i, pieces in bad.items():
+                    _blame(swarm, swarm.sources[i], f"{what}: wrong bytes in piece(s) {pieces}")
+                fixed = sorted(p for pieces in bad.values() for p in pieces)
+                note = f"repaired piece(s) {fixed} from {other.url}; "
+                note += f"{refetched} re-fetched"
+                attempts.append(Attempt(url=other.url, outcome="ok", note=note))
+                log.warning("%s", note)
+                return True, h
+            break
     for src in involved:
         if not src.dead:
             _blame(swarm, src, f"{what}: bad bytes not found by comparison; dropped")
