@@ -5,6 +5,7 @@ Layout of ``DIR`` (nothing else is ever read or served)::
     DIR/.lock                 filelock: held briefly while an entry is added or removed
     DIR/images/<id>           the image bytes (complete and verified, or absent)
     DIR/images/<id>.json      the sidecar: size, hash algorithm and value, registered URL
+    DIR/downloads.json, DIR/stats.json   operator records (locpick.journal), never served raw
 
 An entry is *visible* only when both files exist and agree (the data file's size equals the
 sidecar's). Both are written to a private temp file first and renamed into place, data before
@@ -31,6 +32,7 @@ from typing import Any
 import attrs
 import filelock
 
+from locpick import journal
 from locpick.errors import DestinationError, InputError
 from locpick.hashing import Expected
 from locpick.models import Image
@@ -258,6 +260,8 @@ class NodeCache:
         for path in (side, data):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        if entry is not None:
+            journal.bump(self.dir, evictions=1)
         return entry
 
     def _make_room(self, incoming: int, *, keep: str) -> list[CacheEntry]:

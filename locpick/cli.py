@@ -14,6 +14,7 @@ from locpick.client import Client
 from locpick.errors import LocpickError
 from locpick.models import Ranking, Result, VerifyReport
 from locpick.redact import SCRUB, RedactingFilter
+from locpick.report import DownloadReport, Recorder
 
 log = logging.getLogger("locpick")
 
@@ -26,10 +27,20 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config (else $LOCPICK_CONFIG)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--verbose", "-v", action="store_true", help="log what locpick does")
+    _log_format_arg(p)
     p.add_argument(
         "--insecure",
         action="store_true",
         help="do NOT verify TLS certificates (warns on every use; for test clouds only)",
+    )
+
+
+def _log_format_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one JSON object per log line (time, level, event, image, host, bytes, ...)",
     )
 
 
@@ -60,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="publish the cached copy as a location in Glance ([cache] public_url)",
     )
+    d.add_argument(
+        "--metrics-file",
+        metavar="PATH",
+        help="write a node-exporter textfile (Prometheus format) about this download, atomically",
+    )
 
     r = sub.add_parser("rank", help="score every location without downloading")
     r.add_argument("image_id", metavar="IMAGE_ID")
@@ -81,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bind", metavar="ADDR:PORT", default=None, help="default 127.0.0.1:8470")
     s.add_argument("--config", metavar="FILE", help="TOML config (else $LOCPICK_CONFIG)")
     s.add_argument("--verbose", "-v", action="store_true", help="log what locpick does")
+    _log_format_arg(s)
+    s.add_argument("--no-metrics", action="store_true", help="no /metrics endpoint")
+    s.add_argument("--no-status", action="store_true", help="no /status page")
 
     c = sub.add_parser("cache", help="list, evict or reconcile the node cache with Glance")
     c.add_argument("action", choices=("list", "evict", "reconcile"), metavar="reconcile|list|evict")
@@ -100,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="locpick: %(message)s", stream=sys.stderr)
     for h in logging.getLogger().handlers:
         h.addFilter(RedactingFilter())
+        if getattr(args, "log_format", "text") == "json":
+            from locpick.logfmt import JsonFormatter
+
+            h.setFormatter(JsonFormatter())
     try:
         handler = _COMMANDS[args.command]
         return handler(args)
@@ -149,18 +172,48 @@ def _print_json(doc: Any) -> None:
 
 def _download(args: argparse.Namespace) -> int:
     show = not args.json and not args.no_progress and sys.stderr.isatty()
-    with _client(args) as client, _progress_bar(show) as progress:
-        result = client.download(
-            args.image_id,
-            args.dest,
-            metadata=args.metadata,
-            allow_unverified=args.allow_unverified,
-            progress=progress,
-            cache_dir=args.cache_dir,
-            register=args.register,
-        )
-    _emit(args, result, format_result)
+    if args.metrics_file:
+        from locpick.metrics import check_textfile_path
+
+        check_textfile_path(args.metrics_file)
+    recorder = Recorder(args.image_id)
+    try:
+        with _client(args) as client, _progress_bar(show) as progress:
+            result = client.download(
+                args.image_id,
+                args.dest,
+                metadata=args.metadata,
+                allow_unverified=args.allow_unverified,
+                progress=progress,
+                cache_dir=args.cache_dir,
+                register=args.register,
+                recorder=recorder,
+            )
+    except BaseException as exc:
+        if args.metrics_file:
+            _write_metrics(args.metrics_file, recorder.report or recorder.fail(exc))
+        raise
+    report = recorder.report or recorder.finish(result)
+    if args.metrics_file:
+        _write_metrics(args.metrics_file, report)
+    if args.json:
+        doc = result.to_json()
+        for key, value in report.json_extras().items():
+            doc.setdefault(key, value)  # extends the contract's document, never overrides it
+        _print_json(doc)
+    else:
+        _emit(args, result, format_result)
     return 0
+
+
+def _write_metrics(path: str, report: DownloadReport) -> None:
+    """Write the download's textfile; failing to is a warning (the image was delivered)."""
+    from locpick.metrics import write_textfile
+
+    try:
+        write_textfile(path, report)
+    except OSError as exc:
+        log.warning("--metrics-file %s: not written (%s)", path, exc.strerror or exc)
 
 
 def format_result(result: Result) -> str:
@@ -292,8 +345,11 @@ def _serve(args: argparse.Namespace) -> int:
     directory = args.cache_dir or config.cache.dir
     if not directory:
         raise ConfigError("serve: no node cache: give --cache-dir DIR or set [cache] dir")
+    from locpick.metrics import OpsOptions
+
     cache = NodeCache(directory, config.cache.max_bytes)
-    return serve(cache, args.bind or DEFAULT_BIND, ready=announce)
+    ops = OpsOptions(metrics=not args.no_metrics, status=not args.no_status)
+    return serve(cache, args.bind or DEFAULT_BIND, ready=announce, ops=ops)
 
 
 def _cache(args: argparse.Namespace) -> int:

@@ -2,9 +2,10 @@
 
 aiohttp serves each file with ``FileResponse``: Range and If-Range handled by aiohttp, the body
 sent with ``sendfile(2)`` by the event loop (no copy through Python). Only ``GET``/``HEAD
-/images/{image_id}`` exists; the id must be a plain image id (no dots or slashes) naming a
-*visible* cache entry (complete, verified, sidecar present). There is no listing, no other path,
-and nothing outside the cache's ``images`` directory can be named.
+/images/{image_id}`` serves bytes; the id must be a plain image id (no dots or slashes) naming a
+*visible* cache entry (complete, verified, sidecar present). Besides it only the operator pages
+``GET /metrics`` and ``GET /status`` exist (locpick.serve_ops; each can be switched off); there is
+no listing of files, and nothing outside the cache's ``images`` directory can be named.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from locpick.cache import NodeCache, valid_image_id
 from locpick.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from locpick.metrics import OpsOptions
 
 log = logging.getLogger("locpick")
 
@@ -43,10 +48,16 @@ def _aiohttp() -> object:
     return aiohttp.web
 
 
-def make_app(cache: NodeCache) -> object:
-    """The aiohttp application serving ``cache`` (typed loosely: aiohttp is an optional extra)."""
+def make_app(cache: NodeCache, ops: OpsOptions | None = None) -> object:
+    """The aiohttp application serving ``cache`` (typed loosely: aiohttp is an optional extra).
+
+    ``ops``: which operator endpoints (``/metrics``, ``/status``) it has; default both.
+    """
     _aiohttp()
     from aiohttp import hdrs, web
+
+    from locpick.metrics import OpsOptions
+    from locpick.serve_ops import install
 
     async def image(request: web.Request) -> web.StreamResponse:
         image_id = request.match_info["image_id"]
@@ -60,7 +71,7 @@ def make_app(cache: NodeCache) -> object:
         if os.path.dirname(real) != os.path.realpath(cache.images):
             raise web.HTTPNotFound(text="no such image\n")
         cache.touch(image_id)
-        response = web.FileResponse(real, chunk_size=1 << 20)
+        response = operator.file_response(real, image_id)
         response.headers[hdrs.CACHE_CONTROL] = "no-transform"
         response.headers["X-Image-Meta-Hash"] = f"{entry.algo}:{entry.digest}"
         return response
@@ -69,6 +80,7 @@ def make_app(cache: NodeCache) -> object:
         raise web.HTTPNotFound(text="not found\n")
 
     app = web.Application()
+    operator = install(app, cache, ops or OpsOptions())
     app.router.add_route("GET", "/images/{image_id}", image)
     app.router.add_route("HEAD", "/images/{image_id}", image)
     app.router.add_route("*", "/{tail:.*}", nothing)
@@ -80,13 +92,14 @@ def serve(
     bind: str = DEFAULT_BIND,
     *,
     ready: Callable[[str], None] | None = None,
+    ops: OpsOptions | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM. ``ready`` gets the URL actually bound (port 0 = any)."""
     host, port = parse_bind(bind)
     _aiohttp()
     from aiohttp import web
 
-    app = make_app(cache)
+    app = make_app(cache, ops)
     assert isinstance(app, web.Application)
 
     async def main() -> None:
