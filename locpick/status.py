@@ -84,7 +84,9 @@ def sparkline(report: DownloadReport) -> dict[str, Any]:
         if lines and lines[-1]["host"] == h:
             lines[-1]["points"] += " " + point(t, b)
         else:
-            start = point(*prev) + " " if prev is not None else ""
+            start = ""
+            if prev is not None:  # a restart (bytes discarded) drops to zero first
+                start = point(prev[0], 0 if b < prev[1] else prev[1]) + " "
             lines.append({"host": h, "colour": colour[h], "points": start + point(t, b)})
         prev = (t, b)
     legend = [{"host": h, "colour": colour[h]} for h in hosts]
@@ -107,7 +109,7 @@ td.n{text-align:right;white-space:nowrap}code,.id{font-family:ui-monospace,monos
 word-break:break-all}.ok{color:#2a7d2a}.bad{color:#b22}.muted{color:#777}
 .bar{background:#eee;height:.7em;min-width:6em}.bar i{display:block;height:100%;background:#1f77b4}
 svg{background:#fafafa;border:1px solid #ddd;max-width:100%;height:auto}
-.key{display:inline-block;width:.8em;height:.8em;margin:0 .2em 0 .5em}
+.chart{min-width:250px}.key{display:inline-block;width:.8em;height:.8em;margin:0 .2em 0 .5em}
 </style>
 </head>
 <body>
@@ -162,7 +164,7 @@ svg{background:#fafafa;border:1px solid #ddd;max-width:100%;height:auto}
 {% if d.probe_failures %}<br><span class="muted">unusable when ranked:
 {% for host, n in d.probe_failures %}{{ host }} &times;{{ n }}{% if not loop.last %}, {% endif %}
 {% endfor %}</span>{% endif %}</td>
-<td>{% if d.chart.lines %}<svg viewBox="0 0 {{ w }} {{ h }}" width="{{ w }}" height="{{ h }}"
+<td class="chart">{% if d.chart.lines %}<svg viewBox="0 0 {{ w }} {{ h }}" width="{{ w }}" height="{{ h }}"
 role="img" aria-label="bytes over time by source">
 <title>bytes over {{ d.seconds }} by source</title>
 {% for line in d.chart.lines %}<polyline fill="none" stroke-width="2" stroke="{{ line.colour }}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from helpers import cli_env
@@ -21,6 +21,7 @@ class ServeProcess:
         bind: str = "127.0.0.1:0",
         env: Mapping[str, str] | None = None,
         timeout: float = 30.0,
+        extra: Sequence[str] = (),
     ) -> None:
         self.proc = subprocess.Popen(
             [
@@ -32,6 +33,7 @@ class ServeProcess:
                 str(cache_dir),
                 "--bind",
                 bind,
+                *extra,
             ],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
