@@ -165,7 +165,8 @@ svg{background:#fafafa;border:1px solid #ddd;max-width:100%;height:auto}
 {% for host, n in d.probe_failures %}{{ host }} &times;{{ n }}{% if not loop.last %}, {% endif %}
 {% endfor %}</span>{% endif %}</td>
 <td class="chart">{% if d.chart.lines %}
-<svg viewBox="0 0 {{ w }} {{ h }}" width="{{ w }}" height="{{ h }}" role="img" aria-label="bytes over time by source">
+<svg viewBox="0 0 {{ w }} {{ h }}" width="{{ w }}" height="{{ h }}" role="img"
+aria-label="bytes over time by source">
 <title>bytes over {{ d.seconds }} by source</title>
 {% for line in d.chart.lines %}<polyline fill="none" stroke-width="2" stroke="{{ line.colour }}"
 points="{{ line.points }}"><title>{{ line.host }}</title></polyline>
