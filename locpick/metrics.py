@@ -49,6 +49,8 @@ class OpsOptions:
 
     metrics: bool = True
     status: bool = True
+    #: Responses sent at once before new clients get 503 (None: no limit).
+    max_clients: int | None = None
 
     @property
     def any(self) -> bool:
@@ -104,6 +106,11 @@ class ServeMetrics:
         with self._lock:
             self._transfers[key] = Transfer(image_id, peer, range_header, time.time())
         return key
+
+    def active(self) -> int:
+        """Responses being sent right now."""
+        with self._lock:
+            return len(self._transfers)
 
     def request_done(self, key: int) -> None:
         with self._lock:

@@ -70,6 +70,8 @@ def make_app(cache: NodeCache, ops: OpsOptions | None = None) -> object:
         real = os.path.realpath(entry.path)
         if os.path.dirname(real) != os.path.realpath(cache.images):
             raise web.HTTPNotFound(text="no such image\n")
+        if operator.busy():
+            raise operator.refuse("busy")
         cache.touch(image_id)
         response = operator.file_response(real, image_id)
         response.headers[hdrs.CACHE_CONTROL] = "no-transform"

@@ -60,6 +60,11 @@ class Ops:
             return web.FileResponse(path, chunk_size=1 << 20)
         return _ServedFile(path, image_id, self.metrics)
 
+    def busy(self) -> bool:
+        """True when ``max_clients`` responses are already being sent."""
+        limit = self.options.max_clients
+        return limit is not None and self.metrics.active() >= limit
+
     def refuse(self, reason: str = "busy", retry_after: int = 5) -> web.HTTPServiceUnavailable:
         """The 503 for a client turned away (e.g. over max_clients), counted; raise it."""
         self.metrics.refused(reason)

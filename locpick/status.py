@@ -106,7 +106,7 @@ h1{font-size:1.3em}h2{font-size:1.1em;margin-top:1.4em;border-bottom:1px solid #
 .wrap{overflow-x:auto}table{border-collapse:collapse;width:100%}
 th,td{text-align:left;padding:.25em .5em;border-bottom:1px solid #eee;vertical-align:top}
 td.n{text-align:right;white-space:nowrap}code,.id{font-family:ui-monospace,monospace;
-word-break:break-all}.ok{color:#2a7d2a}.bad{color:#b22}.muted{color:#777}
+word-break:break-all}td.id{min-width:11em}.ok{color:#2a7d2a}.bad{color:#b22}.muted{color:#777}
 .bar{background:#eee;height:.7em;min-width:6em}.bar i{display:block;height:100%;background:#1f77b4}
 svg{background:#fafafa;border:1px solid #ddd;max-width:100%;height:auto}
 .chart{min-width:250px}.key{display:inline-block;width:.8em;height:.8em;margin:0 .2em 0 .5em}

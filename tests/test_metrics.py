@@ -274,3 +274,44 @@ def test_log_format_choices(tmp_path: Path, value: str) -> None:
     r = run_cli("rank", IMG, "--metadata", str(tmp_path / "none.json"), "--log-format", value)
     assert r.returncode == 2  # the metadata file does not exist: bad input, not a crash
     assert run_cli("rank", IMG, "--log-format", "xml").returncode == 2
+
+
+def test_busy_clients_are_refused_with_503_and_counted(tmp_path: Path) -> None:
+    """Over max_clients: 503 with Retry-After, and locpick_serve_refused_total counts it."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    from locpick.metrics import OpsOptions
+    from locpick.serve import make_app
+    from locpick.sources import parse_image
+
+    cache = NodeCache(tmp_path / "cache")
+    src = tmp_path / "src"
+    src.write_bytes(b"y" * 5000)
+    cache.add_file(parse_image(image_record(IMG, b"y" * 5000, []), IMG), src)
+
+    async def scenario() -> tuple[int, str | None, str]:
+        app = make_app(cache, OpsOptions(max_clients=0))
+        assert isinstance(app, web.Application)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/images/{IMG}") as r:
+                    status, retry = r.status, r.headers.get("Retry-After")
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                    text = await r.text()
+        finally:
+            await runner.cleanup()
+        return status, retry, text
+
+    status, retry, text = asyncio.run(scenario())
+    assert status == 503 and retry is not None
+    m = _samples(text)
+    assert _v(m, "locpick_serve_refused_total", reason="busy") == 1
+    assert _v(m, "locpick_serve_requests_total", image="-", status="503") == 1

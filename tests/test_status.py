@@ -32,6 +32,7 @@ ARGS = [
 IMG = "5ca1ab1e-0000-1111-2222-333333333333"
 BIG = "b16b16b1-0000-1111-2222-333333333333"
 HOSTILE = "<script>alert(1)</script>"
+#: Written there with LOCPICK_SCREENSHOTS=1 (for the README), else into the test's tmp dir.
 SCREENSHOT = ROOT / "benchmarks" / "results" / "status.png"
 
 
@@ -114,12 +115,13 @@ def test_status_page_renders_escapes_and_has_no_console_errors(
             # The download that switched source draws one line per source, named in the key.
             switched = page.locator("tr", has_text="localhost").locator("svg polyline")
             assert switched.count() == 2
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            shots = SCREENSHOT.parent if os.environ.get("LOCPICK_SCREENSHOTS") else tmp_path
+            page.screenshot(path=str(shots / SCREENSHOT.name), full_page=True)
             # Readable on a phone: nothing wider than the screen outside the scrolling tables.
             page.set_viewport_size({"width": 390, "height": 844})
             width = page.evaluate("document.documentElement.scrollWidth")
             assert width <= 391, width
+            page.screenshot(path=str(shots / "status-phone.png"))
             assert problems == []
             page.close()
         finally:
