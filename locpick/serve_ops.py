@@ -19,7 +19,7 @@ from locpick import journal
 from locpick.cache import NodeCache
 from locpick.metrics import NO_IMAGE, OpsOptions, ServeMetrics
 
-__all__ = ["Ops", "OpsOptions", "install"]
+__all__ = ["OPS", "Ops", "OpsOptions", "install"]
 
 
 class _ServedFile(web.FileResponse):
@@ -123,9 +123,14 @@ def _csp() -> str:
     return CSP
 
 
+#: Where the app keeps its Ops: ``app[OPS].metrics.renewal(ok)`` for code running beside it.
+OPS: web.AppKey[Ops] = web.AppKey("locpick_ops", Ops)
+
+
 def install(app: web.Application, cache: NodeCache, options: OpsOptions) -> Ops:
     """Add ``/metrics`` and ``/status`` (as enabled) to ``app``; call before any catch-all."""
     ops = Ops(cache, options)
+    app[OPS] = ops
     if options.metrics:
         _ = (
             ops.metrics.registry

@@ -285,6 +285,7 @@ def test_busy_clients_are_refused_with_503_and_counted(tmp_path: Path) -> None:
 
     from locpick.metrics import OpsOptions
     from locpick.serve import make_app
+    from locpick.serve_ops import OPS
     from locpick.sources import parse_image
 
     cache = NodeCache(tmp_path / "cache")
@@ -295,6 +296,7 @@ def test_busy_clients_are_refused_with_503_and_counted(tmp_path: Path) -> None:
     async def scenario() -> tuple[int, str | None, str]:
         app = make_app(cache, OpsOptions(max_clients=0))
         assert isinstance(app, web.Application)
+        app[OPS].metrics.renewal(ok=False)  # how code running beside the app reports
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -315,3 +317,4 @@ def test_busy_clients_are_refused_with_503_and_counted(tmp_path: Path) -> None:
     m = _samples(text)
     assert _v(m, "locpick_serve_refused_total", reason="busy") == 1
     assert _v(m, "locpick_serve_requests_total", image="-", status="503") == 1
+    assert _v(m, "locpick_cache_lease_renewals_total", result="failed") == 1
