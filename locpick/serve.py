@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from locpick.cache import NodeCache, valid_image_id
 from locpick.errors import ConfigError, InputError
@@ -59,6 +59,14 @@ def make_app(cache: NodeCache, ops: OpsOptions | None = None) -> object:
     from locpick.metrics import OpsOptions
     from locpick.serve_ops import install
 
+    class SentFile(web.FileResponse):
+        """Sent inside the handler; aiohttp's own prepare afterwards is then a no-op."""
+
+        async def prepare(self, request: web.BaseRequest) -> Any:
+            if self.prepared:
+                return await web.StreamResponse.prepare(self, request)
+            return await super().prepare(request)
+
     async def image(request: web.Request) -> web.StreamResponse:
         image_id = request.match_info["image_id"]
         if not valid_image_id(image_id):
@@ -73,9 +81,10 @@ def make_app(cache: NodeCache, ops: OpsOptions | None = None) -> object:
         if operator.busy():
             raise operator.refuse("busy")
         cache.touch(image_id)
-        response = operator.file_response(real, image_id)
+        response = SentFile(real, chunk_size=1 << 20)
         response.headers[hdrs.CACHE_CONTROL] = "no-transform"
         response.headers["X-Image-Meta-Hash"] = f"{entry.algo}:{entry.digest}"
+        await response.prepare(request)  # sent here, inside the counting middleware
         return response
 
     async def nothing(request: web.Request) -> web.StreamResponse:

@@ -1,17 +1,19 @@
 """The operator side of ``locpick serve``: ``/metrics``, ``/status`` and the counting behind them.
 
 :func:`install` adds both routes to the aiohttp app (before its catch-all) and returns an
-:class:`Ops` whose ``file_response`` the image handler uses to send a cached file: it counts
-the response (image, status, bytes) when the body has been sent, and lists it as a client
-being served meanwhile. Other responses are counted from aiohttp's ``on_response_prepare``
-signal under the image label ``-`` (no per-path or per-client labels).
+:class:`Ops` whose ``middleware`` goes first in the app's middlewares: it counts every
+response (status, body bytes) and lists an ``/images/`` request as a client being served for
+as long as its handler runs, so the image handler sends the body itself (``await
+response.prepare(request)``) before returning. A ``503`` on ``/images/`` counts as a client
+refused as busy, whichever middleware gave it. The ``image`` label is the image id only when
+the image was answered (200/206/304/416), else ``-`` (no per-path or per-client labels).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
@@ -21,29 +23,9 @@ from locpick.metrics import NO_IMAGE, OpsOptions, ServeMetrics
 
 __all__ = ["OPS", "Ops", "OpsOptions", "install"]
 
-
-class _ServedFile(web.FileResponse):
-    """A cached image's FileResponse that reports itself to ServeMetrics once sent."""
-
-    def __init__(self, path: str, image_id: str, metrics: ServeMetrics) -> None:
-        super().__init__(path, chunk_size=1 << 20)
-        self.image_id = image_id
-        self._metrics = metrics
-
-    async def prepare(self, request: web.BaseRequest) -> Any:
-        peer = request.remote or "-"
-        key = self._metrics.request_started(self.image_id, peer, request.headers.get(hdrs.RANGE))
-        status = "aborted"
-        nbytes = 0
-        try:
-            writer = await super().prepare(request)
-            status = str(self.status)
-            if request.method == hdrs.METH_GET and self.status in (200, 206):
-                nbytes = self.content_length or 0
-            return writer
-        finally:
-            self._metrics.request_done(key)
-            self._metrics.response(self.image_id, status, nbytes)
+#: Statuses that mean "this cached image was answered": the image id is a fair label.
+_ANSWERED = frozenset({200, 206, 304, 412, 416})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Ops:
@@ -54,27 +36,46 @@ class Ops:
         self.options = options
         self.metrics = ServeMetrics(cache)
 
-    def file_response(self, path: str, image_id: str) -> web.FileResponse:
-        """The response sending a cached image (counted unless every endpoint is off)."""
-        if not self.options.any:
-            return web.FileResponse(path, chunk_size=1 << 20)
-        return _ServedFile(path, image_id, self.metrics)
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Count the response; list a request for an image while its handler sends it."""
+        image = request.match_info.get("image_id") if request.path.startswith("/images/") else None
+        key = None
+        if image is not None:
+            key = self.metrics.request_started(
+                image, request.remote or "-", request.headers.get(hdrs.RANGE)
+            )
+        status, nbytes, label = "aborted", 0, NO_IMAGE
+        try:
+            response = await handler(request)
+            status = str(response.status)
+            if image is not None and response.status in _ANSWERED:
+                label = image
+                if request.method == hdrs.METH_GET and response.status in (200, 206):
+                    nbytes = response.content_length or 0
+            return response
+        except web.HTTPException as exc:
+            status = str(exc.status)
+            raise
+        finally:
+            if key is not None:
+                self.metrics.request_done(key)
+            if status == "aborted" and image is not None and self.cache.entry(image) is not None:
+                label = image
+            if status == "503" and image is not None:
+                self.metrics.refused("busy")
+            self.metrics.response(label, status, nbytes)
 
     def busy(self) -> bool:
-        """True when ``max_clients`` responses are already being sent."""
+        """True when more than ``max_clients`` image requests are in progress (this one too)."""
         limit = self.options.max_clients
-        return limit is not None and self.metrics.active() >= limit
+        return limit is not None and self.metrics.active() > limit
 
     def refuse(self, reason: str = "busy", retry_after: int = 5) -> web.HTTPServiceUnavailable:
-        """The 503 for a client turned away (e.g. over max_clients), counted; raise it."""
-        self.metrics.refused(reason)
+        """The 503 for a client turned away (counted by the middleware); raise it."""
         return web.HTTPServiceUnavailable(
             text=f"{reason}, retry later\n", headers={hdrs.RETRY_AFTER: str(retry_after)}
         )
-
-    async def _count(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
-        if not isinstance(response, _ServedFile):
-            self.metrics.response(NO_IMAGE, str(response.status))
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = await asyncio.get_running_loop().run_in_executor(None, self.metrics.exposition)
@@ -139,5 +140,5 @@ def install(app: web.Application, cache: NodeCache, options: OpsOptions) -> Ops:
     if options.status:
         app.router.add_route("GET", "/status", ops._status)
     if options.any:
-        app.on_response_prepare.append(ops._count)
+        app.middlewares.insert(0, ops.middleware)
     return ops

@@ -318,3 +318,35 @@ def test_busy_clients_are_refused_with_503_and_counted(tmp_path: Path) -> None:
     assert _v(m, "locpick_serve_refused_total", reason="busy") == 1
     assert _v(m, "locpick_serve_requests_total", image="-", status="503") == 1
     assert _v(m, "locpick_cache_lease_renewals_total", result="failed") == 1
+
+
+def test_a_client_that_leaves_mid_transfer_counts_as_aborted(tmp_path: Path) -> None:
+    """Active while held, then status="aborted" for the image once the client hangs up."""
+    import socket
+    import time
+
+    from locpick.sources import parse_image
+
+    cache = NodeCache(tmp_path / "cache")
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(48 << 20))
+    cache.add_file(parse_image(image_record(IMG, big.read_bytes(), []), IMG), big)
+    with ServeProcess(cache.dir) as proc:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", proc.port))
+        s.sendall(f"GET /images/{IMG} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 60  # a safety net, not a performance limit
+        while _v(_scrape(proc), "locpick_serve_active_clients") != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()  # RST: the server's send fails
+        while (
+            _v(m := _scrape(proc), "locpick_serve_requests_total", image=IMG, status="aborted") != 1
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert _v(m, "locpick_serve_active_clients") == 0
+        assert _v(m, "locpick_serve_requests_total", image=IMG, status="200") == 0
