@@ -10,7 +10,7 @@ cache's images directory. Timed, interleaved per round, best of R kept:
 
   full      curl -s -o /dev/null URL                         (one connection, whole file)
   ranges8   8 curls at once, each -r over 1/8 of the file   (what parallel readers do)
-  small300  one curl, 300 x 64 KiB ranges over one keep-alive connection (per-request cost)
+  small1k  one curl, 1000 x 4 KiB ranges over one keep-alive connection (per-request cost)
 
 Prints seconds, MB/s and the ratio serve/nginx per row; then the cost of the operator
 endpoints: the same rows against `locpick serve` with /metrics and /status on (the default,
@@ -96,7 +96,7 @@ def time_ranges(url: str, size: int, n: int = 8) -> float:
     return time.perf_counter() - t0
 
 
-SMALL_N, SMALL_CHUNK = 300, 64 << 10
+SMALL_N, SMALL_CHUNK = 1000, 4 << 10
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -115,7 +115,7 @@ def time_small(url: str, n: int = SMALL_N, chunk: int = SMALL_CHUNK) -> float:
     return time.perf_counter() - t0
 
 
-ROWS = ("full", "ranges8", "small300")
+ROWS = ("full", "ranges8", "small1k")
 
 
 def time_row(row: str, url: str, size: int) -> float:
@@ -189,7 +189,7 @@ def main() -> None:
     }
     for row, t in best.items():
         ratio = t["serve"] / t["nginx"]
-        moved = SMALL_N * SMALL_CHUNK if row == "small300" else size
+        moved = SMALL_N * SMALL_CHUNK if row == "small1k" else size
         print(
             f"{row:<9} {t['serve']:11.3f} {t['nginx']:11.3f} {moved / t['serve'] / 1e6:11.0f} "
             f"{moved / t['nginx'] / 1e6:11.0f} {ratio:11.2f}"

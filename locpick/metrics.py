@@ -16,7 +16,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,31 +95,39 @@ class ServeMetrics:
         self._renewals = {"ok": 0, "failed": 0}
         self._leases: dict[str, float] = {}
         self._fills: dict[str, Fill] = {}
-        self._transfers: dict[int, Transfer] = {}
+        self._transfers: dict[int, tuple[str, Callable[[], tuple[str, str | None]], float]] = {}
         self._ids = itertools.count()
         self._registry: CollectorRegistry | None = None
 
     # -- what the serving and caching code reports ---------------------------------------------
-    def request_started(self, image_id: str, peer: str, range_header: str | None) -> int:
-        """A response body starts; returns a key for ``request_done``."""
+    def request_started(self, image_id: str, describe: Callable[[], tuple[str, str | None]]) -> int:
+        """A request for an image starts; ``describe()`` -> (client, Range header), called only
+        when ``/status`` lists it. Returns the key for ``request_done``."""
         key = next(self._ids)
         with self._lock:
-            self._transfers[key] = Transfer(image_id, peer, range_header, time.time())
+            self._transfers[key] = (image_id, describe, time.time())
         return key
 
     def active(self) -> int:
-        """Responses being sent right now."""
-        with self._lock:
-            return len(self._transfers)
+        """Image requests in progress."""
+        return len(self._transfers)
 
-    def request_done(self, key: int) -> None:
+    def request_done(self, key: int, label: str, status: str, nbytes: int = 0) -> None:
+        """The request of ``key`` ended: count it as ``response`` does."""
         with self._lock:
             self._transfers.pop(key, None)
+            row = self._served.get((label, status))
+            if row is None:
+                row = self._served[(label, status)] = [0, 0]
+            row[0] += 1
+            row[1] += nbytes
 
     def response(self, image_id: str, status: str, nbytes: int = 0) -> None:
         """Count one response (``status``: the HTTP code, or ``aborted``) and its body bytes."""
         with self._lock:
-            row = self._served.setdefault((image_id, status), [0, 0])
+            row = self._served.get((image_id, status))
+            if row is None:
+                row = self._served[(image_id, status)] = [0, 0]
             row[0] += 1
             row[1] += nbytes
 
@@ -156,7 +164,8 @@ class ServeMetrics:
     # -- what /status shows -----------------------------------------------------------------
     def transfers(self) -> list[Transfer]:
         with self._lock:
-            return sorted(self._transfers.values(), key=lambda t: t.started_at)
+            held = sorted(self._transfers.values(), key=lambda t: t[2])
+        return [Transfer(image, *describe(), started) for image, describe, started in held]
 
     def leases(self) -> dict[str, float]:
         with self._lock:

@@ -40,16 +40,22 @@ class Ops:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Count the response; list a request for an image while its handler sends it."""
         image = request.match_info.get("image_id") if request.path.startswith("/images/") else None
-        key = None
-        if image is not None:
-            key = self.metrics.request_started(
-                image, request.remote or "-", request.headers.get(hdrs.RANGE)
-            )
+        if image is None:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                self.metrics.response(NO_IMAGE, str(exc.status))
+                raise
+            self.metrics.response(NO_IMAGE, str(response.status))
+            return response
+        key = self.metrics.request_started(
+            image, lambda: (request.remote or "-", request.headers.get(hdrs.RANGE))
+        )
         status, nbytes, label = "aborted", 0, NO_IMAGE
         try:
             response = await handler(request)
             status = str(response.status)
-            if image is not None and response.status in _ANSWERED:
+            if response.status in _ANSWERED:
                 label = image
                 if request.method == hdrs.METH_GET and response.status in (200, 206):
                     nbytes = response.content_length or 0
@@ -58,13 +64,11 @@ class Ops:
             status = str(exc.status)
             raise
         finally:
-            if key is not None:
-                self.metrics.request_done(key)
-            if status == "aborted" and image is not None and self.cache.entry(image) is not None:
+            if status == "aborted" and self.cache.entry(image) is not None:
                 label = image
-            if status == "503" and image is not None:
+            elif status == "503":
                 self.metrics.refused("busy")
-            self.metrics.response(label, status, nbytes)
+            self.metrics.request_done(key, label, status, nbytes)
 
     def busy(self) -> bool:
         """True when more than ``max_clients`` image requests are in progress (this one too)."""
