@@ -20,6 +20,7 @@ from aiohttp import hdrs, web
 from locpick import journal
 from locpick.cache import NodeCache
 from locpick.metrics import NO_IMAGE, OpsOptions, ServeMetrics
+from locpick.status import CSP
 
 __all__ = ["OPS", "Ops", "OpsOptions", "install"]
 
@@ -94,7 +95,7 @@ class Ops:
             content_type="text/html",
             charset="utf-8",
             headers={
-                "Content-Security-Policy": _csp(),
+                "Content-Security-Policy": CSP,
                 "X-Content-Type-Options": "nosniff",
                 hdrs.CACHE_CONTROL: "no-store",
                 "Referrer-Policy": "no-referrer",
@@ -120,12 +121,6 @@ class Ops:
                 version=__version__,
             )
         )
-
-
-def _csp() -> str:
-    from locpick.status import CSP
-
-    return CSP
 
 
 #: Where the app keeps its Ops: ``app[OPS].metrics.renewal(ok)`` for code running beside it.
