@@ -406,18 +406,19 @@ def table(results: dict[str, Any]) -> str:
         f"shared, start window {cfg['window']} s (seed {cfg['seed']}); times in s",
         "",
         "| mode | origin bytes / (N x size) | alone | p50 | p95 | max | p95 / alone "
-        "| max / alone | Glance requests | bytes served by peers | all verified "
+        "| max / alone | Glance requests (of which /file) | bytes served by peers | all verified "
         "| cache locations left after serve stop |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode in results["modes"]:
         h = mode["herd"]
         served = sum(r["served_bytes"] for r in h["nodes"])
+        files = h["glance_request_kinds"].get("GET /v2/images/ID/file", 0)
         lines.append(
             f"| {mode['mode']} | {h['origin_share'] * 100:.0f} % ({h['origin_copies']:.1f} "
             f"copies) | {h['alone_s']:.1f} | {h['p50_s']:.1f} | {h['p95_s']:.1f} "
             f"| {h['max_s']:.1f} | {h['p95_vs_alone']:.1f}x | {h['max_vs_alone']:.1f}x "
-            f"| {h['glance_requests']} | {served / MiB:.0f} MiB "
+            f"| {h['glance_requests']} ({files}) | {served / MiB:.0f} MiB "
             f"| {'yes' if h['all_verified'] else 'NO'} "
             f"| {h['cache_locations_left_after_serve_stop']} |"
         )
