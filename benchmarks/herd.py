@@ -339,10 +339,18 @@ def run_mode(
         for node in nodes:
             if node.serve is not None:
                 node.served_bytes = _wchar(node.serve.proc.pid) - node.io_before
+        registered = glance.cache_locations(image_id)
         for node in nodes:
             if node.serve is not None:
                 node.serve.stop()
         left = glance.cache_locations(image_id)
+        refused = [
+            n.name
+            for n in nodes
+            if "not registered" in (n.base / "stderr.txt").read_text(errors="replace")
+        ]
+        first_byte = min((t for n in nodes for t, b in n.samples if b > 0), default=0.0)
+        span = max(n.ended for n in nodes) - t0 - first_byte
         rows = []
         for node in nodes:
             got: dict[str, int] = {}
@@ -386,6 +394,9 @@ def run_mode(
             "p95_s": _pct(times, 95),
             "max_s": max(times),
             "all_verified": all(r["verified_hash"] for r in rows),
+            "origin_mibps_achieved": origin_bytes / span / MiB if span > 0 else 0.0,
+            "registrations_refused": refused,
+            "cache_locations_when_all_done": len(registered),
             "cache_locations_left_after_serve_stop": len(left),
             "t0": t0,
         }
@@ -407,20 +418,27 @@ def table(results: dict[str, Any]) -> str:
         "",
         "| mode | origin bytes / (N x size) | alone | p50 | p95 | max | p95 / alone "
         "| max / alone | Glance requests (of which /file) | bytes served by peers | all verified "
-        "| cache locations left after serve stop |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| cache locations registered: refused / in Glance when done / left after serve stop "
+        "| origin MiB/s achieved (first byte to last node done) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode in results["modes"]:
         h = mode["herd"]
         served = sum(r["served_bytes"] for r in h["nodes"])
         files = h["glance_request_kinds"].get("GET /v2/images/ID/file", 0)
+        regs = "-"
+        if mode["mode"] == "storm":
+            regs = (
+                f"{len(h['registrations_refused'])} / {h['cache_locations_when_all_done']} "
+                f"/ {h['cache_locations_left_after_serve_stop']}"
+            )
         lines.append(
             f"| {mode['mode']} | {h['origin_share'] * 100:.0f} % ({h['origin_copies']:.1f} "
             f"copies) | {h['alone_s']:.1f} | {h['p50_s']:.1f} | {h['p95_s']:.1f} "
             f"| {h['max_s']:.1f} | {h['p95_vs_alone']:.1f}x | {h['max_vs_alone']:.1f}x "
             f"| {h['glance_requests']} ({files}) | {served / MiB:.0f} MiB "
             f"| {'yes' if h['all_verified'] else 'NO'} "
-            f"| {h['cache_locations_left_after_serve_stop']} |"
+            f"| {regs} | {h['origin_mibps_achieved']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
