@@ -205,6 +205,19 @@ def _request_kinds(lines: list[str]) -> dict[str, int]:
     return kinds
 
 
+def _file_bytes(lines: list[str]) -> int:
+    """Body bytes Glance sent for ``GET /v2/images/ID/file`` (the access log's size field)."""
+    total = 0
+    for line in lines:
+        try:
+            req, rest = line.split('"')[1], line.split('"')[2].split()
+        except IndexError:
+            continue
+        if req.startswith("GET ") and req.split()[1].endswith("/file") and rest[1].isdigit():
+            total += int(rest[1])
+    return total
+
+
 def _run_nodes(nodes: list[Node], glance: Glance, image_id: str, mode: str, sample: float) -> float:
     """Start every node at its offset, sample progress until all exit; returns t0."""
     env = cli_env()
@@ -350,7 +363,8 @@ def run_mode(
             if "not registered" in (n.base / "stderr.txt").read_text(errors="replace")
         ]
         first_byte = min((t for n in nodes for t, b in n.samples if b > 0), default=0.0)
-        span = max(n.ended for n in nodes) - t0 - first_byte
+        last_byte = max(next((t for t, b in n.samples if b >= size), n.ended - t0) for n in nodes)
+        span = last_byte - first_byte
         rows = []
         for node in nodes:
             got: dict[str, int] = {}
@@ -390,6 +404,7 @@ def run_mode(
             "origin_requests": origin_requests,
             "glance_requests": len(glance_lines),
             "glance_request_kinds": _request_kinds(glance_lines),
+            "glance_file_bytes": _file_bytes(glance_lines),
             "p50_s": _pct(times, 50),
             "p95_s": _pct(times, 95),
             "max_s": max(times),
@@ -410,6 +425,36 @@ def run_mode(
     return out
 
 
+def _phases(results: dict[str, Any]) -> list[str]:
+    """Where a node's time goes: before its first byte, the transfer, after its last byte
+    (copy into the cache + registration), p50 and max over the herd."""
+    size = results["config"]["size_mib"] * MiB
+    lines = [
+        "",
+        "| mode | first byte after start: p50 / max | all bytes on disk: p50 / max "
+        "| last byte to exit: p50 / max |",
+        "|---|---|---|---|",
+    ]
+    for mode in results["modes"]:
+        first, full, tail = [], [], []
+        for row in mode["herd"]["nodes"]:
+            start = row["offset_s"]
+            got = [t for t, b in row["samples"] if b > 0]
+            done = [t for t, b in row["samples"] if b >= size]
+            if not got or not done:
+                continue
+            first.append(got[0] - start)
+            full.append(done[0] - start)
+            tail.append(row["seconds"] - (done[0] - start))
+        if first:
+            lines.append(
+                f"| {mode['mode']} | {statistics.median(first):.1f} / {max(first):.1f} "
+                f"| {statistics.median(full):.1f} / {max(full):.1f} "
+                f"| {statistics.median(tail):.1f} / {max(tail):.1f} |"
+            )
+    return lines
+
+
 def table(results: dict[str, Any]) -> str:
     cfg = results["config"]
     lines = [
@@ -417,15 +462,17 @@ def table(results: dict[str, Any]) -> str:
         f"shared, start window {cfg['window']} s (seed {cfg['seed']}); times in s",
         "",
         "| mode | origin bytes / (N x size) | alone | p50 | p95 | max | p95 / alone "
-        "| max / alone | Glance requests (of which /file) | bytes served by peers | all verified "
+        "| max / alone | Glance requests (of which /file: MiB sent) | bytes served by peers "
+        "| all verified "
         "| cache locations registered: refused / in Glance when done / left after serve stop "
-        "| origin MiB/s achieved (first byte to last node done) |",
+        "| origin MiB/s achieved (first to last byte) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode in results["modes"]:
         h = mode["herd"]
         served = sum(r["served_bytes"] for r in h["nodes"])
         files = h["glance_request_kinds"].get("GET /v2/images/ID/file", 0)
+        file_mib = h.get("glance_file_bytes", 0) / MiB
         regs = "-"
         if mode["mode"] == "storm":
             regs = (
@@ -436,11 +483,11 @@ def table(results: dict[str, Any]) -> str:
             f"| {mode['mode']} | {h['origin_share'] * 100:.0f} % ({h['origin_copies']:.1f} "
             f"copies) | {h['alone_s']:.1f} | {h['p50_s']:.1f} | {h['p95_s']:.1f} "
             f"| {h['max_s']:.1f} | {h['p95_vs_alone']:.1f}x | {h['max_vs_alone']:.1f}x "
-            f"| {h['glance_requests']} ({files}) | {served / MiB:.0f} MiB "
+            f"| {h['glance_requests']} ({files}: {file_mib:.0f}) | {served / MiB:.0f} MiB "
             f"| {'yes' if h['all_verified'] else 'NO'} "
             f"| {regs} | {h['origin_mibps_achieved']:.1f} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _phases(results)) + "\n"
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -497,7 +544,15 @@ def main() -> int:
     ap.add_argument("--sample", type=float, default=0.1, help="progress sampling period (s)")
     ap.add_argument("--name", default="herd", help="results file stem in benchmarks/results")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--from-json", metavar="FILE", help="only redraw .md and .png from FILE")
     args = ap.parse_args()
+    if args.from_json:
+        done = json.loads(Path(args.from_json).read_text())
+        stem = Path(args.from_json).with_suffix("")
+        stem.with_suffix(".md").write_text(table(done))
+        chart(done, stem.with_suffix(".png"))
+        print(table(done))
+        return 0
     if not gh.harness_available():
         print(f"the Glance harness is missing at {gh.harness_dir()}", file=sys.stderr)
         return 2
