@@ -191,16 +191,16 @@ class Glance:
 
 
 def _request_kinds(lines: list[str]) -> dict[str, int]:
-    """Glance access-log lines counted by method and path shape (ids replaced by ID)."""
+    """Glance access-log lines counted by method, path shape (ids replaced by ID) and status."""
     kinds: dict[str, int] = {}
     for line in lines:
         try:
-            req = line.split('"')[1]
+            req, status = line.split('"')[1], line.split('"')[2].split()[0]
             method, path = req.split()[:2]
         except (IndexError, ValueError):
             continue
         parts = ["ID" if len(p) == 36 and p.count("-") == 4 else p for p in path.split("/")]
-        key = f"{method} {'/'.join(parts).split('?')[0]}"
+        key = f"{method} {'/'.join(parts).split('?')[0]} {status}"
         kinds[key] = kinds.get(key, 0) + 1
     return kinds
 
@@ -471,8 +471,9 @@ def table(results: dict[str, Any]) -> str:
     for mode in results["modes"]:
         h = mode["herd"]
         served = sum(r["served_bytes"] for r in h["nodes"])
-        files = h["glance_request_kinds"].get("GET /v2/images/ID/file", 0)
-        file_mib = h.get("glance_file_bytes", 0) / MiB
+        kinds = h["glance_request_kinds"].items()
+        files = sum(v for k, v in kinds if k.startswith("GET /v2/images/ID/file"))
+        file_mib = f"{h['glance_file_bytes'] / MiB:.0f}" if "glance_file_bytes" in h else "n/a"
         regs = "-"
         if mode["mode"] == "storm":
             regs = (
@@ -483,7 +484,7 @@ def table(results: dict[str, Any]) -> str:
             f"| {mode['mode']} | {h['origin_share'] * 100:.0f} % ({h['origin_copies']:.1f} "
             f"copies) | {h['alone_s']:.1f} | {h['p50_s']:.1f} | {h['p95_s']:.1f} "
             f"| {h['max_s']:.1f} | {h['p95_vs_alone']:.1f}x | {h['max_vs_alone']:.1f}x "
-            f"| {h['glance_requests']} ({files}: {file_mib:.0f}) | {served / MiB:.0f} MiB "
+            f"| {h['glance_requests']} ({files}: {file_mib}) | {served / MiB:.0f} MiB "
             f"| {'yes' if h['all_verified'] else 'NO'} "
             f"| {regs} | {h['origin_mibps_achieved']:.1f} |"
         )
@@ -500,20 +501,25 @@ def chart(results: dict[str, Any], path: Path) -> None:
     size = results["config"]["size_mib"]
     fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4.8), squeeze=False)
     colours = {"origin": "tab:red", "glance": "tab:purple", "other": "tab:gray"}
-    seen: dict[str, Any] = {}
+    from matplotlib.collections import LineCollection
+    from matplotlib.lines import Line2D
+
+    seen: set[str] = set()
     for ax, mode in zip(axes[0], modes, strict=True):
         h = mode["herd"]
+        lines, line_colours = [], []
         for row in h["nodes"]:
-            pts = row["samples"]
-            for (t1, b1), (t2, b2) in itertools.pairwise(pts):
+            segs = row["segments"]
+            for (t1, b1), (t2, b2) in itertools.pairwise(row["samples"]):
                 mid = (b1 + b2) / 2
-                segs = row["segments"]
                 src = next((s for lo, hi, s in segs if lo <= mid < hi), "")
                 src = src or (segs[-1][2] if segs else "other")
                 kind = "peer" if src.startswith("peer:") else src
-                colour = colours.get(kind, "tab:blue")
-                (line,) = ax.plot([t1, t2], [b1 / MiB, b2 / MiB], color=colour, lw=1.2)
-                seen.setdefault(kind, line)
+                seen.add(kind)
+                lines.append([(t1, b1 / MiB), (t2, b2 / MiB)])
+                line_colours.append(colours.get(kind, "tab:blue"))
+        ax.add_collection(LineCollection(lines, colors=line_colours, linewidths=1.2))
+        ax.autoscale_view()
         ax.set_title(
             f"{mode['mode']}: origin {h['origin_share'] * 100:.0f} % of N x size, "
             f"max {h['max_vs_alone']:.1f}x alone"
@@ -523,7 +529,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ax.set_ylim(0, size * 1.05)
         ax.axvline(h["alone_s"], color="k", ls=":", lw=1)
         ax.grid(alpha=0.3)
-    fig.legend(list(seen.values()), list(seen), loc="lower right")
+    handles = [Line2D([], [], color=colours.get(k, "tab:blue")) for k in sorted(seen)]
+    fig.legend(handles, sorted(seen), loc="lower right")
     cfg = results["config"]
     fig.suptitle(
         f"boot storm: {cfg['nodes']} nodes, {size} MiB, origin {cfg['origin_mibps']} MiB/s "
