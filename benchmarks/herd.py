@@ -281,6 +281,13 @@ def _run_nodes(nodes: list[Node], glance: Glance, image_id: str, mode: str, samp
     return t0
 
 
+def _thin(samples: list[tuple[float, int]], most: int) -> list[tuple[float, int]]:
+    """At most about ``most`` samples, evenly spaced, always keeping the first and last."""
+    step = max(1, -(-len(samples) // most))
+    kept = samples[::step]
+    return kept if kept[-1] == samples[-1] else [*kept, samples[-1]]
+
+
 def _sha512(path: Path) -> str:
     h = hashlib.sha512()
     try:
@@ -390,7 +397,7 @@ def run_mode(
                     "bytes_from": got,
                     "served_bytes": node.served_bytes,
                     "segments": segments,
-                    "samples": [(round(t, 3), b) for t, b in node.samples],
+                    "samples": _thin([(round(t, 2), b) for t, b in node.samples], 400),
                     "stderr_tail": (node.base / "stderr.txt").read_text(errors="replace")[-400:],
                 }
             )
@@ -595,7 +602,7 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
     md = table(results)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=1))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(results))
     (RESULTS / f"{args.name}.md").write_text(md)
     chart(results, RESULTS / f"{args.name}.png")
     print(md)
