@@ -537,7 +537,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ax.axvline(h["alone_s"], color="k", ls=":", lw=1)
         ax.grid(alpha=0.3)
     handles = [Line2D([], [], color=colours.get(k, "tab:blue")) for k in sorted(seen)]
-    fig.legend(handles, sorted(seen), loc="lower right")
+    axes[0][0].legend(handles, sorted(seen), loc="upper left")
     cfg = results["config"]
     fig.suptitle(
         f"boot storm: {cfg['nodes']} nodes, {size} MiB, origin {cfg['origin_mibps']} MiB/s "

@@ -18,6 +18,14 @@ rename): the kernel drops it when the writer dies, ``kill -9`` included, so a re
 take a shared lock knows the writer is gone rather than slow. The pid, start time and boot id
 say who the writer was (a record from an earlier boot is dead whatever the lock says). Local
 filesystems only: ``flock`` on NFS may be emulated or always succeed.
+
+Intended use (not wired yet): the downloader creates the record with the filling data file
+beside it, calls :meth:`FillWriter.mark` after each ``pwrite`` and :meth:`FillWriter.hashed_to`
+as the in-order hash advances, then ``complete()`` before the entry becomes visible and
+``close()`` after, or ``fail()`` first on any failure. ``serve`` opens the data file first (the
+inode survives the rename into place), answers HEAD with the full size, and streams a range
+with :func:`await_range` per piece: ``timeout`` before the first byte is 503 + Retry-After
+(:meth:`FillSnapshot.eta`), ``failed``/``dead`` ends the answer so the peer goes elsewhere.
 """
 
 from __future__ import annotations
