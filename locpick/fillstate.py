@@ -260,7 +260,8 @@ class FillWriter:
         """Make the record at ``path`` (0600), locked before it is visible.
 
         A record left by a dead writer is replaced; one whose writer lives raises
-        :class:`FillBusy`."""
+        :class:`FillBusy`. Call it under the cache's lock: two creators racing past the same
+        dead record would otherwise both succeed, the first on an unlinked record."""
         path = Path(path)
         piece = piece_size or default_piece_size(size)
         if size < 0 or piece <= 0 or -(-size // piece) > MAX_PIECES:
