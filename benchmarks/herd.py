@@ -469,7 +469,8 @@ def table(results: dict[str, Any]) -> str:
         f"shared, start window {cfg['window']} s (seed {cfg['seed']}); times in s",
         "",
         "| mode | origin bytes / (N x size) | alone | p50 | p95 | max | p95 / alone "
-        "| max / alone | Glance requests (of which /file: MiB sent) | bytes served by peers "
+        "| max / alone | Glance requests (of which /file: MiB sent) "
+        "| bytes sent by the nodes' serve (probes too) "
         "| all verified "
         "| cache locations registered: refused / in Glance when done / left after serve stop "
         "| origin MiB/s achieved (first to last byte) |",
