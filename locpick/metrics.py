@@ -172,8 +172,12 @@ class ServeMetrics:
             return dict(self._leases)
 
     def fills(self) -> list[Fill]:
+        """Copies being filled: reported by ``filling``, and fill records in the cache dir."""
         with self._lock:
-            return [attrs.evolve(f) for f in self._fills.values()]
+            found = {f.image_id: attrs.evolve(f) for f in self._fills.values()}
+        for fill in _fill_records(self.cache):
+            found.setdefault(fill.image_id, fill)
+        return sorted(found.values(), key=lambda f: f.image_id)
 
     # -- exposition ---------------------------------------------------------------------------
     @property
@@ -206,8 +210,8 @@ class ServeMetrics:
             refused = dict(self._refused)
             renewals = dict(self._renewals)
             leases = {i: t for i, t in self._leases.items() if i in cached}
-            fills = list(self._fills.values())
             active = len(self._transfers)
+        fills = self.fills()
 
         from locpick import __version__
 
@@ -291,6 +295,25 @@ class ServeMetrics:
             filling.add_metric([f.image_id], f.done)
         yield filling
         yield _gauge("locpick_cache_filling", "Copies being filled into the cache", len(fills))
+
+
+def _fill_records(cache: NodeCache) -> Iterator[Fill]:
+    """``images/<id>.fill`` records (locpick.fillstate) of copies still being filled."""
+    from locpick.cache import valid_image_id
+    from locpick.fillstate import FillStateError, read_fill
+
+    for path in cache.images.glob("*.fill"):
+        image_id = path.name.removesuffix(".fill")
+        if not valid_image_id(image_id):
+            continue
+        try:
+            snap = read_fill(path)
+        except (FillStateError, OSError):
+            continue
+        if snap is None or snap.state != "filling":
+            continue
+        who = f"writer pid {snap.pid}" + ("" if snap.writer_alive else " (gone)")
+        yield Fill(image_id, snap.written, snap.size, who, snap.updated)
 
 
 class _Collector:

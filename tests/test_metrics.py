@@ -146,6 +146,22 @@ def test_fleet_and_busy_hooks_are_exported_per_app(tmp_path: Path) -> None:
     assert _v(_samples(a.exposition().decode()), "locpick_cache_filling") == 0
 
 
+def test_fill_records_in_the_cache_dir_show_as_filling(tmp_path: Path) -> None:
+    """A live fillstate record (a downloader writing a copy) is a copy being filled."""
+    from locpick.fillstate import FillWriter
+
+    cache = NodeCache(tmp_path / "cache")
+    metrics = ServeMetrics(cache)
+    with FillWriter.create(cache.images / "filling-1.fill", 4 << 20) as writer:
+        writer.mark(0, 1 << 20)
+        m = _samples(metrics.exposition().decode())
+        assert _v(m, "locpick_cache_filling") == 1
+        assert _v(m, "locpick_cache_filling_bytes", image="filling-1") == 1 << 20
+        (fill,) = metrics.fills()
+        assert (fill.done, fill.total) == (1 << 20, 4 << 20) and "gone" not in (fill.source or "")
+    assert _v(_samples(metrics.exposition().decode()), "locpick_cache_filling") == 0
+
+
 def test_metrics_file_reports_sources_probe_and_verify_failures(tmp_path: Path) -> None:
     """The textfile and --json carry method, result, chosen host, bytes per source, failures."""
     data = os.urandom(400_000)

@@ -15,6 +15,7 @@ from helpers import ROOT, image_record, run_cli, write_record
 from playwright.sync_api import Browser, sync_playwright
 
 from locpick.cache import NodeCache
+from locpick.fillstate import FillWriter
 from locpick.sources import parse_image
 from locpick.testing import Faults, Origin
 
@@ -86,6 +87,8 @@ def test_status_page_renders_escapes_and_has_no_console_errors(
     big.write_bytes(os.urandom(48 << 20))
     cache.add_file(parse_image(image_record(BIG, big.read_bytes(), []), BIG), big)
     cache.set_registered(IMG, "http://node-7:8470/images/" + IMG)
+    filling = FillWriter.create(cache.images / "f111f111-0000.fill", 8 << 20)
+    filling.mark(0, 3 << 20)
 
     with ServeProcess(cache.dir) as proc:
         held = _hold_a_transfer(proc.port, BIG)
@@ -111,6 +114,8 @@ def test_status_page_renders_escapes_and_has_no_console_errors(
             assert "http://node-7:8470/images/" + IMG in body  # registered location
             assert "127.0.0.1" in page.locator("h2:has-text('Clients') + div").inner_text()
             assert "failed (exit 3)" in body  # the failed download, with its reason
+            fills = page.locator("h2:has-text('filled') + div").inner_text()
+            assert "f111f111-0000" in fills and "3.0 MiB / 8.0 MiB" in fills
             assert page.locator("svg").count() == 3  # one per download
             # The download that switched source draws one line per source, named in the key.
             switched = page.locator("tr", has_text="localhost").locator("svg polyline")
@@ -126,6 +131,7 @@ def test_status_page_renders_escapes_and_has_no_console_errors(
             page.close()
         finally:
             held.close()
+            filling.close()
 
 
 def test_status_html_escapes_every_value_without_a_browser(tmp_path: Path) -> None:
