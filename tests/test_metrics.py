@@ -363,3 +363,25 @@ def test_a_client_that_leaves_mid_transfer_counts_as_aborted(tmp_path: Path) -> 
             time.sleep(0.05)
         assert _v(m, "locpick_serve_active_clients") == 0
         assert _v(m, "locpick_serve_requests_total", image=IMG, status="200") == 0
+
+
+def test_metrics_file_without_prometheus_client_names_the_extra(tmp_path: Path) -> None:
+    """No prometheus-client installed: exit 2 naming locpick[metrics], before any transfer."""
+    import subprocess
+    import sys
+
+    from helpers import cli_env
+
+    meta = write_record(tmp_path / "m.json", image_record(IMG, b"z" * 100, ["http://x/y"]))
+    code = (
+        "import sys; sys.modules['prometheus_client'] = None\n"
+        "from locpick.cli import main\n"
+        f"sys.exit(main(['download', {IMG!r}, {str(tmp_path / 'out')!r}, '--metadata', "
+        f"{str(meta)!r}, '--metrics-file', {str(tmp_path / 'x.prom')!r}]))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=60
+    )
+    assert r.returncode == 2, r.stderr
+    assert "pip install 'locpick[metrics]'" in r.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "x.prom").exists()
