@@ -10,6 +10,7 @@ from typing import Any, Literal
 import attrs
 
 from locpick.redact import redact_url
+from locpick.s3url import ALL_S3_SCHEMES, display_s3_url, register_s3_secrets
 
 Outcome = Literal["ok", "failed", "skipped"]
 Method = Literal["download", "copy", "cache"]
@@ -43,9 +44,15 @@ class Location:
         except ValueError:
             return ""
 
+    def __attrs_post_init__(self) -> None:
+        if self.scheme in ALL_S3_SCHEMES:
+            register_s3_secrets(self.url)
+
     @property
     def display_url(self) -> str:
         """The URL with any credentials removed: safe to print, log and store."""
+        if self.scheme in ALL_S3_SCHEMES:
+            return redact_url(display_s3_url(self.url))
         return redact_url(self.url)
 
     def __repr__(self) -> str:
