@@ -33,6 +33,7 @@ from locpick.models import (
     PruneResult,
     Ranking,
     Result,
+    Score,
     VerifyReport,
 )
 from locpick.netpolicy import NetPolicy
@@ -202,7 +203,23 @@ class Client:
         ]
         for url, why in image.rejected:
             candidates.append(Candidate(Location(url=url), unusable=why))
-        return Ranking(image=image, scores=rank(image, candidates, self.config))
+        scores = rank(image, candidates, self.config)
+        return Ranking(image=image, scores=tuple(self._with_route(s) for s in scores))
+
+    def _with_route(self, score: Score) -> Score:
+        """Say in the reasons how the location is reached (``direct`` / ``via proxy ...``)."""
+        try:
+            transport = self._transports.for_location(score.location)
+        except LocationError:
+            return score
+        route_of = getattr(transport, "route", None)
+        route = route_of(score.location) if route_of is not None else None
+        if not isinstance(route, str):
+            return score
+        reasons = attrs.evolve(
+            score.reasons, route=route, notes=(*score.reasons.notes, f"route: {route}")
+        )
+        return attrs.evolve(score, reasons=reasons)
 
     def _probe(self, image: Image, locations: Sequence[Location]) -> dict[Location, Probe]:
         found: dict[Location, Probe] = {}

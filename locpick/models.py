@@ -117,6 +117,9 @@ class Reasons:
     icmp_note: str | None = None
     #: What the operator's [policy] did to this location (pinned, forbidden, last resort).
     policy: str | None = None
+    #: How probes and transfers reach it: ``direct`` or ``via proxy URL`` (None: not a network
+    #: location).
+    route: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -128,7 +131,9 @@ class Reasons:
             "error": self.error,
             "icmp_ms": None if self.icmp_ms is None else round(self.icmp_ms, 2),
             "connect_ms": None if self.connect_ms is None else round(self.connect_ms, 2),
+            "icmp_note": self.icmp_note,
             "policy": self.policy,
+            "route": self.route,
             "notes": list(self.notes),
         }
 

@@ -182,7 +182,10 @@ class RoutingTransport(httpx.BaseTransport):
                     verify=self._net.ssl_context,
                     trust_env=False,
                     limits=_LIMITS,
-                    proxy=httpx.Proxy(proxy, ssl_context=self._net.ssl_context),
+                    proxy=httpx.Proxy(
+                        proxy,
+                        ssl_context=self._net.ssl_context if proxy.startswith("https:") else None,
+                    ),
                 )
             return transport
 
