@@ -59,7 +59,21 @@ class ForwardProxy:
                 if method == "CONNECT":
                     self._tunnel(conn, target, buf)
                     return
-                if not self._forward(conn, method, target, version, lines[1:]):
+                length = next(
+                    (
+                        int(h.split(":", 1)[1])
+                        for h in lines[1:]
+                        if h.lower().startswith("content-length:")
+                    ),
+                    0,
+                )
+                while len(buf) < length:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                body, buf = buf[:length], buf[length:]
+                if not self._forward(conn, method, target, version, lines[1:], body):
                     return
         except (OSError, ValueError):
             pass
@@ -99,6 +113,7 @@ class ForwardProxy:
         target: str,
         version: str,
         headers: list[str],
+        body: bytes,
     ) -> bool:
         """One absolute-form request; relays the response until upstream closes."""
         if not target.startswith("http://"):
@@ -115,7 +130,7 @@ class ForwardProxy:
         ]
         upstream = socket.create_connection((host.strip("[]"), int(port)), timeout=30)
         request = f"{method} /{path} {version}\r\n" + "".join(f"{h}\r\n" for h in kept)
-        upstream.sendall(request.encode("latin-1") + b"Connection: close\r\n\r\n")
+        upstream.sendall(request.encode("latin-1") + b"Connection: close\r\n\r\n" + body)
         try:
             while True:
                 data = upstream.recv(1 << 16)

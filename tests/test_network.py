@@ -281,6 +281,32 @@ def test_mutual_tls_origin(tmp_path: Path, ca: trustme.CA, how: str) -> None:
         assert dest.read_bytes() == DATA
 
 
+def test_keystone_gets_the_same_trust_and_route(
+    tmp_path: Path, ca: trustme.CA, proxy: ForwardProxy
+) -> None:
+    """keystoneauth verifies Keystone against the policy's CA (OS_CACERT here) and goes
+    through the policy's proxy; this TLS site is no Keystone, so it answers POST with 501."""
+    site, bundle = _tls_world(tmp_path, ca)
+    env = {**_NO_TRUST, "OS_AUTH_URL": "", "OS_USERNAME": "demo", "OS_PASSWORD": "pw-secret-1"}
+    env.update(OS_PROJECT_NAME="demo", OS_USER_DOMAIN_NAME="Default")
+    env["OS_PROJECT_DOMAIN_NAME"] = "Default"
+    with site:
+        env["OS_AUTH_URL"] = f"{site.base}/v3"
+        untrusted = run_cli("rank", "img", "--glance-url", site.base, env=env)
+        trusted = run_cli(
+            "rank", "img", "--glance-url", site.base, env={**env, "OS_CACERT": str(bundle)}
+        )
+    assert untrusted.returncode == 2 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+    assert trusted.returncode == 2 and "501" in trusted.stderr, trusted.stderr
+    assert "CERTIFICATE_VERIFY_FAILED" not in trusted.stderr
+    with Site({}) as keystone:
+        env.update(OS_AUTH_URL=f"{keystone.base}/v3", http_proxy=proxy.url)
+        routed = run_cli("rank", "img", "--glance-url", keystone.base, env=env)
+    assert routed.returncode == 2, routed.stderr
+    assert ("POST", f"{keystone.base}/v3/auth/tokens") in proxy.requests
+    assert "pw-secret-1" not in routed.stderr
+
+
 # -- the address guard (issue 18, attack 1) ------------------------------------------------------
 
 FORBID_LOOPBACK = '[security]\nforbid_networks = ["127.0.0.1/32"]\n'
