@@ -14,7 +14,7 @@ from fixtures_s3 import BUCKET, REGION, MotoS3
 from helpers import image_record, run_cli, temp_leftovers, write_record
 
 import locpick
-from locpick.config import Config, Policy, ProbeConfig, S3Config
+from locpick.config import Config, Policy, ProbeConfig, S3Config, SecurityConfig
 from locpick.errors import ConfigError
 from locpick.models import Image, Location
 from locpick.s3url import parse_s3_url
@@ -390,3 +390,34 @@ def test_own_endpoint_without_credentials_is_refused_by_default(tmp_path: Path) 
     rows = json.loads(r.stdout)
     assert rows[0]["usable"] is False
     assert "location_endpoint" in rows[0]["reasons"]["error"]
+
+
+def test_s3_endpoint_takes_the_proxy_route(
+    moto_s3: MotoS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The S3 client goes through the same proxy as every other location (botocore proxies)."""
+    from fixtures_net import ForwardProxy
+
+    moto_s3.put("proxied.raw", GLANCE_DATA)
+    url = _glance_url(moto_s3, "s3", "proxied.raw")
+    for name, value in BARE.items():
+        monkeypatch.setenv(name, value)
+    with ForwardProxy() as proxy:
+        monkeypatch.setenv("http_proxy", proxy.url)
+        record = image_record("img", GLANCE_DATA, [url])
+        ranking = locpick.rank("img", metadata=record)
+        assert ranking.scores[0].reasons.route == f"via proxy {proxy.url}"
+        locpick.download("img", tmp_path / "out", metadata=record)
+        assert (tmp_path / "out").read_bytes() == GLANCE_DATA
+        assert any("/images/proxied.raw" in target for _m, target in proxy.requests)
+        assert proxy.relayed >= len(GLANCE_DATA)
+
+
+def test_s3_endpoint_host_name_is_resolved_and_checked() -> None:
+    """An endpoint given as a name is refused when the name resolves into a forbidden network."""
+    cfg = Config(
+        s3=S3Config(endpoint_url="http://localhost:9"),
+        security=SecurityConfig(forbid_networks=("127.0.0.0/8", "::1/128")),
+    )
+    reason = FsspecTransport(Context(cfg)).check(Location("s3://bucket/key"), Image("i", 1))
+    assert reason is not None and "forbidden network" in reason
