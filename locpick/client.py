@@ -34,8 +34,10 @@ from locpick.models import (
     PruneResult,
     Ranking,
     Result,
+    Score,
     VerifyReport,
 )
+from locpick.netpolicy import NetPolicy
 from locpick.probe import probe_and_measure
 from locpick.publish import (
     GlanceLocations,
@@ -49,7 +51,6 @@ from locpick.report import DownloadReport, Recorder
 from locpick.score import Candidate, rank
 from locpick.sources import fetch_glance_image, load_metadata
 from locpick.transports import Context, Transports
-from locpick.transports.base import tls_verify
 from locpick.transports.file import FileTransport
 
 log = logging.getLogger("locpick")
@@ -71,31 +72,37 @@ class Client:
         register_env_secrets()
         SCRUB.add(token)
         self.config = resolve_config(config)
-        if insecure:
-            self.config = attrs.evolve(self.config, tls=attrs.evolve(self.config.tls, verify=False))
-        tls_verify(self.config)  # a bad [tls] ca_file is a config error now, not per location
-        if not self.config.tls.verify:
-            log.warning(
-                "TLS certificate verification is OFF (--insecure / [tls] verify = false): "
-                "any host on the path can impersonate image locations and Glance"
-            )
         if glance_url is None:
             glance_url = os.environ.get("OS_IMAGE_URL") or None
         if token is None:
             token = os.environ.get("OS_AUTH_TOKEN") or None
         SCRUB.add(token)
         self.glance_url = glance_url
-        self._ctx = Context(self.config, glance_url=glance_url, token=token)
         #: Keystone (OS_AUTH_URL / OS_CLOUD) when the token or the endpoint must come from it.
         self._auth: OpenStackAuth | None = None
         if not (token and glance_url):
             self._auth = auth_from_environment(
                 os.environ,
                 token=token,
-                ca_file=self.config.tls.ca_file,
-                verify=self.config.tls.verify,
                 timeout=max(30.0, self.config.transfer.connect_timeout),
             )
+        # The edge: proxies, trust and forbidden networks, read once from config + environment.
+        # A bad CA file, proxy URL or no_proxy is a config error now, before anything is fetched.
+        self.net = NetPolicy.from_environment(
+            self.config,
+            os.environ,
+            cloud_cacert=self._auth.cacert if self._auth is not None else None,
+            insecure=insecure or (self._auth is not None and self._auth.insecure),
+        )
+        if not self.net.trust.verify:
+            self.config = attrs.evolve(self.config, tls=attrs.evolve(self.config.tls, verify=False))
+            log.warning(
+                "TLS certificate verification is OFF (--insecure / OS_INSECURE / [tls] verify = "
+                "false): any host on the path can impersonate image locations and Glance"
+            )
+        if self._auth is not None:
+            self._auth.use_policy(self.net)
+        self._ctx = Context(self.config, glance_url=glance_url, token=token, net=self.net)
         self._transports = Transports(self._ctx)
         self._probe_cache: cachetools.TTLCache[tuple[str, int | None], Probe] = cachetools.TTLCache(
             maxsize=4096, ttl=self.config.probe.cache_ttl
@@ -198,7 +205,23 @@ class Client:
         ]
         for url, why in image.rejected:
             candidates.append(Candidate(Location(url=url), unusable=why))
-        return Ranking(image=image, scores=rank(image, candidates, self.config))
+        scores = rank(image, candidates, self.config)
+        return Ranking(image=image, scores=tuple(self._with_route(s) for s in scores))
+
+    def _with_route(self, score: Score) -> Score:
+        """Say in the reasons how the location is reached (``direct`` / ``via proxy ...``)."""
+        try:
+            transport = self._transports.for_location(score.location)
+        except LocationError:
+            return score
+        route_of = getattr(transport, "route", None)
+        route = route_of(score.location) if route_of is not None else None
+        if not isinstance(route, str):
+            return score
+        reasons = attrs.evolve(
+            score.reasons, route=route, notes=(*score.reasons.notes, f"route: {route}")
+        )
+        return attrs.evolve(score, reasons=reasons)
 
     def _probe(self, image: Image, locations: Sequence[Location]) -> dict[Location, Probe]:
         found: dict[Location, Probe] = {}

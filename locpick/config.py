@@ -22,6 +22,7 @@ __all__ = [
     "Config",
     "Filesystem",
     "Hint",
+    "NetworkConfig",
     "Policy",
     "ProbeConfig",
     "S3Config",
@@ -195,8 +196,29 @@ class SecurityConfig:
 
 @attrs.frozen
 class TLSConfig:
+    """One trust store for every connection (Glance, Keystone, probes, bulk GETs, Swift, S3)."""
+
+    #: CA bundle (PEM) to verify servers against; wins over OS_CACERT, clouds.yaml ``cacert``,
+    #: SSL_CERT_FILE/SSL_CERT_DIR and the system store, in that order.
     ca_file: str | None = None
+    #: False = ``--insecure`` (also OS_INSECURE): no verification, warned about on every use.
     verify: bool = True
+    #: Client certificate (PEM) for servers that require mutual TLS; wins over OS_CERT.
+    cert_file: str | None = None
+    #: Its private key when not inside ``cert_file``; wins over OS_KEY.
+    key_file: str | None = None
+
+
+@attrs.frozen
+class NetworkConfig:
+    """How connections are routed; see the README's "Connection policy" table."""
+
+    #: Proxy for every http(s) connection (CONNECT for https), overriding http_proxy,
+    #: https_proxy and all_proxy; "" = no proxy whatever the environment says.
+    proxy: str | None = None
+    #: Hosts reached directly (curl's no_proxy syntax: ``*``, names, ``.domain`` suffixes,
+    #: IPs, CIDR networks), overriding the no_proxy environment variable.
+    no_proxy: str | None = None
 
 
 @attrs.frozen
@@ -279,6 +301,7 @@ class Config:
     policy: Policy = Policy()
     security: SecurityConfig = SecurityConfig()
     tls: TLSConfig = TLSConfig()
+    network: NetworkConfig = NetworkConfig()
     transfer: TransferConfig = TransferConfig()
     glance: GlanceConfig = GlanceConfig()
     s3: S3Config = S3Config()
@@ -342,6 +365,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "policy": Policy,
     "security": SecurityConfig,
     "tls": TLSConfig,
+    "network": NetworkConfig,
     "transfer": TransferConfig,
     "glance": GlanceConfig,
     "s3": S3Config,

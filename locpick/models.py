@@ -10,6 +10,7 @@ from typing import Any, Literal
 import attrs
 
 from locpick.redact import redact_url
+from locpick.s3url import ALL_S3_SCHEMES, display_s3_url, register_s3_secrets
 
 Outcome = Literal["ok", "failed", "skipped"]
 Method = Literal["download", "copy", "cache"]
@@ -43,9 +44,15 @@ class Location:
         except ValueError:
             return ""
 
+    def __attrs_post_init__(self) -> None:
+        if self.scheme in ALL_S3_SCHEMES:
+            register_s3_secrets(self.url)
+
     @property
     def display_url(self) -> str:
         """The URL with any credentials removed: safe to print, log and store."""
+        if self.scheme in ALL_S3_SCHEMES:
+            return redact_url(display_s3_url(self.url))
         return redact_url(self.url)
 
     def __repr__(self) -> str:
@@ -110,6 +117,9 @@ class Reasons:
     icmp_note: str | None = None
     #: What the operator's [policy] did to this location (pinned, forbidden, last resort).
     policy: str | None = None
+    #: How probes and transfers reach it: ``direct`` or ``via proxy URL`` (None: not a network
+    #: location).
+    route: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -121,7 +131,9 @@ class Reasons:
             "error": self.error,
             "icmp_ms": None if self.icmp_ms is None else round(self.icmp_ms, 2),
             "connect_ms": None if self.connect_ms is None else round(self.connect_ms, 2),
+            "icmp_note": self.icmp_note,
             "policy": self.policy,
+            "route": self.route,
             "notes": list(self.notes),
         }
 

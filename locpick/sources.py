@@ -22,6 +22,7 @@ from locpick.errors import (
 from locpick.hashing import hex_length, is_hex
 from locpick.models import Image, Location
 from locpick.redact import SCRUB, redact_url
+from locpick.s3url import ALL_S3_SCHEMES
 
 #: Longest location URL accepted; longer ones are rejected as hostile.
 MAX_URL_LENGTH = 8192
@@ -156,7 +157,8 @@ def _parse_location(raw: Any) -> Location:
         raise MetadataError("URL contains whitespace or control characters")
     try:
         parts = urllib.parse.urlsplit(url)
-        _ = parts.port
+        if parts.scheme.lower() not in ALL_S3_SCHEMES:  # an S3 secret may hold a '/'
+            _ = parts.port
     except ValueError as exc:
         raise MetadataError(f"unparseable URL ({exc})") from exc
     if not parts.scheme:
