@@ -293,7 +293,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not directory:
         raise ConfigError("serve: no node cache: give --cache-dir DIR or set [cache] dir")
     cache = NodeCache(directory, config.cache.max_bytes)
-    return serve(cache, args.bind or DEFAULT_BIND, ready=announce)
+    return serve(cache, args.bind or DEFAULT_BIND, config=config.serve, ready=announce)
 
 
 def _cache(args: argparse.Namespace) -> int:

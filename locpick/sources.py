@@ -118,6 +118,7 @@ def parse_image(
         locations=tuple(locations),
         status=status,
         rejected=tuple(rejected),
+        visibility=_opt_str(record, "visibility", source),
     )
 
 
