@@ -43,6 +43,7 @@ from locpick.capability import UntrustedCache, image_token, load_secret, rotate_
 from locpick.errors import DestinationError, InputError
 from locpick.hashing import Expected
 from locpick.models import Image
+from locpick.redact import redact_url
 
 log = logging.getLogger("locpick")
 
@@ -82,7 +83,8 @@ class CacheEntry:
             "algo": self.algo,
             "digest": self.digest,
             "last_used": round(self.last_used, 3),
-            "registered_url": self.registered_url,
+            "registered_url": redact_url(self.registered_url) if self.registered_url else None,
+            "visibility": self.visibility,
         }
 
 
@@ -228,6 +230,7 @@ class NodeCache:
         The caller vouches that ``source`` was verified against the image's hash just now.
         Images without a hash, or larger than ``max_bytes``, are not cached.
         """
+        self.check()
         expected = Expected.for_image(image.os_hash_algo, image.os_hash_value, image.checksum)
         if expected.value is None or expected.algo is None:
             log.info("cache: image %s has no hash; not cached", image.id)

@@ -320,6 +320,14 @@ def add_routes(app: Any, cache: NodeCache, config: ServeConfig) -> None:
     """Every route ``serve`` answers; anything else is 404."""
     from aiohttp import hdrs, web
 
+    class OpenFileResponse(web.FileResponse):
+        """Sent inside the handler (while the fd is open); aiohttp's second prepare is a no-op."""
+
+        async def prepare(self, request: web.BaseRequest) -> Any:
+            if self.prepared:
+                return await web.StreamResponse.prepare(self, request)
+            return await super().prepare(request)
+
     secret = SecretFile(cache.dir)
     limiter = RateLimiter(config.max_rate) if config.max_rate else None
 
@@ -355,7 +363,7 @@ def add_routes(app: Any, cache: NodeCache, config: ServeConfig) -> None:
             if limiter is not None:
                 return await _send_limited(request, fd, entry, limiter, headers)
             # The checked, open file itself, not the path (which may change meanwhile).
-            response = web.FileResponse(f"/proc/self/fd/{fd}", chunk_size=1 << 20)
+            response = OpenFileResponse(f"/proc/self/fd/{fd}", chunk_size=1 << 20)
             response.headers.update(headers)
             await response.prepare(request)  # sends it all, while the fd is still open
             return response

@@ -5,10 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from helpers import cli_env
+
+from locpick.cache import NodeCache
 
 
 class ServeProcess:
@@ -21,7 +23,11 @@ class ServeProcess:
         bind: str = "127.0.0.1:0",
         env: Mapping[str, str] | None = None,
         timeout: float = 30.0,
+        config: Path | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
+        self.cache_dir = cache_dir
+        extra = ["--config", str(config)] if config is not None else []
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -32,11 +38,13 @@ class ServeProcess:
                 str(cache_dir),
                 "--bind",
                 bind,
+                *extra,
             ],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
             env=cli_env(env),
+            preexec_fn=preexec_fn,  # noqa: PLW1509 - only setrlimit, before exec
         )
         self.url = ""
         deadline = time.monotonic() + timeout
@@ -56,7 +64,11 @@ class ServeProcess:
         return int(self.url.rsplit(":", 1)[1])
 
     def image_url(self, image_id: str) -> str:
-        return f"{self.url}/images/{image_id}"
+        """The capability URL of ``image_id`` (what the node registers in Glance)."""
+        return f"{self.url}/images/{image_id}/{NodeCache(self.cache_dir).token(image_id)}"
+
+    def image_path(self, image_id: str) -> str:
+        return self.image_url(image_id)[len(self.url) :]
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -48,7 +48,7 @@ def _get(
 def test_full_get_and_head(served: tuple[ServeProcess, NodeCache]) -> None:
     """GET returns the whole image; the hash it was verified with is in a header."""
     proc, _ = served
-    status, headers, body = _get(proc.port, f"/images/{IMG}")
+    status, headers, body = _get(proc.port, proc.image_path(IMG))
     assert status == 200 and body == DATA
     assert headers["content-length"] == str(len(DATA))
     assert headers["x-image-meta-hash"].startswith("sha512:")
@@ -62,7 +62,9 @@ def test_full_get_and_head(served: tuple[ServeProcess, NodeCache]) -> None:
         "/images/%2e%2e/secret",
         "/images/..%2fsecret",
         "/images/%2e%2e%2fsecret",
-        f"/images/{IMG}.json",
+        f"/images/{IMG}.json/TOKEN",
+        "/images/../secret/TOKEN",
+        "/images/.lock/TOKEN",
         "/images/partial",
         "/images/unknown-id",
         "/images/",
@@ -73,10 +75,10 @@ def test_full_get_and_head(served: tuple[ServeProcess, NodeCache]) -> None:
     ],
 )
 def test_refuses_paths_and_unknown_ids(served: tuple[ServeProcess, NodeCache], path: str) -> None:
-    """Traversal, sidecars, incomplete files, unknown ids and listings all answer 404."""
+    """Traversal, sidecars, incomplete files, unknown ids and listings: 404, or 403 (no token)."""
     proc, _ = served
     status, _h, body = _get(proc.port, path)
-    assert status == 404, (path, status)
+    assert status in (403, 404), (path, status)
     assert b"outside the cache" not in body and IMG.encode() not in body
 
 
@@ -93,7 +95,9 @@ def test_concurrent_range_requests_return_the_right_bytes(
     ranges.append((len(DATA) - 10, len(DATA) - 1))
 
     def one(r: tuple[int, int]) -> bool:
-        status, headers, body = _get(proc.port, f"/images/{IMG}", {"Range": f"bytes={r[0]}-{r[1]}"})
+        status, headers, body = _get(
+            proc.port, proc.image_path(IMG), {"Range": f"bytes={r[0]}-{r[1]}"}
+        )
         assert status == 206, status
         assert headers["content-range"] == f"bytes {r[0]}-{r[1]}/{len(DATA)}"
         return body == DATA[r[0] : r[1] + 1]
@@ -106,9 +110,9 @@ def test_concurrent_range_requests_return_the_right_bytes(
 def test_suffix_and_unsatisfiable_ranges(served: tuple[ServeProcess, NodeCache]) -> None:
     """bytes=-N gives the tail; a range past the end answers 416."""
     proc, _ = served
-    status, _h, body = _get(proc.port, f"/images/{IMG}", {"Range": "bytes=-1000"})
+    status, _h, body = _get(proc.port, proc.image_path(IMG), {"Range": "bytes=-1000"})
     assert status == 206 and body == DATA[-1000:]
-    status, _h, _b = _get(proc.port, f"/images/{IMG}", {"Range": f"bytes={len(DATA) + 5}-"})
+    status, _h, _b = _get(proc.port, proc.image_path(IMG), {"Range": f"bytes={len(DATA) + 5}-"})
     assert status == 416
 
 
@@ -117,7 +121,7 @@ def test_write_methods_are_refused(served: tuple[ServeProcess, NodeCache]) -> No
     proc, cache = served
     for method in ("PUT", "DELETE", "POST"):
         conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=30)
-        conn.request(method, f"/images/{IMG}", body=b"evil")
+        conn.request(method, proc.image_path(IMG), body=b"evil")
         status = conn.getresponse().status
         conn.close()
         assert status in (404, 405), (method, status)
@@ -131,9 +135,9 @@ def test_evicted_image_is_gone_from_serve(tmp_path: Path) -> None:
     src.write_bytes(b"abc" * 1000)
     cache.add_file(parse_image(image_record("x1", b"abc" * 1000, []), "x1"), src)
     with ServeProcess(tmp_path / "c") as proc:
-        assert _get(proc.port, "/images/x1")[0] == 200
+        assert _get(proc.port, proc.image_path("x1"))[0] == 200
         cache.evict("x1")
-        assert _get(proc.port, "/images/x1")[0] == 404
+        assert _get(proc.port, proc.image_path("x1"))[0] == 404
 
 
 def test_symlink_planted_in_the_cache_is_not_followed_out(tmp_path: Path) -> None:
@@ -147,5 +151,5 @@ def test_symlink_planted_in_the_cache_is_not_followed_out(tmp_path: Path) -> Non
     )
     assert cache.entry("evil") is None  # not a regular file: not an entry
     with ServeProcess(tmp_path / "c") as proc:
-        status, _h, body = _get(proc.port, "/images/evil")
+        status, _h, body = _get(proc.port, proc.image_path("evil"))
     assert status == 404 and b"secret" not in body
