@@ -264,8 +264,9 @@ async def _send_limited(
         return resp
     loop = asyncio.get_running_loop()
     pos = start
+    step = min(256 << 10, max(16 << 10, limiter.rate // 8))  # ~1/8 s per chunk, at most 256 KiB
     while pos < stop:
-        n = min(256 << 10, stop - pos)
+        n = min(step, stop - pos)
         await limiter.take(n)
         chunk = await loop.run_in_executor(None, os.pread, fd, n, pos)
         if not chunk:

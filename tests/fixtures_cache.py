@@ -44,7 +44,7 @@ class ServeProcess:
             stdout=subprocess.DEVNULL,
             text=True,
             env=cli_env(env),
-            preexec_fn=preexec_fn,  # noqa: PLW1509 - only setrlimit, before exec
+            preexec_fn=preexec_fn,
         )
         self.url = ""
         deadline = time.monotonic() + timeout
