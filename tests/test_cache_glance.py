@@ -364,6 +364,7 @@ def test_private_image_only_through_its_capability_url(
     now = [u for u in _locations(w, image_id) if u.startswith(a.serve.url)]
     assert now == [a.url(image_id)] and now != mine
     assert _status(mine[0]) == 403  # the old URL stopped working at once
+    b.cache.evict(image_id)  # B kept a copy of its own: make it fetch from A again
     code, out, err = b.cli("download", image_id, str(tmp_path / "b2.img"), "--json")
     assert code == 0, err
     assert json.loads(out)["source_url"] == redact_url(now[0])
