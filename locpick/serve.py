@@ -45,6 +45,9 @@ log = logging.getLogger("locpick")
 DEFAULT_BIND = "127.0.0.1:8470"
 #: File descriptors kept free of client connections (cache files, the listener, logging).
 _FD_RESERVE = 64
+#: Listen backlog, which asyncio also uses as the number of sockets accepted in one go (before
+#: the guard can refuse any): kept under the reserve so a connection flood never hits EMFILE.
+_BACKLOG = _FD_RESERVE // 2
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
 _ZERO_SUFFIX = re.compile(r"\s*bytes\s*=\s*-\s*0+\s*")
 _BUSY = (
@@ -425,7 +428,7 @@ def serve(
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(
-                guard.factory(runner.server), host, port, reuse_address=True, backlog=256
+                guard.factory(runner.server), host, port, reuse_address=True, backlog=_BACKLOG
             )
         except OSError as exc:
             await runner.cleanup()

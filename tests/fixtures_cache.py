@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -47,6 +48,8 @@ class ServeProcess:
             preexec_fn=preexec_fn,
         )
         self.url = ""
+        self.log: list[str] = []
+        self._drainer: threading.Thread | None = None
         deadline = time.monotonic() + timeout
         assert self.proc.stderr is not None
         while time.monotonic() < deadline:
@@ -55,9 +58,17 @@ class ServeProcess:
                 break
             if "serving cache on " in line:
                 self.url = line.rsplit("serving cache on ", 1)[1].strip()
+                # Keep reading: a full stderr pipe would block the server's event loop.
+                self._drainer = threading.Thread(target=self._drain, daemon=True)
+                self._drainer.start()
                 return
         self.stop()
         raise RuntimeError(f"locpick serve did not start (exit {self.proc.returncode})")
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
 
     @property
     def port(self) -> int:
@@ -78,6 +89,8 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._drainer is not None:
+            self._drainer.join(timeout=15)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
 
