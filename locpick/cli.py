@@ -13,7 +13,7 @@ from typing import Any
 from locpick.client import Client
 from locpick.errors import LocpickError
 from locpick.models import Ranking, Result, VerifyReport
-from locpick.redact import SCRUB, RedactingFilter
+from locpick.redact import SCRUB, RedactingFilter, redact_url
 
 log = logging.getLogger("locpick")
 
@@ -83,7 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--verbose", "-v", action="store_true", help="log what locpick does")
 
     c = sub.add_parser("cache", help="list, evict or reconcile the node cache with Glance")
-    c.add_argument("action", choices=("list", "evict", "reconcile"), metavar="reconcile|list|evict")
+    c.add_argument(
+        "action",
+        choices=("list", "evict", "reconcile", "rotate-secret"),
+        metavar="reconcile|list|evict|rotate-secret",
+    )
     c.add_argument("image_ids", nargs="*", metavar="IMAGE_ID", help="evict: images to evict")
     c.add_argument("--all", action="store_true", help="evict: every cached image")
     c.add_argument("--cache-dir", metavar="DIR", help="the node cache (else [cache] dir)")
@@ -293,7 +297,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not directory:
         raise ConfigError("serve: no node cache: give --cache-dir DIR or set [cache] dir")
     cache = NodeCache(directory, config.cache.max_bytes)
-    return serve(cache, args.bind or DEFAULT_BIND, ready=announce)
+    return serve(cache, args.bind or DEFAULT_BIND, config=config.serve, ready=announce)
 
 
 def _cache(args: argparse.Namespace) -> int:
@@ -308,7 +312,7 @@ def _cache(args: argparse.Namespace) -> int:
                 _print_json([e.to_json() for e in reversed(entries)])
             else:
                 for e in reversed(entries):
-                    reg = e.registered_url or "-"
+                    reg = redact_url(e.registered_url) if e.registered_url else "-"
                     print(f"{e.image_id}  {e.size:>14}  {e.algo}  registered: {reg}")
             return 0
         if args.action == "evict":
@@ -328,7 +332,10 @@ def _cache(args: argparse.Namespace) -> int:
                 for image_id in sorted(gone):
                     print(f"evicted {image_id}")
             return 3 if problems else 0
-        done = client.reconcile(cache_dir=args.cache_dir)
+        if args.action == "rotate-secret":
+            done = client.rotate_secret(cache_dir=args.cache_dir)
+        else:
+            done = client.reconcile(cache_dir=args.cache_dir)
         if args.json:
             _print_json({"actions": done})
         else:

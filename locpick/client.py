@@ -44,7 +44,7 @@ from locpick.publish import (
     cache_location_url,
     cache_metadata,
 )
-from locpick.redact import SCRUB, register_env_secrets
+from locpick.redact import SCRUB, redact_url, register_env_secrets
 from locpick.replicas import plan_prune, verify_replicas
 from locpick.score import Candidate, rank
 from locpick.sources import fetch_glance_image, load_metadata
@@ -319,12 +319,18 @@ class Client:
         self, cache: NodeCache, image: Image, dest: str | os.PathLike[str], publish: bool
     ) -> Result | None:
         started = time.monotonic()
+        problem = cache.problem()
+        if problem is not None:
+            log.warning("cache: not used: %s", problem)
+            return None
         entry = cache.lookup(image)
         if entry is None:
             return None
         if not copy_out(entry, dest, mode=self.config.security.file_mode):
             return None
         cache.touch(image.id)
+        if image.visibility is not None:
+            cache.update_meta(image.id, visibility=image.visibility)
         if publish:
             self._publish(cache, image, entry)
         url = entry.path.as_uri()
@@ -348,13 +354,20 @@ class Client:
         """Register the cached copy in Glance; a refusal is a warning, the cache keeps working."""
         public_url = self.config.cache.public_url
         assert public_url is not None
-        url = cache_location_url(public_url, image.id)
+        try:
+            url = cache_location_url(public_url, image.id, cache.token(image.id))
+        except (InputError, OSError) as exc:
+            log.warning("not registered, keeping a plain cache: %s", SCRUB(str(exc)))
+            return
         if entry is None:
             entry = cache.entry(image.id)
         if entry is None or entry.registered_url == url:
             return
         try:
-            self.glance_locations().add(image.id, url, cache_metadata(self.config.topology))
+            api = self.glance_locations()
+            if entry.registered_url:  # made with a rotated secret: replace it
+                api.remove(image.id, entry.registered_url)
+            api.add(image.id, url, cache_metadata(self.config.topology))
         except (PublishError, InputError) as exc:
             log.warning("not registered, keeping a plain cache: %s", SCRUB(str(exc)))
             return
@@ -404,15 +417,17 @@ class Client:
         registered = api.images_with_location_prefix(prefix)
         for image_id, urls in sorted(registered.items()):
             entry = cache.entry(image_id)
+            current = _current_url(cache, public_url, image_id)
             for url in urls:
-                if entry is not None and url == cache_location_url(public_url, image_id):
+                if entry is not None and url == current:
                     if entry.registered_url != url:
                         cache.set_registered(image_id, url)
                     continue
                 api.remove(image_id, url)
-                done.append(f"unregistered {image_id}: {url} (not in the cache)")
+                why = "not in the cache" if entry is None else "not this node's current URL"
+                done.append(f"unregistered {image_id}: {redact_url(url)} ({why})")
         for entry in cache.entries():
-            url = cache_location_url(public_url, entry.image_id)
+            url = _current_url(cache, public_url, entry.image_id)
             try:
                 image = self.image(entry.image_id)
             except ImageNotFound:
@@ -425,15 +440,31 @@ class Client:
                     api.remove(entry.image_id, url)
                 done.append(f"evicted {entry.image_id}: its hash no longer matches Glance's")
                 continue
+            if image.visibility is not None:
+                cache.update_meta(entry.image_id, visibility=image.visibility)
             if url in registered.get(entry.image_id, []):
                 continue
-            if entry.registered_url:
+            was_registered = bool(entry.registered_url)
+            if was_registered:
                 cache.set_registered(entry.image_id, None)
-            if self.config.cache.register:
+            if self.config.cache.register or was_registered:
                 api.add(entry.image_id, url, cache_metadata(self.config.topology))
                 cache.set_registered(entry.image_id, url)
-                done.append(f"registered {entry.image_id}: {url}")
+                done.append(f"registered {entry.image_id}: {redact_url(url)}")
         return done
+
+    def rotate_secret(self, *, cache_dir: str | os.PathLike[str] | None = None) -> list[str]:
+        """New node secret (every old capability URL refused at once), then re-register.
+
+        Every entry that was registered gets its new URL in Glance and loses the old one
+        (through :meth:`reconcile`); returns what was done, one line each.
+        """
+        cache = self.node_cache(cache_dir)
+        assert cache is not None
+        if not self.config.cache.public_url:
+            raise ConfigError("cache rotate-secret needs [cache] public_url (this node's URL)")
+        cache.rotate_secret()
+        return ["rotated the node secret", *self.reconcile(cache_dir=cache_dir)]
 
     def verify(
         self,
@@ -474,6 +505,11 @@ class Client:
             notes=tuple(notes),
         )
         return attrs.evolve(report, prune=result)
+
+
+def _current_url(cache: NodeCache, public_url: str, image_id: str) -> str:
+    """The capability URL this node registers for ``image_id`` under its current secret."""
+    return cache_location_url(public_url, image_id, cache.token(image_id))
 
 
 def _shared_fs(

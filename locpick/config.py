@@ -194,6 +194,35 @@ class SecurityConfig:
     min_speed_bps: float = attrs.field(default=1024.0, validator=_check_range(0, 1e12))
 
 
+def _serve_range(lo: float, hi: float) -> Any:
+    def check(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+        if not lo <= value <= hi:
+            raise ConfigError(f"config [serve] {attr.name}: {value!r} is not in {lo}..{hi}")
+
+    return check
+
+
+@attrs.frozen
+class ServeConfig:
+    """``locpick serve``: who may read, and how much a neighbour can take from this node."""
+
+    #: Serve images whose Glance visibility is ``public`` without the capability token.
+    open_public: bool = False
+    #: Image transfers at once; past it ``503`` with ``Retry-After``.
+    max_clients: int = attrs.field(default=16, validator=_serve_range(1, 100_000))
+    #: Bytes/s this node serves in total (0 = unlimited; limited transfers skip sendfile).
+    max_rate: int = attrs.field(default=0, validator=_serve_range(0, 1e13))
+    #: Open connections in total and per client address (lowered to fit ``ulimit -n``).
+    max_connections: int = attrs.field(default=512, validator=_serve_range(1, 1_000_000))
+    max_connections_per_client: int = attrs.field(default=32, validator=_serve_range(1, 100_000))
+    #: Seconds a new connection has to deliver a complete request head.
+    header_timeout: float = attrs.field(default=10.0, validator=_serve_range(0.05, 3600))
+    #: Seconds an idle keep-alive connection is kept.
+    keepalive_timeout: float = attrs.field(default=15.0, validator=_serve_range(0.05, 3600))
+    #: Seconds a busy answer asks the client to wait.
+    retry_after: int = attrs.field(default=2, validator=_serve_range(0, 3600))
+
+
 @attrs.frozen
 class TLSConfig:
     """One trust store for every connection (Glance, Keystone, probes, bulk GETs, Swift, S3)."""
@@ -295,6 +324,7 @@ class Config:
     topology: Topology = Topology()
     filesystems: tuple[Filesystem, ...] = ()
     cache: CacheConfig = CacheConfig()
+    serve: ServeConfig = ServeConfig()
     hints: tuple[Hint, ...] = ()
     probe: ProbeConfig = ProbeConfig()
     scoring: ScoringConfig = ScoringConfig()
@@ -360,6 +390,7 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
 _SECTIONS: dict[str, type[Any]] = {
     "topology": Topology,
     "cache": CacheConfig,
+    "serve": ServeConfig,
     "probe": ProbeConfig,
     "scoring": ScoringConfig,
     "policy": Policy,

@@ -72,6 +72,8 @@ class Image:
     status: str = "active"
     #: Locations in the record that could not even be parsed, with the reason.
     rejected: tuple[tuple[str, str], ...] = ()
+    #: Glance's ``visibility`` (public, community, shared, private); None when not given.
+    visibility: str | None = None
 
     @property
     def has_hash(self) -> bool:

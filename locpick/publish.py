@@ -40,9 +40,14 @@ class PublishError(LocpickError):
     exit_code = 3
 
 
-def cache_location_url(public_url: str, image_id: str) -> str:
-    """The URL under which ``locpick serve`` at ``public_url`` serves ``image_id``."""
-    return f"{public_url.rstrip('/')}/images/{urllib.parse.quote(image_id, safe='')}"
+def cache_location_url(public_url: str, image_id: str, token: str) -> str:
+    """The capability URL under which ``locpick serve`` at ``public_url`` serves ``image_id``.
+
+    ``token`` (:func:`locpick.capability.image_token`) sits in the path: Glance drops a query
+    string when it checks an http location, and whoever can read the location may fetch it.
+    """
+    quoted = urllib.parse.quote(image_id, safe="")
+    return f"{public_url.rstrip('/')}/images/{quoted}/{urllib.parse.quote(token, safe='')}"
 
 
 def cache_metadata(topology: Topology) -> dict[str, str]:

@@ -119,6 +119,7 @@ def parse_image(
         locations=tuple(locations),
         status=status,
         rejected=tuple(rejected),
+        visibility=_opt_str(record, "visibility", source),
     )
 
 
