@@ -5,8 +5,9 @@ A score is the expected number of seconds to deliver the image from that locatio
 otherwise (``[scoring]`` in the config). Lower wins. No I/O happens here.
 
 Ordering rules, in this order:
-1. usable before unusable; operator-preferred schemes/hosts before the rest;
-   Glance's own ``/file`` always last among usable ones (last resort);
+1. usable before unusable; operator-preferred schemes/hosts before the rest; locations left
+   ``not-probed`` (beyond ``[probe] max_candidates``) after every probed one; Glance's own
+   ``/file`` always last among usable ones (last resort);
 2. topology: among the topology classes present (host < rack < zone < region < unknown), each
    class farther away must be expected to be more than ``topology_tolerance`` faster to win
    (effective time = time x (1/(1-tol))^k, k = how many present classes are closer). So with the
@@ -79,6 +80,10 @@ class Candidate:
     probe: Probe | None = None
     shared_fs: str | None = None
     history: HistoryInfo | None = None
+    #: Why it was not probed (``not-probed: ...``): kept as a fallback behind probed ones.
+    not_probed: str | None = None
+    #: A remark shown in the reasons (e.g. an unparseable lease, ignored).
+    note: str | None = None
 
 
 def location_topology(location: Location, hints: Sequence[Hint]) -> Topology:
@@ -190,6 +195,10 @@ def rank(
             reasons = _with_latency(reasons, probe)
             rows.append(((3.0, 0.0, 0.0), None, cand, reasons, cls))
             continue
+        if cand.note:
+            notes.append(cand.note)
+        if cand.not_probed:
+            notes.append(cand.not_probed)
         if probe is not None and probe.note:
             notes.append(probe.note)
         if probe is not None and probe.censored:
@@ -210,6 +219,8 @@ def rank(
             effective *= sc.failure_penalty
             notes.append(f"circuit open after a recent failure: x{sc.failure_penalty:g}")
         tier = 1.0 if loc.kind == "glance-file" else (0.0 if _preferred(loc, config) else 0.5)
+        if cand.not_probed and tier < 1.0:
+            tier = 0.75
         policy = None
         if tier == 0.0:
             policy = "preferred by policy"
