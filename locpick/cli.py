@@ -316,6 +316,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not directory:
         raise ConfigError("serve: no node cache: give --cache-dir DIR or set [cache] dir")
     cache = NodeCache(directory, config.cache.max_bytes)
+    cache.recover()
     if args.no_renew:
         return serve(cache, args.bind or DEFAULT_BIND, ready=announce)
     from locpick.renew import Renewer
