@@ -45,7 +45,7 @@ from locpick.publish import (
 )
 from locpick.redact import SCRUB, register_env_secrets
 from locpick.replicas import plan_prune, verify_replicas
-from locpick.score import Candidate, rank
+from locpick.score import Candidate, prior_order, rank
 from locpick.sources import fetch_glance_image, load_metadata
 from locpick.transports import Context, Transports
 from locpick.transports.base import tls_verify
@@ -168,6 +168,7 @@ class Client:
         shared filesystem reports whether it is the same device).
         """
         now = time.time()
+        known = self.history.entries()
         candidates: list[Candidate] = []
         for loc in image.locations:
             lease = lease_state(loc.metadata, now)
@@ -186,18 +187,17 @@ class Client:
                 reason, shared = _shared_fs(transport, loc, image, dest)
             else:
                 reason = transport.check(loc, image)
-            candidates.append(Candidate(loc, unusable=reason, shared_fs=shared, note=lease.note))
-        known = self.history.entries()
-        candidates = [
-            attrs.evolve(c, history=self.history.lookup(c.location, known))
-            if c.unusable is None
-            else c
-            for c in candidates
-        ]
+            history = self.history.lookup(loc, known) if known and reason is None else None
+            candidates.append(
+                Candidate(loc, unusable=reason, shared_fs=shared, history=history, note=lease.note)
+            )
         candidates = self._bound_probing(image, candidates)
         to_probe = [c.location for c in candidates if c.unusable is None and not c.not_probed]
         probes = {} if for_download and len(to_probe) <= 1 else self._probe(image, to_probe)
-        candidates = [attrs.evolve(c, probe=probes.get(c.location)) for c in candidates]
+        candidates = [
+            attrs.evolve(c, probe=probes[c.location]) if c.location in probes else c
+            for c in candidates
+        ]
         for url, why in image.rejected:
             candidates.append(Candidate(Location(url=url), unusable=why))
         return Ranking(image=image, scores=rank(image, candidates, self.config))
@@ -212,8 +212,7 @@ class Client:
         pool = [c for c in candidates if c.unusable is None and c.location.kind != "glance-file"]
         if len(pool) <= limit:
             return candidates
-        prior = rank(image, pool, self.config)
-        keep = {id(s.location) for s in prior[:limit] if s.usable}
+        keep = {id(c.location) for c in prior_order(image, pool, self.config)[:limit]}
         why = (
             f"not-probed: beyond the best {limit} of {len(pool)} locations "
             "([probe] max_candidates); a fallback"

@@ -249,6 +249,44 @@ def rank(
     )
 
 
+def prior_order(
+    image: Image,
+    candidates: Sequence[Candidate],
+    config: Config,
+    *,
+    rng: random.Random | None = None,
+) -> list[Candidate]:
+    """The usable candidates, best first by what is known before any probe: policy tier,
+    topology, history (throughput, circuit breaker) and shared filesystems. Exact ties (the
+    common case: many copies in one class) are broken at random so that nodes spread their
+    probes. The same expected-time math as :func:`rank`, without building any explanation,
+    so choosing what to probe among 20,000 locations stays cheap."""
+    sc = config.scoring
+    rng = rng or random.Random(sc.seed)  # noqa: S311 - load spreading, not cryptography
+    size = image.size if image.size is not None else UNKNOWN_SIZE
+    factor = 1.0 / (1.0 - sc.topology_tolerance) if sc.topology_tolerance < 1 else 1e9
+    usable = [c for c in candidates if _error_of(c, config) is None]
+    classes = [
+        topology_class(config.topology, location_topology(c.location, config.hints)) for c in usable
+    ]
+    weight = {cls: factor**i for i, cls in enumerate(sorted(set(classes)))}
+    keyed = []
+    for cand, cls in zip(usable, classes, strict=True):
+        hist = cand.history
+        bps = hist.ewma_bps if hist is not None and hist.ewma_bps else None
+        if bps is None:
+            bps = sc.prior_copy_bps if cand.shared_fs else sc.prior_throughput_bps
+        effective = (sc.prior_latency + size / bps) * weight[cls]
+        if hist is not None and hist.demoted(sc.cooldown):
+            effective *= sc.failure_penalty
+        tier = 1.0 if cand.location.kind == "glance-file" else 0.5
+        if tier < 1.0 and _preferred(cand.location, config):
+            tier = 0.0
+        keyed.append(((tier, effective, rng.random()), cand))
+    keyed.sort(key=lambda kc: kc[0])
+    return [cand for _key, cand in keyed]
+
+
 def _spread_near_equal(rows: list[_Row], margin: float, rng: random.Random) -> list[_Row]:
     """Shuffle the leading group of near-equal, same-tier, same-class usable rows."""
     if len(rows) < 2 or rows[0][0][0] >= 3.0:

@@ -12,7 +12,7 @@ from helpers import image_record, run_cli, write_record
 
 from locpick.config import Topology
 from locpick.lease import MARKER, lease_state
-from locpick.models import Location, ReplicaStatus, VerifyReport
+from locpick.models import ReplicaStatus, VerifyReport
 from locpick.publish import cache_metadata
 from locpick.replicas import plan_prune
 from locpick.sources import parse_image

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import http.client
 import ipaddress
 import re
@@ -300,6 +301,14 @@ class RawHttpStream:
 R = TypeVar("R")
 
 
+@functools.lru_cache(maxsize=16)
+def _networks(
+    spec: tuple[str, ...],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """The parsed ``[security] forbid_networks`` (parsed once, not once per location)."""
+    return tuple(ipaddress.ip_network(n, strict=False) for n in spec)
+
+
 class HttpTransport:
     """``http`` and ``https``."""
 
@@ -318,9 +327,7 @@ class HttpTransport:
         return self._forbidden(host, resolve=False)
 
     def _forbidden(self, host: str, *, resolve: bool) -> str | None:
-        nets = [
-            ipaddress.ip_network(n, strict=False) for n in self.ctx.config.security.forbid_networks
-        ]
+        nets = _networks(self.ctx.config.security.forbid_networks)
         if not nets:
             return None
         addrs: list[str] = []
