@@ -21,6 +21,7 @@ class ServeProcess:
         bind: str = "127.0.0.1:0",
         env: Mapping[str, str] | None = None,
         timeout: float = 30.0,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.proc = subprocess.Popen(
             [
@@ -32,6 +33,7 @@ class ServeProcess:
                 str(cache_dir),
                 "--bind",
                 bind,
+                *args,
             ],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
