@@ -17,6 +17,7 @@ from locpick.cache import CacheEntry, NodeCache, copy_out
 from locpick.config import Config, resolve_config
 from locpick.errors import (
     ConfigError,
+    ImageNotActive,
     ImageNotFound,
     InputError,
     LocationError,
@@ -501,7 +502,12 @@ class Client:
             image_ids = self.glance_locations().images_with_locpick_copies()
         done: list[tuple[str, PruneResult]] = []
         for image_id in image_ids:
-            image = self.image(image_id)
+            try:
+                image = self.image(image_id)
+            except (ImageNotFound, ImageNotActive) as exc:  # deleted or deactivated meanwhile
+                note = f"skipped: {SCRUB(str(exc))}"
+                done.append((image_id, PruneResult(dry_run=dry_run, notes=(note,))))
+                continue
             if not any(is_locpick_copy(loc.metadata) for loc in image.locations):
                 continue
             report = verify_replicas(image, image.locations, self._transports)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -128,10 +129,20 @@ def test_serve_renews_the_lease_and_deregisters_on_sigterm(
         assert code == 0, err
         meta = _locations(w, image_id)[a.url(image_id)]
         assert meta["locpick_cache"] == "true" and meta["locpick_lease"] == "3"
-        first_expiry = _expiry(w, image_id, a.url(image_id))
+        first = float(meta["locpick_registered"])
+        renewals: set[float] = set()
+
+        def past_first_lease() -> bool:
+            renewals.add(float(_locations(w, image_id)[a.url(image_id)]["locpick_registered"]))
+            return time.time() > first + 3 + 1
+
         # Past the first lease's end the copy is still registered, with a later expiry.
-        _wait_for("the first lease to end", lambda: time.time() > first_expiry + 1)
+        _wait_for("the first lease to end", past_first_lease)
         assert _expiry(w, image_id, a.url(image_id)) > time.time()
+        # Renewals happened, never closer than lease / 3 (times are kept to 0.1 s).
+        times = sorted(renewals - {first})
+        assert times, "never renewed"
+        assert all(later - earlier >= 1.0 - 0.11 for earlier, later in itertools.pairwise(times))
         row = _rank_rows(b, image_id)[a.url(image_id)]
         assert row["usable"], row
         assert a.cache.entry(image_id).registered_url == a.url(image_id)  # type: ignore[union-attr]
