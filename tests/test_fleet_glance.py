@@ -193,6 +193,11 @@ def test_killed_node_expires_is_skipped_and_reaped_others_untouched(
         assert tried[a.url(image_id)]["outcome"] == "skipped"
         assert tried[a.url(image_id)]["error"].startswith("lease-expired")
 
+        code, out, err = b.cli("verify", image_id, "--prune", "--json")  # dry run
+        prune = json.loads(out)["prune"]
+        assert prune["dry_run"] and prune["remove"] == [a.url(image_id)], err
+        assert any(operator_url in n for n in prune["notes"])  # kept: not ours, maybe transient
+
         code, out, err = b.cli("cache", "reap", image_id, "--dry-run", "--json")
         assert code == 0, err
         (doc,) = json.loads(out)["images"]
