@@ -8,8 +8,12 @@ Layout of ``DIR`` (nothing else is ever read or served)::
     DIR/images/<id>.json      the sidecar: size, hash algorithm and value, registered URL
 
 An entry is *visible* only when both files exist and agree (the data file's size equals the
-sidecar's). Both are written to a private temp file first and renamed into place, data before
-sidecar, so a crash leaves at worst an invisible orphan that the next ``add``/``evict`` sweeps.
+sidecar's). Adding one: the bytes go to a temp file that its writer keeps ``flock``-ed; then,
+under the lock, the old sidecar goes (the entry turns invisible), the data is renamed into
+place, and the new sidecar is renamed in last. A process killed at any step (kill -9) leaves
+no visible half entry, only invisible leftovers, and no stale lock (the kernel releases a dead
+process's flocks): the next ``add``/``evict``/``recover`` removes them, a temp file as soon as
+its flock is free.
 A cached copy is trusted for an image when its sidecar records the image's own hash (the copy
 was verified against exactly that hash on the way in) and its size matches: re-checking is a
 ``stat`` and a JSON read, not a re-hash. Last use is the sidecar's mtime.
@@ -25,11 +29,13 @@ entries 0600: a private image in the cache is readable by this user only.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import stat
 import tempfile
 import time
@@ -51,8 +57,8 @@ log = logging.getLogger("locpick")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _SIDECAR = ".json"
 _TMP_SUFFIX = ".locpick-tmp"
-#: Temp files older than this are crash leftovers, swept on the next change.
-_STALE_TMP_SECONDS = 24 * 3600.0
+#: Bytes per write when copying into the cache.
+_COPY_CHUNK = 1 << 20
 
 
 def valid_image_id(image_id: str) -> bool:
@@ -228,7 +234,9 @@ class NodeCache:
         """Copy a verified file of ``image`` into the cache; returns the entries evicted.
 
         The caller vouches that ``source`` was verified against the image's hash just now.
-        Images without a hash, or larger than ``max_bytes``, are not cached.
+        Images without a hash, or larger than ``max_bytes``, are not cached. Crash-safe: a
+        process killed at any point leaves either no entry or a complete one, plus at most
+        invisible leftovers that the next change (or :meth:`recover`) removes.
         """
         self.check()
         expected = Expected.for_image(image.os_hash_algo, image.os_hash_value, image.checksum)
@@ -245,12 +253,19 @@ class NodeCache:
             )
             return []
         data, side = self._paths(image.id)
-        tmp = self._copy_to_temp(source, data)
+        fd, tmp = self._copy_to_temp(source, data)
         try:
+            _crashpoint("copied")
             with self._lock:
+                _crashpoint("locked")
+                self._sweep()
                 evicted = self._make_room(size, keep=image.id)
                 previous = self.entry(image.id)
+                with contextlib.suppress(FileNotFoundError):
+                    side.unlink()  # the old entry is invisible before its data is replaced
+                _crashpoint("hidden")
                 os.replace(tmp, data)
+                _crashpoint("replaced")
                 self._write_sidecar(
                     side,
                     {
@@ -262,28 +277,51 @@ class NodeCache:
                         "visibility": image.visibility,
                     },
                 )
-                self._sweep()
+                _crashpoint("visible")
         finally:
+            os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         return evicted
 
-    def _copy_to_temp(self, source: str | os.PathLike[str], data: Path) -> Path:
-        fd, name = tempfile.mkstemp(prefix=f".{data.name}.", suffix=_TMP_SUFFIX, dir=self.images)
-        tmp = Path(name)
+    def recover(self) -> None:
+        """Remove what a killed writer left behind (see :meth:`_sweep`); cheap, idempotent."""
+        with self._lock:
+            self._sweep()
+
+    def _locked_temp(self, stem: str) -> tuple[int, Path]:
+        """A new temp file in ``images`` whose flock this process holds until it closes it.
+
+        The lock tells a sweeper that the writer is alive: a killed writer's lock is released
+        by the kernel, so its temp file can be removed at once, whatever its age."""
+        while True:
+            fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=_TMP_SUFFIX, dir=self.images)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.stat(name).st_ino == os.fstat(fd).st_ino:
+                    return fd, Path(name)
+            except FileNotFoundError:
+                pass  # a sweeper took it between mkstemp and flock: make another
+            os.close(fd)
+
+    def _copy_to_temp(self, source: str | os.PathLike[str], data: Path) -> tuple[int, Path]:
+        """Copy ``source`` into a locked temp file; returns its (still open, locked) fd and path."""
+        fd, tmp = self._locked_temp(data.name)
         try:
-            with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
-                shutil.copyfileobj(src, dst, 4 << 20)
-                dst.flush()
-                os.fsync(dst.fileno())
-            os.chmod(tmp, 0o600)
+            with open(source, "rb") as src:
+                while chunk := src.read(_COPY_CHUNK):
+                    _write_all(fd, chunk)
+                    _crashpoint("copying")
+            os.fchmod(fd, 0o600)
+            os.fsync(fd)
         except OSError as exc:
+            os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise DestinationError(
                 f"cache dir {self.dir}: cannot store image {data.name} ({exc.strerror})"
             ) from exc
-        return tmp
+        return fd, tmp
 
     def _write_sidecar(self, side: Path, meta: dict[str, Any]) -> None:
         fd, name = tempfile.mkstemp(prefix=f".{side.name}.", suffix=_TMP_SUFFIX, dir=self.images)
@@ -320,7 +358,9 @@ class NodeCache:
     def evict(self, image_id: str) -> CacheEntry | None:
         """Remove one entry (sidecar first, so it is invisible at once); returns what it was."""
         with self._lock:
-            return self._remove(image_id)
+            removed = self._remove(image_id)
+            self._sweep()
+            return removed
 
     def _remove(self, image_id: str) -> CacheEntry | None:
         entry = self.entry(image_id)
@@ -347,14 +387,13 @@ class NodeCache:
         return evicted
 
     def _sweep(self) -> None:
-        """Drop crash leftovers: data without sidecar, sidecars without data, old temp files."""
-        now = time.time()
+        """Drop crash leftovers (caller holds the lock): data without sidecar, sidecars
+        without data, and temp files whose writer is gone (their flock is free)."""
         for path in self.images.iterdir():
             name = path.name
             with contextlib.suppress(OSError):
                 if name.endswith(_TMP_SUFFIX):
-                    if now - path.stat().st_mtime > _STALE_TMP_SECONDS:
-                        path.unlink()
+                    _remove_if_abandoned(path)
                 elif name.endswith(_SIDECAR):
                     if not (self.images / name[: -len(_SIDECAR)]).exists():
                         path.unlink()
@@ -431,6 +470,39 @@ def _entry_from(
         registered_url=reg if isinstance(reg, str) else None,
         visibility=vis if isinstance(vis, str) else None,
     )
+
+
+def _write_all(fd: int, chunk: bytes) -> None:
+    view = memoryview(chunk)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _remove_if_abandoned(path: Path) -> None:
+    """Unlink a temp file unless a live writer holds its flock (sidecar temps are written
+    under the cache lock, which the sweeper holds, so theirs is always free)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return
+    try:
+        if os.fstat(fd).st_ino == os.lstat(path).st_ino:
+            path.unlink()
+            log.info("cache: removed %s, left by a writer that died", path.name)
+    finally:
+        os.close(fd)
+
+
+def _crashpoint(name: str) -> None:
+    """Test hook for the crash-safety tests: ``LOCPICK_TEST_CRASH_AT=name`` makes this process
+    SIGKILL itself at that named step of :meth:`NodeCache.add_file` (a real kill -9)."""
+    if os.environ.get("LOCPICK_TEST_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def copy_out(entry: CacheEntry, dest: str | os.PathLike[str], *, mode: int = 0o644) -> bool:

@@ -17,6 +17,7 @@ from locpick.cache import CacheEntry, NodeCache, copy_out
 from locpick.config import Config, resolve_config
 from locpick.errors import (
     ConfigError,
+    ImageNotActive,
     ImageNotFound,
     InputError,
     LocationError,
@@ -25,6 +26,7 @@ from locpick.errors import (
 )
 from locpick.fetch import Progress, fetch
 from locpick.history import History
+from locpick.lease import is_locpick_copy, lease_state
 from locpick.models import (
     Attempt,
     Image,
@@ -46,7 +48,7 @@ from locpick.publish import (
 )
 from locpick.redact import SCRUB, redact_url, register_env_secrets
 from locpick.replicas import plan_prune, verify_replicas
-from locpick.score import Candidate, rank
+from locpick.score import Candidate, prior_order, rank
 from locpick.sources import fetch_glance_image, load_metadata
 from locpick.transports import Context, Transports
 from locpick.transports.file import FileTransport
@@ -173,9 +175,14 @@ class Client:
         not probed (the probe would only delay the transfer). ``dest``: where it will go (a
         shared filesystem reports whether it is the same device).
         """
+        now = time.time()
+        known = self.history.entries()
         candidates: list[Candidate] = []
-        to_probe: list[Location] = []
         for loc in image.locations:
+            lease = lease_state(loc.metadata, now)
+            if lease.expired:
+                candidates.append(Candidate(loc, unusable=lease.expired))
+                continue
             try:
                 transport = self._transports.for_location(loc)
             except InputError:
@@ -188,17 +195,15 @@ class Client:
                 reason, shared = _shared_fs(transport, loc, image, dest)
             else:
                 reason = transport.check(loc, image)
-            candidates.append(Candidate(loc, unusable=reason, shared_fs=shared))
-            if reason is None:
-                to_probe.append(loc)
-        probes = {} if for_download and len(to_probe) <= 1 else self._probe(image, to_probe)
-        known = self.history.entries()
-        candidates = [
-            attrs.evolve(
-                c,
-                probe=probes.get(c.location),
-                history=self.history.lookup(c.location, known) if c.unusable is None else None,
+            history = self.history.lookup(loc, known) if known and reason is None else None
+            candidates.append(
+                Candidate(loc, unusable=reason, shared_fs=shared, history=history, note=lease.note)
             )
+        candidates = self._bound_probing(image, candidates)
+        to_probe = [c.location for c in candidates if c.unusable is None and not c.not_probed]
+        probes = {} if for_download and len(to_probe) <= 1 else self._probe(image, to_probe)
+        candidates = [
+            attrs.evolve(c, probe=probes[c.location]) if c.location in probes else c
             for c in candidates
         ]
         for url, why in image.rejected:
@@ -220,6 +225,28 @@ class Client:
             score.reasons, route=route, notes=(*score.reasons.notes, f"route: {route}")
         )
         return attrs.evolve(score, reasons=reasons)
+
+    def _bound_probing(self, image: Image, candidates: list[Candidate]) -> list[Candidate]:
+        """Mark all but the best ``[probe] max_candidates`` usable locations ``not-probed``.
+
+        "Best" is the ranking before any measurement (topology, history, policy, shared
+        filesystem), so probing costs the same at 20 and at 20,000 locations. Glance's own
+        ``/file`` is never counted or dropped: it stays the last resort."""
+        limit = max(1, self.config.probe.max_candidates)
+        pool = [c for c in candidates if c.unusable is None and c.location.kind != "glance-file"]
+        if len(pool) <= limit:
+            return candidates
+        keep = {id(c.location) for c in prior_order(image, pool, self.config)[:limit]}
+        why = (
+            f"not-probed: beyond the best {limit} of {len(pool)} locations "
+            "([probe] max_candidates); a fallback"
+        )
+        return [
+            c
+            if c.unusable is not None or c.location.kind == "glance-file" or id(c.location) in keep
+            else attrs.evolve(c, not_probed=why)
+            for c in candidates
+        ]
 
     def _probe(self, image: Image, locations: Sequence[Location]) -> dict[Location, Probe]:
         found: dict[Location, Probe] = {}
@@ -367,11 +394,15 @@ class Client:
             api = self.glance_locations()
             if entry.registered_url:  # made with a rotated secret: replace it
                 api.remove(image.id, entry.registered_url)
-            api.add(image.id, url, cache_metadata(self.config.topology))
+            api.add(image.id, url, self._cache_metadata())
         except (PublishError, InputError) as exc:
             log.warning("not registered, keeping a plain cache: %s", SCRUB(str(exc)))
             return
         cache.set_registered(image.id, url)
+
+    def _cache_metadata(self) -> dict[str, str]:
+        """Metadata of this node's registrations: topology, marker, registration time, lease."""
+        return cache_metadata(self.config.topology, lease=self.config.cache.lease)
 
     def _unpublish(self, evicted: Sequence[CacheEntry]) -> list[str]:
         """Remove evicted copies' locations from Glance; returns warnings (also logged)."""
@@ -448,7 +479,7 @@ class Client:
             if was_registered:
                 cache.set_registered(entry.image_id, None)
             if self.config.cache.register or was_registered:
-                api.add(entry.image_id, url, cache_metadata(self.config.topology))
+                api.add(entry.image_id, url, self._cache_metadata())
                 cache.set_registered(entry.image_id, url)
                 done.append(f"registered {entry.image_id}: {redact_url(url)}")
         return done
@@ -488,9 +519,15 @@ class Client:
         report = verify_replicas(image, image.locations, self._transports, quick=quick)
         if not prune:
             return report
-        remove, notes = plan_prune(image, report)
+        return attrs.evolve(report, prune=self._prune(image, report, act=yes))
+
+    def _prune(
+        self, image: Image, report: VerifyReport, *, act: bool, locpick_only: bool = False
+    ) -> PruneResult:
+        """Plan (and with ``act`` carry out) removing the locations the report condemns."""
+        remove, notes = plan_prune(image, report, now=time.time(), locpick_only=locpick_only)
         removed: list[str] = []
-        if yes and remove:
+        if act and remove:
             api = self.glance_locations()
             for loc in remove:
                 try:
@@ -498,13 +535,38 @@ class Client:
                         removed.append(loc.display_url)
                 except PublishError as exc:
                     notes.append(f"not removed: {loc.display_url}: {SCRUB(str(exc))}")
-        result = PruneResult(
-            dry_run=not yes,
+        return PruneResult(
+            dry_run=not act,
             remove=tuple(loc.display_url for loc in remove),
             removed=tuple(removed),
             notes=tuple(notes),
         )
-        return attrs.evolve(report, prune=result)
+
+    def reap(
+        self, image_ids: Sequence[str] = (), *, dry_run: bool = False
+    ) -> list[tuple[str, PruneResult]]:
+        """Remove expired and unreachable locpick cache locations from Glance.
+
+        Only locations carrying the locpick marker are ever removed (never the operator's
+        own), and nothing of an image unless one verified copy (full hash) remains. Without
+        ``image_ids`` every image the token can list is walked (Glance paging followed).
+        Returns (image id, what was or would be removed) for each image with locpick copies.
+        """
+        if not image_ids:
+            image_ids = self.glance_locations().images_with_locpick_copies()
+        done: list[tuple[str, PruneResult]] = []
+        for image_id in image_ids:
+            try:
+                image = self.image(image_id)
+            except (ImageNotFound, ImageNotActive) as exc:  # deleted or deactivated meanwhile
+                note = f"skipped: {SCRUB(str(exc))}"
+                done.append((image_id, PruneResult(dry_run=dry_run, notes=(note,))))
+                continue
+            if not any(is_locpick_copy(loc.metadata) for loc in image.locations):
+                continue
+            report = verify_replicas(image, image.locations, self._transports)
+            done.append((image_id, self._prune(image, report, act=not dry_run, locpick_only=True)))
+        return done
 
 
 def _current_url(cache: NodeCache, public_url: str, image_id: str) -> str:

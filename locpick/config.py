@@ -77,12 +77,20 @@ class Hint:
     host: str | None = None
 
 
+def _positive_lease(_inst: object, _attr: object, value: float) -> None:
+    if not 0 < value <= 365 * 86400:
+        raise ConfigError(f"config [cache] lease: {value!r} is not in 0..31536000 seconds (>0)")
+
+
 @attrs.frozen
 class CacheConfig:
     dir: str | None = None
     max_bytes: int | None = None
     register: bool = False
     public_url: str | None = None
+    #: Seconds a registered location stays valid without renewal; ``locpick serve`` renews
+    #: it every ``lease / 3``. Clients skip a copy whose lease ran out (``lease-expired``).
+    lease: float = attrs.field(default=3600.0, validator=_positive_lease)
 
 
 @attrs.frozen
@@ -116,6 +124,10 @@ class ProbeConfig:
     small_image_bytes: int = 8 << 20
     #: Seconds a probe result stays valid inside one process.
     cache_ttl: float = 30.0
+    #: At most this many locations are probed, the best by topology, history and policy
+    #: before any measurement; the rest rank as ``not-probed`` fallbacks, so a record with
+    #: 20,000 locations costs what one with 32 does.
+    max_candidates: int = 32
 
 
 @attrs.frozen
@@ -185,8 +197,10 @@ class SecurityConfig:
     token_hosts: tuple[str, ...] = ()
     #: Redirects followed per request (only to http/https, never to a forbidden network).
     max_redirects: int = attrs.field(default=5, validator=_check_range(0, 20))
-    #: Locations accepted in one image record; more is a malformed record.
-    max_locations: int = attrs.field(default=1000, validator=_check_range(1, 100_000))
+    #: Locations of one record that are parsed and considered; any further ones are listed as
+    #: one rejected row (the record itself is still used: no cliff). The record's byte size
+    #: (16 MiB) bounds memory whatever this says.
+    max_locations: int = attrs.field(default=100_000, validator=_check_range(1, 10_000_000))
     #: Permission bits of a delivered file (no setuid/setgid/sticky bits).
     file_mode: int = attrs.field(default=0o644, validator=_check_range(0, 0o777))
     #: A transfer slower than this (bytes/s) over ``[transfer] low_speed_window`` is abandoned

@@ -404,8 +404,11 @@ def serve(
     *,
     config: ServeConfig | None = None,
     ready: Callable[[str], None] | None = None,
+    stopping: Callable[[], object] | None = None,
 ) -> int:
-    """Serve until SIGINT/SIGTERM. ``ready`` gets the URL actually bound (port 0 = any)."""
+    """Serve until SIGINT/SIGTERM. ``ready`` gets the URL actually bound (port 0 = any);
+    ``stopping`` runs (in a worker thread) after the signal, before the listener closes, so
+    the node can deregister while its copies are still served."""
     host, port = parse_bind(bind)
     web = _aiohttp()
     config = config or ServeConfig()
@@ -449,6 +452,8 @@ def serve(
             loop.add_signal_handler(sig, stop.set)
         try:
             await stop.wait()
+            if stopping is not None:
+                await loop.run_in_executor(None, stopping)
         finally:
             server.close()
             await runner.cleanup()

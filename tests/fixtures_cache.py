@@ -26,6 +26,7 @@ class ServeProcess:
         timeout: float = 30.0,
         config: Path | None = None,
         preexec_fn: Callable[[], None] | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.cache_dir = cache_dir
         extra = ["--config", str(config)] if config is not None else []
@@ -40,6 +41,7 @@ class ServeProcess:
                 "--bind",
                 bind,
                 *extra,
+                *args,
             ],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
