@@ -63,7 +63,7 @@ def _write(path: Path, doc: Any) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(doc, fh, separators=(",", ":"))
-        os.chmod(name, 0o644)
+        os.chmod(name, 0o600)  # like the cache entries: this user only
         os.replace(name, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -49,8 +49,6 @@ class OpsOptions:
 
     metrics: bool = True
     status: bool = True
-    #: Responses sent at once before new clients get 503 (None: no limit).
-    max_clients: int | None = None
 
     @property
     def any(self) -> bool:
@@ -132,7 +130,8 @@ class ServeMetrics:
             row[1] += nbytes
 
     def refused(self, reason: str = "busy") -> None:
-        """A client turned away (e.g. ``busy``: over max_clients, answered 503)."""
+        """A client turned away: ``busy`` (over ``[serve] max_clients``, answered 503), or
+        ``connections`` / ``per_client`` (a connection refused by the serve's guard)."""
         with self._lock:
             self._refused[reason] = self._refused.get(reason, 0) + 1
 
@@ -279,8 +278,10 @@ class ServeMetrics:
             "When the registration lease of a cached image ends",
             labels=["image"],
         )
+        cached = {e.image_id for e in entries}
         for image, at in sorted(leases.items()):
-            expiry.add_metric([image], at)
+            if image in cached:  # an evicted image's series disappear
+                expiry.add_metric([image], at)
         yield expiry
         renew = CounterMetricFamily(
             "locpick_cache_lease_renewals", "Lease renewal attempts by result", labels=["result"]

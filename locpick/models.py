@@ -3,6 +3,7 @@ what happened when we measured, ranked and fetched them."""
 
 from __future__ import annotations
 
+import functools
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
@@ -17,11 +18,15 @@ Method = Literal["download", "copy", "cache"]
 LocationKind = Literal["location", "direct_url", "glance-file", "cache"]
 
 
-def _scheme(url: str) -> str:
+@functools.lru_cache(maxsize=1 << 16)
+def _scheme_host(url: str) -> tuple[str, str]:
+    """(scheme, host) of a URL, parsed once per URL: ranking asks for them many times, and a
+    record may hold tens of thousands of locations."""
     try:
-        return urllib.parse.urlsplit(url).scheme.lower()
+        parts = urllib.parse.urlsplit(url)
+        return parts.scheme.lower(), parts.hostname or ""
     except ValueError:
-        return ""
+        return "", ""
 
 
 @attrs.frozen
@@ -35,14 +40,11 @@ class Location:
 
     @property
     def scheme(self) -> str:
-        return _scheme(self.url)
+        return _scheme_host(self.url)[0]
 
     @property
     def host(self) -> str:
-        try:
-            return urllib.parse.urlsplit(self.url).hostname or ""
-        except ValueError:
-            return ""
+        return _scheme_host(self.url)[1]
 
     def __attrs_post_init__(self) -> None:
         if self.scheme in ALL_S3_SCHEMES:
@@ -72,6 +74,8 @@ class Image:
     status: str = "active"
     #: Locations in the record that could not even be parsed, with the reason.
     rejected: tuple[tuple[str, str], ...] = ()
+    #: Glance's ``visibility`` (public, community, shared, private); None when not given.
+    visibility: str | None = None
 
     @property
     def has_hash(self) -> bool:

@@ -196,7 +196,8 @@ class Recorder:
         """The report of a delivered image."""
         seconds = self._clock() - self._t0
         chosen = next((a for a in reversed(result.attempts) if a.outcome == "ok"), None)
-        chosen_url = chosen.url if chosen is not None else redact_url(result.source_url)
+        # Masked: a cache location's capability token must not reach downloads.json or /status.
+        chosen_url = redact_url(chosen.url if chosen is not None else result.source_url)
         samples = self._samples + [(t, b, "-") for t, b in self._pending]
         if result.method == "cache" or not samples or samples[-1][1] != result.bytes:
             samples.append((seconds, result.bytes, host_of(chosen_url)))
@@ -306,7 +307,8 @@ def _sum_sources(attempts: Iterable[Attempt]) -> tuple[SourceUse, ...]:
     totals: dict[str, int] = {}
     for a in attempts:
         if a.bytes > 0 or a.outcome == "ok":
-            totals[a.url] = totals.get(a.url, 0) + a.bytes
+            url = redact_url(a.url)
+            totals[url] = totals.get(url, 0) + a.bytes
     return tuple(SourceUse(url, host_of(url), n) for url, n in totals.items())
 
 

@@ -4,9 +4,10 @@
 :class:`Ops` whose ``middleware`` goes first in the app's middlewares: it counts every
 response (status, body bytes) and lists an ``/images/`` request as a client being served for
 as long as its handler runs, so the image handler sends the body itself (``await
-response.prepare(request)``) before returning. A ``503`` on ``/images/`` counts as a client
-refused as busy, whichever middleware gave it. The ``image`` label is the image id only when
-the image was answered (200/206/304/416), else ``-`` (no per-path or per-client labels).
+response.prepare(request)``) before returning. A ``503`` on ``/images/`` (locpick.serve's
+``max_clients`` admission) counts as a client refused as busy. The ``image`` label is the
+image id only when the image was answered (200/206/304/416), else ``-`` (no per-path or
+per-client labels: a capability token never reaches a metric).
 """
 
 from __future__ import annotations
@@ -70,17 +71,6 @@ class Ops:
             elif status == "503":
                 self.metrics.refused("busy")
             self.metrics.request_done(key, label, status, nbytes)
-
-    def busy(self) -> bool:
-        """True when more than ``max_clients`` image requests are in progress (this one too)."""
-        limit = self.options.max_clients
-        return limit is not None and self.metrics.active() > limit
-
-    def refuse(self, reason: str = "busy", retry_after: int = 5) -> web.HTTPServiceUnavailable:
-        """The 503 for a client turned away (counted by the middleware); raise it."""
-        return web.HTTPServiceUnavailable(
-            text=f"{reason}, retry later\n", headers={hdrs.RETRY_AFTER: str(retry_after)}
-        )
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = await asyncio.get_running_loop().run_in_executor(None, self.metrics.exposition)

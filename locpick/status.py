@@ -17,6 +17,7 @@ import attrs
 
 from locpick.cache import CacheEntry
 from locpick.metrics import Fill, Transfer
+from locpick.redact import redact_url
 from locpick.report import DownloadReport
 
 #: What ``/status`` is sent with: no script, no fetch, no frame; inline styles only.
@@ -204,7 +205,7 @@ def render(s: NodeStatus, *, now: float | None = None) -> str:
     registered = [
         {
             "id": e.image_id,
-            "url": e.registered_url,
+            "url": redact_url(e.registered_url),  # its capability token masked: no working URL
             "lease": (
                 f"ends {_when(s.leases[e.image_id])} ({_ago(now - s.leases[e.image_id])})"
                 if e.image_id in s.leases

@@ -81,20 +81,24 @@ def test_serve_metrics_move_with_downloads_serving_and_eviction(tmp_path: Path) 
         assert _download(tmp_path, "b", meta)["method"] == "cache"
         assert _v(_scrape(proc), "locpick_cache_hits_total") == 1
 
-        assert _get(proc.port, f"/images/{IMG}")[0] == 200
-        assert _get(proc.port, f"/images/{IMG}", {"Range": "bytes=100-1099"})[0] == 206
-        assert _get(proc.port, "/images/not-cached")[0] == 404
+        cache = NodeCache(tmp_path / "cache")
+        path = f"/images/{IMG}/{cache.token(IMG)}"
+        assert _get(proc.port, path)[0] == 200
+        assert _get(proc.port, path, {"Range": "bytes=100-1099"})[0] == 206
+        assert _get(proc.port, f"/images/not-cached/{cache.token('not-cached')}")[0] == 404
+        assert _get(proc.port, f"/images/{IMG}")[0] == 403  # no capability token
         m = _scrape(proc)
         assert _v(m, "locpick_serve_requests_total", image=IMG, status="200") == 1
         assert _v(m, "locpick_serve_bytes_total", image=IMG, status="200") == len(data)
         assert _v(m, "locpick_serve_requests_total", image=IMG, status="206") == 1
         assert _v(m, "locpick_serve_bytes_total", image=IMG, status="206") == 1000
         assert _v(m, "locpick_serve_requests_total", image="-", status="404") == 1
+        assert _v(m, "locpick_serve_requests_total", image="-", status="403") == 1
+        assert cache.token(IMG).encode() not in _get(proc.port, "/metrics")[1]
         assert _v(m, "locpick_serve_active_clients") == 0
         assert _v(m, "locpick_serve_refused_total", reason="busy") == 0
         assert not any(labels and ("image", "not-cached") in labels for _n, labels in m)
 
-        cache = NodeCache(tmp_path / "cache")
         cache.set_registered(IMG, "http://node-7:8470/images/" + IMG)
         assert _v(_scrape(proc), "locpick_cache_registered", image=IMG) == 1
         cache.set_registered(IMG, None)
@@ -290,43 +294,49 @@ def test_log_format_choices(tmp_path: Path, value: str) -> None:
 
 
 def test_busy_clients_are_refused_with_503_and_counted(tmp_path: Path) -> None:
-    """Over max_clients: 503 with Retry-After, and locpick_serve_refused_total counts it."""
+    """Over [serve] max_clients: 503 with Retry-After, and locpick_serve_refused_total counts it."""
     import asyncio
 
     import aiohttp
     from aiohttp import web
 
-    from locpick.metrics import OpsOptions
+    from locpick.config import ServeConfig
     from locpick.serve import make_app
     from locpick.serve_ops import OPS
     from locpick.sources import parse_image
 
     cache = NodeCache(tmp_path / "cache")
+    data = os.urandom(2_000_000)
     src = tmp_path / "src"
-    src.write_bytes(b"y" * 5000)
-    cache.add_file(parse_image(image_record(IMG, b"y" * 5000, []), IMG), src)
+    src.write_bytes(data)
+    cache.add_file(parse_image(image_record(IMG, data, []), IMG), src)
+    path = f"/images/{IMG}/{cache.token(IMG)}"
 
     async def scenario() -> tuple[int, str | None, str]:
-        app = make_app(cache, OpsOptions(max_clients=0))
+        # One transfer at a time, paced (~20 s for the whole image): the held one stays busy.
+        app = make_app(cache, ServeConfig(max_clients=1, max_rate=100_000, retry_after=7))
         assert isinstance(app, web.Application)
         app[OPS].metrics.renewal(ok=False)  # how code running beside the app reports
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        port = runner.addresses[0][1]
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
         try:
             async with aiohttp.ClientSession() as http:
-                async with http.get(f"http://127.0.0.1:{port}/images/{IMG}") as r:
-                    status, retry = r.status, r.headers.get("Retry-After")
-                async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                async with http.get(base + path) as held:
+                    assert held.status == 200
+                    await held.content.readexactly(1000)  # started, and still going
+                    async with http.get(base + path) as r:
+                        status, retry = r.status, r.headers.get("Retry-After")
+                async with http.get(f"{base}/metrics") as r:
                     text = await r.text()
         finally:
             await runner.cleanup()
         return status, retry, text
 
     status, retry, text = asyncio.run(scenario())
-    assert status == 503 and retry is not None
+    assert status == 503 and retry == "7"
     m = _samples(text)
     assert _v(m, "locpick_serve_refused_total", reason="busy") == 1
     assert _v(m, "locpick_serve_requests_total", image="-", status="503") == 1
@@ -348,7 +358,8 @@ def test_a_client_that_leaves_mid_transfer_counts_as_aborted(tmp_path: Path) -> 
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.connect(("127.0.0.1", proc.port))
-        s.sendall(f"GET /images/{IMG} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        path = f"/images/{IMG}/{cache.token(IMG)}"
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert s.recv(100).startswith(b"HTTP/1.1 200")
         deadline = time.monotonic() + 60  # a safety net, not a performance limit
         while _v(_scrape(proc), "locpick_serve_active_clients") != 1:

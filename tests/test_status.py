@@ -55,12 +55,13 @@ def _download(tmp_path: Path, image_id: str, data: bytes, urls: list[str], dest:
     return r.returncode
 
 
-def _hold_a_transfer(port: int, image_id: str) -> socket.socket:
+def _hold_a_transfer(port: int, cache: NodeCache, image_id: str) -> socket.socket:
     """A client that asks for a large image and does not read: it stays 'being served'."""
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect(("127.0.0.1", port))
-    s.sendall(f"GET /images/{image_id} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    path = f"/images/{image_id}/{cache.token(image_id)}"
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     return s
 
 
@@ -86,12 +87,12 @@ def test_status_page_renders_escapes_and_has_no_console_errors(
     big = tmp_path / "big"
     big.write_bytes(os.urandom(48 << 20))
     cache.add_file(parse_image(image_record(BIG, big.read_bytes(), []), BIG), big)
-    cache.set_registered(IMG, "http://node-7:8470/images/" + IMG)
+    cache.set_registered(IMG, f"http://node-7:8470/images/{IMG}/{cache.token(IMG)}")
     filling = FillWriter.create(cache.images / "f111f111-0000.fill", 8 << 20)
     filling.mark(0, 3 << 20)
 
     with ServeProcess(cache.dir) as proc:
-        held = _hold_a_transfer(proc.port, BIG)
+        held = _hold_a_transfer(proc.port, cache, BIG)
         try:
             deadline = time.monotonic() + 30
             while "No response is being sent" in _status_text(proc.port):
@@ -111,7 +112,9 @@ def test_status_page_renders_escapes_and_has_no_console_errors(
             assert IMG in body and BIG in body
             assert HOSTILE in body  # shown as text ...
             assert page.locator("script").count() == 0  # ... never as an element
-            assert "http://node-7:8470/images/" + IMG in body  # registered location
+            # The registered location, its capability token masked (no working URL shown).
+            assert f"http://node-7:8470/images/{IMG}/lpc1_***" in body
+            assert cache.token(IMG) not in page.content()
             assert "127.0.0.1" in page.locator("h2:has-text('Clients') + div").inner_text()
             assert "failed (exit 3)" in body  # the failed download, with its reason
             fills = page.locator("h2:has-text('filled') + div").inner_text()
