@@ -16,6 +16,7 @@ import pytest
 from fixtures_cache import ServeProcess
 from fixtures_glance import GlanceWorld, glance_world_fixture  # noqa: F401
 from helpers import run_cli
+from prometheus_client.parser import text_string_to_metric_families
 
 from locpick.cache import NodeCache
 from locpick.publish import GlanceLocations, cache_location_url
@@ -153,6 +154,16 @@ def test_serve_renews_the_lease_and_deregisters_on_sigterm(
         assert row["usable"], row
         assert a.cache.entry(image_id).registered_url == a.url(image_id)  # type: ignore[union-attr]
         assert a.serve is not None
+        # The renewer reports to the node's own /metrics: renewals and the lease's end.
+        text = httpx.get(a.serve.url + "/metrics").text
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+        }
+        assert samples[("locpick_cache_lease_renewals_total", (("result", "ok"),))] >= len(times)
+        expiry = ("locpick_cache_lease_expiry_timestamp_seconds", (("image", image_id),))
+        assert samples[expiry] > time.time()
         a.serve.stop()  # SIGTERM
         assert a.serve.proc.returncode == 0
         assert a.url(image_id) not in _locations(w, image_id)
