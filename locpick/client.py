@@ -50,7 +50,7 @@ from locpick.publish import (
 from locpick.redact import SCRUB, redact_url, register_env_secrets
 from locpick.replicas import plan_prune, verify_replicas
 from locpick.report import DownloadReport, Recorder
-from locpick.score import Candidate, prior_order, rank
+from locpick.score import Candidate, policy_reason, prior_order, rank
 from locpick.sources import fetch_glance_image, load_metadata
 from locpick.transports import Context, Transports
 from locpick.transports.file import FileTransport
@@ -193,9 +193,10 @@ class Client:
                 candidates.append(Candidate(loc, unusable=_reason(exc)))
                 continue
             shared = None
-            if isinstance(transport, FileTransport):
+            reason = policy_reason(loc, self.config)  # forbidden copies are never probed
+            if reason is None and isinstance(transport, FileTransport):
                 reason, shared = _shared_fs(transport, loc, image, dest)
-            else:
+            elif reason is None:
                 reason = transport.check(loc, image)
             history = self.history.lookup(loc, known) if known and reason is None else None
             candidates.append(

@@ -170,6 +170,7 @@ def test_policy_forbid_and_prefer_shown_in_reasons(tmp_path: Path) -> None:
         rows = {r["url"]: r for r in json.loads(out.stdout)}
         assert rows[a_loc]["usable"] is False
         assert "forbidden by policy" in rows[a_loc]["reasons"]["policy"]
+        assert a.connections == 0, "a forbidden location must not even be probed"
         for key in ("latency_ms", "throughput_bps", "topology", "shared_fs", "history", "error"):
             assert key in rows[b.url]["reasons"]
         assert rows[b.url]["reasons"]["connect_ms"] is not None
