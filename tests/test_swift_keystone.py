@@ -7,14 +7,12 @@ policy) is what these tests pin down; the token is still sent as X-Auth-Token.""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fixtures_swift import SMALL, swift_server
-from glance_harness import KeystoneHandle, harness_available, harness_dir, start_keystone
+from glance_harness import KeystoneHandle, harness_available, register_endpoint, start_keystone
 from helpers import image_record, run_cli, write_record
 from swift_harness import PutResult, SwiftHandle, put_object
 
@@ -31,20 +29,7 @@ def keystone(
         pytest.fail("glance-harness (start-keystone) not found")
     handle = start_keystone(tmp_path_factory.mktemp("keystone"))
     try:
-        subprocess.run(
-            [
-                sys.executable,
-                str(harness_dir() / "keystone-admin"),
-                "register-endpoint",
-                handle.auth_url,
-                "swift",
-                "object-store",
-                swift_server.storage_url,
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        register_endpoint(handle.auth_url, "swift", "object-store", swift_server.storage_url)
         yield handle
     finally:
         handle.stop()
