@@ -62,6 +62,28 @@ class Glance:
             raise HarnessError(f"{method} {url} -> {e}") from e
         return json.loads(raw) if raw else None
 
+    def tasks_done(self, image_id: str) -> bool:
+        """Whether the image's tasks (copy-image) have finished writing their status: a PATCH
+        racing the task's last sqlite write can fail with HTTP 500 on a loaded machine."""
+        tasks = self.request("GET", f"/v2/images/{image_id}/tasks")
+        return all(t.get("status") in ("success", "failure") for t in tasks.get("tasks", []))
+
+    def add_location(self, image_id: str, url: str, meta: Mapping[str, Any]) -> None:
+        """PATCH one location onto the image, retrying a 500 (sqlite busy) unless it landed."""
+        op = {"op": "add", "path": "/locations/-", "value": {"url": url, "metadata": dict(meta)}}
+        path = f"/v2/images/{image_id}"
+        for attempt in range(4):
+            try:
+                self.request("PATCH", path, [op], {"Content-Type": PATCH_CONTENT_TYPE})
+                return
+            except HarnessError as e:
+                if "HTTP 500" not in str(e) or attempt == 3:
+                    raise
+            time.sleep(1.0)
+            img = self.request("GET", path)
+            if any(loc["url"] == url for loc in img.get("locations") or []):
+                return
+
     def wait(self, image_id: str, done: Callable[[dict[str, Any]], bool], what: str) -> None:
         deadline = time.monotonic() + self.timeout
         img: dict[str, Any] = {}
@@ -166,9 +188,10 @@ def seed_image(
                 )
 
             glance.wait(image_id, copied, f"copy-image to {store}")
+        if stores:
+            glance.wait(image_id, lambda _: glance.tasks_done(image_id), "the import tasks")
         for url, meta in locations:
-            op = {"op": "add", "path": "/locations/-", "value": {"url": url, "metadata": meta}}
-            glance.request("PATCH", path, [op], {"Content-Type": PATCH_CONTENT_TYPE})
+            glance.add_location(image_id, url, meta)
         img = glance.request("GET", path)
     except HarnessError as e:
         raise HarnessError(f"seeding image {image_id}: {e}") from e
