@@ -340,7 +340,7 @@ def glance_request(
         endpoint.rstrip("/") + path, data=data, method=method, headers=hdrs
     )
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with procs.DIRECT.open(req, timeout=timeout) as resp:
             status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as e:
         status, raw = e.code, e.read()

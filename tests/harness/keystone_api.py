@@ -8,6 +8,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from harness import procs
 from harness.venvs import HarnessError
 
 ADMIN = ("admin", "admin", "admin")  # user, password, project: what bootstrap creates
@@ -32,7 +33,7 @@ def call(
         headers["X-Auth-Token"] = token
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with procs.DIRECT.open(req, timeout=timeout) as resp:
             raw = resp.read()
             hdrs = dict(resp.headers.items())
     except urllib.error.HTTPError as e:

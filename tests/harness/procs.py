@@ -18,6 +18,19 @@ from harness.venvs import HarnessError, tail
 
 HOST = "127.0.0.1"
 
+#: Opens loopback URLs directly: a proxy from the environment (http_proxy, ...) is ignored.
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+
+
+def service_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a service: ours without proxy settings (the services talk to
+    loopback only), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARS}
+    env.update(extra or {})
+    return env
+
+
 # Popen objects of the servers this process started, so that stopping them also reaps them.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -65,7 +78,7 @@ def spawn(argv: Sequence[str], *, env: Mapping[str, str], log: Path, pidfile: Pa
     with log.open("ab") as out:
         proc = subprocess.Popen(
             list(argv),
-            env={**os.environ, **env},
+            env=service_env(env),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -142,7 +155,7 @@ def http_status(url: str, headers: Mapping[str, str] | None = None, timeout: flo
     """Status of a GET (0 when nothing answers)."""
     req = urllib.request.Request(url, headers=dict(headers or {}))
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with DIRECT.open(req, timeout=timeout) as resp:
             resp.read()
             return int(resp.status)
     except urllib.error.HTTPError as e:
@@ -181,7 +194,7 @@ def run_logged(
     with log.open("wb") as out:
         r = subprocess.run(
             list(argv),
-            env={**os.environ, **(env or {})},
+            env=service_env(env),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,

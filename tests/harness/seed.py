@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from harness import procs
 from harness.venvs import HarnessError
 
 PATCH_CONTENT_TYPE = "application/openstack-images-v2.1-json-patch"
@@ -47,7 +48,7 @@ class Glance:
             hdrs.setdefault("Content-Type", "application/json")
         req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with procs.DIRECT.open(req, timeout=self.timeout) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             text = _error_text(e.read())
@@ -115,7 +116,7 @@ def _check_serves(url: str, size: int, digest: str) -> None:
         return
     h, n = hashlib.sha256(), 0
     try:
-        with urllib.request.urlopen(url, timeout=30) as resp:
+        with procs.DIRECT.open(url, timeout=30) as resp:
             for block in iter(lambda: resp.read(1 << 20), b""):
                 h.update(block)
                 n += len(block)
