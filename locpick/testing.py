@@ -65,6 +65,9 @@ class Faults:
     first_byte_delay: float = 0.0
     #: Cap on body bytes/s for each response (token bucket, ~10 ms slices, 50 ms burst). Live.
     bandwidth: float | None = None
+    #: Cap on body bytes/s of the whole origin, SHARED by all its connections (as a NIC is):
+    #: parallel requests to one origin split this rate. Live.
+    uplink: float | None = None
     #: Close the connection after this many body bytes *of each response* (0 = headers only).
     cut_after_bytes: int | None = None
     #: Close the connection when a response reaches this *absolute file offset*: bytes
@@ -409,6 +412,9 @@ class _Handler(BaseHTTPRequestHandler):
                 tokens -= n
             else:
                 n = _CHUNK
+            if live.uplink and live.uplink > 0:
+                n = min(n, max(1, int(live.uplink / 100)))
+                self._wait(o._uplink_turn(n, float(live.uplink)))
             first = False
             n = min(n, stop - off)
             i = bisect.bisect_left(bad, off)
@@ -474,6 +480,7 @@ class Origin:
         self._requests: list[RequestRecord] = []
         self._n_requests = 0
         self._connections = 0
+        self._uplink_free = 0.0
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -606,6 +613,14 @@ class Origin:
     def _record(self, rec: RequestRecord) -> None:
         with self._lock:
             self._requests.append(rec)
+
+    def _uplink_turn(self, n: int, rate: float) -> float:
+        """Reserve the shared uplink for ``n`` bytes; returns seconds to wait for the turn."""
+        with self._lock:
+            now = time.monotonic()
+            free = max(self._uplink_free, now - 0.02)
+            self._uplink_free = free + n / rate
+            return max(0.0, free - now)
 
     def _add_sent(self, n: int) -> None:
         with self._lock:
