@@ -1,4 +1,4 @@
-"""The swift transport with a real Keystone v3 (glance-harness start-keystone) in front of the
+"""The swift transport with a real Keystone v3 (the harness's Keystone) in front of the
 real Swift: form 1 authenticating against Keystone (catalog ``object-store`` endpoint) and form 3
 allowed by the token's catalog. The harness Swift runs tempauth, which ignores Keystone tokens,
 so the objects live in a world-readable container: the Keystone side (auth, catalog, token
@@ -26,7 +26,7 @@ def keystone(
     tmp_path_factory: pytest.TempPathFactory, swift_server: SwiftHandle
 ) -> Iterator[KeystoneHandle]:
     if not harness_available():
-        pytest.fail("glance-harness (start-keystone) not found")
+        pytest.fail("the Keystone harness (tests/harness) is missing")
     handle = start_keystone(tmp_path_factory.mktemp("keystone"))
     try:
         register_endpoint(handle.auth_url, "swift", "object-store", swift_server.storage_url)

@@ -146,6 +146,7 @@ def start(
     timeout: float = 120,
 ) -> tuple[str, int]:
     """Start Glance in WORKDIR on PORT (idempotent for a running one); (endpoint, pid)."""
+    workdir.mkdir(parents=True, exist_ok=True)
     env = dict(env or {})
     live = running(workdir)
     if live is not None:

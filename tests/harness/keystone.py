@@ -78,6 +78,7 @@ def start(
     ``db_sync`` and key set-up always run (cheap, idempotent); ``bootstrap`` and the users
     only when WORKDIR was not bootstrapped for this port yet (bootstrap writes the port
     into the identity endpoints)."""
+    workdir.mkdir(parents=True, exist_ok=True)
     live = running(workdir)
     auth_url = auth_url_of(port)
     if live is not None:

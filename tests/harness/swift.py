@@ -233,6 +233,7 @@ def running(workdir: Path) -> int | None:
 
 def start(workdir: Path, port: int, timeout: float = 120) -> tuple[str, bool]:
     """Start Swift in WORKDIR on PORT..PORT+3 (idempotent); (proxy URL, venv was cached)."""
+    workdir.mkdir(parents=True, exist_ok=True)
     url = f"http://{procs.HOST}:{port}"
     live = running(workdir)
     if live == port:
