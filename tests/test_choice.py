@@ -100,7 +100,8 @@ def test_fifty_locations_ten_black_holes_rank_within_deadline() -> None:
         good_urls = [o.url for o in good]
         urls = [o.url for o in good] + [h.url for h in holes]
         urls = urls[::2] + urls[1::2]
-        cfg = _cfg(probe=ProbeConfig(deadline=deadline))
+        # All 50 probed (above the default max_candidates of 32): black holes among them.
+        cfg = _cfg(probe=ProbeConfig(deadline=deadline, max_candidates=64))
         t0 = time.monotonic()
         locpick.rank("img", metadata=image_record("img", ONE_MB, good_urls), config=cfg)
         reference = time.monotonic() - t0
