@@ -18,7 +18,8 @@ from fixtures_glance import GlanceWorld, glance_world_fixture  # noqa: F401
 from helpers import run_cli
 
 from locpick.cache import NodeCache
-from locpick.publish import GlanceLocations
+from locpick.publish import GlanceLocations, cache_location_url
+from locpick.redact import redact_url
 from locpick.testing import Origin
 
 pytestmark = pytest.mark.glance
@@ -56,7 +57,12 @@ class LeasedNode:
         )
 
     def url(self, image_id: str) -> str:
-        return f"{self.public_url}/images/{image_id}"
+        """The capability URL this node registers for ``image_id``."""
+        return cache_location_url(self.public_url, image_id, self.cache.token(image_id))
+
+    def shown(self, image_id: str) -> str:
+        """The same URL as the CLI prints it (the capability token masked)."""
+        return redact_url(self.url(image_id))
 
     def cli(self, *args: str) -> tuple[int, str, str]:
         auth = ["--glance-url", self.w.endpoint, "--token", self.w.admin_token]
@@ -143,7 +149,7 @@ def test_serve_renews_the_lease_and_deregisters_on_sigterm(
         times = sorted(renewals - {first})
         assert times, "never renewed"
         assert all(later - earlier >= 1.0 - 0.11 for earlier, later in itertools.pairwise(times))
-        row = _rank_rows(b, image_id)[a.url(image_id)]
+        row = _rank_rows(b, image_id)[a.shown(image_id)]
         assert row["usable"], row
         assert a.cache.entry(image_id).registered_url == a.url(image_id)  # type: ignore[union-attr]
         assert a.serve is not None
@@ -184,30 +190,30 @@ def test_killed_node_expires_is_skipped_and_reaped_others_untouched(
         _wait_for("node A's lease to run out", lambda: time.time() > expiry + 0.5)
 
         rows = _rank_rows(b, image_id)
-        assert not rows[a.url(image_id)]["usable"]
-        assert rows[a.url(image_id)]["reasons"]["error"].startswith("lease-expired: ")
-        assert rows[c.url(image_id)]["usable"]
+        assert not rows[a.shown(image_id)]["usable"]
+        assert rows[a.shown(image_id)]["reasons"]["error"].startswith("lease-expired: ")
+        assert rows[c.shown(image_id)]["usable"]
         code, out, err = b.cli("download", image_id, str(tmp_path / "b.img"), "--json")
         assert code == 0, err
         tried = {att["url"]: att for att in json.loads(out)["attempts"]}
-        assert tried[a.url(image_id)]["outcome"] == "skipped"
-        assert tried[a.url(image_id)]["error"].startswith("lease-expired")
+        assert tried[a.shown(image_id)]["outcome"] == "skipped"
+        assert tried[a.shown(image_id)]["error"].startswith("lease-expired")
 
         code, out, err = b.cli("verify", image_id, "--prune", "--json")  # dry run
         prune = json.loads(out)["prune"]
-        assert prune["dry_run"] and prune["remove"] == [a.url(image_id)], err
+        assert prune["dry_run"] and prune["remove"] == [a.shown(image_id)], err
         assert any(operator_url in n for n in prune["notes"])  # kept: not ours, maybe transient
 
         code, out, err = b.cli("cache", "reap", image_id, "--dry-run", "--json")
         assert code == 0, err
         (doc,) = json.loads(out)["images"]
-        assert doc["remove"] == [a.url(image_id)] and doc["removed"] == []
+        assert doc["remove"] == [a.shown(image_id)] and doc["removed"] == []
         assert a.url(image_id) in _locations(w, image_id)
 
         code, out, err = b.cli("cache", "reap", image_id, "--json")
         assert code == 0, err
         (doc,) = json.loads(out)["images"]
-        assert doc["image_id"] == image_id and doc["removed"] == [a.url(image_id)]
+        assert doc["image_id"] == image_id and doc["removed"] == [a.shown(image_id)]
         left = _locations(w, image_id)
         assert a.url(image_id) not in left
         assert {origin.url, c.url(image_id), operator_url} <= set(left)
