@@ -13,7 +13,8 @@ from typing import Any
 from locpick.client import Client
 from locpick.errors import LocpickError
 from locpick.models import Ranking, Result, VerifyReport
-from locpick.redact import SCRUB, RedactingFilter
+from locpick.redact import SCRUB, RedactingFilter, redact_url
+from locpick.report import DownloadReport, Recorder
 
 log = logging.getLogger("locpick")
 
@@ -26,10 +27,20 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config (else $LOCPICK_CONFIG)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--verbose", "-v", action="store_true", help="log what locpick does")
+    _log_format_arg(p)
     p.add_argument(
         "--insecure",
         action="store_true",
         help="do NOT verify TLS certificates (warns on every use; for test clouds only)",
+    )
+
+
+def _log_format_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one JSON object per log line (time, level, event, image, host, bytes, ...)",
     )
 
 
@@ -60,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="publish the cached copy as a location in Glance ([cache] public_url)",
     )
+    d.add_argument(
+        "--metrics-file",
+        metavar="PATH",
+        help="write a node-exporter textfile (Prometheus format) about this download, atomically",
+    )
 
     r = sub.add_parser("rank", help="score every location without downloading")
     r.add_argument("image_id", metavar="IMAGE_ID")
@@ -81,10 +97,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bind", metavar="ADDR:PORT", default=None, help="default 127.0.0.1:8470")
     s.add_argument("--config", metavar="FILE", help="TOML config (else $LOCPICK_CONFIG)")
     s.add_argument("--verbose", "-v", action="store_true", help="log what locpick does")
+    _log_format_arg(s)
+    s.add_argument("--no-metrics", action="store_true", help="no /metrics endpoint")
+    s.add_argument("--no-status", action="store_true", help="no /status page")
+    s.add_argument(
+        "--glance-url", metavar="URL", help="Glance, to renew leases (else $OS_IMAGE_URL)"
+    )
+    s.add_argument("--token", metavar="TOKEN", help="Keystone token (else $OS_AUTH_TOKEN)")
+    s.add_argument(
+        "--no-renew",
+        action="store_true",
+        help="do not renew (or deregister) this node's Glance locations",
+    )
 
-    c = sub.add_parser("cache", help="list, evict or reconcile the node cache with Glance")
-    c.add_argument("action", choices=("list", "evict", "reconcile"), metavar="reconcile|list|evict")
-    c.add_argument("image_ids", nargs="*", metavar="IMAGE_ID", help="evict: images to evict")
+    c = sub.add_parser(
+        "cache", help="list, evict or reconcile the node cache; reap dead cache locations"
+    )
+    c.add_argument(
+        "action",
+        choices=("list", "evict", "reconcile", "reap", "rotate-secret"),
+        metavar="reconcile|list|evict|reap|rotate-secret",
+    )
+    c.add_argument(
+        "image_ids",
+        nargs="*",
+        metavar="IMAGE_ID",
+        help="evict: images to evict; reap: images to reap (default: every image listed)",
+    )
+    c.add_argument(
+        "--dry-run", action="store_true", help="reap: say what would be removed, remove nothing"
+    )
     c.add_argument("--all", action="store_true", help="evict: every cached image")
     c.add_argument("--cache-dir", metavar="DIR", help="the node cache (else [cache] dir)")
     _source_args(c)
@@ -100,6 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="locpick: %(message)s", stream=sys.stderr)
     for h in logging.getLogger().handlers:
         h.addFilter(RedactingFilter())
+        if getattr(args, "log_format", "text") == "json":
+            from locpick.logfmt import JsonFormatter
+
+            h.setFormatter(JsonFormatter())
     try:
         handler = _COMMANDS[args.command]
         return handler(args)
@@ -149,18 +195,48 @@ def _print_json(doc: Any) -> None:
 
 def _download(args: argparse.Namespace) -> int:
     show = not args.json and not args.no_progress and sys.stderr.isatty()
-    with _client(args) as client, _progress_bar(show) as progress:
-        result = client.download(
-            args.image_id,
-            args.dest,
-            metadata=args.metadata,
-            allow_unverified=args.allow_unverified,
-            progress=progress,
-            cache_dir=args.cache_dir,
-            register=args.register,
-        )
-    _emit(args, result, format_result)
+    if args.metrics_file:
+        from locpick.metrics import check_textfile_path
+
+        check_textfile_path(args.metrics_file)
+    recorder = Recorder(args.image_id)
+    try:
+        with _client(args) as client, _progress_bar(show) as progress:
+            result = client.download(
+                args.image_id,
+                args.dest,
+                metadata=args.metadata,
+                allow_unverified=args.allow_unverified,
+                progress=progress,
+                cache_dir=args.cache_dir,
+                register=args.register,
+                recorder=recorder,
+            )
+    except BaseException as exc:
+        if args.metrics_file:
+            _write_metrics(args.metrics_file, recorder.report or recorder.fail(exc))
+        raise
+    report = recorder.report or recorder.finish(result)
+    if args.metrics_file:
+        _write_metrics(args.metrics_file, report)
+    if args.json:
+        doc = result.to_json()
+        for key, value in report.json_extras().items():
+            doc.setdefault(key, value)  # extends the contract's document, never overrides it
+        _print_json(doc)
+    else:
+        _emit(args, result, format_result)
     return 0
+
+
+def _write_metrics(path: str, report: DownloadReport) -> None:
+    """Write the download's textfile; failing to is a warning (the image was delivered)."""
+    from locpick.metrics import write_textfile
+
+    try:
+        write_textfile(path, report)
+    except OSError as exc:
+        log.warning("--metrics-file %s: not written (%s)", path, exc.strerror or exc)
 
 
 def format_result(result: Result) -> str:
@@ -305,8 +381,38 @@ def _serve(args: argparse.Namespace) -> int:
     directory = args.cache_dir or config.cache.dir
     if not directory:
         raise ConfigError("serve: no node cache: give --cache-dir DIR or set [cache] dir")
+    from locpick.metrics import OpsOptions
+    from locpick.serve_ops import Ops
+
     cache = NodeCache(directory, config.cache.max_bytes)
-    return serve(cache, args.bind or DEFAULT_BIND, ready=announce)
+    ops = OpsOptions(metrics=not args.no_metrics, status=not args.no_status)
+    cache.recover()
+    if args.no_renew:
+        return serve(cache, args.bind or DEFAULT_BIND, config=config.serve, ready=announce, ops=ops)
+    from locpick.renew import Renewer
+
+    with Client(config=config, glance_url=args.glance_url, token=args.token) as client:
+        renewer = Renewer(client, cache)
+
+        def ready(url: str) -> None:
+            announce(url)
+            renewer.start()
+
+        def report_renewals(app_ops: Ops) -> None:
+            renewer.observer = app_ops.metrics  # leases and renewals in /metrics and /status
+
+        try:
+            return serve(
+                cache,
+                args.bind or DEFAULT_BIND,
+                config=config.serve,
+                ready=ready,
+                stopping=renewer.deregister,
+                ops=ops,
+                started=report_renewals,
+            )
+        finally:
+            renewer.stop()
 
 
 def _cache(args: argparse.Namespace) -> int:
@@ -321,7 +427,7 @@ def _cache(args: argparse.Namespace) -> int:
                 _print_json([e.to_json() for e in reversed(entries)])
             else:
                 for e in reversed(entries):
-                    reg = e.registered_url or "-"
+                    reg = redact_url(e.registered_url) if e.registered_url else "-"
                     print(f"{e.image_id}  {e.size:>14}  {e.algo}  registered: {reg}")
             return 0
         if args.action == "evict":
@@ -341,12 +447,37 @@ def _cache(args: argparse.Namespace) -> int:
                 for image_id in sorted(gone):
                     print(f"evicted {image_id}")
             return 3 if problems else 0
-        done = client.reconcile(cache_dir=args.cache_dir)
+        if args.action == "reap":
+            return _reap(args, client)
+        if args.action == "rotate-secret":
+            done = client.rotate_secret(cache_dir=args.cache_dir)
+        else:
+            done = client.reconcile(cache_dir=args.cache_dir)
         if args.json:
             _print_json({"actions": done})
         else:
             print("\n".join(done) if done else "cache and Glance agree")
         return 0
+
+
+def _reap(args: argparse.Namespace, client: Client) -> int:
+    """``cache reap``: one line per image (or JSON), exit 3 when a removal failed."""
+    results = client.reap(args.image_ids, dry_run=args.dry_run)
+    if args.json:
+        _print_json({"images": [{"image_id": i, **p.to_json()} for i, p in results]})
+    else:
+        for image_id, p in results:
+            verb = "would remove" if p.dry_run else "removed"
+            done = p.remove if p.dry_run else p.removed
+            print(f"{image_id}: {verb} {len(done)}")
+            for url in done:
+                print(f"  - {url}")
+            for note in p.notes:
+                print(f"  note: {note}")
+        if not results:
+            print("no locpick cache locations found")
+    failed = any(not p.dry_run and len(p.removed) < len(p.remove) for _i, p in results)
+    return 3 if failed else 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -12,11 +12,13 @@ from typing import Any
 import attrs
 import cachetools
 
+from locpick import journal
 from locpick.auth import OpenStackAuth, auth_from_environment
 from locpick.cache import CacheEntry, NodeCache, copy_out
 from locpick.config import Config, resolve_config
 from locpick.errors import (
     ConfigError,
+    ImageNotActive,
     ImageNotFound,
     InputError,
     LocationError,
@@ -25,6 +27,7 @@ from locpick.errors import (
 )
 from locpick.fetch import Progress, fetch
 from locpick.history import History
+from locpick.lease import is_locpick_copy, lease_state
 from locpick.models import (
     Attempt,
     Image,
@@ -33,8 +36,10 @@ from locpick.models import (
     PruneResult,
     Ranking,
     Result,
+    Score,
     VerifyReport,
 )
+from locpick.netpolicy import NetPolicy
 from locpick.probe import probe_and_measure
 from locpick.publish import (
     GlanceLocations,
@@ -42,14 +47,14 @@ from locpick.publish import (
     cache_location_url,
     cache_metadata,
 )
-from locpick.redact import SCRUB, register_env_secrets
+from locpick.redact import SCRUB, redact_url, register_env_secrets
 from locpick.replicas import plan_prune, verify_replicas
-from locpick.score import Candidate, rank
+from locpick.report import DownloadReport, Recorder
+from locpick.score import Candidate, policy_reason, prior_order, rank
 from locpick.sources import fetch_glance_image, load_metadata
 from locpick.swarm import swarm_probes
 from locpick.swarm.explain import explain
 from locpick.transports import Context, Transports
-from locpick.transports.base import tls_verify
 from locpick.transports.file import FileTransport
 
 log = logging.getLogger("locpick")
@@ -71,31 +76,37 @@ class Client:
         register_env_secrets()
         SCRUB.add(token)
         self.config = resolve_config(config)
-        if insecure:
-            self.config = attrs.evolve(self.config, tls=attrs.evolve(self.config.tls, verify=False))
-        tls_verify(self.config)  # a bad [tls] ca_file is a config error now, not per location
-        if not self.config.tls.verify:
-            log.warning(
-                "TLS certificate verification is OFF (--insecure / [tls] verify = false): "
-                "any host on the path can impersonate image locations and Glance"
-            )
         if glance_url is None:
             glance_url = os.environ.get("OS_IMAGE_URL") or None
         if token is None:
             token = os.environ.get("OS_AUTH_TOKEN") or None
         SCRUB.add(token)
         self.glance_url = glance_url
-        self._ctx = Context(self.config, glance_url=glance_url, token=token)
         #: Keystone (OS_AUTH_URL / OS_CLOUD) when the token or the endpoint must come from it.
         self._auth: OpenStackAuth | None = None
         if not (token and glance_url):
             self._auth = auth_from_environment(
                 os.environ,
                 token=token,
-                ca_file=self.config.tls.ca_file,
-                verify=self.config.tls.verify,
                 timeout=max(30.0, self.config.transfer.connect_timeout),
             )
+        # The edge: proxies, trust and forbidden networks, read once from config + environment.
+        # A bad CA file, proxy URL or no_proxy is a config error now, before anything is fetched.
+        self.net = NetPolicy.from_environment(
+            self.config,
+            os.environ,
+            cloud_cacert=self._auth.cacert if self._auth is not None else None,
+            insecure=insecure or (self._auth is not None and self._auth.insecure),
+        )
+        if not self.net.trust.verify:
+            self.config = attrs.evolve(self.config, tls=attrs.evolve(self.config.tls, verify=False))
+            log.warning(
+                "TLS certificate verification is OFF (--insecure / OS_INSECURE / [tls] verify = "
+                "false): any host on the path can impersonate image locations and Glance"
+            )
+        if self._auth is not None:
+            self._auth.use_policy(self.net)
+        self._ctx = Context(self.config, glance_url=glance_url, token=token, net=self.net)
         self._transports = Transports(self._ctx)
         self._probe_cache: cachetools.TTLCache[tuple[str, int | None], Probe] = cachetools.TTLCache(
             maxsize=4096, ttl=self.config.probe.cache_ttl
@@ -169,9 +180,14 @@ class Client:
         first piece from each copy is the probe. ``dest``: where it will go (a
         shared filesystem reports whether it is the same device).
         """
+        now = time.time()
+        known = self.history.entries()
         candidates: list[Candidate] = []
-        to_probe: list[Location] = []
         for loc in image.locations:
+            lease = lease_state(loc.metadata, now)
+            if lease.expired:
+                candidates.append(Candidate(loc, unusable=lease.expired))
+                continue
             try:
                 transport = self._transports.for_location(loc)
             except InputError:
@@ -180,28 +196,65 @@ class Client:
                 candidates.append(Candidate(loc, unusable=_reason(exc)))
                 continue
             shared = None
-            if isinstance(transport, FileTransport):
+            reason = policy_reason(loc, self.config)  # forbidden copies are never probed
+            if reason is None and isinstance(transport, FileTransport):
                 reason, shared = _shared_fs(transport, loc, image, dest)
-            else:
+            elif reason is None:
                 reason = transport.check(loc, image)
-            candidates.append(Candidate(loc, unusable=reason, shared_fs=shared))
-            if reason is None:
-                to_probe.append(loc)
+            history = self.history.lookup(loc, known) if known and reason is None else None
+            candidates.append(
+                Candidate(loc, unusable=reason, shared_fs=shared, history=history, note=lease.note)
+            )
+        candidates = self._bound_probing(image, candidates)
+        to_probe = [c.location for c in candidates if c.unusable is None and not c.not_probed]
         # a swarm download probes by downloading: its first piece from each copy is the probe
         skip = for_download and (len(to_probe) <= 1 or swarm_probes(image, self.config.transfer))
         probes = {} if skip else self._probe(image, to_probe)
-        known = self.history.entries()
         candidates = [
-            attrs.evolve(
-                c,
-                probe=probes.get(c.location),
-                history=self.history.lookup(c.location, known) if c.unusable is None else None,
-            )
+            attrs.evolve(c, probe=probes[c.location]) if c.location in probes else c
             for c in candidates
         ]
         for url, why in image.rejected:
             candidates.append(Candidate(Location(url=url), unusable=why))
-        return Ranking(image=image, scores=rank(image, candidates, self.config))
+        scores = rank(image, candidates, self.config)
+        return Ranking(image=image, scores=tuple(self._with_route(s) for s in scores))
+
+    def _with_route(self, score: Score) -> Score:
+        """Say in the reasons how the location is reached (``direct`` / ``via proxy ...``)."""
+        try:
+            transport = self._transports.for_location(score.location)
+        except LocationError:
+            return score
+        route_of = getattr(transport, "route", None)
+        route = route_of(score.location) if route_of is not None else None
+        if not isinstance(route, str):
+            return score
+        reasons = attrs.evolve(
+            score.reasons, route=route, notes=(*score.reasons.notes, f"route: {route}")
+        )
+        return attrs.evolve(score, reasons=reasons)
+
+    def _bound_probing(self, image: Image, candidates: list[Candidate]) -> list[Candidate]:
+        """Mark all but the best ``[probe] max_candidates`` usable locations ``not-probed``.
+
+        "Best" is the ranking before any measurement (topology, history, policy, shared
+        filesystem), so probing costs the same at 20 and at 20,000 locations. Glance's own
+        ``/file`` is never counted or dropped: it stays the last resort."""
+        limit = max(1, self.config.probe.max_candidates)
+        pool = [c for c in candidates if c.unusable is None and c.location.kind != "glance-file"]
+        if len(pool) <= limit:
+            return candidates
+        keep = {id(c.location) for c in prior_order(image, pool, self.config)[:limit]}
+        why = (
+            f"not-probed: beyond the best {limit} of {len(pool)} locations "
+            "([probe] max_candidates); a fallback"
+        )
+        return [
+            c
+            if c.unusable is not None or c.location.kind == "glance-file" or id(c.location) in keep
+            else attrs.evolve(c, not_probed=why)
+            for c in candidates
+        ]
 
     def _probe(self, image: Image, locations: Sequence[Location]) -> dict[Location, Probe]:
         found: dict[Location, Probe] = {}
@@ -240,14 +293,67 @@ class Client:
         progress: Progress | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         register: bool | None = None,
+        recorder: Recorder | None = None,
     ) -> Result:
         """Fetch (or system-copy) the image to ``dest``, verified, atomically.
 
         With a node cache (``cache_dir`` or ``[cache] dir``) a verified cached copy is copied
         out without any network transfer (``method="cache"``), and a fresh download is kept
         in the cache; with ``register`` (or ``[cache] register``) the cached copy is published
-        as a location of the image in Glance.
+        as a location of the image in Glance. ``recorder`` collects the operator's report
+        (``recorder.report`` afterwards, delivered or not); with a node cache the report is
+        also journalled there for ``locpick serve``'s ``/status``.
         """
+        rec = recorder if recorder is not None else Recorder(image_id)
+        try:
+            result = self._download(
+                image_id,
+                dest,
+                rec,
+                metadata=metadata,
+                allow_unverified=allow_unverified,
+                progress=progress,
+                cache_dir=cache_dir,
+                register=register,
+            )
+        except LocpickError as exc:
+            self._journal(cache_dir, rec.fail(exc))
+            raise
+        report = rec.finish(result)
+        self._journal(cache_dir, report)
+        log.info(
+            "downloaded %s: %d bytes from %s in %.2fs",
+            image_id,
+            report.bytes,
+            report.chosen_host,
+            report.seconds,
+            extra={
+                "event": "download",
+                "image": image_id,
+                "host": report.chosen_host,
+                "bytes": report.bytes,
+                "seconds": round(report.seconds, 4),
+            },
+        )
+        return result
+
+    def _journal(self, cache_dir: str | os.PathLike[str] | None, report: DownloadReport) -> None:
+        directory = cache_dir if cache_dir is not None else self.config.cache.dir
+        if directory and os.path.isdir(os.path.join(directory, "images")):
+            journal.record(directory, report)
+
+    def _download(
+        self,
+        image_id: str,
+        dest: str | os.PathLike[str],
+        rec: Recorder,
+        *,
+        metadata: Metadata | None,
+        allow_unverified: bool,
+        progress: Progress | None,
+        cache_dir: str | os.PathLike[str] | None,
+        register: bool | None,
+    ) -> Result:
         image = self.image(image_id, metadata=metadata)
         cache = self.node_cache(cache_dir, required=False)
         publish = self.config.cache.register if register is None else register
@@ -260,7 +366,9 @@ class Client:
         if cache is not None:
             hit = self._from_cache(cache, image, dest, publish)
             if hit is not None:
+                journal.bump(cache.dir, hits=1)
                 return hit
+            journal.bump(cache.dir, misses=1)
         if not image.has_hash:
             if not allow_unverified:
                 raise UnverifiedImage(
@@ -269,6 +377,7 @@ class Client:
                 )
             log.warning("image %s has no hash: downloading UNVERIFIED (size check only)", image_id)
         ranking = self.rank_image(image, for_download=True, dest=dest)
+        rec.ranked(ranking)
         result = fetch(
             image,
             ranking.scores,
@@ -276,9 +385,9 @@ class Client:
             self._transports,
             buffer_bytes=self.config.transfer.buffer_bytes,
             file_mode=self.config.security.file_mode,
-            progress=progress,
+            progress=rec.progress(progress),
             transfer=self.config.transfer,
-            observer=self.history.record,
+            observer=rec.observer(self.history.record),
             topology_tolerance=self.config.scoring.topology_tolerance,
         )
         if cache is not None and result.verified:
@@ -308,12 +417,18 @@ class Client:
         self, cache: NodeCache, image: Image, dest: str | os.PathLike[str], publish: bool
     ) -> Result | None:
         started = time.monotonic()
+        problem = cache.problem()
+        if problem is not None:
+            log.warning("cache: not used: %s", problem)
+            return None
         entry = cache.lookup(image)
         if entry is None:
             return None
         if not copy_out(entry, dest, mode=self.config.security.file_mode):
             return None
         cache.touch(image.id)
+        if image.visibility is not None:
+            cache.update_meta(image.id, visibility=image.visibility)
         if publish:
             self._publish(cache, image, entry)
         url = entry.path.as_uri()
@@ -337,17 +452,28 @@ class Client:
         """Register the cached copy in Glance; a refusal is a warning, the cache keeps working."""
         public_url = self.config.cache.public_url
         assert public_url is not None
-        url = cache_location_url(public_url, image.id)
+        try:
+            url = cache_location_url(public_url, image.id, cache.token(image.id))
+        except (InputError, OSError) as exc:
+            log.warning("not registered, keeping a plain cache: %s", SCRUB(str(exc)))
+            return
         if entry is None:
             entry = cache.entry(image.id)
         if entry is None or entry.registered_url == url:
             return
         try:
-            self.glance_locations().add(image.id, url, cache_metadata(self.config.topology))
+            api = self.glance_locations()
+            if entry.registered_url:  # made with a rotated secret: replace it
+                api.remove(image.id, entry.registered_url)
+            api.add(image.id, url, self._cache_metadata())
         except (PublishError, InputError) as exc:
             log.warning("not registered, keeping a plain cache: %s", SCRUB(str(exc)))
             return
         cache.set_registered(image.id, url)
+
+    def _cache_metadata(self) -> dict[str, str]:
+        """Metadata of this node's registrations: topology, marker, registration time, lease."""
+        return cache_metadata(self.config.topology, lease=self.config.cache.lease)
 
     def _unpublish(self, evicted: Sequence[CacheEntry]) -> list[str]:
         """Remove evicted copies' locations from Glance; returns warnings (also logged)."""
@@ -393,15 +519,17 @@ class Client:
         registered = api.images_with_location_prefix(prefix)
         for image_id, urls in sorted(registered.items()):
             entry = cache.entry(image_id)
+            current = _current_url(cache, public_url, image_id)
             for url in urls:
-                if entry is not None and url == cache_location_url(public_url, image_id):
+                if entry is not None and url == current:
                     if entry.registered_url != url:
                         cache.set_registered(image_id, url)
                     continue
                 api.remove(image_id, url)
-                done.append(f"unregistered {image_id}: {url} (not in the cache)")
+                why = "not in the cache" if entry is None else "not this node's current URL"
+                done.append(f"unregistered {image_id}: {redact_url(url)} ({why})")
         for entry in cache.entries():
-            url = cache_location_url(public_url, entry.image_id)
+            url = _current_url(cache, public_url, entry.image_id)
             try:
                 image = self.image(entry.image_id)
             except ImageNotFound:
@@ -414,15 +542,31 @@ class Client:
                     api.remove(entry.image_id, url)
                 done.append(f"evicted {entry.image_id}: its hash no longer matches Glance's")
                 continue
+            if image.visibility is not None:
+                cache.update_meta(entry.image_id, visibility=image.visibility)
             if url in registered.get(entry.image_id, []):
                 continue
-            if entry.registered_url:
+            was_registered = bool(entry.registered_url)
+            if was_registered:
                 cache.set_registered(entry.image_id, None)
-            if self.config.cache.register:
-                api.add(entry.image_id, url, cache_metadata(self.config.topology))
+            if self.config.cache.register or was_registered:
+                api.add(entry.image_id, url, self._cache_metadata())
                 cache.set_registered(entry.image_id, url)
-                done.append(f"registered {entry.image_id}: {url}")
+                done.append(f"registered {entry.image_id}: {redact_url(url)}")
         return done
+
+    def rotate_secret(self, *, cache_dir: str | os.PathLike[str] | None = None) -> list[str]:
+        """New node secret (every old capability URL refused at once), then re-register.
+
+        Every entry that was registered gets its new URL in Glance and loses the old one
+        (through :meth:`reconcile`); returns what was done, one line each.
+        """
+        cache = self.node_cache(cache_dir)
+        assert cache is not None
+        if not self.config.cache.public_url:
+            raise ConfigError("cache rotate-secret needs [cache] public_url (this node's URL)")
+        cache.rotate_secret()
+        return ["rotated the node secret", *self.reconcile(cache_dir=cache_dir)]
 
     def verify(
         self,
@@ -446,9 +590,15 @@ class Client:
         report = verify_replicas(image, image.locations, self._transports, quick=quick)
         if not prune:
             return report
-        remove, notes = plan_prune(image, report)
+        return attrs.evolve(report, prune=self._prune(image, report, act=yes))
+
+    def _prune(
+        self, image: Image, report: VerifyReport, *, act: bool, locpick_only: bool = False
+    ) -> PruneResult:
+        """Plan (and with ``act`` carry out) removing the locations the report condemns."""
+        remove, notes = plan_prune(image, report, now=time.time(), locpick_only=locpick_only)
         removed: list[str] = []
-        if yes and remove:
+        if act and remove:
             api = self.glance_locations()
             for loc in remove:
                 try:
@@ -456,13 +606,43 @@ class Client:
                         removed.append(loc.display_url)
                 except PublishError as exc:
                     notes.append(f"not removed: {loc.display_url}: {SCRUB(str(exc))}")
-        result = PruneResult(
-            dry_run=not yes,
+        return PruneResult(
+            dry_run=not act,
             remove=tuple(loc.display_url for loc in remove),
             removed=tuple(removed),
             notes=tuple(notes),
         )
-        return attrs.evolve(report, prune=result)
+
+    def reap(
+        self, image_ids: Sequence[str] = (), *, dry_run: bool = False
+    ) -> list[tuple[str, PruneResult]]:
+        """Remove expired and unreachable locpick cache locations from Glance.
+
+        Only locations carrying the locpick marker are ever removed (never the operator's
+        own), and nothing of an image unless one verified copy (full hash) remains. Without
+        ``image_ids`` every image the token can list is walked (Glance paging followed).
+        Returns (image id, what was or would be removed) for each image with locpick copies.
+        """
+        if not image_ids:
+            image_ids = self.glance_locations().images_with_locpick_copies()
+        done: list[tuple[str, PruneResult]] = []
+        for image_id in image_ids:
+            try:
+                image = self.image(image_id)
+            except (ImageNotFound, ImageNotActive) as exc:  # deleted or deactivated meanwhile
+                note = f"skipped: {SCRUB(str(exc))}"
+                done.append((image_id, PruneResult(dry_run=dry_run, notes=(note,))))
+                continue
+            if not any(is_locpick_copy(loc.metadata) for loc in image.locations):
+                continue
+            report = verify_replicas(image, image.locations, self._transports)
+            done.append((image_id, self._prune(image, report, act=not dry_run, locpick_only=True)))
+        return done
+
+
+def _current_url(cache: NodeCache, public_url: str, image_id: str) -> str:
+    """The capability URL this node registers for ``image_id`` under its current secret."""
+    return cache_location_url(public_url, image_id, cache.token(image_id))
 
 
 def _shared_fs(

@@ -28,11 +28,11 @@ small fraction of the download).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import ipaddress
 import socket
 import statistics
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -40,6 +40,7 @@ import attrs
 from locpick.config import Config, ProbeConfig
 from locpick.errors import LocationError, LocpickError
 from locpick.models import Image, Location, Probe
+from locpick.netpolicy import NetPolicy, host_port
 from locpick.transports import Transport, Transports
 
 
@@ -73,7 +74,10 @@ def probe_all(
             futures[pool.submit(_safe_probe, transport, loc, image, pc.deadline)] = loc
             hp = _host_port(loc)
             if hp is not None and hp not in net:
-                net[hp] = net_pool.submit(_net_latency, hp[0], hp[1], deadline, pc.icmp)
+                policy = transports.ctx.net
+                net[hp] = net_pool.submit(
+                    _net_latency, hp[0], hp[1], deadline, pc.icmp, policy, loc.url
+                )
         pending = set(futures)
         best: float | None = None
         while pending:
@@ -149,38 +153,41 @@ def _host_port(location: Location) -> tuple[str, int] | None:
     if location.scheme not in ("http", "https"):
         return None
     try:
-        parts = urllib.parse.urlsplit(location.url)
-        port = parts.port or (443 if location.scheme == "https" else 80)
+        return host_port(location.url)
     except ValueError:
         return None
-    return (parts.hostname, port) if parts.hostname else None
 
 
 _icmp_lock = threading.Lock()
 _icmp_refused: str | None = None
 
 
-def _net_latency(host: str, port: int, deadline: float, icmp: bool) -> _NetLatency:
-    """TCP connect time (DNS excluded) and ICMP echo time to ``host``, each within ``deadline``."""
+def _net_latency(
+    host: str, port: int, deadline: float, icmp: bool, net: NetPolicy, url: str
+) -> _NetLatency:
+    """TCP connect time (DNS excluded) and ICMP echo time to ``host``, each within ``deadline``;
+    neither when the location is reached through a proxy (the path is not direct) or its
+    address is forbidden."""
+    if net.route(url) is not None:
+        return _NetLatency(icmp_note="not measured: the location is reached through a proxy")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
         return _NetLatency(icmp_note=f"name resolution failed ({exc})")
-    family, _type, proto, _canon, addr = infos[0]
+    addr = infos[0][4]
+    ip = str(addr[0])
+    if net.check_ip(ipaddress.ip_address(ip.split("%")[0])):
+        return _NetLatency(icmp_note="not measured: forbidden network")
     connect = None
     left = deadline - time.monotonic()
     if left > 0:
-        sock = socket.socket(family, socket.SOCK_STREAM, proto)
-        sock.settimeout(left)
         t0 = time.monotonic()
         try:
-            sock.connect(addr)
+            net.connect((ip, port), timeout=left).close()
             connect = time.monotonic() - t0
-        except OSError:
+        except (OSError, LocationError):
             connect = None
-        finally:
-            sock.close()
-    rtt, note = (None, "disabled by config") if not icmp else _icmp(str(addr[0]), deadline)
+    rtt, note = (None, "disabled by config") if not icmp else _icmp(ip, deadline)
     return _NetLatency(connect=connect, icmp=rtt, icmp_note=note)
 
 

@@ -46,6 +46,8 @@ def redact_url(url: str) -> str:
     return SCRUB(urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)))
 
 
+#: A cache capability token (locpick.capability) wherever it appears, e.g. in a URL path.
+_CAPABILITY = re.compile(r"\blpc1_[A-Za-z0-9_-]{20,}")
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 
 
@@ -68,7 +70,7 @@ class Redactor:
                     self._secrets.add(quoted)
 
     def __call__(self, text: str) -> str:
-        text = _redact_userinfo_text(text)
+        text = _CAPABILITY.sub("lpc1_" + REDACTED, _redact_userinfo_text(text))
         for secret in sorted(self._secrets, key=len, reverse=True):
             text = text.replace(secret, REDACTED)
         return text
