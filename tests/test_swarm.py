@@ -232,7 +232,7 @@ def test_kill_9_mid_swarm_then_only_missing_pieces_are_fetched(tmp_path: Path) -
         )
         deadline = time.monotonic() + 60
         done: list[int] = []
-        while len(done) < 4:
+        while len(done) < 8:
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.05)
             try:
@@ -251,8 +251,8 @@ def test_kill_9_mid_swarm_then_only_missing_pieces_are_fetched(tmp_path: Path) -
         _ok(dest)
         sent = a.bytes_sent + b.bytes_sent
         missing = SIZE - len(done) * PIECE
-        # an endgame duplicate's loser may have sent part of a piece before it was cut off
-        assert missing <= sent <= missing + PIECE
+        # a connection cut after a steal or an endgame race may have had bytes in flight
+        assert missing <= sent <= missing + 2 * PIECE < SIZE
         assert json.loads(r.stdout)["bytes"] == missing
 
 
