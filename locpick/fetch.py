@@ -30,7 +30,7 @@ from locpick.errors import (
     reason_of,
 )
 from locpick.hashing import Expected
-from locpick.models import Attempt, Image, Location, Result, Score, SourceShare
+from locpick.models import Attempt, Image, Location, Result, Score
 from locpick.redact import SCRUB
 from locpick.sink import AtomicSink, dest_lock
 from locpick.transports import Stream, Transport, Transports
@@ -269,9 +269,7 @@ class _Download:
             log.info("%s: %s", cand.url, note)
         self.attempts.append(Attempt(url=cand.url, outcome="ok", bytes=got, note=note))
         self._observe(loc, True, got, t0, None)
-        secs = time.monotonic() - t0
         return Result(
-            sources=(SourceShare(url=source, bytes=got, rate_bps=got / secs if secs else None),),
             image_id=self.image.id,
             dest=str(self.sink.dest),
             source_url=source,

@@ -205,11 +205,12 @@ class Result:
     seconds: float
     verified: str | None
     attempts: tuple[Attempt, ...] = ()
-    #: Every location that delivered bytes, most first (``source_url`` is the first).
+    #: A swarm download: every location that delivered pieces, most first (``source_url`` is
+    #: the first); empty for a download from one location at a time.
     sources: tuple[SourceShare, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "image_id": self.image_id,
             "dest": self.dest,
             "source_url": self.source_url,
@@ -218,8 +219,10 @@ class Result:
             "seconds": round(self.seconds, 4),
             "verified": self.verified,
             "attempts": [a.to_json() for a in self.attempts],
-            "sources": [s.to_json() for s in self.sources],
         }
+        if self.sources:  # a swarm download; otherwise the CLI's report lists them
+            doc["sources"] = [s.to_json() for s in self.sources]
+        return doc
 
 
 @attrs.frozen

@@ -110,6 +110,10 @@ def fetch(
         log.debug("swarm: committed")
     for share in shares:
         attempts.append(Attempt(url=share.url, outcome="ok", bytes=share.bytes, note="swarm"))
+    if observer is not None:  # history learns each copy's rate, as from a single download
+        for src in sources:
+            if src.bytes:
+                observer(src.score.location, True, src.bytes, src.busy, None)
     used = {s.url for s in shares} | {a.url for a in attempts}
     for src in sources:
         if src.url not in used:
