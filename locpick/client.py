@@ -27,6 +27,7 @@ from locpick.fetch import Progress, fetch
 from locpick.history import History
 from locpick.models import (
     Attempt,
+    CacheStep,
     Image,
     Location,
     Probe,
@@ -270,15 +271,24 @@ class Client:
             observer=self.history.record,
         )
         if cache is not None and result.verified:
-            try:
-                evicted = cache.add_file(image, dest)
-            except LocpickError as exc:
-                log.warning("cache: %s (image delivered, not cached)", SCRUB(str(exc)))
-                return result
+            return attrs.evolve(result, cache=self._keep(cache, image, dest, publish))
+        return result
+
+    def _keep(
+        self, cache: NodeCache, image: Image, dest: str | os.PathLike[str], publish: bool
+    ) -> CacheStep:
+        """Keep a verified download in the node cache. The dest is already delivered, so any
+        failure here (read-only or full cache, a planted lock) is a warning, never an error."""
+        try:
+            evicted = cache.add_file(image, dest)
             self._unpublish(evicted)
             if publish:
                 self._publish(cache, image)
-        return result
+        except (LocpickError, OSError) as exc:
+            error = _cache_error(cache, exc)
+            log.warning("cache: %s (image delivered and verified, not cached)", error)
+            return CacheStep("failed", error)
+        return CacheStep("stored" if cache.entry(image.id) is not None else "skipped")
 
     # -- the node cache -----------------------------------------------------------------------
     def node_cache(
@@ -302,8 +312,14 @@ class Client:
         if not copy_out(entry, dest, mode=self.config.security.file_mode):
             return None
         cache.touch(image.id)
+        step = CacheStep("hit")
         if publish:
-            self._publish(cache, image, entry)
+            try:
+                self._publish(cache, image, entry)
+            except (LocpickError, OSError) as exc:
+                error = _cache_error(cache, exc)
+                log.warning("cache: %s (image delivered from the cache, not registered)", error)
+                step = CacheStep("failed", error)
         url = entry.path.as_uri()
         return Result(
             image_id=image.id,
@@ -314,6 +330,7 @@ class Client:
             seconds=time.monotonic() - started,
             verified=entry.algo,
             attempts=(Attempt(url=url, outcome="ok", bytes=entry.size, note="node cache"),),
+            cache=step,
         )
 
     def glance_locations(self) -> GlanceLocations:
@@ -463,6 +480,13 @@ def _shared_fs(
     except LocationError as exc:
         return _reason(exc), None
     return rep.reason, rep.describe()
+
+
+def _cache_error(cache: NodeCache, exc: BaseException) -> str:
+    """One line for a failed cache step, naming the cache directory."""
+    if isinstance(exc, OSError) and not isinstance(exc, LocpickError):
+        return SCRUB(f"cache dir {cache.dir}: {exc.strerror or exc}")
+    return SCRUB(str(exc))
 
 
 def _reason(exc: BaseException) -> str:

@@ -165,6 +165,20 @@ class Attempt:
 
 
 @attrs.frozen
+class CacheStep:
+    """What happened to the node cache after a delivery (an extension of the download JSON)."""
+
+    #: "stored": kept in the cache; "hit": copied out of it; "skipped": not cacheable (no hash,
+    #: over ``max_bytes``); "failed": the dest is verified and delivered, but the cache could
+    #: not be updated (``error`` says why).
+    status: Literal["stored", "hit", "skipped", "failed"]
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": self.status, "error": self.error}
+
+
+@attrs.frozen
 class Result:
     """A verified image at ``dest``."""
 
@@ -176,9 +190,11 @@ class Result:
     seconds: float
     verified: str | None
     attempts: tuple[Attempt, ...] = ()
+    #: The node cache step, when a node cache was used (None: no cache).
+    cache: CacheStep | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "image_id": self.image_id,
             "dest": self.dest,
             "source_url": self.source_url,
@@ -188,6 +204,9 @@ class Result:
             "verified": self.verified,
             "attempts": [a.to_json() for a in self.attempts],
         }
+        if self.cache is not None:
+            doc["cache"] = self.cache.to_json()
+        return doc
 
 
 @attrs.frozen
