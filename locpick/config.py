@@ -221,6 +221,9 @@ class TransferConfig:
     max_switches: int = 2
     #: Read buffer of the data path, bytes.
     buffer_bytes: int = 4 << 20
+    #: Seconds to wait for another process holding ``.DEST.locpick-lock`` (another download of
+    #: the same DEST, or a local user holding the lock on purpose) before giving up with exit 3.
+    lock_timeout: float = 600.0
 
 
 @attrs.frozen

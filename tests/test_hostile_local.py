@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fixtures_sharedfs import mount_tmpfs, unmount
-from helpers import image_record, run_cli, temp_leftovers, write_record
+from helpers import cli_env, image_record, run_cli, temp_leftovers, write_record
 
 from locpick.testing import Origin
 
@@ -78,3 +79,127 @@ def test_symlinked_cache_lock_after_a_verified_download_is_a_warning(tmp_path: P
     doc = json.loads(out)
     assert doc["cache"]["status"] == "failed" and doc["cache"]["error"]
     assert not (tmp_path / "no-such-dir").exists()
+
+
+# -- attack 6: a local user plants a FIFO or holds the lock beside DEST --------------------------
+
+#: A hang detector for a subprocess, not a timing assertion: a blocked open never returns.
+HANG = 60.0
+
+_HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def _holder(lock: Path) -> subprocess.Popen[str]:
+    """Another process holding an exclusive flock on ``lock`` until its stdin closes."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(lock)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def _release(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.close()
+    proc.wait(timeout=HANG)
+
+
+def _record(tmp_path: Path, data: bytes, *urls: str, **extra: object) -> Path:
+    return write_record(tmp_path / "m.json", image_record(IMG, data, urls, **extra))
+
+
+def test_fifo_at_the_part_sidecar_does_not_block(tmp_path: Path) -> None:
+    """Attack 6: a FIFO planted at .DEST.locpick-part.json is not opened for reading."""
+    data = os.urandom(300_000)
+    dest = tmp_path / "dest"
+    os.mkfifo(tmp_path / ".dest.locpick-part.json")
+    with Origin(data) as origin:
+        proc = run_cli(
+            "download", IMG, str(dest), "--metadata", str(_record(tmp_path, data, origin.url)),
+            timeout=HANG,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert dest.read_bytes() == data
+    assert temp_leftovers(tmp_path) == []
+
+
+def test_fifo_at_the_part_with_a_matching_sidecar_does_not_block(tmp_path: Path) -> None:
+    """Attack 6: a FIFO at the part itself, behind a sidecar that matches the image, is replaced."""
+    data = os.urandom(300_000)
+    dest = tmp_path / "dest"
+    rec = image_record(IMG, data, [])
+    side = {
+        "version": 1,
+        "image_id": IMG,
+        "size": len(data),
+        "algo": "sha512",
+        "hash": rec["os_hash_value"],
+        "validators": {},
+    }
+    (tmp_path / ".dest.locpick-part.json").write_text(json.dumps(side))
+    os.mkfifo(tmp_path / ".dest.locpick-part")
+    with Origin(data) as origin:
+        proc = run_cli(
+            "download", IMG, str(dest), "--metadata", str(_record(tmp_path, data, origin.url)),
+            timeout=HANG,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert dest.read_bytes() == data
+    assert temp_leftovers(tmp_path) == []
+
+
+def test_lock_held_by_another_process_is_a_bounded_wait_naming_its_pid(tmp_path: Path) -> None:
+    """Attack 6: a flock held on .DEST.locpick-lock: exit 3 after [transfer] lock_timeout,
+    naming the holder's pid; dest untouched."""
+    data = os.urandom(100_000)
+    dest = tmp_path / "dest"
+    config = tmp_path / "c.toml"
+    config.write_text("[transfer]\nlock_timeout = 0.5\n")
+    holder = _holder(tmp_path / ".dest.locpick-lock")
+    try:
+        with Origin(data) as origin:
+            proc = run_cli(
+                "download", IMG, str(dest), "--metadata", str(_record(tmp_path, data, origin.url)),
+                "--config", str(config), timeout=HANG,
+            )  # fmt: skip
+    finally:
+        _release(holder)
+    assert proc.returncode == 3, proc.stderr
+    assert f"pid {holder.pid}" in proc.stderr
+    assert "lock_timeout" in proc.stderr
+    assert not dest.exists()
+    assert proc.stderr.count("\n") <= 3
+
+
+def test_fifo_at_dest_after_waiting_for_the_lock_does_not_block(tmp_path: Path) -> None:
+    """Attack 6: after waiting on the lock, a FIFO found at DEST is not opened for reading."""
+    data = os.urandom(100_000)
+    dest = tmp_path / "dest"
+    holder = _holder(tmp_path / ".dest.locpick-lock")
+    try:
+        with Origin(data) as origin:
+            run = subprocess.Popen(
+                [sys.executable, "-m", "locpick", "download", IMG, str(dest), "--metadata",
+                 str(_record(tmp_path, data, origin.url))],
+                stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=cli_env(),
+            )  # fmt: skip
+            assert run.stderr is not None
+            line = run.stderr.readline()
+            assert "waiting" in line, line
+            os.mkfifo(dest)
+            _release(holder)
+            _out, err = run.communicate(timeout=HANG)
+    finally:
+        if holder.poll() is None:
+            _release(holder)
+    assert run.returncode == 0, err
+    assert dest.read_bytes() == data
