@@ -269,6 +269,7 @@ class Client:
             progress=progress,
             transfer=self.config.transfer,
             observer=self.history.record,
+            max_bytes=self.config.security.max_image_bytes,
         )
         if cache is not None and result.verified:
             return attrs.evolve(result, cache=self._keep(cache, image, dest, publish))

@@ -191,6 +191,9 @@ class SecurityConfig:
     #: A transfer slower than this (bytes/s) over ``[transfer] low_speed_window`` is abandoned
     #: even when ``[transfer] low_speed_bps`` is 0: a server dripping bytes cannot hold locpick.
     min_speed_bps: float = attrs.field(default=1024.0, validator=_check_range(0, 1e12))
+    #: Bytes one location may write for an image whose record has no ``size`` (the first
+    #: Content-Length bounds it too); a longer body is dropped and the next location tried.
+    max_image_bytes: int = attrs.field(default=1 << 40, validator=_check_range(1, 1 << 50))
 
 
 @attrs.frozen

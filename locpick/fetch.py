@@ -62,8 +62,11 @@ def fetch(
     progress: Progress | None = None,
     observer: Observer | None = None,
     transfer: TransferConfig | None = None,
+    max_bytes: int | None = None,
 ) -> Result:
-    """Deliver ``image`` to ``dest`` from the first location in ``ranked`` that can."""
+    """Deliver ``image`` to ``dest`` from the first location in ``ranked`` that can.
+
+    ``max_bytes`` bounds what one location may write when the record has no size."""
     started = time.monotonic()
     expected = Expected.for_image(image.os_hash_algo, image.os_hash_value, image.checksum)
     parent = Path(dest).parent
@@ -88,6 +91,7 @@ def fetch(
                 "algo": expected.algo,
                 "hash": expected.value,
             },
+            max_bytes=max_bytes,
         ) as sink:
             run = _Download(image, ranked, sink, transports, cfg, progress, observer, started)
             return run.run()
@@ -290,6 +294,7 @@ class _Download:
             )
         else:
             stream = transport.open(loc, self.image, offset=offset)
+        self.sink.learn_total(stream.total)
         set_idle = getattr(stream, "set_idle_timeout", None)
         if set_idle is not None:
             set_idle(self._idle_timeout(cand))

@@ -114,12 +114,20 @@ class AtomicSink:
         mode: int = 0o644,
         label: str = "",
         resume: Mapping[str, Any] | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         """``resume``: identity of the image (id, size, hash) -> write to a resumable
         ``.DEST.locpick-part`` with a JSON sidecar, reusing a matching part left by a crashed run
-        (the caller holds :func:`dest_lock`). Without it, a private random temp file is used."""
+        (the caller holds :func:`dest_lock`). Without it, a private random temp file is used.
+
+        Writes never go past ``size``; without a size, past the first Content-Length of the
+        bytes held (:meth:`learn_total`) nor ``max_bytes``, and a full disk is then blamed on
+        the location (an endless body), not on the destination."""
         self.dest = Path(dest)
         self.size = size
+        self.max_bytes = max_bytes
+        #: Total announced by the source of the bytes held, when the record has no size.
+        self.learned: int | None = None
         self.expected = expected
         self.mode = mode
         self.buffer_bytes = buffer_bytes
@@ -294,11 +302,29 @@ class AtomicSink:
                 return bytearray(self.buffer_bytes)
             return self._pool.get()
 
+    def learn_total(self, total: int | None) -> None:
+        """A source announced ``total`` bytes (Content-Length / Content-Range). Without a record
+        size, the first total of the bytes held bounds every later write until a reset."""
+        if self.size is None and total is not None and (self.learned is None or not self.offset):
+            self.learned = total
+
+    def _over_limit(self, n: int) -> str | None:
+        """Why ``n`` more bytes would be too many, else None."""
+        end = self.offset + n
+        if self.size is not None:
+            return f"the image size ({self.size} bytes)" if end > self.size else None
+        if self.learned is not None and end > self.learned:
+            return f"the first Content-Length of the bytes held ({self.learned} bytes)"
+        if self.max_bytes is not None and end > self.max_bytes:
+            return f"[security] max_image_bytes ({self.max_bytes} bytes; the record has no size)"
+        return None
+
     def write(self, buf: bytearray, n: int) -> None:
         """Write ``buf[:n]`` at the current offset, then hand it to the hasher (which frees it)."""
-        if self.size is not None and self.offset + n > self.size:
+        over = self._over_limit(n)
+        if over is not None:
             self._pool.put(buf)
-            raise SizeMismatch(f"{self.label}: sent more than the image size ({self.size} bytes)")
+            raise SizeMismatch(f"{self.label}: sent more than {over}")
         assert self._writer is not None
         if self._writer.error is not None:
             self._pool.put(buf)
@@ -324,10 +350,9 @@ class AtomicSink:
             self.size_only = True
 
         def advance(n: int) -> None:
-            if self.size is not None and self.offset + n > self.size:
-                raise SizeMismatch(
-                    f"{self.label}: copied more than the image size ({self.size} bytes)"
-                )
+            over = self._over_limit(n)
+            if over is not None:
+                raise SizeMismatch(f"{self.label}: copied more than {over}")
             self.offset += n
 
         abandoned = False
@@ -382,6 +407,13 @@ class AtomicSink:
 
     def _raise_disk(self, exc: OSError) -> None:
         need = "" if self.size is None else f"; {self.size - self.offset} more bytes needed"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) and self.size is None:
+            # Without a size a full disk may be an endless body: blame the location, so that
+            # the sink is reset (space freed) and the next location tried.
+            raise SizeMismatch(
+                f"{self.label}: sent more than the free space in {self.dest.parent} "
+                f"({self.offset} bytes written; the record has no size)"
+            ) from exc
         if exc.errno == errno.ENOSPC:
             raise DestinationError(f"dest {self.dest}: no space left on device{need}") from exc
         raise DestinationError(f"dest {self.dest}: write failed ({exc.strerror}){need}") from exc
@@ -396,6 +428,7 @@ class AtomicSink:
         os.lseek(self.fd, 0, os.SEEK_SET)
         self.offset = 0
         self.reused = 0
+        self.learned = None
         self.size_only = False
         self._start_pipeline(self.expected.new())
         if self.validators:

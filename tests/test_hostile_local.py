@@ -7,6 +7,7 @@ Everything is real: FIFOs, a flock held by another process, tmpfs mounts, loopba
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -15,10 +16,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fixtures_security import RawServer, endless_body
 from fixtures_sharedfs import mount_tmpfs, unmount
 from helpers import cli_env, image_record, run_cli, temp_leftovers, write_record
 
+from locpick.config import Config, TransferConfig
+from locpick.errors import SizeMismatch
+from locpick.fetch import fetch
+from locpick.hashing import Expected
+from locpick.models import Image, Location, Reasons, Result, Score
+from locpick.sink import AtomicSink
 from locpick.testing import Origin
+from locpick.transports import Context, Transports
 
 IMG = "18181818-0000-4000-8000-000000000008"
 
@@ -203,3 +212,82 @@ def test_fifo_at_dest_after_waiting_for_the_lock_does_not_block(tmp_path: Path) 
             _release(holder)
     assert run.returncode == 0, err
     assert dest.read_bytes() == data
+
+
+# -- attack 7: a record without size and an endless first location ------------------------------
+
+
+def _sizeless(data: bytes) -> Image:
+    return Image(
+        id=IMG,
+        size=None,
+        os_hash_algo="sha512",
+        os_hash_value=hashlib.sha512(data).hexdigest(),
+    )
+
+
+def _ranked(*urls: str) -> list[Score]:
+    return [
+        Score(Location(u), rank=i + 1, score=float(i + 1), usable=True, reasons=Reasons())
+        for i, u in enumerate(urls)
+    ]
+
+
+def _fetch_in_order(
+    dest: Path, data: bytes, urls: list[str], *, max_bytes: int | None = None
+) -> Result:
+    cfg = TransferConfig(first_byte_timeout=5.0, stall_timeout=1.0, backoff=0.05)
+    ctx = Context(Config(transfer=cfg))
+    try:
+        extra = {} if max_bytes is None else {"max_bytes": max_bytes}
+        image = _sizeless(data)
+        return fetch(image, _ranked(*urls), dest, Transports(ctx), transfer=cfg, **extra)
+    finally:
+        ctx.close()
+
+
+def test_endless_first_location_on_a_small_filesystem_moves_on(tmp_path: Path) -> None:
+    """Attack 7: no size in the record, an endless body first on an 8 MiB tmpfs: the endless
+    body fills the disk, is dropped (space freed), and the honest second location delivers."""
+    where = tmp_path / "small"
+    mount_tmpfs(where, size="8m")
+    try:
+        data = os.urandom(2 << 20)
+        with RawServer(endless_body) as endless, Origin(data) as honest:
+            good = honest.url
+            result = _fetch_in_order(where / "dest", data, [endless.url, good])
+        assert result.verified == "sha512" and result.source_url == good
+        assert (where / "dest").read_bytes() == data
+        first = result.attempts[0]
+        assert first.outcome == "failed" and "free space" in (first.error or "")
+        assert temp_leftovers(where) == []
+    finally:
+        unmount(where)
+
+
+def test_endless_first_location_is_cut_at_max_image_bytes(tmp_path: Path) -> None:
+    """Attack 7: without a size, [security] max_image_bytes bounds what one location may write."""
+    data = os.urandom(1 << 20)
+    cap = 3 << 20
+    with RawServer(endless_body) as endless, Origin(data) as honest:
+        good = honest.url
+        result = _fetch_in_order(tmp_path / "dest", data, [endless.url, good], max_bytes=cap)
+    assert result.source_url == good and (tmp_path / "dest").read_bytes() == data
+    assert "max_image_bytes" in (result.attempts[0].error or "")
+    assert result.attempts[0].bytes <= cap
+
+
+def test_sizeless_sink_is_bounded_by_the_first_content_length(tmp_path: Path) -> None:
+    """Attack 7: the first Content-Length of the bytes held bounds the writes; a reset forgets
+    it (a lying first location does not shorten the next one)."""
+    sink = AtomicSink(tmp_path / "d", size=None, expected=Expected.for_image(None, None, None))
+    with sink:
+        sink.learn_total(10)
+        sink.write(bytearray(b"x" * 10), 10)
+        sink.learn_total(1000)  # a resume elsewhere cannot extend the bytes held
+        with pytest.raises(SizeMismatch, match="Content-Length"):
+            sink.write(bytearray(b"y"), 1)
+        sink.reset()
+        sink.learn_total(20)
+        sink.write(bytearray(b"z" * 20), 20)
+        assert sink.offset == 20
