@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import attrs
 
-from locpick.redact import redact_url
+from locpick.redact import SCRUB, redact_url
 
 Outcome = Literal["ok", "failed", "skipped"]
 Method = Literal["download", "copy", "cache"]
@@ -21,6 +21,11 @@ def _scheme(url: str) -> str:
         return urllib.parse.urlsplit(url).scheme.lower()
     except ValueError:
         return ""
+
+
+def _scrub(text: str | None) -> str | None:
+    """Text for a JSON document: secrets (and secret-shaped parts) replaced by ``***``."""
+    return None if text is None else SCRUB(text)
 
 
 @attrs.frozen
@@ -117,12 +122,12 @@ class Reasons:
             "throughput_bps": None if self.throughput_bps is None else round(self.throughput_bps),
             "topology": self.topology,
             "shared_fs": self.shared_fs,
-            "history": self.history,
-            "error": self.error,
+            "history": _scrub(self.history),
+            "error": _scrub(self.error),
             "icmp_ms": None if self.icmp_ms is None else round(self.icmp_ms, 2),
             "connect_ms": None if self.connect_ms is None else round(self.connect_ms, 2),
             "policy": self.policy,
-            "notes": list(self.notes),
+            "notes": [SCRUB(n) for n in self.notes],
         }
 
 
@@ -161,7 +166,12 @@ class Attempt:
     note: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"url": self.url, "outcome": self.outcome, "error": self.error, "bytes": self.bytes}
+        return {
+            "url": SCRUB(self.url),
+            "outcome": self.outcome,
+            "error": _scrub(self.error),
+            "bytes": self.bytes,
+        }
 
 
 @attrs.frozen
@@ -197,7 +207,7 @@ class Result:
         doc = {
             "image_id": self.image_id,
             "dest": self.dest,
-            "source_url": self.source_url,
+            "source_url": SCRUB(self.source_url),
             "method": self.method,
             "bytes": self.bytes,
             "seconds": round(self.seconds, 4),
