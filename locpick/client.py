@@ -16,6 +16,7 @@ from locpick.auth import OpenStackAuth, auth_from_environment
 from locpick.cache import CacheEntry, NodeCache, copy_out
 from locpick.config import Config, resolve_config
 from locpick.errors import (
+    AllLocationsFailed,
     ConfigError,
     ImageNotFound,
     InputError,
@@ -34,6 +35,7 @@ from locpick.models import (
     PruneResult,
     Ranking,
     Result,
+    Score,
     VerifyReport,
 )
 from locpick.probe import probe_and_measure
@@ -212,7 +214,7 @@ class Client:
         fresh = probe_and_measure(image, missing, self._transports, self.config)
         with self._lock:
             for loc, probe in fresh.items():
-                if probe.ok:
+                if probe.ok and not probe.not_probed:
                     self._probe_cache[(loc.url, image.size)] = probe
         return found | fresh
 
@@ -259,18 +261,7 @@ class Client:
                 )
             log.warning("image %s has no hash: downloading UNVERIFIED (size check only)", image_id)
         ranking = self.rank_image(image, for_download=True, dest=dest)
-        result = fetch(
-            image,
-            ranking.scores,
-            dest,
-            self._transports,
-            buffer_bytes=self.config.transfer.buffer_bytes,
-            file_mode=self.config.security.file_mode,
-            progress=progress,
-            transfer=self.config.transfer,
-            observer=self.history.record,
-            max_bytes=self.config.security.max_image_bytes,
-        )
+        result = self._fetch_in_rounds(image, ranking.scores, dest, progress)
         if cache is not None and result.verified:
             return attrs.evolve(result, cache=self._keep(cache, image, dest, publish))
         return result
@@ -290,6 +281,82 @@ class Client:
             log.warning("cache: %s (image delivered and verified, not cached)", error)
             return CacheStep("failed", error)
         return CacheStep("stored" if cache.entry(image.id) is not None else "skipped")
+
+    def _fetch_in_rounds(
+        self,
+        image: Image,
+        scores: Sequence[Score],
+        dest: str | os.PathLike[str],
+        progress: Progress | None,
+    ) -> Result:
+        """Fetch from the probed locations; when every one has failed, probe the next round of
+        ``not-probed`` ones (over the probe budget) and fetch from those, and so on; Glance's
+        /file stays the last resort. So a download fails only when every location was really
+        tried or ruled out, and many silent locations cannot hide a good one."""
+        last = [s for s in scores if s.location.kind == "glance-file"]
+        scores = [s for s in scores if s.location.kind != "glance-file"]
+        earlier: list[Attempt] = []
+        best = _best_ttfb(scores)
+        while True:
+            later = [s for s in scores if s.usable and s.reasons.not_probed]
+            now = [s for s in scores if not s.reasons.not_probed] + ([] if later else last)
+            try:
+                result = self._fetch(image, now, dest, progress)
+            except AllLocationsFailed as exc:
+                attempts = [*earlier, *exc.attempts]
+                if not later:
+                    if not earlier:
+                        raise
+                    raise _all_failed(image, attempts) from None
+                earlier = attempts
+            else:
+                return attrs.evolve(result, attempts=(*earlier, *result.attempts))
+            log.info(
+                "image %s: every probed location failed; probing %d more that were over the "
+                "probe budget",
+                image.id,
+                len(later),
+            )
+            scores = self._probe_round(image, [s.location for s in later], best)
+            best = min((b for b in (best, _best_ttfb(scores)) if b is not None), default=None)
+
+    def _fetch(
+        self,
+        image: Image,
+        scores: Sequence[Score],
+        dest: str | os.PathLike[str],
+        progress: Progress | None,
+    ) -> Result:
+        return fetch(
+            image,
+            scores,
+            dest,
+            self._transports,
+            buffer_bytes=self.config.transfer.buffer_bytes,
+            file_mode=self.config.security.file_mode,
+            progress=progress,
+            transfer=self.config.transfer,
+            observer=self.history.record,
+            max_bytes=self.config.security.max_image_bytes,
+        )
+
+    def _probe_round(
+        self, image: Image, locations: Sequence[Location], best: float | None
+    ) -> list[Score]:
+        """Probe (within the budget) and rank locations left over by an earlier round, under a
+        deadline scaled to the live copies' first bytes (the straggler cut-off)."""
+        pc = self.config.probe
+        deadline = pc.deadline
+        if best is not None:
+            deadline = min(deadline, max(pc.straggler_floor, pc.straggler_factor * best))
+        config = attrs.evolve(self.config, probe=attrs.evolve(pc, deadline=deadline))
+        probes = probe_and_measure(image, locations, self._transports, config)
+        known = self.history.entries()
+        candidates = [
+            Candidate(loc, probe=probes.get(loc), history=self.history.lookup(loc, known))
+            for loc in locations
+        ]
+        return list(rank(image, candidates, config))
 
     # -- the node cache -----------------------------------------------------------------------
     def node_cache(
@@ -481,6 +548,24 @@ def _shared_fs(
     except LocationError as exc:
         return _reason(exc), None
     return rep.reason, rep.describe()
+
+
+def _best_ttfb(scores: Sequence[Score]) -> float | None:
+    """The fastest first byte (seconds) a probed, usable location showed, if any."""
+    seen = [
+        s.reasons.latency_ms / 1000
+        for s in scores
+        if s.usable and not s.reasons.not_probed and s.reasons.latency_ms is not None
+    ]
+    return min(seen, default=None)
+
+
+def _all_failed(image: Image, attempts: Sequence[Attempt]) -> AllLocationsFailed:
+    failed = "; ".join(f"{a.url}: {a.error}" for a in attempts if a.outcome != "ok")
+    return AllLocationsFailed(
+        f"image {image.id}: no location delivered a verified image ({failed or 'no locations'})",
+        tuple(attempts),
+    )
 
 
 def _cache_error(cache: NodeCache, exc: BaseException) -> str:

@@ -115,6 +115,13 @@ class ProbeConfig:
     small_image_bytes: int = 8 << 20
     #: Seconds a probe result stays valid inside one process.
     cache_ttl: float = 30.0
+    #: Probes at once, in total and per ``scheme://host:port`` (Glance's /file and file://
+    #: locations not counted): many silent locations added by a tenant cannot starve the rest.
+    #: Locations over the budget stay candidates (``not-probed`` in rank); a download probes
+    #: them in later rounds, with a deadline scaled to the live copies' first bytes, only
+    #: after every probed location has failed.
+    max_probes: int = 16
+    max_probes_per_host: int = 4
 
 
 @attrs.frozen

@@ -94,6 +94,8 @@ class Probe:
     censored: bool = False
     #: Something the transport wants said in rank's reasons (e.g. where a token is sent).
     note: str | None = None
+    #: Not measured: over the probe budget (``[probe] max_probes``); still a candidate.
+    not_probed: bool = False
 
 
 @attrs.frozen
@@ -115,6 +117,8 @@ class Reasons:
     icmp_note: str | None = None
     #: What the operator's [policy] did to this location (pinned, forbidden, last resort).
     policy: str | None = None
+    #: Over the probe budget: ranked after every probed location, probed later if needed.
+    not_probed: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -57,6 +57,9 @@ def probe_all(
     throughput measurements without waiting for the whole latency phase)."""
     pc = config.probe
     results: dict[Location, Probe] = {}
+    locations, over = within_budget(locations, pc)
+    for loc in over:
+        results[loc] = Probe(url=loc.display_url, ok=True, not_probed=True)
     if not locations:
         return results
     start = time.monotonic()
@@ -122,6 +125,40 @@ def probe_all(
         pool.shutdown(wait=False, cancel_futures=True)
         net_pool.shutdown(wait=False, cancel_futures=True)
     return results
+
+
+def within_budget(
+    locations: Sequence[Location], pc: ProbeConfig
+) -> tuple[list[Location], list[Location]]:
+    """(to probe now, over the budget): at most ``max_probes_per_host`` per host and
+    ``max_probes`` in all, hosts taken in turn in the record's order. Glance's /file and
+    ``file://`` locations (operator-controlled, local) are always probed and not counted."""
+    free = [loc for loc in locations if loc.kind == "glance-file" or loc.scheme == "file"]
+    queues: dict[str, list[Location]] = {}
+    for loc in locations:
+        if loc.kind != "glance-file" and loc.scheme != "file":
+            queues.setdefault(_host_key(loc), []).append(loc)
+    chosen: list[Location] = []
+    for turn in range(max(0, pc.max_probes_per_host)):
+        for queue in queues.values():
+            if turn < len(queue) and len(chosen) < pc.max_probes:
+                chosen.append(queue[turn])
+    picked = set(map(id, chosen))
+    over = [loc for q in queues.values() for loc in q if id(loc) not in picked]
+    keep = set(map(id, chosen + free))
+    return [loc for loc in locations if id(loc) in keep], over
+
+
+def _host_key(location: Location) -> str:
+    """``scheme://host:port`` (no userinfo): the unit of the per-host probe budget."""
+    hp = _host_port(location)
+    if hp is not None:
+        return f"{location.scheme}://{hp[0].lower()}:{hp[1]}"
+    try:
+        netloc = urllib.parse.urlsplit(location.url).netloc.rsplit("@", 1)[-1].lower()
+    except ValueError:
+        netloc = ""
+    return f"{location.scheme}://{netloc}"
 
 
 def _straggler_limit(pc: ProbeConfig, best: float) -> float:

@@ -192,6 +192,11 @@ def rank(
             continue
         if probe is not None and probe.note:
             notes.append(probe.note)
+        if probe is not None and probe.not_probed:
+            notes.append(
+                "not-probed: over the probe budget ([probe] max_probes, max_probes_per_host); "
+                "tried after the probed locations"
+            )
         if probe is not None and probe.censored:
             notes.append(f"no first byte within {latency or 0:.2f}s: latency is a lower bound")
         if latency is None:
@@ -210,6 +215,9 @@ def rank(
             effective *= sc.failure_penalty
             notes.append(f"circuit open after a recent failure: x{sc.failure_penalty:g}")
         tier = 1.0 if loc.kind == "glance-file" else (0.0 if _preferred(loc, config) else 0.5)
+        not_probed = probe is not None and probe.not_probed
+        if not_probed and tier < 1.0:
+            tier = 0.75
         policy = None
         if tier == 0.0:
             policy = "preferred by policy"
@@ -226,6 +234,7 @@ def rank(
             error=None,
             notes=tuple(notes),
             policy=policy,
+            not_probed=not_probed,
         )
         reasons = _with_latency(reasons, probe)
         rows.append(((tier, effective, 0.0), expected, cand, reasons, cls))
