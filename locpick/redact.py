@@ -56,6 +56,11 @@ _QUOTED = re.compile(
 )
 #: An HTTP Authorization value (Bearer/Basic credentials, AWS4 signatures).
 _AUTHZ = re.compile(r"\b(?P<kind>Bearer|Basic|Negotiate)\s+[A-Za-z0-9._~+/=-]{6,}")
+#: A header line with a secret name (``X-Auth-Token: ...`` in curl-style request logs).
+_HEADER = re.compile(
+    rf"(?i)(?P<key>\b(?:[\w]+-)+[\w-]*(?:{_WORDS})[\w-]*|[\w-]*(?:{_WORDS})[\w-]*(?:-[\w]+)+)"
+    r"(?P<sep>\s*:\s*)(?P<value>[^\s'\",;]+)"
+)
 
 
 def redact_text(text: str) -> str:
@@ -74,7 +79,8 @@ def redact_text(text: str) -> str:
         ),
         text,
     )
-    return _AUTHZ.sub(lambda m: m.group("kind") + " " + REDACTED, text)
+    text = _AUTHZ.sub(lambda m: m.group("kind") + " " + REDACTED, text)
+    return _HEADER.sub(lambda m: m.group("key") + m.group("sep") + REDACTED, text)
 
 
 class Redactor:

@@ -156,6 +156,10 @@ def test_no_generated_secret_survives_a_log_line(case: tuple[str, str], name: st
             'HTTP Request: %s %s "%s %d %s"', "GET", arg, "HTTP/1.1", 200, "OK"
         )
         logging.getLogger(name).debug("request headers={'X-Auth-Token': '%s'}", secret)
+        logging.getLogger(name).debug(
+            "REQ: curl -g -H 'X-Subject-Token: %s' -H 'Accept: */*'", secret
+        )
+        logging.getLogger(name).debug("Authorization: Bearer %s", secret)
     finally:
         root.removeHandler(handler)
         root.setLevel(old)
