@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 import locpick
 from locpick.errors import LocationUnreachable
 from locpick.models import Attempt, Location, Reasons, Score
-from locpick.redact import REDACTED, redact_url
+from locpick.redact import REDACTED, redact_text, redact_url
 from locpick.testing import Origin
 
 WORDS = ("token", "sig", "key", "secret", "password", "credential", "session", "auth")
@@ -164,3 +165,23 @@ def test_no_generated_secret_survives_a_log_line(case: tuple[str, str], name: st
         root.removeHandler(handler)
         root.setLevel(old)
     assert secret not in out.getvalue(), out.getvalue()
+
+
+def _best_of_3(text: str) -> float:
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        redact_text(text)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+@pytest.mark.parametrize(
+    "unit", ["a", "token", "x-", "'k': ", "a=b&", "%3D", "X-a: ", "x-token", "http://a"]
+)
+def test_redaction_is_linear_on_hostile_text(unit: str) -> None:
+    """A server-chosen reason phrase or URL cannot make scrubbing quadratic: ten times the
+    text costs well under a hundred times the time (measured against itself)."""
+    small = unit * (4000 // len(unit))
+    ratio = _best_of_3(small * 10) / max(_best_of_3(small), 1e-6)
+    assert ratio < 40, ratio
