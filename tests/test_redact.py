@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import image_record
+from helpers import image_record, run_cli, write_record
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -185,3 +185,20 @@ def test_redaction_is_linear_on_hostile_text(unit: str) -> None:
     small = unit * (4000 // len(unit))
     ratio = _best_of_3(small * 10) / max(_best_of_3(small), 1e-6)
     assert ratio < 40, ratio
+
+
+def test_cli_verbose_download_and_rank_json_leak_no_secret(tmp_path: Path) -> None:
+    """`download --verbose` (httpx's request lines) and `rank --json` name the location only."""
+    data = os.urandom(50_000)
+    secrets = ["tk-Qa81jd0Zm", "sg-Lm29sk4Pa"]
+    with Origin(data) as origin:
+        url = f"{origin.url}?access_token={secrets[0]}&X-Goog-Signature={secrets[1]}"
+        # Two copies, so that they are probed (httpx logs the probes' request lines).
+        meta = write_record(tmp_path / "m.json", image_record("img", data, [url, url + "&n=2"]))
+        down = run_cli("download", "img", str(tmp_path / "d"), "--metadata", str(meta), "-v")
+        rank = run_cli("rank", "img", "--metadata", str(meta), "--json")
+    assert down.returncode == 0 and rank.returncode == 0, down.stderr + rank.stderr
+    assert "HTTP Request" in down.stderr
+    for secret in secrets:
+        assert secret not in down.stdout + down.stderr + rank.stdout + rank.stderr
+    assert all("access_token=***" in row["url"] for row in json.loads(rank.stdout))
