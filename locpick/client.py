@@ -318,6 +318,8 @@ class Client:
                 len(later),
             )
             scores = self._probe_round(image, [s.location for s in later], best)
+            if sum(s.reasons.not_probed for s in scores) >= len(later):  # no progress: give up
+                raise _all_failed(image, earlier)
             best = min((b for b in (best, _best_ttfb(scores)) if b is not None), default=None)
 
     def _fetch(

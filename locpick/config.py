@@ -84,6 +84,14 @@ class CacheConfig:
     public_url: str | None = None
 
 
+def _check_range(lo: float, hi: float, section: str = "security") -> Any:
+    def check(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+        if not lo <= value <= hi:
+            raise ConfigError(f"config [{section}] {attr.name}: {value!r} is not in {lo}..{hi}")
+
+    return check
+
+
 @attrs.frozen
 class ProbeConfig:
     """How long and how hard locations are measured before a choice is made."""
@@ -120,8 +128,8 @@ class ProbeConfig:
     #: Locations over the budget stay candidates (``not-probed`` in rank); a download probes
     #: them in later rounds, with a deadline scaled to the live copies' first bytes, only
     #: after every probed location has failed.
-    max_probes: int = 16
-    max_probes_per_host: int = 4
+    max_probes: int = attrs.field(default=16, validator=_check_range(1, 10_000, "probe"))
+    max_probes_per_host: int = attrs.field(default=4, validator=_check_range(1, 10_000, "probe"))
 
 
 @attrs.frozen
@@ -170,14 +178,6 @@ def _check_networks(_inst: object, _attr: object, value: tuple[str, ...]) -> Non
             raise ConfigError(
                 f"config [security] forbid_networks: {net!r} is not a network"
             ) from exc
-
-
-def _check_range(lo: float, hi: float) -> Any:
-    def check(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
-        if not lo <= value <= hi:
-            raise ConfigError(f"config [security] {attr.name}: {value!r} is not in {lo}..{hi}")
-
-    return check
 
 
 @attrs.frozen
@@ -233,7 +233,7 @@ class TransferConfig:
     buffer_bytes: int = 4 << 20
     #: Seconds to wait for another process holding ``.DEST.locpick-lock`` (another download of
     #: the same DEST, or a local user holding the lock on purpose) before giving up with exit 3.
-    lock_timeout: float = 600.0
+    lock_timeout: float = attrs.field(default=600.0, validator=_check_range(0, 1e7, "transfer"))
 
 
 @attrs.frozen
