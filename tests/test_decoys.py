@@ -75,3 +75,14 @@ def test_not_probed_locations_are_ruled_out_only_after_their_own_probe(tmp_path:
         assert all(d.connections >= 1 for d in decoys)
     assert len(error.attempts) == 20
     assert not (tmp_path / "dest").exists()
+
+
+def test_probe_budget_must_allow_a_probe(tmp_path: Path) -> None:
+    """A budget of 0 probes would never rule anything out: it is a config error (exit 2)."""
+    from helpers import run_cli, write_record
+
+    config = tmp_path / "c.toml"
+    config.write_text("[probe]\nmax_probes_per_host = 0\n")
+    meta = write_record(tmp_path / "m.json", image_record("img", DATA, ["http://127.0.0.1:9/x"]))
+    proc = run_cli("rank", "img", "--metadata", str(meta), "--config", str(config))
+    assert proc.returncode == 2 and "max_probes_per_host" in proc.stderr
