@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`locpick serve` vs nginx serving the same cached image, over loopback, in one run.
 
-    python benchmarks/serve.py [--size-mib 512] [--rounds 5]
+    python benchmarks/serve.py [--size-mib 512] [--rounds 5] [--peers 32] [--max-clients 8]
 
 Puts a random N-MiB image into a node cache (locpick.cache.NodeCache), then serves that one
 file both ways: `locpick serve --cache-dir` (aiohttp, sendfile) and a private nginx (sendfile
@@ -12,6 +12,13 @@ cache's images directory. Timed, interleaved per round, best of R kept:
   ranges8   8 curls at once, each -r over 1/8 of the file   (what parallel readers do)
 
 Prints seconds, MB/s and the ratio serve/nginx per row; writes results/serve.json.
+
+Then a node under load: P peers (curl --retry, which honours 503 + Retry-After) each fetch the
+whole image from `locpick serve` with ``[serve] max_clients`` M, and with M = P (no cap), while
+the node itself runs `locpick download` of another image (--own-mib) from nginx (and, with
+--max-rate-mbps R, a row with ``[serve] max_rate``). Rows: served
+MB/s (P x size / wall time of all peers), and the node's own download time while serving vs
+alone (the cost its neighbours impose on it).
 Stdlib + curl + nginx (apt-get install nginx curl if missing).
 """
 
@@ -41,7 +48,7 @@ RESULTS = HERE / "results" / "serve.json"
 IMAGE_ID = "bench-serve-img"
 
 
-def start_serve(cache_dir: Path) -> tuple[subprocess.Popen[str], str]:
+def start_serve(cache_dir: Path, config: Path | None = None) -> tuple[subprocess.Popen[str], str]:
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -57,6 +64,7 @@ def start_serve(cache_dir: Path) -> tuple[subprocess.Popen[str], str]:
             str(cache_dir),
             "--bind",
             "127.0.0.1:0",
+            *(["--config", str(config)] if config else []),
         ],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
@@ -89,10 +97,66 @@ def time_ranges(url: str, size: int, n: int = 8) -> float:
     return time.perf_counter() - t0
 
 
+def own_download(work: Path, metadata: Path, env: dict[str, str]) -> float:
+    """Seconds for this node's own ``locpick download`` (from nginx, no cache)."""
+    dest = work / "own.img"
+    t0 = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "locpick", "download", "own-img", str(dest), "--metadata",
+         str(metadata), "--no-progress"],
+        check=True, env=env, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - t0
+    dest.unlink()
+    return elapsed
+
+
+def peers_row(
+    work: Path,
+    cache: NodeCache,
+    size: int,
+    peers: int,
+    max_clients: int,
+    own_meta: Path,
+    max_rate: int = 0,
+) -> dict[str, float]:
+    """P curl peers against a serve with ``max_clients``, the node's own download meanwhile."""
+    cfg = work / f"serve-{max_clients}-{max_rate}.toml"
+    cfg.write_text(
+        f"[serve]\nmax_clients = {max_clients}\nmax_rate = {max_rate}\nretry_after = 1\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LOCPICK_CONFIG": str(cfg)}
+    serve, base = start_serve(work / "cache", cfg)
+    url = f"{base}/images/{IMAGE_ID}/{cache.token(IMAGE_ID)}"
+    try:
+        alone = own_download(work, own_meta, env)
+        cmd = ["curl", "-sf", "-o", "/dev/null", "--retry", "1000", "--retry-max-time", "600"]
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen([*cmd, url]) for _ in range(peers)]
+        time.sleep(0.2)  # the peers are connected and transferring
+        loaded = own_download(work, own_meta, env)
+        if any(p.wait() != 0 for p in procs):
+            sys.exit("a peer failed")
+        served = time.perf_counter() - t0
+    finally:
+        serve.terminate()
+        serve.wait(10)
+    return {
+        "served_s": served,
+        "served_MBps": peers * size / served / 1e6,
+        "own_alone_s": alone,
+        "own_loaded_s": loaded,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size-mib", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--peers", type=int, default=32)
+    ap.add_argument("--max-clients", type=int, default=8)
+    ap.add_argument("--own-mib", type=int, default=64)
+    ap.add_argument("--max-rate-mbps", type=int, default=0, help="also a row with max_rate")
     args = ap.parse_args()
     size = args.size_mib * MiB
     with tempfile.TemporaryDirectory(prefix="locpick-bench-serve-", dir="/dev/shm") as tmp:
@@ -107,7 +171,7 @@ def main() -> None:
         nginx.start()
         serve, base = start_serve(work / "cache")
         urls = {
-            "serve": f"{base}/images/{IMAGE_ID}",
+            "serve": f"{base}/images/{IMAGE_ID}/{cache.token(IMAGE_ID)}",
             "nginx": f"http://127.0.0.1:{nginx.port}/{IMAGE_ID}",
         }
         try:
@@ -118,9 +182,40 @@ def main() -> None:
                 for name, url in urls.items():
                     for row, t in (("full", time_full(url)), ("ranges8", time_ranges(url, size))):
                         best[row][name] = min(best[row].get(name, float("inf")), t)
-        finally:
             serve.terminate()
             serve.wait(10)
+            own = cache.images.parent.parent / "nginx-root"
+            own.mkdir()
+            omd5, osha = make_image(own / "own.img", args.own_mib)
+            own_nginx = Nginx(own, work / "nginx-own")
+            own_nginx.start()
+            record = {
+                "id": "own-img", "status": "active", "size": args.own_mib * MiB,
+                "checksum": omd5, "os_hash_algo": "sha512", "os_hash_value": osha,
+                "locations": [
+                    {"url": f"http://127.0.0.1:{own_nginx.port}/own.img", "metadata": {}}
+                ],
+            }  # fmt: skip
+            own_meta = work / "own.json"
+            own_meta.write_text(json.dumps(record))
+            try:
+                loads = {
+                    f"peers{args.peers}_mc{mc}": peers_row(
+                        work, cache, size, args.peers, mc, own_meta
+                    )
+                    for mc in (args.max_clients, args.peers)
+                }
+                if args.max_rate_mbps:
+                    rate = args.max_rate_mbps * 1_000_000
+                    loads[f"peers{args.peers}_mc{args.max_clients}_rate"] = peers_row(
+                        work, cache, size, args.peers, args.max_clients, own_meta, rate
+                    )
+            finally:
+                own_nginx.stop()
+        finally:
+            if serve.poll() is None:
+                serve.terminate()
+                serve.wait(10)
             nginx.stop()
     print(f"\n{args.size_mib} MiB, best of {args.rounds} interleaved rounds (curl -> /dev/null)")
     cols = ("serve s", "nginx s", "serve MB/s", "nginx MB/s", "ratio")
@@ -140,6 +235,20 @@ def main() -> None:
         )
         out["rows"][row] = {"serve_s": t["serve"], "nginx_s": t["nginx"], "ratio": ratio}  # type: ignore[index]
     print("ratio = serve seconds / nginx seconds (1.00 = as fast as nginx)")
+    print(
+        f"\n{args.peers} peers fetch the {args.size_mib} MiB image at once; the node downloads "
+        f"{args.own_mib} MiB itself meanwhile"
+    )
+    cols = ("served s", "served MB/s", "own alone s", "own loaded s", "own ratio")
+    print(f"{'row':<14} " + " ".join(f"{c:>12}" for c in cols))
+    for row, r in loads.items():
+        own_ratio = r["own_loaded_s"] / r["own_alone_s"]
+        print(
+            f"{row:<14} {r['served_s']:12.2f} {r['served_MBps']:12.0f} {r['own_alone_s']:12.2f} "
+            f"{r['own_loaded_s']:12.2f} {own_ratio:12.2f}"
+        )
+        out["rows"][row] = {**r, "own_ratio": own_ratio}  # type: ignore[index]
+    print("own ratio = the node's own download time while serving / alone")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
 

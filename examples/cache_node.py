@@ -7,9 +7,9 @@ Against Glance (an internal endpoint that allows changing locations, see README 
             --bind 0.0.0.0:8470 --public-url http://10.0.4.7:8470 --host node-7 --zone az1
 
 downloads IMAGE_ID (or copies it from the cache), keeps a verified copy, serves the cache with
-``locpick serve`` and adds ``PUBLIC_URL/images/IMAGE_ID`` to the image's locations with this
-node's topology; Ctrl-C stops serving (the location stays until ``locpick cache evict`` or
-``reconcile`` removes it).
+``locpick serve`` and adds the capability URL ``PUBLIC_URL/images/IMAGE_ID/TOKEN`` to the
+image's locations with this node's topology; Ctrl-C stops serving (the location stays until
+``locpick cache evict`` or ``reconcile`` removes it).
 
 With no IMAGE_ID it shows the idea on 127.0.0.1 without Glance: node A downloads the demo
 image into its cache and serves it; every origin is then stopped, and node B, given a record
@@ -30,8 +30,10 @@ from pathlib import Path
 import attrs
 
 import locpick
+from locpick.cache import NodeCache
 from locpick.config import CacheConfig, Topology
 from locpick.publish import cache_location_url
+from locpick.redact import redact_url
 
 
 def start_serve(cache_dir: str, bind: str) -> tuple[subprocess.Popen[str], str]:
@@ -61,9 +63,12 @@ def node(args: argparse.Namespace) -> int:
             dest = args.dest or os.path.join(args.cache_dir, f"{args.image_id}.out")
             result = client.download(args.image_id, dest, register=True)
             print(f"{result.method}: {result.bytes} bytes from {result.source_url}")
-            entry = client.node_cache().entry(args.image_id)  # type: ignore[union-attr]
-            where = entry.registered_url if entry else None
-            print(f"serving {cache_location_url(public_url, args.image_id)}")
+            cache = client.node_cache()
+            assert cache is not None
+            entry = cache.entry(args.image_id)
+            where = redact_url(entry.registered_url) if entry and entry.registered_url else None
+            mine = cache_location_url(public_url, args.image_id, cache.token(args.image_id))
+            print(f"serving {redact_url(mine)}")
             print(f"registered in Glance: {where or 'no (see the warning above)'}")
         print("Ctrl-C to stop serving")
         serve.wait()
@@ -91,7 +96,8 @@ def demo() -> int:
         serve, url = start_serve(cache_dir, "127.0.0.1:0")
         try:
             record = json.loads(metadata.read_text())
-            a_url = cache_location_url(url, DEMO_IMAGE_ID)
+            token = NodeCache(cache_dir).token(DEMO_IMAGE_ID)
+            a_url = cache_location_url(url, DEMO_IMAGE_ID, token)
             meta = {"host": "node-a", "locpick_cache": "true"}
             record["locations"].append({"url": a_url, "metadata": meta})
             with locpick.Client() as client:
@@ -101,7 +107,7 @@ def demo() -> int:
             for attempt in r.attempts:
                 if attempt.outcome != "ok":
                     print(f"  {attempt.outcome}: {attempt.url}: {attempt.error}")
-            return 0 if same and r.source_url == a_url else 3
+            return 0 if same and r.source_url == redact_url(a_url) else 3
         finally:
             serve.terminate()
             serve.wait()

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from locpick.errors import AuthError, ConfigError, InputError
+from locpick.netpolicy import NetPolicy
 from locpick.redact import SCRUB, redact_url
 
 __all__ = ["OpenStackAuth", "auth_from_environment", "unversioned_endpoint"]
@@ -56,8 +57,16 @@ class OpenStackAuth:
         interface: str | list[str] | None = "public",
         service_name: str | None = None,
         endpoint_override: str | None = None,
+        auth_url: str = "",
+        cacert: str | None = None,
+        insecure: bool = False,
     ) -> None:
         self.session = session
+        #: Keystone's URL (routes the session) and the CA file clouds.yaml names, if any.
+        self.auth_url = auth_url
+        self.cacert = cacert
+        #: clouds.yaml said ``verify: false`` / ``insecure: true``.
+        self.insecure = insecure
         #: Display-safe description of the Keystone (auth URL or cloud name).
         self.where = where
         #: Display-safe description of the principal, e.g. ``user 'demo' in project 'demo'``.
@@ -67,6 +76,14 @@ class OpenStackAuth:
         self.service_name = service_name
         self._endpoint = endpoint_override
         self._lock = threading.Lock()
+
+    def use_policy(self, net: NetPolicy) -> None:
+        """Talk to Keystone with the client's one trust store and route."""
+        self.session.verify = net.trust.requests_verify()
+        cert = net.trust.requests_cert()
+        if cert is not None:
+            self.session.cert = cert
+        net.apply_to_requests(self.session.session, self.auth_url)
 
     def token(self) -> str:
         """A valid token (keystoneauth1 caches it and re-authenticates before it expires)."""
@@ -147,27 +164,24 @@ def auth_from_environment(
     env: Mapping[str, str],
     *,
     token: str | None = None,
-    ca_file: str | None = None,
-    verify: bool = True,
     timeout: float = 30.0,
 ) -> OpenStackAuth | None:
     """An OpenStackAuth from ``OS_CLOUD`` or ``OS_AUTH_URL``; None when neither is set.
 
     ``token`` (``--token`` / ``OS_AUTH_TOKEN``) is used with keystoneauth1's ``token`` plugin,
     so that a bare token can still look up the image endpoint in the catalog. No network I/O
-    happens here; the first :meth:`OpenStackAuth.token` call authenticates.
+    happens here; the first :meth:`OpenStackAuth.token` call authenticates. TLS trust and
+    routing come from the client's connection policy (:meth:`OpenStackAuth.use_policy`).
     """
     cloud = env.get("OS_CLOUD")
     if cloud:
-        return _from_clouds_yaml(cloud, ca_file=ca_file, verify=verify, timeout=timeout)
+        return _from_clouds_yaml(cloud, timeout=timeout)
     if env.get("OS_AUTH_URL"):
-        return _from_os_env(env, token=token, ca_file=ca_file, verify=verify, timeout=timeout)
+        return _from_os_env(env, token=token, timeout=timeout)
     return None
 
 
-def _from_os_env(
-    env: Mapping[str, str], *, token: str | None, ca_file: str | None, verify: bool, timeout: float
-) -> OpenStackAuth:
+def _from_os_env(env: Mapping[str, str], *, token: str | None, timeout: float) -> OpenStackAuth:
     try:
         from keystoneauth1 import exceptions as ks
         from keystoneauth1 import loading
@@ -197,15 +211,7 @@ def _from_os_env(
     except ks.MissingRequiredOptions as exc:
         names = ", ".join("OS_" + o.dest.upper() for o in exc.options)
         raise AuthError(f"keystone {where}: incomplete credentials, missing {names}") from exc
-    cacert = env.get("OS_CACERT") or ca_file
-    insecure = env.get("OS_INSECURE", "").lower() in ("1", "true", "yes")
-    session = ks_session.Session(
-        auth=plugin,
-        verify=False if insecure or not verify else (cacert or True),
-        cert=_cert(env),
-        timeout=timeout,
-        app_name="locpick",
-    )
+    session = ks_session.Session(auth=plugin, timeout=timeout, app_name="locpick")
     return OpenStackAuth(
         session,
         where=where,
@@ -213,14 +219,8 @@ def _from_os_env(
         region_name=env.get("OS_REGION_NAME") or None,
         interface=_interface(env.get("OS_INTERFACE") or env.get("OS_ENDPOINT_TYPE")),
         service_name=env.get("OS_IMAGE_SERVICE_NAME") or None,
+        auth_url=auth_url,
     )
-
-
-def _cert(env: Mapping[str, str]) -> str | tuple[str, str] | None:
-    cert, key = env.get("OS_CERT"), env.get("OS_KEY")
-    if cert and key:
-        return (cert, key)
-    return cert or None
 
 
 def _secret_option(name: str) -> bool:
@@ -234,9 +234,7 @@ def _who(auth: Mapping[str, Any]) -> str:
     return text + (f" in project {project!r}" if project else "")
 
 
-def _from_clouds_yaml(
-    cloud: str, *, ca_file: str | None, verify: bool, timeout: float
-) -> OpenStackAuth:
+def _from_clouds_yaml(cloud: str, *, timeout: float) -> OpenStackAuth:
     try:
         from openstack import config as os_config
         from openstack import exceptions as os_exc
@@ -262,8 +260,7 @@ def _from_clouds_yaml(
         raise _convert(exc, probe) from exc
     if session.timeout is None:
         session.timeout = timeout
-    if ca_file and session.verify is True and verify:
-        session.verify = ca_file
+    cacert = region.config.get("cacert")
     interface = region.get_interface("image")
     return OpenStackAuth(
         session,
@@ -273,6 +270,9 @@ def _from_clouds_yaml(
         interface=_interface(interface) if isinstance(interface, str) else interface,
         service_name=region.get_service_name("image") or None,
         endpoint_override=_root_or_none(region.get_endpoint("image")),
+        auth_url=str(auth.get("auth_url", "")),
+        cacert=str(cacert) if cacert else None,
+        insecure=region.config.get("verify") is False,
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from locpick.client import Client
 from locpick.errors import LocpickError
 from locpick.models import Ranking, Result, VerifyReport
-from locpick.redact import SCRUB, RedactingFilter
+from locpick.redact import SCRUB, RedactingFilter, redact_url
 
 log = logging.getLogger("locpick")
 
@@ -81,10 +81,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bind", metavar="ADDR:PORT", default=None, help="default 127.0.0.1:8470")
     s.add_argument("--config", metavar="FILE", help="TOML config (else $LOCPICK_CONFIG)")
     s.add_argument("--verbose", "-v", action="store_true", help="log what locpick does")
+    s.add_argument(
+        "--glance-url", metavar="URL", help="Glance, to renew leases (else $OS_IMAGE_URL)"
+    )
+    s.add_argument("--token", metavar="TOKEN", help="Keystone token (else $OS_AUTH_TOKEN)")
+    s.add_argument(
+        "--no-renew",
+        action="store_true",
+        help="do not renew (or deregister) this node's Glance locations",
+    )
 
-    c = sub.add_parser("cache", help="list, evict or reconcile the node cache with Glance")
-    c.add_argument("action", choices=("list", "evict", "reconcile"), metavar="reconcile|list|evict")
-    c.add_argument("image_ids", nargs="*", metavar="IMAGE_ID", help="evict: images to evict")
+    c = sub.add_parser(
+        "cache", help="list, evict or reconcile the node cache; reap dead cache locations"
+    )
+    c.add_argument(
+        "action",
+        choices=("list", "evict", "reconcile", "reap", "rotate-secret"),
+        metavar="reconcile|list|evict|reap|rotate-secret",
+    )
+    c.add_argument(
+        "image_ids",
+        nargs="*",
+        metavar="IMAGE_ID",
+        help="evict: images to evict; reap: images to reap (default: every image listed)",
+    )
+    c.add_argument(
+        "--dry-run", action="store_true", help="reap: say what would be removed, remove nothing"
+    )
     c.add_argument("--all", action="store_true", help="evict: every cached image")
     c.add_argument("--cache-dir", metavar="DIR", help="the node cache (else [cache] dir)")
     _source_args(c)
@@ -293,7 +316,28 @@ def _serve(args: argparse.Namespace) -> int:
     if not directory:
         raise ConfigError("serve: no node cache: give --cache-dir DIR or set [cache] dir")
     cache = NodeCache(directory, config.cache.max_bytes)
-    return serve(cache, args.bind or DEFAULT_BIND, ready=announce)
+    cache.recover()
+    if args.no_renew:
+        return serve(cache, args.bind or DEFAULT_BIND, config=config.serve, ready=announce)
+    from locpick.renew import Renewer
+
+    with Client(config=config, glance_url=args.glance_url, token=args.token) as client:
+        renewer = Renewer(client, cache)
+
+        def ready(url: str) -> None:
+            announce(url)
+            renewer.start()
+
+        try:
+            return serve(
+                cache,
+                args.bind or DEFAULT_BIND,
+                config=config.serve,
+                ready=ready,
+                stopping=renewer.deregister,
+            )
+        finally:
+            renewer.stop()
 
 
 def _cache(args: argparse.Namespace) -> int:
@@ -308,7 +352,7 @@ def _cache(args: argparse.Namespace) -> int:
                 _print_json([e.to_json() for e in reversed(entries)])
             else:
                 for e in reversed(entries):
-                    reg = e.registered_url or "-"
+                    reg = redact_url(e.registered_url) if e.registered_url else "-"
                     print(f"{e.image_id}  {e.size:>14}  {e.algo}  registered: {reg}")
             return 0
         if args.action == "evict":
@@ -328,12 +372,37 @@ def _cache(args: argparse.Namespace) -> int:
                 for image_id in sorted(gone):
                     print(f"evicted {image_id}")
             return 3 if problems else 0
-        done = client.reconcile(cache_dir=args.cache_dir)
+        if args.action == "reap":
+            return _reap(args, client)
+        if args.action == "rotate-secret":
+            done = client.rotate_secret(cache_dir=args.cache_dir)
+        else:
+            done = client.reconcile(cache_dir=args.cache_dir)
         if args.json:
             _print_json({"actions": done})
         else:
             print("\n".join(done) if done else "cache and Glance agree")
         return 0
+
+
+def _reap(args: argparse.Namespace, client: Client) -> int:
+    """``cache reap``: one line per image (or JSON), exit 3 when a removal failed."""
+    results = client.reap(args.image_ids, dry_run=args.dry_run)
+    if args.json:
+        _print_json({"images": [{"image_id": i, **p.to_json()} for i, p in results]})
+    else:
+        for image_id, p in results:
+            verb = "would remove" if p.dry_run else "removed"
+            done = p.remove if p.dry_run else p.removed
+            print(f"{image_id}: {verb} {len(done)}")
+            for url in done:
+                print(f"  - {url}")
+            for note in p.notes:
+                print(f"  note: {note}")
+        if not results:
+            print("no locpick cache locations found")
+    failed = any(not p.dry_run and len(p.removed) < len(p.remove) for _i, p in results)
+    return 3 if failed else 0
 
 
 def _demo(args: argparse.Namespace) -> int:

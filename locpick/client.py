@@ -18,6 +18,7 @@ from locpick.config import Config, resolve_config
 from locpick.errors import (
     AllLocationsFailed,
     ConfigError,
+    ImageNotActive,
     ImageNotFound,
     InputError,
     LocationError,
@@ -25,7 +26,8 @@ from locpick.errors import (
     UnverifiedImage,
 )
 from locpick.fetch import Progress, fetch
-from locpick.history import History
+from locpick.history import History, host_key
+from locpick.lease import is_locpick_copy, lease_state
 from locpick.models import (
     Attempt,
     CacheStep,
@@ -38,6 +40,7 @@ from locpick.models import (
     Score,
     VerifyReport,
 )
+from locpick.netpolicy import NetPolicy
 from locpick.probe import probe_and_measure
 from locpick.publish import (
     GlanceLocations,
@@ -45,12 +48,11 @@ from locpick.publish import (
     cache_location_url,
     cache_metadata,
 )
-from locpick.redact import SCRUB, register_env_secrets
+from locpick.redact import SCRUB, redact_url, register_env_secrets
 from locpick.replicas import plan_prune, verify_replicas
-from locpick.score import Candidate, rank
+from locpick.score import Candidate, prior_order, rank
 from locpick.sources import fetch_glance_image, load_metadata
 from locpick.transports import Context, Transports
-from locpick.transports.base import tls_verify
 from locpick.transports.file import FileTransport
 
 log = logging.getLogger("locpick")
@@ -72,31 +74,37 @@ class Client:
         register_env_secrets()
         SCRUB.add(token)
         self.config = resolve_config(config)
-        if insecure:
-            self.config = attrs.evolve(self.config, tls=attrs.evolve(self.config.tls, verify=False))
-        tls_verify(self.config)  # a bad [tls] ca_file is a config error now, not per location
-        if not self.config.tls.verify:
-            log.warning(
-                "TLS certificate verification is OFF (--insecure / [tls] verify = false): "
-                "any host on the path can impersonate image locations and Glance"
-            )
         if glance_url is None:
             glance_url = os.environ.get("OS_IMAGE_URL") or None
         if token is None:
             token = os.environ.get("OS_AUTH_TOKEN") or None
         SCRUB.add(token)
         self.glance_url = glance_url
-        self._ctx = Context(self.config, glance_url=glance_url, token=token)
         #: Keystone (OS_AUTH_URL / OS_CLOUD) when the token or the endpoint must come from it.
         self._auth: OpenStackAuth | None = None
         if not (token and glance_url):
             self._auth = auth_from_environment(
                 os.environ,
                 token=token,
-                ca_file=self.config.tls.ca_file,
-                verify=self.config.tls.verify,
                 timeout=max(30.0, self.config.transfer.connect_timeout),
             )
+        # The edge: proxies, trust and forbidden networks, read once from config + environment.
+        # A bad CA file, proxy URL or no_proxy is a config error now, before anything is fetched.
+        self.net = NetPolicy.from_environment(
+            self.config,
+            os.environ,
+            cloud_cacert=self._auth.cacert if self._auth is not None else None,
+            insecure=insecure or (self._auth is not None and self._auth.insecure),
+        )
+        if not self.net.trust.verify:
+            self.config = attrs.evolve(self.config, tls=attrs.evolve(self.config.tls, verify=False))
+            log.warning(
+                "TLS certificate verification is OFF (--insecure / OS_INSECURE / [tls] verify = "
+                "false): any host on the path can impersonate image locations and Glance"
+            )
+        if self._auth is not None:
+            self._auth.use_policy(self.net)
+        self._ctx = Context(self.config, glance_url=glance_url, token=token, net=self.net)
         self._transports = Transports(self._ctx)
         self._probe_cache: cachetools.TTLCache[tuple[str, int | None], Probe] = cachetools.TTLCache(
             maxsize=4096, ttl=self.config.probe.cache_ttl
@@ -169,9 +177,14 @@ class Client:
         not probed (the probe would only delay the transfer). ``dest``: where it will go (a
         shared filesystem reports whether it is the same device).
         """
+        now = time.time()
+        known = self.history.entries()
         candidates: list[Candidate] = []
-        to_probe: list[Location] = []
         for loc in image.locations:
+            lease = lease_state(loc.metadata, now)
+            if lease.expired:
+                candidates.append(Candidate(loc, unusable=lease.expired))
+                continue
             try:
                 transport = self._transports.for_location(loc)
             except InputError:
@@ -184,22 +197,72 @@ class Client:
                 reason, shared = _shared_fs(transport, loc, image, dest)
             else:
                 reason = transport.check(loc, image)
-            candidates.append(Candidate(loc, unusable=reason, shared_fs=shared))
-            if reason is None:
-                to_probe.append(loc)
-        probes = {} if for_download and len(to_probe) <= 1 else self._probe(image, to_probe)
-        known = self.history.entries()
-        candidates = [
-            attrs.evolve(
-                c,
-                probe=probes.get(c.location),
-                history=self.history.lookup(c.location, known) if c.unusable is None else None,
+            history = self.history.lookup(loc, known) if known and reason is None else None
+            candidates.append(
+                Candidate(loc, unusable=reason, shared_fs=shared, history=history, note=lease.note)
             )
+        candidates = self._bound_probing(image, candidates)
+        to_probe = [c.location for c in candidates if c.unusable is None and not c.not_probed]
+        probes = {} if for_download and len(to_probe) <= 1 else self._probe(image, to_probe)
+        candidates = [
+            attrs.evolve(c, probe=probes[c.location]) if c.location in probes else c
             for c in candidates
         ]
         for url, why in image.rejected:
             candidates.append(Candidate(Location(url=url), unusable=why))
-        return Ranking(image=image, scores=rank(image, candidates, self.config))
+        scores = rank(image, candidates, self.config)
+        return Ranking(image=image, scores=tuple(self._with_route(s) for s in scores))
+
+    def _with_route(self, score: Score) -> Score:
+        """Say in the reasons how the location is reached (``direct`` / ``via proxy ...``)."""
+        try:
+            transport = self._transports.for_location(score.location)
+        except LocationError:
+            return score
+        route_of = getattr(transport, "route", None)
+        route = route_of(score.location) if route_of is not None else None
+        if not isinstance(route, str):
+            return score
+        reasons = attrs.evolve(
+            score.reasons, route=route, notes=(*score.reasons.notes, f"route: {route}")
+        )
+        return attrs.evolve(score, reasons=reasons)
+
+    def _bound_probing(self, image: Image, candidates: list[Candidate]) -> list[Candidate]:
+        """Mark all but the best ``[probe] max_candidates`` usable locations ``not-probed``, and
+        any beyond ``max_probes_per_host`` on one ``scheme://host:port``.
+
+        "Best" is the ranking before any measurement (topology, history, policy, shared
+        filesystem), so probing costs the same at 20 and at 20,000 locations, and many silent
+        locations on a few hosts cannot crowd out the others. Glance's own ``/file`` is never
+        counted or dropped: it stays the last resort."""
+        pc = self.config.probe
+        limit, per_host = max(1, pc.max_candidates), max(1, pc.max_probes_per_host)
+        pool = [c for c in candidates if c.unusable is None and c.location.kind != "glance-file"]
+        if len(pool) <= 1:
+            return candidates
+        why: dict[int, str] = {}
+        seen: dict[str, int] = {}
+        kept = 0
+        for c in prior_order(image, pool, self.config):
+            key = host_key(c.location)
+            if c.location.scheme != "file" and seen.get(key, 0) >= per_host:
+                why[id(c.location)] = (
+                    f"not-probed: more than {per_host} locations on {key} "
+                    "([probe] max_probes_per_host); a fallback"
+                )
+            elif kept >= limit:
+                why[id(c.location)] = (
+                    f"not-probed: beyond the best {limit} of {len(pool)} locations "
+                    "([probe] max_candidates); a fallback"
+                )
+            else:
+                seen[key] = seen.get(key, 0) + 1
+                kept += 1
+        return [
+            attrs.evolve(c, not_probed=why[id(c.location)]) if id(c.location) in why else c
+            for c in candidates
+        ]
 
     def _probe(self, image: Image, locations: Sequence[Location]) -> dict[Location, Probe]:
         found: dict[Location, Probe] = {}
@@ -214,7 +277,7 @@ class Client:
         fresh = probe_and_measure(image, missing, self._transports, self.config)
         with self._lock:
             for loc, probe in fresh.items():
-                if probe.ok and not probe.not_probed:
+                if probe.ok:
                     self._probe_cache[(loc.url, image.size)] = probe
         return found | fresh
 
@@ -352,11 +415,15 @@ class Client:
         if best is not None:
             deadline = min(deadline, max(pc.straggler_floor, pc.straggler_factor * best))
         config = attrs.evolve(self.config, probe=attrs.evolve(pc, deadline=deadline))
-        probes = probe_and_measure(image, locations, self._transports, config)
         known = self.history.entries()
+        candidates = self._bound_probing(
+            image, [Candidate(loc, history=self.history.lookup(loc, known)) for loc in locations]
+        )
+        to_probe = [c.location for c in candidates if not c.not_probed]
+        probes = probe_and_measure(image, to_probe, self._transports, config)
         candidates = [
-            Candidate(loc, probe=probes.get(loc), history=self.history.lookup(loc, known))
-            for loc in locations
+            attrs.evolve(c, probe=probes[c.location]) if c.location in probes else c
+            for c in candidates
         ]
         return list(rank(image, candidates, config))
 
@@ -376,6 +443,10 @@ class Client:
         self, cache: NodeCache, image: Image, dest: str | os.PathLike[str], publish: bool
     ) -> Result | None:
         started = time.monotonic()
+        problem = cache.problem()
+        if problem is not None:
+            log.warning("cache: not used: %s", problem)
+            return None
         entry = cache.lookup(image)
         if entry is None:
             return None
@@ -383,13 +454,15 @@ class Client:
             return None
         cache.touch(image.id)
         step = CacheStep("hit")
-        if publish:
-            try:
+        try:
+            if image.visibility is not None:
+                cache.update_meta(image.id, visibility=image.visibility)
+            if publish:
                 self._publish(cache, image, entry)
-            except (LocpickError, OSError) as exc:
-                error = _cache_error(cache, exc)
-                log.warning("cache: %s (image delivered from the cache, not registered)", error)
-                step = CacheStep("failed", error)
+        except (LocpickError, OSError) as exc:
+            error = _cache_error(cache, exc)
+            log.warning("cache: %s (image delivered from the cache, not registered)", error)
+            step = CacheStep("failed", error)
         url = entry.path.as_uri()
         return Result(
             image_id=image.id,
@@ -412,17 +485,28 @@ class Client:
         """Register the cached copy in Glance; a refusal is a warning, the cache keeps working."""
         public_url = self.config.cache.public_url
         assert public_url is not None
-        url = cache_location_url(public_url, image.id)
+        try:
+            url = cache_location_url(public_url, image.id, cache.token(image.id))
+        except (InputError, OSError) as exc:
+            log.warning("not registered, keeping a plain cache: %s", SCRUB(str(exc)))
+            return
         if entry is None:
             entry = cache.entry(image.id)
         if entry is None or entry.registered_url == url:
             return
         try:
-            self.glance_locations().add(image.id, url, cache_metadata(self.config.topology))
+            api = self.glance_locations()
+            if entry.registered_url:  # made with a rotated secret: replace it
+                api.remove(image.id, entry.registered_url)
+            api.add(image.id, url, self._cache_metadata())
         except (PublishError, InputError) as exc:
             log.warning("not registered, keeping a plain cache: %s", SCRUB(str(exc)))
             return
         cache.set_registered(image.id, url)
+
+    def _cache_metadata(self) -> dict[str, str]:
+        """Metadata of this node's registrations: topology, marker, registration time, lease."""
+        return cache_metadata(self.config.topology, lease=self.config.cache.lease)
 
     def _unpublish(self, evicted: Sequence[CacheEntry]) -> list[str]:
         """Remove evicted copies' locations from Glance; returns warnings (also logged)."""
@@ -468,15 +552,17 @@ class Client:
         registered = api.images_with_location_prefix(prefix)
         for image_id, urls in sorted(registered.items()):
             entry = cache.entry(image_id)
+            current = _current_url(cache, public_url, image_id)
             for url in urls:
-                if entry is not None and url == cache_location_url(public_url, image_id):
+                if entry is not None and url == current:
                     if entry.registered_url != url:
                         cache.set_registered(image_id, url)
                     continue
                 api.remove(image_id, url)
-                done.append(f"unregistered {image_id}: {url} (not in the cache)")
+                why = "not in the cache" if entry is None else "not this node's current URL"
+                done.append(f"unregistered {image_id}: {redact_url(url)} ({why})")
         for entry in cache.entries():
-            url = cache_location_url(public_url, entry.image_id)
+            url = _current_url(cache, public_url, entry.image_id)
             try:
                 image = self.image(entry.image_id)
             except ImageNotFound:
@@ -489,15 +575,31 @@ class Client:
                     api.remove(entry.image_id, url)
                 done.append(f"evicted {entry.image_id}: its hash no longer matches Glance's")
                 continue
+            if image.visibility is not None:
+                cache.update_meta(entry.image_id, visibility=image.visibility)
             if url in registered.get(entry.image_id, []):
                 continue
-            if entry.registered_url:
+            was_registered = bool(entry.registered_url)
+            if was_registered:
                 cache.set_registered(entry.image_id, None)
-            if self.config.cache.register:
-                api.add(entry.image_id, url, cache_metadata(self.config.topology))
+            if self.config.cache.register or was_registered:
+                api.add(entry.image_id, url, self._cache_metadata())
                 cache.set_registered(entry.image_id, url)
-                done.append(f"registered {entry.image_id}: {url}")
+                done.append(f"registered {entry.image_id}: {redact_url(url)}")
         return done
+
+    def rotate_secret(self, *, cache_dir: str | os.PathLike[str] | None = None) -> list[str]:
+        """New node secret (every old capability URL refused at once), then re-register.
+
+        Every entry that was registered gets its new URL in Glance and loses the old one
+        (through :meth:`reconcile`); returns what was done, one line each.
+        """
+        cache = self.node_cache(cache_dir)
+        assert cache is not None
+        if not self.config.cache.public_url:
+            raise ConfigError("cache rotate-secret needs [cache] public_url (this node's URL)")
+        cache.rotate_secret()
+        return ["rotated the node secret", *self.reconcile(cache_dir=cache_dir)]
 
     def verify(
         self,
@@ -521,9 +623,15 @@ class Client:
         report = verify_replicas(image, image.locations, self._transports, quick=quick)
         if not prune:
             return report
-        remove, notes = plan_prune(image, report)
+        return attrs.evolve(report, prune=self._prune(image, report, act=yes))
+
+    def _prune(
+        self, image: Image, report: VerifyReport, *, act: bool, locpick_only: bool = False
+    ) -> PruneResult:
+        """Plan (and with ``act`` carry out) removing the locations the report condemns."""
+        remove, notes = plan_prune(image, report, now=time.time(), locpick_only=locpick_only)
         removed: list[str] = []
-        if yes and remove:
+        if act and remove:
             api = self.glance_locations()
             for loc in remove:
                 try:
@@ -531,13 +639,43 @@ class Client:
                         removed.append(loc.display_url)
                 except PublishError as exc:
                     notes.append(f"not removed: {loc.display_url}: {SCRUB(str(exc))}")
-        result = PruneResult(
-            dry_run=not yes,
+        return PruneResult(
+            dry_run=not act,
             remove=tuple(loc.display_url for loc in remove),
             removed=tuple(removed),
             notes=tuple(notes),
         )
-        return attrs.evolve(report, prune=result)
+
+    def reap(
+        self, image_ids: Sequence[str] = (), *, dry_run: bool = False
+    ) -> list[tuple[str, PruneResult]]:
+        """Remove expired and unreachable locpick cache locations from Glance.
+
+        Only locations carrying the locpick marker are ever removed (never the operator's
+        own), and nothing of an image unless one verified copy (full hash) remains. Without
+        ``image_ids`` every image the token can list is walked (Glance paging followed).
+        Returns (image id, what was or would be removed) for each image with locpick copies.
+        """
+        if not image_ids:
+            image_ids = self.glance_locations().images_with_locpick_copies()
+        done: list[tuple[str, PruneResult]] = []
+        for image_id in image_ids:
+            try:
+                image = self.image(image_id)
+            except (ImageNotFound, ImageNotActive) as exc:  # deleted or deactivated meanwhile
+                note = f"skipped: {SCRUB(str(exc))}"
+                done.append((image_id, PruneResult(dry_run=dry_run, notes=(note,))))
+                continue
+            if not any(is_locpick_copy(loc.metadata) for loc in image.locations):
+                continue
+            report = verify_replicas(image, image.locations, self._transports)
+            done.append((image_id, self._prune(image, report, act=not dry_run, locpick_only=True)))
+        return done
+
+
+def _current_url(cache: NodeCache, public_url: str, image_id: str) -> str:
+    """The capability URL this node registers for ``image_id`` under its current secret."""
+    return cache_location_url(public_url, image_id, cache.token(image_id))
 
 
 def _shared_fs(

@@ -22,6 +22,7 @@ __all__ = [
     "Config",
     "Filesystem",
     "Hint",
+    "NetworkConfig",
     "Policy",
     "ProbeConfig",
     "S3Config",
@@ -76,12 +77,20 @@ class Hint:
     host: str | None = None
 
 
+def _positive_lease(_inst: object, _attr: object, value: float) -> None:
+    if not 0 < value <= 365 * 86400:
+        raise ConfigError(f"config [cache] lease: {value!r} is not in 0..31536000 seconds (>0)")
+
+
 @attrs.frozen
 class CacheConfig:
     dir: str | None = None
     max_bytes: int | None = None
     register: bool = False
     public_url: str | None = None
+    #: Seconds a registered location stays valid without renewal; ``locpick serve`` renews
+    #: it every ``lease / 3``. Clients skip a copy whose lease ran out (``lease-expired``).
+    lease: float = attrs.field(default=3600.0, validator=_positive_lease)
 
 
 def _check_range(lo: float, hi: float, section: str = "security") -> Any:
@@ -123,13 +132,14 @@ class ProbeConfig:
     small_image_bytes: int = 8 << 20
     #: Seconds a probe result stays valid inside one process.
     cache_ttl: float = 30.0
-    #: Probes at once, in total and per ``scheme://host:port`` (Glance's /file and file://
-    #: locations not counted): many silent locations added by a tenant cannot starve the rest.
-    #: Locations over the budget stay candidates (``not-probed`` in rank); a download probes
-    #: them in later rounds, with a deadline scaled to the live copies' first bytes, only
-    #: after every probed location has failed.
-    max_probes: int = attrs.field(default=16, validator=_check_range(1, 10_000, "probe"))
-    max_probes_per_host: int = attrs.field(default=4, validator=_check_range(1, 10_000, "probe"))
+    #: At most this many locations are probed, the best by topology, history and policy
+    #: before any measurement, and at most ``max_probes_per_host`` per ``scheme://host:port``
+    #: (Glance's /file is not counted); the rest rank as ``not-probed`` fallbacks, so a record
+    #: with 20,000 locations costs what one with 32 does, and many silent locations added by a
+    #: tenant cannot crowd out the rest. A download probes the not-probed ones in later rounds
+    #: (deadline scaled to the live copies' first bytes) once every probed location failed.
+    max_candidates: int = attrs.field(default=32, validator=_check_range(1, 1_000_000, "probe"))
+    max_probes_per_host: int = attrs.field(default=4, validator=_check_range(1, 1_000_000, "probe"))
 
 
 @attrs.frozen
@@ -191,8 +201,10 @@ class SecurityConfig:
     token_hosts: tuple[str, ...] = ()
     #: Redirects followed per request (only to http/https, never to a forbidden network).
     max_redirects: int = attrs.field(default=5, validator=_check_range(0, 20))
-    #: Locations accepted in one image record; more is a malformed record.
-    max_locations: int = attrs.field(default=1000, validator=_check_range(1, 100_000))
+    #: Locations of one record that are parsed and considered; any further ones are listed as
+    #: one rejected row (the record itself is still used: no cliff). The record's byte size
+    #: (16 MiB) bounds memory whatever this says.
+    max_locations: int = attrs.field(default=100_000, validator=_check_range(1, 10_000_000))
     #: Permission bits of a delivered file (no setuid/setgid/sticky bits).
     file_mode: int = attrs.field(default=0o644, validator=_check_range(0, 0o777))
     #: A transfer slower than this (bytes/s) over ``[transfer] low_speed_window`` is abandoned
@@ -203,10 +215,60 @@ class SecurityConfig:
     max_image_bytes: int = attrs.field(default=1 << 40, validator=_check_range(1, 1 << 50))
 
 
+def _serve_range(lo: float, hi: float) -> Any:
+    def check(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+        if not lo <= value <= hi:
+            raise ConfigError(f"config [serve] {attr.name}: {value!r} is not in {lo}..{hi}")
+
+    return check
+
+
+@attrs.frozen
+class ServeConfig:
+    """``locpick serve``: who may read, and how much a neighbour can take from this node."""
+
+    #: Serve images whose Glance visibility is ``public`` without the capability token.
+    open_public: bool = False
+    #: Image transfers at once; past it ``503`` with ``Retry-After``.
+    max_clients: int = attrs.field(default=16, validator=_serve_range(1, 100_000))
+    #: Bytes/s this node serves in total (0 = unlimited; limited transfers skip sendfile).
+    max_rate: int = attrs.field(default=0, validator=_serve_range(0, 1e13))
+    #: Open connections in total and per client address (lowered to fit ``ulimit -n``).
+    max_connections: int = attrs.field(default=512, validator=_serve_range(1, 1_000_000))
+    max_connections_per_client: int = attrs.field(default=32, validator=_serve_range(1, 100_000))
+    #: Seconds a new connection has to deliver a complete request head.
+    header_timeout: float = attrs.field(default=10.0, validator=_serve_range(0.05, 3600))
+    #: Seconds an idle keep-alive connection is kept.
+    keepalive_timeout: float = attrs.field(default=15.0, validator=_serve_range(0.05, 3600))
+    #: Seconds a busy answer asks the client to wait.
+    retry_after: int = attrs.field(default=2, validator=_serve_range(0, 3600))
+
+
 @attrs.frozen
 class TLSConfig:
+    """One trust store for every connection (Glance, Keystone, probes, bulk GETs, Swift, S3)."""
+
+    #: CA bundle (PEM) to verify servers against; wins over OS_CACERT, clouds.yaml ``cacert``,
+    #: SSL_CERT_FILE/SSL_CERT_DIR and the system store, in that order.
     ca_file: str | None = None
+    #: False = ``--insecure`` (also OS_INSECURE): no verification, warned about on every use.
     verify: bool = True
+    #: Client certificate (PEM) for servers that require mutual TLS; wins over OS_CERT.
+    cert_file: str | None = None
+    #: Its private key when not inside ``cert_file``; wins over OS_KEY.
+    key_file: str | None = None
+
+
+@attrs.frozen
+class NetworkConfig:
+    """How connections are routed; see the README's "Connection policy" table."""
+
+    #: Proxy for every http(s) connection (CONNECT for https), overriding http_proxy,
+    #: https_proxy and all_proxy; "" = no proxy whatever the environment says.
+    proxy: str | None = None
+    #: Hosts reached directly (curl's no_proxy syntax: ``*``, names, ``.domain`` suffixes,
+    #: IPs, CIDR networks), overriding the no_proxy environment variable.
+    no_proxy: str | None = None
 
 
 @attrs.frozen
@@ -286,12 +348,14 @@ class Config:
     topology: Topology = Topology()
     filesystems: tuple[Filesystem, ...] = ()
     cache: CacheConfig = CacheConfig()
+    serve: ServeConfig = ServeConfig()
     hints: tuple[Hint, ...] = ()
     probe: ProbeConfig = ProbeConfig()
     scoring: ScoringConfig = ScoringConfig()
     policy: Policy = Policy()
     security: SecurityConfig = SecurityConfig()
     tls: TLSConfig = TLSConfig()
+    network: NetworkConfig = NetworkConfig()
     transfer: TransferConfig = TransferConfig()
     glance: GlanceConfig = GlanceConfig()
     s3: S3Config = S3Config()
@@ -350,11 +414,13 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
 _SECTIONS: dict[str, type[Any]] = {
     "topology": Topology,
     "cache": CacheConfig,
+    "serve": ServeConfig,
     "probe": ProbeConfig,
     "scoring": ScoringConfig,
     "policy": Policy,
     "security": SecurityConfig,
     "tls": TLSConfig,
+    "network": NetworkConfig,
     "transfer": TransferConfig,
     "glance": GlanceConfig,
     "s3": S3Config,

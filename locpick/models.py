@@ -3,6 +3,7 @@ what happened when we measured, ranked and fetched them."""
 
 from __future__ import annotations
 
+import functools
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
@@ -10,17 +11,22 @@ from typing import Any, Literal
 import attrs
 
 from locpick.redact import SCRUB, redact_url
+from locpick.s3url import ALL_S3_SCHEMES, display_s3_url, register_s3_secrets
 
 Outcome = Literal["ok", "failed", "skipped"]
 Method = Literal["download", "copy", "cache"]
 LocationKind = Literal["location", "direct_url", "glance-file", "cache"]
 
 
-def _scheme(url: str) -> str:
+@functools.lru_cache(maxsize=1 << 16)
+def _scheme_host(url: str) -> tuple[str, str]:
+    """(scheme, host) of a URL, parsed once per URL: ranking asks for them many times, and a
+    record may hold tens of thousands of locations."""
     try:
-        return urllib.parse.urlsplit(url).scheme.lower()
+        parts = urllib.parse.urlsplit(url)
+        return parts.scheme.lower(), parts.hostname or ""
     except ValueError:
-        return ""
+        return "", ""
 
 
 def _scrub(text: str | None) -> str | None:
@@ -39,18 +45,21 @@ class Location:
 
     @property
     def scheme(self) -> str:
-        return _scheme(self.url)
+        return _scheme_host(self.url)[0]
 
     @property
     def host(self) -> str:
-        try:
-            return urllib.parse.urlsplit(self.url).hostname or ""
-        except ValueError:
-            return ""
+        return _scheme_host(self.url)[1]
+
+    def __attrs_post_init__(self) -> None:
+        if self.scheme in ALL_S3_SCHEMES:
+            register_s3_secrets(self.url)
 
     @property
     def display_url(self) -> str:
         """The URL with any credentials removed: safe to print, log and store."""
+        if self.scheme in ALL_S3_SCHEMES:
+            return redact_url(display_s3_url(self.url))
         return redact_url(self.url)
 
     def __repr__(self) -> str:
@@ -70,6 +79,8 @@ class Image:
     status: str = "active"
     #: Locations in the record that could not even be parsed, with the reason.
     rejected: tuple[tuple[str, str], ...] = ()
+    #: Glance's ``visibility`` (public, community, shared, private); None when not given.
+    visibility: str | None = None
 
     @property
     def has_hash(self) -> bool:
@@ -94,8 +105,6 @@ class Probe:
     censored: bool = False
     #: Something the transport wants said in rank's reasons (e.g. where a token is sent).
     note: str | None = None
-    #: Not measured: over the probe budget (``[probe] max_probes``); still a candidate.
-    not_probed: bool = False
 
 
 @attrs.frozen
@@ -117,6 +126,9 @@ class Reasons:
     icmp_note: str | None = None
     #: What the operator's [policy] did to this location (pinned, forbidden, last resort).
     policy: str | None = None
+    #: How probes and transfers reach it: ``direct`` or ``via proxy URL`` (None: not a network
+    #: location).
+    route: str | None = None
     #: Over the probe budget: ranked after every probed location, probed later if needed.
     not_probed: bool = False
 
@@ -130,7 +142,9 @@ class Reasons:
             "error": _scrub(self.error),
             "icmp_ms": None if self.icmp_ms is None else round(self.icmp_ms, 2),
             "connect_ms": None if self.connect_ms is None else round(self.connect_ms, 2),
+            "icmp_note": self.icmp_note,
             "policy": self.policy,
+            "route": self.route,
             "notes": [SCRUB(n) for n in self.notes],
         }
 

@@ -28,11 +28,11 @@ small fraction of the download).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import ipaddress
 import socket
 import statistics
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -40,6 +40,7 @@ import attrs
 from locpick.config import Config, ProbeConfig
 from locpick.errors import LocationError, LocpickError
 from locpick.models import Image, Location, Probe
+from locpick.netpolicy import NetPolicy, host_port
 from locpick.transports import Transport, Transports
 
 
@@ -57,9 +58,6 @@ def probe_all(
     throughput measurements without waiting for the whole latency phase)."""
     pc = config.probe
     results: dict[Location, Probe] = {}
-    locations, over = within_budget(locations, pc)
-    for loc in over:
-        results[loc] = Probe(url=loc.display_url, ok=True, not_probed=True)
     if not locations:
         return results
     start = time.monotonic()
@@ -76,7 +74,10 @@ def probe_all(
             futures[pool.submit(_safe_probe, transport, loc, image, pc.deadline)] = loc
             hp = _host_port(loc)
             if hp is not None and hp not in net:
-                net[hp] = net_pool.submit(_net_latency, hp[0], hp[1], deadline, pc.icmp)
+                policy = transports.ctx.net
+                net[hp] = net_pool.submit(
+                    _net_latency, hp[0], hp[1], deadline, pc.icmp, policy, loc.url
+                )
         pending = set(futures)
         best: float | None = None
         while pending:
@@ -127,40 +128,6 @@ def probe_all(
     return results
 
 
-def within_budget(
-    locations: Sequence[Location], pc: ProbeConfig
-) -> tuple[list[Location], list[Location]]:
-    """(to probe now, over the budget): at most ``max_probes_per_host`` per host and
-    ``max_probes`` in all, hosts taken in turn in the record's order. Glance's /file and
-    ``file://`` locations (operator-controlled, local) are always probed and not counted."""
-    free = [loc for loc in locations if loc.kind == "glance-file" or loc.scheme == "file"]
-    queues: dict[str, list[Location]] = {}
-    for loc in locations:
-        if loc.kind != "glance-file" and loc.scheme != "file":
-            queues.setdefault(_host_key(loc), []).append(loc)
-    chosen: list[Location] = []
-    for turn in range(max(0, pc.max_probes_per_host)):
-        for queue in queues.values():
-            if turn < len(queue) and len(chosen) < pc.max_probes:
-                chosen.append(queue[turn])
-    picked = set(map(id, chosen))
-    over = [loc for q in queues.values() for loc in q if id(loc) not in picked]
-    keep = set(map(id, chosen + free))
-    return [loc for loc in locations if id(loc) in keep], over
-
-
-def _host_key(location: Location) -> str:
-    """``scheme://host:port`` (no userinfo): the unit of the per-host probe budget."""
-    hp = _host_port(location)
-    if hp is not None:
-        return f"{location.scheme}://{hp[0].lower()}:{hp[1]}"
-    try:
-        netloc = urllib.parse.urlsplit(location.url).netloc.rsplit("@", 1)[-1].lower()
-    except ValueError:
-        netloc = ""
-    return f"{location.scheme}://{netloc}"
-
-
 def _straggler_limit(pc: ProbeConfig, best: float) -> float:
     """A first byte later than this cannot win against ``best``: max(floor, factor x best)."""
     return max(pc.straggler_floor, pc.straggler_factor * best)
@@ -186,38 +153,41 @@ def _host_port(location: Location) -> tuple[str, int] | None:
     if location.scheme not in ("http", "https"):
         return None
     try:
-        parts = urllib.parse.urlsplit(location.url)
-        port = parts.port or (443 if location.scheme == "https" else 80)
+        return host_port(location.url)
     except ValueError:
         return None
-    return (parts.hostname, port) if parts.hostname else None
 
 
 _icmp_lock = threading.Lock()
 _icmp_refused: str | None = None
 
 
-def _net_latency(host: str, port: int, deadline: float, icmp: bool) -> _NetLatency:
-    """TCP connect time (DNS excluded) and ICMP echo time to ``host``, each within ``deadline``."""
+def _net_latency(
+    host: str, port: int, deadline: float, icmp: bool, net: NetPolicy, url: str
+) -> _NetLatency:
+    """TCP connect time (DNS excluded) and ICMP echo time to ``host``, each within ``deadline``;
+    neither when the location is reached through a proxy (the path is not direct) or its
+    address is forbidden."""
+    if net.route(url) is not None:
+        return _NetLatency(icmp_note="not measured: the location is reached through a proxy")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
         return _NetLatency(icmp_note=f"name resolution failed ({exc})")
-    family, _type, proto, _canon, addr = infos[0]
+    addr = infos[0][4]
+    ip = str(addr[0])
+    if net.check_ip(ipaddress.ip_address(ip.split("%")[0])):
+        return _NetLatency(icmp_note="not measured: forbidden network")
     connect = None
     left = deadline - time.monotonic()
     if left > 0:
-        sock = socket.socket(family, socket.SOCK_STREAM, proto)
-        sock.settimeout(left)
         t0 = time.monotonic()
         try:
-            sock.connect(addr)
+            net.connect((ip, port), timeout=left).close()
             connect = time.monotonic() - t0
-        except OSError:
+        except (OSError, LocationError):
             connect = None
-        finally:
-            sock.close()
-    rtt, note = (None, "disabled by config") if not icmp else _icmp(str(addr[0]), deadline)
+    rtt, note = (None, "disabled by config") if not icmp else _icmp(ip, deadline)
     return _NetLatency(connect=connect, icmp=rtt, icmp_note=note)
 
 

@@ -11,21 +11,22 @@ active image. Refusals become :class:`PublishError` with a message naming the se
 from __future__ import annotations
 
 import logging
+import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx
 
 from locpick.config import Topology
 from locpick.errors import LocpickError
+from locpick.lease import MARKER, lease_metadata
 from locpick.redact import SCRUB, redact_url
 
 log = logging.getLogger("locpick")
 
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
-#: Location metadata key marking a copy published by a locpick node cache.
-MARKER = "locpick_cache"
+__all__ = ["MARKER", "GlanceLocations", "PublishError", "cache_location_url", "cache_metadata"]
 
 _FORBIDDEN_HELP = (
     "Glance refused to change the image's locations; it needs show_multiple_locations = True "
@@ -40,18 +41,28 @@ class PublishError(LocpickError):
     exit_code = 3
 
 
-def cache_location_url(public_url: str, image_id: str) -> str:
-    """The URL under which ``locpick serve`` at ``public_url`` serves ``image_id``."""
-    return f"{public_url.rstrip('/')}/images/{urllib.parse.quote(image_id, safe='')}"
+def cache_location_url(public_url: str, image_id: str, token: str) -> str:
+    """The capability URL under which ``locpick serve`` at ``public_url`` serves ``image_id``.
+
+    ``token`` (:func:`locpick.capability.image_token`) sits in the path: Glance drops a query
+    string when it checks an http location, and whoever can read the location may fetch it.
+    """
+    quoted = urllib.parse.quote(image_id, safe="")
+    return f"{public_url.rstrip('/')}/images/{quoted}/{urllib.parse.quote(token, safe='')}"
 
 
-def cache_metadata(topology: Topology) -> dict[str, str]:
-    """The location metadata of a cache copy: this node's topology and the locpick marker."""
+def cache_metadata(
+    topology: Topology, *, lease: float | None = None, now: float | None = None
+) -> dict[str, str]:
+    """The location metadata of a cache copy: this node's topology, the locpick marker and,
+    with ``lease``, the registration time (``now``, default the clock) and lease."""
     meta = {MARKER: "true"}
     for key in ("region", "zone", "rack", "host"):
         value = getattr(topology, key)
         if value:
             meta[key] = value
+    if lease is not None:
+        meta.update(lease_metadata(time.time() if now is None else now, lease))
     return meta
 
 
@@ -136,6 +147,30 @@ class GlanceLocations:
         log.info("glance: added location %s to image %s", redact_url(url), image_id)
         return True
 
+    def renew(self, image_id: str, url: str, metadata: Mapping[str, Any]) -> bool:
+        """Give the location ``url`` fresh ``metadata`` (a renewed lease); add it if absent.
+
+        Glance 33 has no JSON pointer into a location's metadata (``replace
+        /locations/N/metadata`` is a 400) and refuses ``replace /locations`` on a non-empty
+        list, so one patch removes the location and adds it back: atomic, never a gap in
+        which the copy is unlisted, and allowed even when it is the image's only location.
+        True when it was renewed, False when it had to be added."""
+        locs = self.locations(image_id)
+        index = next((i for i, loc in enumerate(locs) if loc.get("url") == url), None)
+        add: dict[str, Any] = {
+            "op": "add",
+            "path": "/locations/-",
+            "value": {"url": url, "metadata": dict(metadata)},
+        }
+        if index is None:
+            self._patch(image_id, [add], f"add location {redact_url(url)} to image {image_id}")
+            log.info("glance: re-added location %s to image %s", redact_url(url), image_id)
+            return False
+        ops = [{"op": "remove", "path": f"/locations/{index}"}, add]
+        self._patch(image_id, ops, f"renew location {redact_url(url)} of image {image_id}")
+        log.info("glance: renewed the lease of %s on image %s", redact_url(url), image_id)
+        return True
+
     def remove(self, image_id: str, url: str) -> int:
         """Remove every location equal to ``url`` (one patch per index); returns how many."""
         removed = 0
@@ -150,20 +185,44 @@ class GlanceLocations:
             log.info("glance: removed location %s of image %s", redact_url(url), image_id)
         return removed
 
+    def images(self, page_size: int = 200) -> Iterator[Mapping[str, Any]]:
+        """Every image record the token can list, one page at a time (follows ``next``)."""
+        url: str | None = f"{self.endpoint}/v2/images?limit={page_size}"
+        seen: set[str] = set()
+        while url:
+            doc = self._get_json(url, "cannot list images", "listing images")
+            for img in doc.get("images", []) if isinstance(doc, Mapping) else []:
+                if isinstance(img, Mapping) and isinstance(img.get("id"), str):
+                    yield img
+            nxt = doc.get("next") if isinstance(doc, Mapping) else None
+            url = urllib.parse.urljoin(self.endpoint + "/", nxt.lstrip("/")) if nxt else None
+            if url in seen:  # a looping ``next`` would never end
+                break
+            if url:
+                seen.add(url)
+
     def images_with_location_prefix(self, prefix: str) -> dict[str, list[str]]:
         """Image id -> its location URLs starting with ``prefix`` (pages through the list)."""
         found: dict[str, list[str]] = {}
-        url: str | None = f"{self.endpoint}/v2/images?limit=200"
-        while url:
-            doc = self._get_json(url, "cannot list images", "listing images")
-            for img in doc.get("images", []):
-                urls = [
-                    loc.get("url", "")
-                    for loc in img.get("locations") or []
-                    if isinstance(loc, Mapping) and str(loc.get("url", "")).startswith(prefix)
-                ]
-                if urls:
-                    found[img["id"]] = urls
-            nxt = doc.get("next")
-            url = urllib.parse.urljoin(self.endpoint + "/", nxt.lstrip("/")) if nxt else None
+        for img in self.images():
+            urls = [
+                loc.get("url", "")
+                for loc in img.get("locations") or []
+                if isinstance(loc, Mapping) and str(loc.get("url", "")).startswith(prefix)
+            ]
+            if urls:
+                found[img["id"]] = urls
         return found
+
+    def images_with_locpick_copies(self) -> list[str]:
+        """Ids of the images that list at least one locpick cache location (pages through)."""
+        return [
+            img["id"]
+            for img in self.images()
+            if any(
+                isinstance(loc, Mapping)
+                and isinstance(loc.get("metadata"), Mapping)
+                and loc["metadata"].get(MARKER) == "true"
+                for loc in img.get("locations") or []
+            )
+        ]

@@ -45,6 +45,8 @@ def _redact_url(url: str) -> str:
 
 # Every pattern starts only where a run of its characters starts (a lookbehind) and decides
 # "is this key secret?" in Python: linear time on hostile text (no nested backtracking).
+#: A cache capability token (locpick.capability) wherever it appears, e.g. in a URL path.
+_CAPABILITY = re.compile(r"\blpc1_[A-Za-z0-9_-]{20,}")
 _USERINFO = re.compile(r"(?<![a-zA-Z0-9+.-])(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 #: ``key=value``: query strings (in URLs or not), fields of signed Authorization headers.
 _PAIR = re.compile(r"(?<![\w.%-])(?P<key>[\w.%-]+)(?P<eq>=|%3[dD])(?P<value>[^&\s\"'<>]+)")
@@ -94,7 +96,7 @@ class Redactor:
                     self._secrets.add(quoted)
 
     def __call__(self, text: str) -> str:
-        text = redact_text(text)
+        text = _CAPABILITY.sub("lpc1_" + REDACTED, redact_text(text))
         for secret in sorted(self._secrets, key=len, reverse=True):
             text = text.replace(secret, REDACTED)
         return text

@@ -12,6 +12,7 @@ from locpick.errors import (
     UnsupportedLocation,
 )
 from locpick.hashing import Expected
+from locpick.lease import is_locpick_copy, lease_state
 from locpick.models import Image, Location, ReplicaStatus, VerifyReport, VerifyStatus
 from locpick.redact import SCRUB
 from locpick.transports import Transports
@@ -110,25 +111,50 @@ def _detail(exc: Exception) -> str:
 PRUNABLE: frozenset[str] = frozenset({"missing", "mismatch"})
 
 
-def plan_prune(image: Image, report: VerifyReport) -> tuple[list[Location], list[str]]:
-    """Which Glance locations ``--prune`` removes, and notes on what it keeps and why.
+def plan_prune(
+    image: Image,
+    report: VerifyReport,
+    *,
+    now: float | None = None,
+    locpick_only: bool = False,
+) -> tuple[list[Location], list[str]]:
+    """Which Glance locations ``--prune`` (or ``cache reap``) removes, and notes on the rest.
 
     Pure. Only the image's own Glance locations count (not ``direct_url`` nor Glance's
-    ``/file``); only ``missing`` and ``mismatch`` ones go; and nothing goes unless at least
-    one location verified ``ok`` remains, so the last verified copy is never removed.
+    ``/file``). ``missing`` and ``mismatch`` ones go; so do locpick cache copies (the
+    ``locpick_cache`` marker) that are ``unreachable`` or whose lease ran out at ``now``; an
+    operator's unreachable location is kept (it may be transient). ``locpick_only`` limits
+    removal to locpick copies. Nothing goes unless a location verified ``ok`` remains, so
+    the last verified copy is never removed.
     """
     status = {r.url: r for r in report.locations}
     own = [loc for loc in image.locations if loc.kind == "location"]
-    verified = [loc for loc in own if (r := status.get(loc.display_url)) and r.status == "ok"]
-    bad = [loc for loc in own if (r := status.get(loc.display_url)) and r.status in PRUNABLE]
+
+    def condemned(loc: Location) -> bool:
+        ours = is_locpick_copy(loc.metadata)
+        if locpick_only and not ours:
+            return False
+        r = status.get(loc.display_url)
+        if r is not None and r.status in PRUNABLE:
+            return True
+        if not ours:
+            return False
+        if now is not None and lease_state(loc.metadata, now).expired:
+            return True
+        return r is not None and r.status == "unreachable"
+
+    bad = [loc for loc in own if condemned(loc)]
+    gone = {id(loc) for loc in bad}
+    kept = [loc for loc in own if id(loc) not in gone]
+    verified = [loc for loc in kept if (r := status.get(loc.display_url)) and r.status == "ok"]
     notes = [
         f"kept {status[loc.display_url].status}: {loc.display_url} (may be transient)"
-        for loc in own
+        for loc in kept
         if loc.display_url in status and status[loc.display_url].status == "unreachable"
     ]
     if bad and not verified:
         notes.append(
-            "no location verified ok: nothing removed (never removes the last verified copy)"
+            "no other location verified ok: nothing removed (never removes the last verified copy)"
         )
         return [], notes
     return bad, notes

@@ -5,8 +5,9 @@ A score is the expected number of seconds to deliver the image from that locatio
 otherwise (``[scoring]`` in the config). Lower wins. No I/O happens here.
 
 Ordering rules, in this order:
-1. usable before unusable; operator-preferred schemes/hosts before the rest;
-   Glance's own ``/file`` always last among usable ones (last resort);
+1. usable before unusable; operator-preferred schemes/hosts before the rest; locations left
+   ``not-probed`` (beyond ``[probe] max_candidates``) after every probed one; Glance's own
+   ``/file`` always last among usable ones (last resort);
 2. topology: among the topology classes present (host < rack < zone < region < unknown), each
    class farther away must be expected to be more than ``topology_tolerance`` faster to win
    (effective time = time x (1/(1-tol))^k, k = how many present classes are closer). So with the
@@ -79,6 +80,10 @@ class Candidate:
     probe: Probe | None = None
     shared_fs: str | None = None
     history: HistoryInfo | None = None
+    #: Why it was not probed (``not-probed: ...``): kept as a fallback behind probed ones.
+    not_probed: str | None = None
+    #: A remark shown in the reasons (e.g. an unparseable lease, ignored).
+    note: str | None = None
 
 
 def location_topology(location: Location, hints: Sequence[Hint]) -> Topology:
@@ -190,13 +195,12 @@ def rank(
             reasons = _with_latency(reasons, probe)
             rows.append(((3.0, 0.0, 0.0), None, cand, reasons, cls))
             continue
+        if cand.note:
+            notes.append(cand.note)
+        if cand.not_probed:
+            notes.append(cand.not_probed)
         if probe is not None and probe.note:
             notes.append(probe.note)
-        if probe is not None and probe.not_probed:
-            notes.append(
-                "not-probed: over the probe budget ([probe] max_probes, max_probes_per_host); "
-                "tried after the probed locations"
-            )
         if probe is not None and probe.censored:
             notes.append(f"no first byte within {latency or 0:.2f}s: latency is a lower bound")
         if latency is None:
@@ -215,7 +219,7 @@ def rank(
             effective *= sc.failure_penalty
             notes.append(f"circuit open after a recent failure: x{sc.failure_penalty:g}")
         tier = 1.0 if loc.kind == "glance-file" else (0.0 if _preferred(loc, config) else 0.5)
-        not_probed = probe is not None and probe.not_probed
+        not_probed = bool(cand.not_probed)
         if not_probed and tier < 1.0:
             tier = 0.75
         policy = None
@@ -245,6 +249,44 @@ def rank(
         Score(location=c.location, rank=i + 1, score=expected, usable=key[0] < 3.0, reasons=reasons)
         for i, (key, expected, c, reasons, _cls) in enumerate(rows)
     )
+
+
+def prior_order(
+    image: Image,
+    candidates: Sequence[Candidate],
+    config: Config,
+    *,
+    rng: random.Random | None = None,
+) -> list[Candidate]:
+    """The usable candidates, best first by what is known before any probe: policy tier,
+    topology, history (throughput, circuit breaker) and shared filesystems. Exact ties (the
+    common case: many copies in one class) are broken at random so that nodes spread their
+    probes. The same expected-time math as :func:`rank`, without building any explanation,
+    so choosing what to probe among 20,000 locations stays cheap."""
+    sc = config.scoring
+    rng = rng or random.Random(sc.seed)  # noqa: S311 - load spreading, not cryptography
+    size = image.size if image.size is not None else UNKNOWN_SIZE
+    factor = 1.0 / (1.0 - sc.topology_tolerance) if sc.topology_tolerance < 1 else 1e9
+    usable = [c for c in candidates if _error_of(c, config) is None]
+    classes = [
+        topology_class(config.topology, location_topology(c.location, config.hints)) for c in usable
+    ]
+    weight = {cls: factor**i for i, cls in enumerate(sorted(set(classes)))}
+    keyed = []
+    for cand, cls in zip(usable, classes, strict=True):
+        hist = cand.history
+        bps = hist.ewma_bps if hist is not None and hist.ewma_bps else None
+        if bps is None:
+            bps = sc.prior_copy_bps if cand.shared_fs else sc.prior_throughput_bps
+        effective = (sc.prior_latency + size / bps) * weight[cls]
+        if hist is not None and hist.demoted(sc.cooldown):
+            effective *= sc.failure_penalty
+        tier = 1.0 if cand.location.kind == "glance-file" else 0.5
+        if tier < 1.0 and _preferred(cand.location, config):
+            tier = 0.0
+        keyed.append(((tier, effective, rng.random()), cand))
+    keyed.sort(key=lambda kc: kc[0])
+    return [cand for _key, cand in keyed]
 
 
 def _spread_near_equal(rows: list[_Row], margin: float, rng: random.Random) -> list[_Row]:

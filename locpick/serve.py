@@ -1,41 +1,87 @@
 """``locpick serve``: the node cache over HTTP, read-only, so other nodes can use it.
 
-aiohttp serves each file with ``FileResponse``: Range and If-Range handled by aiohttp, the body
-sent with ``sendfile(2)`` by the event loop (no copy through Python). Only ``GET``/``HEAD
-/images/{image_id}`` exists; the id must be a plain image id (no dots or slashes) naming a
-*visible* cache entry (complete, verified, sidecar present). There is no listing, no other path,
-and nothing outside the cache's ``images`` directory can be named.
+Routes (built in one place, :func:`add_routes`):
+
+- ``GET|HEAD /images/{id}/{token}``: a cached image, when ``token`` is the capability token of
+  ``id`` under this node's secret (:mod:`locpick.capability`), compared in constant time.
+- ``GET|HEAD /images/{id}``: only for images cached as ``public`` when ``[serve] open_public``.
+- ``GET /healthz``: ``ok`` (no cache access, never limited).
+
+A wrong or missing token answers 403 whether or not the image is cached (no existence oracle).
+The entry is opened with ``O_NOFOLLOW`` and checked on the fd (regular, ours, one link); the
+bytes are sent from that very file through ``/proc/self/fd`` (aiohttp ``FileResponse``: Range,
+If-Range, ``sendfile(2)``), or through a rate-limited loop when ``[serve] max_rate`` is set.
+
+Defences against neighbours (:class:`ConnectionGuard`, below aiohttp): caps on connections in
+total and per client address, a deadline for each request head and for idle keep-alive; and
+(middleware) at most ``max_clients`` transfers at once, past which ``503`` + ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
+import re
+import resource
 import signal
 import sys
-from collections.abc import Callable
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
-from locpick.cache import NodeCache, valid_image_id
+from locpick.cache import CacheEntry, NodeCache, valid_image_id
+from locpick.capability import SecretFile, UntrustedCache, token_matches
+from locpick.config import ServeConfig
 from locpick.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger("locpick")
 
 DEFAULT_BIND = "127.0.0.1:8470"
+#: File descriptors kept free of client connections (cache files, the listener, logging).
+_FD_RESERVE = 64
+#: Listen backlog, which asyncio also uses as the number of sockets accepted in one go (before
+#: the guard can refuse any): kept under the reserve so a connection flood never hits EMFILE.
+_BACKLOG = _FD_RESERVE // 2
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
+_ZERO_SUFFIX = re.compile(r"\s*bytes\s*=\s*-\s*0+\s*")
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: %d\r\nContent-Length: 0\r\n"
+    b"Connection: close\r\n\r\n"
+)
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
-    """``ADDR:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port)."""
+    """``ADDR:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port); InputError on anything else."""
     host, sep, port = bind.rpartition(":")
+    bad = InputError(f"--bind {bind!r}: expected ADDR:PORT or [IPv6]:PORT, e.g. 0.0.0.0:8470")
     if not sep or not port.isdigit() or not host:
-        raise InputError(f"--bind {bind!r}: expected ADDR:PORT, e.g. 0.0.0.0:8470")
+        raise bad
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise bad
+        host = host[1:-1]
+        try:
+            if ipaddress.ip_address(host).version != 6:
+                raise bad
+        except ValueError:
+            raise bad from None
+    elif ":" in host:
+        raise bad  # a bare IPv6 address: the port would be ambiguous
+    elif not _HOSTNAME.fullmatch(host):
+        raise bad
     number = int(port)
     if not 0 <= number <= 65535:
-        raise InputError(f"--bind {bind!r}: port out of range")
-    return host.strip("[]"), number
+        raise InputError(f"--bind {bind!r}: port {number} out of range 0..65535")
+    return host, number
 
 
-def _aiohttp() -> object:
+def _aiohttp() -> Any:
     try:
         import aiohttp.web
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -43,35 +89,312 @@ def _aiohttp() -> object:
     return aiohttp.web
 
 
-def make_app(cache: NodeCache) -> object:
-    """The aiohttp application serving ``cache`` (typed loosely: aiohttp is an optional extra)."""
-    _aiohttp()
+# -- connections ------------------------------------------------------------------------------
+class _Connection(asyncio.Protocol):
+    """One client connection: admitted or refused, timed while no request is in progress."""
+
+    def __init__(self, guard: ConnectionGuard, make_inner: Callable[[], asyncio.Protocol]):
+        self.guard = guard
+        self.make_inner = make_inner
+        self.inner: asyncio.Protocol | None = None
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.busy = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if peer else "?"
+        if not self.guard.admit(self):
+            transport.write(_BUSY % self.guard.config.retry_after)
+            transport.close()
+            return
+        self.inner = self.make_inner()
+        self.guard.by_handler[self.inner] = self
+        self.inner.connection_made(transport)
+        self.arm(self.guard.config.header_timeout)
+
+    def arm(self, seconds: float) -> None:
+        """Close the connection in ``seconds`` unless a request head arrives first."""
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(seconds, self._expire)
+
+    def _expire(self) -> None:
+        if self.busy == 0 and self.transport is not None:
+            self.guard.timed_out += 1
+            self.transport.close()
+
+    def request_started(self) -> None:
+        self.busy += 1
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def request_done(self) -> None:
+        self.busy -= 1
+        if self.busy == 0:
+            self.arm(self.guard.config.keepalive_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.inner is not None:
+            self.guard.release(self)
+            self.guard.by_handler.pop(self.inner, None)
+            self.inner.connection_lost(exc)
+
+
+class ConnectionGuard:
+    """Caps on connections (total, per client address) and deadlines while none is busy.
+
+    Wraps aiohttp's protocol factory, so a slow or silent client costs one file descriptor for
+    at most ``header_timeout`` (then ``keepalive_timeout`` between requests), and one address
+    cannot take more than ``max_connections_per_client`` of them.
+    """
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        room = config.max_connections
+        if soft != resource.RLIM_INFINITY:
+            room = min(room, max(8, soft - _FD_RESERVE))
+        self.max_total = room
+        self.open = 0
+        self.per_peer: Counter[str] = Counter()
+        self.by_handler: dict[object, _Connection] = {}
+        self.refused = 0
+        self.timed_out = 0
+
+    def admit(self, conn: _Connection) -> bool:
+        if (
+            self.open >= self.max_total
+            or self.per_peer[conn.peer] >= self.config.max_connections_per_client
+        ):
+            self.refused += 1
+            return False
+        self.open += 1
+        self.per_peer[conn.peer] += 1
+        return True
+
+    def release(self, conn: _Connection) -> None:
+        self.open -= 1
+        self.per_peer[conn.peer] -= 1
+        if self.per_peer[conn.peer] <= 0:
+            del self.per_peer[conn.peer]
+
+    def factory(self, make_inner: Callable[[], asyncio.Protocol]) -> Callable[[], _Connection]:
+        return lambda: _Connection(self, make_inner)
+
+
+# -- transfers --------------------------------------------------------------------------------
+class RateLimiter:
+    """One node-wide byte budget (``[serve] max_rate``): each chunk waits for its time slot."""
+
+    def __init__(self, rate: int, burst_seconds: float = 0.25) -> None:
+        self.rate = rate
+        self.burst = burst_seconds
+        self.next_free = time.monotonic()
+
+    async def take(self, n: int) -> None:
+        now = time.monotonic()
+        start = max(self.next_free, now - self.burst)
+        self.next_free = start + n / self.rate
+        if self.next_free > now + self.burst:
+            await asyncio.sleep(self.next_free - now - self.burst)
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """[start, stop) of a single ``bytes=`` range; None = whole file; ValueError = 416."""
+    if not header:
+        return None
+    m = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
+    if m is None or not (m.group(1) or m.group(2)):
+        raise ValueError(header)
+    if not m.group(1):
+        tail = int(m.group(2))
+        if tail == 0:
+            raise ValueError(header)
+        return max(0, size - tail), size
+    start = int(m.group(1))
+    stop = size if not m.group(2) else min(size, int(m.group(2)) + 1)
+    if start >= size or start >= stop:
+        raise ValueError(header)
+    return start, stop
+
+
+async def _send_limited(
+    request: web.Request,
+    fd: int,
+    entry: CacheEntry,
+    limiter: RateLimiter,
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    """A single-range answer from ``fd``, paced by ``limiter`` (no sendfile)."""
+    from aiohttp import web
+
+    try:
+        span = _byte_range(request.headers.get("Range"), entry.size)
+    except ValueError:
+        raise web.HTTPRequestRangeNotSatisfiable(
+            headers={"Content-Range": f"bytes */{entry.size}"}
+        ) from None
+    start, stop = span if span is not None else (0, entry.size)
+    resp = web.StreamResponse(status=200 if span is None else 206, headers=headers)
+    resp.headers["Accept-Ranges"] = "bytes"
+    resp.content_length = stop - start
+    if span is not None:
+        resp.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{entry.size}"
+    await resp.prepare(request)
+    if request.method == "HEAD":
+        return resp
+    loop = asyncio.get_running_loop()
+    pos = start
+    step = min(256 << 10, max(16 << 10, limiter.rate // 8))  # ~1/8 s per chunk, at most 256 KiB
+    while pos < stop:
+        n = min(step, stop - pos)
+        await limiter.take(n)
+        chunk = await loop.run_in_executor(None, os.pread, fd, n, pos)
+        if not chunk:
+            break
+        await resp.write(chunk)
+        pos += len(chunk)
+    await resp.write_eof()
+    return resp
+
+
+# -- the application --------------------------------------------------------------------------
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+def middlewares(config: ServeConfig, guard: ConnectionGuard | None) -> list[Any]:
+    """Request bookkeeping for the guard's deadlines, then the transfer cap (503)."""
+    from aiohttp import web
+
+    active = {"transfers": 0}
+
+    @web.middleware
+    async def track(request: web.Request, handler: Handler) -> Any:
+        conn = guard.by_handler.get(request.protocol) if guard is not None else None
+        if conn is None:
+            return await handler(request)
+        conn.request_started()
+        try:
+            return await handler(request)
+        finally:
+            conn.request_done()
+
+    @web.middleware
+    async def admission(request: web.Request, handler: Handler) -> Any:
+        if not request.path.startswith("/images/"):
+            return await handler(request)
+        if active["transfers"] >= config.max_clients:
+            return web.Response(
+                status=503,
+                text=f"busy: {config.max_clients} transfers in progress\n",
+                headers={"Retry-After": str(config.retry_after)},
+            )
+        active["transfers"] += 1
+        try:
+            return await handler(request)
+        finally:
+            active["transfers"] -= 1
+
+    return [track, admission]
+
+
+def add_routes(app: Any, cache: NodeCache, config: ServeConfig) -> None:
+    """Every route ``serve`` answers; anything else is 404."""
     from aiohttp import hdrs, web
+
+    class OpenFileResponse(web.FileResponse):
+        """Sent inside the handler (while the fd is open); aiohttp's second prepare is a no-op."""
+
+        async def prepare(self, request: web.BaseRequest) -> Any:
+            if self.prepared:
+                return await web.StreamResponse.prepare(self, request)
+            return await super().prepare(request)
+
+    secret = SecretFile(cache.dir)
+    limiter = RateLimiter(config.max_rate) if config.max_rate else None
+
+    def allowed(image_id: str, token: str | None) -> bool:
+        """The token is right, or there is none and the image is cached as public (if open)."""
+        if token is not None:
+            return token_matches(secret.current(), image_id, token)
+        if not config.open_public:
+            return False
+        entry = cache.entry(image_id)
+        return entry is not None and entry.visibility == "public"
 
     async def image(request: web.Request) -> web.StreamResponse:
         image_id = request.match_info["image_id"]
         if not valid_image_id(image_id):
             raise web.HTTPNotFound(text="no such image\n")
-        entry = cache.entry(image_id)
-        if entry is None:
+        if not allowed(image_id, request.match_info.get("token")):
+            raise web.HTTPForbidden(text="a valid capability URL is needed for this image\n")
+        opened = cache.open_entry(image_id)
+        if opened is None:
             raise web.HTTPNotFound(text="no such image\n")
-        # The resolved path must still be inside the cache's images directory.
-        real = os.path.realpath(entry.path)
-        if os.path.dirname(real) != os.path.realpath(cache.images):
-            raise web.HTTPNotFound(text="no such image\n")
-        cache.touch(image_id)
-        response = web.FileResponse(real, chunk_size=1 << 20)
-        response.headers[hdrs.CACHE_CONTROL] = "no-transform"
-        response.headers["X-Image-Meta-Hash"] = f"{entry.algo}:{entry.digest}"
-        return response
+        fd, entry = opened
+        try:
+            if _ZERO_SUFFIX.fullmatch(request.headers.get(hdrs.RANGE, "x")):
+                raise web.HTTPRequestRangeNotSatisfiable(
+                    headers={hdrs.CONTENT_RANGE: f"bytes */{entry.size}"}
+                )
+            cache.touch(image_id)
+            headers = {
+                hdrs.CACHE_CONTROL: "no-transform",
+                "X-Image-Meta-Hash": f"{entry.algo}:{entry.digest}",
+            }
+            if limiter is not None:
+                return await _send_limited(request, fd, entry, limiter, headers)
+            # The checked, open file itself, not the path (which may change meanwhile).
+            response = OpenFileResponse(f"/proc/self/fd/{fd}", chunk_size=1 << 20)
+            response.headers.update(headers)
+            await response.prepare(request)  # sends it all, while the fd is still open
+            return response
+        finally:
+            os.close(fd)
+
+    async def healthz(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="ok\n")
 
     async def nothing(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text="not found\n")
 
-    app = web.Application()
-    app.router.add_route("GET", "/images/{image_id}", image)
-    app.router.add_route("HEAD", "/images/{image_id}", image)
+    for method in ("GET", "HEAD"):
+        app.router.add_route(method, "/images/{image_id}/{token}", image)
+        app.router.add_route(method, "/images/{image_id}", image)
+    app.router.add_get("/healthz", healthz)
     app.router.add_route("*", "/{tail:.*}", nothing)
+
+
+def make_app(
+    cache: NodeCache, config: ServeConfig | None = None, guard: ConnectionGuard | None = None
+) -> Any:
+    """The aiohttp application serving ``cache`` (typed loosely: aiohttp is an optional extra)."""
+    web = _aiohttp()
+    config = config or ServeConfig()
+    app = web.Application(middlewares=middlewares(config, guard))
+    add_routes(app, cache, config)
     return app
 
 
@@ -79,37 +402,60 @@ def serve(
     cache: NodeCache,
     bind: str = DEFAULT_BIND,
     *,
+    config: ServeConfig | None = None,
     ready: Callable[[str], None] | None = None,
+    stopping: Callable[[], object] | None = None,
 ) -> int:
-    """Serve until SIGINT/SIGTERM. ``ready`` gets the URL actually bound (port 0 = any)."""
+    """Serve until SIGINT/SIGTERM. ``ready`` gets the URL actually bound (port 0 = any);
+    ``stopping`` runs (in a worker thread) after the signal, before the listener closes, so
+    the node can deregister while its copies are still served."""
     host, port = parse_bind(bind)
-    _aiohttp()
-    from aiohttp import web
-
-    app = make_app(cache)
-    assert isinstance(app, web.Application)
+    web = _aiohttp()
+    config = config or ServeConfig()
+    cache.check()
+    try:
+        cache.secret()
+    except OSError as exc:
+        raise UntrustedCache(f"cache dir {cache.dir}: cannot create its secret ({exc})") from exc
+    guard = ConnectionGuard(config)
+    app = make_app(cache, config, guard)
 
     async def main() -> None:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=config.keepalive_timeout,
+        )
         await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True, backlog=256)
+        loop = asyncio.get_running_loop()
         try:
-            await site.start()
+            server = await loop.create_server(
+                guard.factory(runner.server), host, port, reuse_address=True, backlog=_BACKLOG
+            )
         except OSError as exc:
             await runner.cleanup()
             raise InputError(f"--bind {bind}: cannot listen ({exc.strerror or exc})") from exc
-        bound = runner.addresses[0]
+        bound = server.sockets[0].getsockname()
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
         url = f"http://{shown}:{bound[1]}"
+        log.info(
+            "serve: at most %d transfers, %d connections (%d per client)",
+            config.max_clients,
+            guard.max_total,
+            config.max_connections_per_client,
+        )
         if ready is not None:
             ready(url)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
             await stop.wait()
+            if stopping is not None:
+                await loop.run_in_executor(None, stopping)
         finally:
+            server.close()
             await runner.cleanup()
 
     asyncio.run(main())

@@ -22,6 +22,7 @@ from locpick.errors import (
 from locpick.hashing import hex_length, is_hex
 from locpick.models import Image, Location
 from locpick.redact import SCRUB, redact_url
+from locpick.s3url import ALL_S3_SCHEMES
 
 #: Longest location URL accepted; longer ones are rejected as hostile.
 MAX_URL_LENGTH = 8192
@@ -41,12 +42,13 @@ MAX_RECORD_BYTES = 16 << 20
 
 
 def parse_image(
-    record: Any, image_id: str, *, source: str = "metadata", max_locations: int = 1000
+    record: Any, image_id: str, *, source: str = "metadata", max_locations: int = 100_000
 ) -> Image:
     """Validate a Glance v2 image record and reduce it to an Image.
 
     Record-level problems raise MetadataError (exit 2); a single unusable location is kept out
-    of ``locations`` and listed in ``rejected`` with its reason instead.
+    of ``locations`` and listed in ``rejected`` with its reason instead. Any number of locations
+    is accepted: past ``max_locations`` the rest are one ``rejected`` row, not an error.
     """
     if not isinstance(record, Mapping):
         raise MetadataError(f"{source}: expected a JSON object, got {type(record).__name__}")
@@ -89,15 +91,18 @@ def parse_image(
             raw_locations = [{"url": direct, "metadata": {}, "_kind": "direct_url"}]
     if not isinstance(raw_locations, list):
         raise MetadataError(f"{source}: 'locations' must be a list")
-    if len(raw_locations) > max_locations:
-        raise MetadataError(
-            f"{source}: {len(raw_locations)} locations, more than the limit of {max_locations}"
-        )
-
     locations: list[Location] = []
     rejected: list[tuple[str, str]] = []
+    if len(raw_locations) > max_locations:
+        rejected.append(
+            (
+                f"locations[{max_locations}:]",
+                f"{len(raw_locations) - max_locations} more locations beyond the limit of "
+                f"{max_locations} ([security] max_locations): not considered",
+            )
+        )
     seen: set[str] = set()
-    for i, raw in enumerate(raw_locations):
+    for i, raw in enumerate(raw_locations[:max_locations]):
         try:
             loc = _parse_location(raw)
         except MetadataError as exc:
@@ -118,6 +123,7 @@ def parse_image(
         locations=tuple(locations),
         status=status,
         rejected=tuple(rejected),
+        visibility=_opt_str(record, "visibility", source),
     )
 
 
@@ -156,7 +162,8 @@ def _parse_location(raw: Any) -> Location:
         raise MetadataError("URL contains whitespace or control characters")
     try:
         parts = urllib.parse.urlsplit(url)
-        _ = parts.port
+        if parts.scheme.lower() not in ALL_S3_SCHEMES:  # an S3 secret may hold a '/'
+            _ = parts.port
     except ValueError as exc:
         raise MetadataError(f"unparseable URL ({exc})") from exc
     if not parts.scheme:
@@ -189,7 +196,7 @@ def load_metadata(
     metadata: str | os.PathLike[str] | Mapping[str, Any],
     image_id: str,
     *,
-    max_locations: int = 1000,
+    max_locations: int = 100_000,
 ) -> Image:
     """Read a Glance-v2-shaped record from a JSON file path or an already-loaded dict."""
     if isinstance(metadata, Mapping):
@@ -236,7 +243,7 @@ def fetch_glance_image(
     image_id: str,
     *,
     token: str | None,
-    max_locations: int = 1000,
+    max_locations: int = 100_000,
     prefer_stores: tuple[str, ...] = (),
 ) -> Image:
     """``GET {endpoint}/v2/images/{id}`` and parse it; adds the ``/file`` location last."""

@@ -65,6 +65,9 @@ class Faults:
     first_byte_delay: float = 0.0
     #: Cap on body bytes/s for each response (token bucket, ~10 ms slices, 50 ms burst). Live.
     bandwidth: float | None = None
+    #: Cap on body bytes/s of the whole origin, SHARED by all its connections (as a NIC is):
+    #: parallel requests to one origin split this rate. Live.
+    uplink: float | None = None
     #: Close the connection after this many body bytes *of each response* (0 = headers only).
     cut_after_bytes: int | None = None
     #: Close the connection when a response reaches this *absolute file offset*: bytes
@@ -205,11 +208,16 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, origin: Origin) -> None:
         self.origin = origin
-        super().__init__((HOST, 0), _Handler)
+        if ":" in origin.host:
+            self.address_family = socket.AF_INET6
+        super().__init__((origin.host, origin.bind_port), _Handler)
 
     def server_bind(self) -> None:  # skip HTTPServer's getfqdn() (slow reverse DNS)
+        if self.address_family == socket.AF_INET6:
+            # "::" with v6only off also accepts IPv4 peers, as IPv4-mapped addresses
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = HOST, self.server_address[1]
+        self.server_name, self.server_port = self.origin.host, self.server_address[1]
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # disconnects are expected in fault tests
@@ -409,6 +417,9 @@ class _Handler(BaseHTTPRequestHandler):
                 tokens -= n
             else:
                 n = _CHUNK
+            if live.uplink and live.uplink > 0:
+                n = min(n, max(1, int(live.uplink / 100)))
+                self._wait(o._uplink_turn(n, float(live.uplink)))
             first = False
             n = min(n, stop - off)
             i = bisect.bisect_left(bad, off)
@@ -437,9 +448,14 @@ class Origin:
         path: str = "/img.raw",
         faults: Faults | None = None,
         etag: str | None = None,
+        host: str = HOST,
+        port: int = 0,
     ) -> None:
         src = _BytesSource(data)
         self._init(src, path, faults)
+        #: Address to bind (an IPv6 one such as "::1" or "::ffff:127.0.0.1" works) and port
+        #: (0 = a free one).
+        self.host, self.bind_port = host, port
         self._etag = etag or f'"{zlib.crc32(src.mv):08x}-{src.size:x}"'
         self._lastmod = formatdate(time.time() - 3600, usegmt=True)
 
@@ -456,6 +472,7 @@ class Origin:
         self = cls.__new__(cls)
         src = _FileSource(Path(file))
         self._init(src, path, faults)
+        self.host, self.bind_port = HOST, 0
         st = os.stat(file)
         self._etag = etag or f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
         self._lastmod = formatdate(st.st_mtime, usegmt=True)
@@ -474,6 +491,7 @@ class Origin:
         self._requests: list[RequestRecord] = []
         self._n_requests = 0
         self._connections = 0
+        self._uplink_free = 0.0
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -529,8 +547,10 @@ class Origin:
 
     @property
     def base(self) -> str:
-        """``http://127.0.0.1:PORT`` (no trailing slash)."""
-        return f"http://{HOST}:{self.port}"
+        """``http://127.0.0.1:PORT`` (no trailing slash; IPv6 hosts bracketed, port 80 left
+        out)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}" + ("" if self.port == 80 else f":{self.port}")
 
     @property
     def url(self) -> str:
@@ -606,6 +626,14 @@ class Origin:
     def _record(self, rec: RequestRecord) -> None:
         with self._lock:
             self._requests.append(rec)
+
+    def _uplink_turn(self, n: int, rate: float) -> float:
+        """Reserve the shared uplink for ``n`` bytes; returns seconds to wait for the turn."""
+        with self._lock:
+            now = time.monotonic()
+            free = max(self._uplink_free, now - 0.02)
+            self._uplink_free = free + n / rate
+            return max(0.0, free - now)
 
     def _add_sent(self, n: int) -> None:
         with self._lock:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from helpers import cli_env
+
+from locpick.cache import NodeCache
 
 
 class ServeProcess:
@@ -21,7 +24,12 @@ class ServeProcess:
         bind: str = "127.0.0.1:0",
         env: Mapping[str, str] | None = None,
         timeout: float = 30.0,
+        config: Path | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
+        self.cache_dir = cache_dir
+        extra = ["--config", str(config)] if config is not None else []
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -32,13 +40,18 @@ class ServeProcess:
                 str(cache_dir),
                 "--bind",
                 bind,
+                *extra,
+                *args,
             ],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
             env=cli_env(env),
+            preexec_fn=preexec_fn,
         )
         self.url = ""
+        self.log: list[str] = []
+        self._drainer: threading.Thread | None = None
         deadline = time.monotonic() + timeout
         assert self.proc.stderr is not None
         while time.monotonic() < deadline:
@@ -47,16 +60,28 @@ class ServeProcess:
                 break
             if "serving cache on " in line:
                 self.url = line.rsplit("serving cache on ", 1)[1].strip()
+                # Keep reading: a full stderr pipe would block the server's event loop.
+                self._drainer = threading.Thread(target=self._drain, daemon=True)
+                self._drainer.start()
                 return
         self.stop()
         raise RuntimeError(f"locpick serve did not start (exit {self.proc.returncode})")
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
 
     @property
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1])
 
     def image_url(self, image_id: str) -> str:
-        return f"{self.url}/images/{image_id}"
+        """The capability URL of ``image_id`` (what the node registers in Glance)."""
+        return f"{self.url}/images/{image_id}/{NodeCache(self.cache_dir).token(image_id)}"
+
+    def image_path(self, image_id: str) -> str:
+        return self.image_url(image_id)[len(self.url) :]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -66,6 +91,8 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._drainer is not None:
+            self._drainer.join(timeout=15)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
 

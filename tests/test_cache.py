@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, image_record, run_cli, temp_leftovers, write_record
 
+import locpick
 from locpick.cache import NodeCache, valid_image_id
 from locpick.models import Image, Location, ReplicaStatus, VerifyReport
 from locpick.replicas import plan_prune
@@ -276,3 +277,64 @@ def test_failed_download_leaves_the_cache_empty(tmp_path: Path) -> None:
     assert r.returncode == 3
     assert sorted(p.name for p in (tmp_path / "c" / "images").iterdir()) == []
     assert not (tmp_path / "d").exists() and temp_leftovers(tmp_path) == []
+
+
+def _plant_entry(cache_dir: Path, image_id: str, planted: bytes, real: bytes) -> None:
+    """What a local attacker writes: other bytes, with a sidecar naming the real hash."""
+    images = cache_dir / "images"
+    (images / image_id).write_bytes(planted)
+    (images / (image_id + ".json")).write_text(
+        json.dumps(
+            {"size": len(planted), "algo": "sha512", "digest": hashlib.sha512(real).hexdigest()}
+        )
+    )
+
+
+@pytest.mark.parametrize("how", ["world-writable-dir", "foreign-owner"])
+def test_planted_cache_entry_is_never_delivered_as_verified(tmp_path: Path, how: str) -> None:
+    """A cache others can write to, or an entry not owned by us: not used (with the reason);
+    the image comes from its location, verified, and dest holds the real bytes."""
+    real = os.urandom(100_000)
+    planted = os.urandom(100_000)
+    cache_dir = tmp_path / "cache"
+    NodeCache(cache_dir)
+    _plant_entry(cache_dir, IMG, planted, real)
+    if how == "world-writable-dir":
+        os.chmod(cache_dir / "images", 0o777)
+    else:
+        for name in (IMG, IMG + ".json"):
+            os.chown(cache_dir / "images" / name, 65534, 65534)
+    with Origin(real) as origin:
+        url = origin.url
+        meta = write_record(tmp_path / "m.json", image_record(IMG, real, [url]))
+        r = run_cli(
+            "download", IMG, str(tmp_path / "d"), "--metadata", str(meta),
+            "--cache-dir", str(cache_dir), "--json",
+        )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["method"] == "download" and doc["source_url"] == url
+    assert (tmp_path / "d").read_bytes() == real
+    if how == "world-writable-dir":
+        assert "group/world-writable" in r.stderr
+    else:
+        assert "owned by uid 65534" in r.stderr
+
+
+def test_keystone_token_never_goes_to_a_cache_location(tmp_path: Path) -> None:
+    """A cache location on the very host:port of Glance still gets no X-Auth-Token: the token
+    goes to Glance's own image-data URL only."""
+    token = "tok-" + "9" * 40
+    data = os.urandom(50_000)
+    path = "/images/img/lpc1_" + "B" * 43
+    with Origin(data, path=path) as cache_host:
+        record = image_record(
+            "img", data, [(cache_host.url, {"locpick_cache": "true", "host": "node-a"})]
+        )
+        meta = write_record(tmp_path / "m.json", record)
+        client = locpick.Client(glance_url=cache_host.base, token=token)
+        with client:
+            result = client.download("img", tmp_path / "d", metadata=str(meta))
+        seen = [req.headers for req in cache_host.requests]
+    assert result.verified and (tmp_path / "d").read_bytes() == data
+    assert seen and all("X-Auth-Token" not in h and token not in json.dumps(h) for h in seen)

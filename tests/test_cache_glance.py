@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from fixtures_glance import DEMO, GlanceWorld, glance_world_fixture  # noqa: F40
 from helpers import run_cli
 
 from locpick.cache import NodeCache
+from locpick.redact import redact_url
 from locpick.testing import Origin
 
 pytestmark = pytest.mark.glance
@@ -113,7 +116,7 @@ def test_a_registers_b_downloads_from_a_a_evicts(
     code, out, err = b.cli("download", image_id, str(tmp_path / "b.img"), "--json")
     assert code == 0, err
     doc = json.loads(out)
-    assert doc["source_url"] == a.url(image_id) and doc["method"] == "download"
+    assert doc["source_url"] == redact_url(a.url(image_id)) and doc["method"] == "download"
     assert (tmp_path / "b.img").read_bytes() == data
 
     code, out, err = a.cli("cache", "evict", image_id)
@@ -161,17 +164,18 @@ def test_verify_flags_corrupted_replica_and_prune_keeps_the_good_copy(
     code, out, err = b.cli("verify", image_id, "--json")
     assert code == 3, err
     status = {row["url"]: row["status"] for row in json.loads(out)["locations"]}
-    assert status[a.url(image_id)] == "mismatch"
+    assert status[redact_url(a.url(image_id))] == "mismatch"
     assert status[origin.url] == "ok"
 
     code, out, err = b.cli("verify", image_id, "--prune", "--json")
     assert code == 3
     prune = json.loads(out)["prune"]
-    assert prune["dry_run"] and prune["remove"] == [a.url(image_id)] and prune["removed"] == []
+    shown = redact_url(a.url(image_id))
+    assert prune["dry_run"] and prune["remove"] == [shown] and prune["removed"] == []
     assert a.url(image_id) in _locations(w, image_id)
 
     code, out, err = b.cli("verify", image_id, "--prune", "--yes", "--json")
-    assert json.loads(out)["prune"]["removed"] == [a.url(image_id)]
+    assert json.loads(out)["prune"]["removed"] == [shown]
     left = _locations(w, image_id)
     assert a.url(image_id) not in left and origin.url in left
 
@@ -306,3 +310,62 @@ def test_public_url_glance_cannot_reach_keeps_a_plain_cache(
     assert "keeping a plain cache" in err and "public_url" in err
     assert a.cache.entry(image_id) is not None
     assert not [u for u in _locations(w, image_id) if u.startswith(dead)]
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_private_image_only_through_its_capability_url(
+    glance_world: GlanceWorld, nodes: tuple[Node, Node], tmp_path: Path
+) -> None:
+    """A private image cached and registered by A: the id alone gets nothing from A; B, reading
+    the location from Glance, downloads it from A; wrong and rotated tokens are refused."""
+    w = glance_world
+    a, b = nodes
+    data = os.urandom(SIZE)
+    src = tmp_path / "private.raw"
+    src.write_bytes(data)
+    with Origin(data) as origin:
+        image_id = gh.seed_image(
+            w.endpoint,
+            src,
+            token=w.admin_token,
+            name="locpick-private",
+            visibility="private",
+            copy_to_stores=(),
+            http_locations=[(origin.url, {"zone": "z-origin"})],
+        )
+        code, _out, err = a.cli("download", image_id, str(tmp_path / "a.img"), "--register")
+        assert code == 0, err
+    # The origin is gone: A's cache is the only http copy B can use.
+    mine = [u for u in _locations(w, image_id) if u.startswith(a.serve.url)]
+    assert mine == [a.url(image_id)] and "/lpc1_" in mine[0]
+    base = f"{a.serve.url}/images/{image_id}"
+    assert _status(base) == 403  # anonymous, id known
+    assert _status(f"{base}/lpc1_{'A' * 43}") == 403  # guessed
+    assert _status(f"{base}/{b.cache.token(image_id)}") == 403  # another node's token
+    assert _status(mine[0]) == 200
+
+    code, out, err = b.cli("download", image_id, str(tmp_path / "b.img"), "--json")
+    assert code == 0, err
+    assert json.loads(out)["source_url"] == redact_url(mine[0])
+    assert (tmp_path / "b.img").read_bytes() == data
+    token = mine[0].rsplit("/", 1)[1]
+    assert token not in out + err  # the capability is masked in everything printed
+
+    code, out, err = a.cli("cache", "rotate-secret")
+    assert code == 0, err
+    assert "rotated" in out and token not in out + err
+    now = [u for u in _locations(w, image_id) if u.startswith(a.serve.url)]
+    assert now == [a.url(image_id)] and now != mine
+    assert _status(mine[0]) == 403  # the old URL stopped working at once
+    b.cache.evict(image_id)  # B kept a copy of its own: make it fetch from A again
+    code, out, err = b.cli("download", image_id, str(tmp_path / "b2.img"), "--json")
+    assert code == 0, err
+    assert json.loads(out)["source_url"] == redact_url(now[0])
+    assert (tmp_path / "b2.img").read_bytes() == data

@@ -100,8 +100,8 @@ def test_fifty_locations_ten_black_holes_rank_within_deadline() -> None:
         urls = [o.url for o in good] + [h.url for h in holes]
         urls = urls[::2] + urls[1::2]
         rec = image_record("img", ONE_MB, urls)
-        # Every location probed in one round (the default budget is 16; see test_decoys.py).
-        cfg = _cfg(probe=ProbeConfig(deadline=deadline, max_probes=50))
+        # All 50 probed (above the default max_candidates of 32): black holes among them.
+        cfg = _cfg(probe=ProbeConfig(deadline=deadline, max_candidates=64))
         t0 = time.monotonic()
         ranking = locpick.rank("img", metadata=rec, config=cfg)
         elapsed = time.monotonic() - t0

@@ -5,17 +5,19 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fixtures_s3 import REGION, MotoS3
+from fixtures_s3 import BUCKET, REGION, MotoS3
 from helpers import image_record, run_cli, temp_leftovers, write_record
 
 import locpick
-from locpick.config import Config, Policy, ProbeConfig, S3Config
+from locpick.config import Config, Policy, ProbeConfig, S3Config, SecurityConfig
 from locpick.errors import ConfigError
 from locpick.models import Image, Location
+from locpick.s3url import parse_s3_url
 from locpick.testing import Faults, Origin
 from locpick.transports import Context
 from locpick.transports.fsspec import FsspecTransport
@@ -300,3 +302,122 @@ def test_region_setting_reaches_client(aws_env: MotoS3) -> None:
     [score] = locpick.rank("img", metadata=image_record("img", DATA, [url]), config=cfg)
     assert score.usable, score.reasons
     assert score.reasons.latency_ms is not None
+
+
+# -- Glance's S3 location forms (glance_store _drivers/s3.py), moto with auth on -----------------
+# ``s3://AK:SK@HOST/BUCKET/OBJ`` (plain http), ``s3+http://`` and ``s3+https://``: the
+# credentials come from the URL and never appear in any output. Kept in this module: moto's
+# state is per process, so one MotoS3 serves every S3 test of a module.
+
+GLANCE_DATA = os.urandom(700_000)
+#: No AWS environment at all: what is used must come from the URL.
+BARE = {
+    "AWS_ACCESS_KEY_ID": "",
+    "AWS_SECRET_ACCESS_KEY": "",
+    "AWS_ENDPOINT_URL": "",
+    "AWS_CONFIG_FILE": "/nonexistent",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def _glance_url(s3: MotoS3, scheme: str, key: str, *, secret: str | None = None) -> str:
+    host = urllib.parse.urlsplit(s3.endpoint).netloc
+    creds = f"{urllib.parse.quote(s3.key_id)}:{urllib.parse.quote(secret or s3.secret)}"
+    return f"{scheme}://{creds}@{host}/{BUCKET}/{key}"
+
+
+@pytest.mark.parametrize("scheme", ["s3", "s3+http"])
+def test_glance_s3_url_downloads_with_its_own_credentials(
+    moto_s3: MotoS3, tmp_path: Path, scheme: str
+) -> None:
+    moto_s3.put("glance-form.raw", GLANCE_DATA)
+    url = _glance_url(moto_s3, scheme, "glance-form.raw")
+    meta = write_record(tmp_path / "m.json", image_record("img", GLANCE_DATA, [url]))
+    history = tmp_path / "history.json"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'history_file = "{history}"\n')
+    rank = run_cli("rank", "img", "--metadata", str(meta), "--json", "--config", str(cfg), env=BARE)
+    assert rank.returncode == 0, rank.stderr
+    rows = json.loads(rank.stdout)
+    assert rows[0]["usable"] is True, rows
+    assert rows[0]["reasons"]["route"] == "direct"
+    dest = tmp_path / "out.img"
+    args = ("download", "img", str(dest), "--metadata", str(meta), "--json", "--verbose")
+    r = run_cli(*args, "--config", str(cfg), env=BARE)
+    assert r.returncode == 0, r.stderr
+    assert dest.read_bytes() == GLANCE_DATA
+    assert json.loads(r.stdout)["source_url"] == f"{scheme}://***@{url.rsplit('@', 1)[1]}"
+    seen = rank.stdout + rank.stderr + r.stdout + r.stderr + history.read_text()
+    for secret in (moto_s3.secret, urllib.parse.quote(moto_s3.secret), moto_s3.key_id):
+        assert secret not in seen
+
+
+def test_glance_s3_url_with_a_wrong_secret_is_refused_and_not_shown(
+    moto_s3: MotoS3, tmp_path: Path
+) -> None:
+    moto_s3.put("glance-wrong.raw", GLANCE_DATA)
+    wrong = "wrong/secret+value0123456789abcdefABCDEF"  # a '/' as real secret keys may hold
+    url = _glance_url(moto_s3, "s3", "glance-wrong.raw", secret=wrong)
+    meta = write_record(tmp_path / "m.json", image_record("img", GLANCE_DATA, [url]))
+    r = run_cli("download", "img", str(tmp_path / "o"), "--metadata", str(meta), env=BARE)
+    assert r.returncode == 3
+    assert "403" in r.stderr or "denied" in r.stderr or "Signature" in r.stderr, r.stderr
+    assert wrong not in r.stderr and urllib.parse.quote(wrong) not in r.stderr
+    assert "wrong/" not in r.stderr
+
+
+def test_url_forms_parse_as_glance_store_means_them() -> None:
+    t = parse_s3_url("s3://AKIA1:se%2Fcr%2Bet@s3.example:8080/bkt/dir/obj")
+    assert (t.endpoint, t.bucket, t.key) == ("http://s3.example:8080", "bkt", "dir/obj")
+    assert (t.access_key, t.secret_key) == ("AKIA1", "se/cr+et")
+    t = parse_s3_url("s3+https://AKIA1:with/slash@s3.example/bkt/obj")
+    assert (t.endpoint, t.secret_key) == ("https://s3.example", "with/slash")
+    t = parse_s3_url("s3://bkt/dir/obj")  # no userinfo: AWS's meaning
+    assert (t.endpoint, t.bucket, t.key, t.access_key) == (None, "bkt", "dir/obj", None)
+    loc = Location("s3://AKIA1:with/slash@s3.example/bkt/obj")
+    assert loc.display_url == "s3://***@s3.example/bkt/obj"
+
+
+def test_own_endpoint_without_credentials_is_refused_by_default(tmp_path: Path) -> None:
+    """``s3+http://HOST/...`` without userinfo would send the operator's keys to HOST."""
+    meta = write_record(
+        tmp_path / "m.json",
+        image_record("img", GLANCE_DATA, ["s3+http://attacker.example/bkt/obj"]),
+    )
+    r = run_cli("rank", "img", "--metadata", str(meta), "--json", env=BARE)
+    rows = json.loads(r.stdout)
+    assert rows[0]["usable"] is False
+    assert "location_endpoint" in rows[0]["reasons"]["error"]
+
+
+def test_s3_endpoint_takes_the_proxy_route(
+    moto_s3: MotoS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The S3 client goes through the same proxy as every other location (botocore proxies)."""
+    from fixtures_net import ForwardProxy
+
+    moto_s3.put("proxied.raw", GLANCE_DATA)
+    url = _glance_url(moto_s3, "s3", "proxied.raw")
+    for name, value in BARE.items():
+        monkeypatch.setenv(name, value)
+    with ForwardProxy() as proxy:
+        monkeypatch.setenv("http_proxy", proxy.url)
+        record = image_record("img", GLANCE_DATA, [url])
+        ranking = locpick.rank("img", metadata=record)
+        assert ranking.scores[0].reasons.route == f"via proxy {proxy.url}"
+        locpick.download("img", tmp_path / "out", metadata=record)
+        assert (tmp_path / "out").read_bytes() == GLANCE_DATA
+        assert any("/images/proxied.raw" in target for _m, target in proxy.requests)
+        assert proxy.relayed >= len(GLANCE_DATA)
+
+
+def test_s3_endpoint_host_name_is_resolved_and_checked() -> None:
+    """An endpoint given as a name is refused when the name resolves into a forbidden network."""
+    cfg = Config(
+        s3=S3Config(endpoint_url="http://localhost:9"),
+        security=SecurityConfig(forbid_networks=("127.0.0.0/8", "::1/128")),
+    )
+    reason = FsspecTransport(Context(cfg)).check(Location("s3://bucket/key"), Image("i", 1))
+    assert reason is not None and "forbidden network" in reason

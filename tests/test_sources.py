@@ -85,11 +85,17 @@ def test_unreadable_and_invalid_json(tmp_path) -> None:  # type: ignore[no-untyp
         load_metadata(bad, "img")
 
 
-def test_too_many_locations_refused() -> None:
-    """The location count is bounded (hostile records)."""
+def test_locations_beyond_the_limit_are_one_rejected_row() -> None:
+    """The locations considered are bounded (hostile records), but the record still parses."""
     rec = image_record("img", DATA, [f"http://127.0.0.1:1/{i}" for i in range(11)])
-    with pytest.raises(MetadataError, match="limit of 10"):
-        parse_image(rec, "img", max_locations=10)
+    image = parse_image(rec, "img", max_locations=10)
+    assert len(image.locations) == 10
+    assert image.rejected == (
+        (
+            "locations[10:]",
+            "1 more locations beyond the limit of 10 ([security] max_locations): not considered",
+        ),
+    )
 
 
 @pytest.mark.parametrize("content", ["{", "[]", json.dumps({"id": "other", "size": 1})])

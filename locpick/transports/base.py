@@ -7,13 +7,17 @@ an offset (``open``). Nothing outside ``locpick.transports`` knows about schemes
 
 from __future__ import annotations
 
-import ssl
+import ipaddress
+import socket
 import threading
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import httpcore
 import httpx
 
 from locpick.models import Image, Location, Probe
+from locpick.netpolicy import AddressRefused, NetPolicy, parse_host
 
 if TYPE_CHECKING:
     from locpick.config import Config
@@ -57,26 +61,34 @@ class Transport(Protocol):
 
 
 class Context:
-    """What transports share within one client: config, HTTP pool, credentials."""
+    """What transports share within one client: config, connection policy, HTTP pool,
+    credentials."""
 
     def __init__(
-        self, config: Config, *, glance_url: str | None = None, token: str | None = None
+        self,
+        config: Config,
+        *,
+        glance_url: str | None = None,
+        token: str | None = None,
+        net: NetPolicy | None = None,
     ) -> None:
         self.config = config
         self.glance_url = glance_url
         self.token = token
+        #: Routes, forbidden networks and trust (read from the environment when not given).
+        self.net = net if net is not None else NetPolicy.from_environment(config)
         self._http: httpx.Client | None = None
         self._lock = threading.Lock()
 
     @property
     def http(self) -> httpx.Client:
-        """One pooled httpx client per Context (thread-safe), TLS verification on by default."""
+        """One pooled httpx client per Context (thread-safe): every request takes the route
+        and trust of ``net``, and a direct connection never reaches a forbidden address."""
         with self._lock:
             if self._http is None:
-                verify = tls_verify(self.config)
                 t = self.config.transfer
                 self._http = httpx.Client(
-                    verify=verify,
+                    transport=RoutingTransport(self.net),
                     follow_redirects=False,
                     timeout=httpx.Timeout(
                         connect=t.connect_timeout,
@@ -84,8 +96,7 @@ class Context:
                         write=t.connect_timeout,
                         pool=t.connect_timeout,
                     ),
-                    limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-                    trust_env=True,
+                    trust_env=False,
                     headers={"User-Agent": "locpick", "Accept-Encoding": "identity"},
                 )
             return self._http
@@ -97,17 +108,93 @@ class Context:
                 self._http = None
 
 
-def tls_verify(config: Config) -> ssl.SSLContext | bool:
-    """What httpx should verify against: the system trust store, ``[tls] ca_file``, or nothing
-    (``verify = false`` / ``--insecure``, which the CLI and the Client warn about on every use)."""
-    tls = config.tls
-    if not tls.verify:
-        return False
-    if tls.ca_file:
-        try:
-            return ssl.create_default_context(cafile=tls.ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            from locpick.errors import ConfigError
+_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=32)
 
-            raise ConfigError(f"config [tls] ca_file {tls.ca_file}: cannot load ({exc})") from exc
-    return True
+
+class GuardedBackend(httpcore.SyncBackend):
+    """httpcore's socket layer, connecting only to addresses the policy allows and checking
+    the peer it really got (a name that resolves differently on the second lookup changes
+    nothing: the checked address is the one connected to)."""
+
+    def __init__(self, net: NetPolicy) -> None:
+        self._net = net
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        try:
+            infos = socket.getaddrinfo(parse_host(host), port, type=socket.SOCK_STREAM)
+        except (OSError, ValueError) as exc:
+            raise httpcore.ConnectError(f"{type(exc).__name__}: {exc}") from exc
+        refused: str | None = None
+        failure: Exception | None = None
+        for info in infos:
+            ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+            reason = self._net.check_ip(ip)
+            if reason:
+                refused = refused or reason
+                continue
+            try:
+                stream = super().connect_tcp(str(ip), port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+                continue
+            sock = stream.get_extra_info("socket")
+            try:
+                if isinstance(sock, socket.socket):
+                    self._net.check_peer(sock, host)
+            except BaseException:
+                stream.close()
+                raise
+            return stream
+        if refused:
+            raise AddressRefused(f"host {host}: {refused}")
+        raise failure or httpcore.ConnectError(f"no address for {host}")
+
+
+class RoutingTransport(httpx.BaseTransport):
+    """Sends each request the way the policy routes its URL: directly (guarded) or through
+    its proxy (CONNECT for https), with the policy's one SSLContext."""
+
+    def __init__(self, net: NetPolicy) -> None:
+        self._net = net
+        self._lock = threading.Lock()
+        self._direct = httpx.HTTPTransport(verify=net.ssl_context, trust_env=False, limits=_LIMITS)
+        pool = getattr(self._direct, "_pool", None)
+        if pool is None or not hasattr(pool, "_network_backend"):
+            raise RuntimeError("httpx/httpcore changed: cannot install the address guard")
+        pool._network_backend = GuardedBackend(net)
+        self._proxied: dict[str, httpx.HTTPTransport] = {}
+
+    def _for(self, url: str) -> httpx.HTTPTransport:
+        proxy = self._net.route(url)
+        if proxy is None:
+            return self._direct
+        with self._lock:
+            transport = self._proxied.get(proxy)
+            if transport is None:
+                transport = self._proxied[proxy] = httpx.HTTPTransport(
+                    verify=self._net.ssl_context,
+                    trust_env=False,
+                    limits=_LIMITS,
+                    proxy=httpx.Proxy(
+                        proxy,
+                        ssl_context=self._net.ssl_context if proxy.startswith("https:") else None,
+                    ),
+                )
+            return transport
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self._for(str(request.url)).handle_request(request)
+
+    def close(self) -> None:
+        self._direct.close()
+        with self._lock:
+            for transport in self._proxied.values():
+                transport.close()
+            self._proxied.clear()

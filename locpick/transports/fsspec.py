@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import ipaddress
 import os
 import threading
 import time
@@ -26,9 +25,10 @@ from typing import Any
 from locpick.errors import LocationError, LocationUnreachable, TransferError, UnsupportedLocation
 from locpick.models import Image, Location, Probe
 from locpick.redact import SCRUB, redact_url
+from locpick.s3url import GLANCE_S3_SCHEMES, S3Target, parse_s3_url
 from locpick.transports.base import Context
 
-S3_SCHEMES = ("s3", "s3a")
+S3_SCHEMES = ("s3", "s3a", *GLANCE_S3_SCHEMES)
 #: Remote protocols fsspec knows that can hold an image; served when the package is installed.
 SCHEMES: tuple[str, ...] = (
     *S3_SCHEMES,
@@ -65,6 +65,8 @@ def needs(scheme: str) -> str | None:
     """What must be installed to read ``scheme``; None when its implementation imports."""
     import fsspec  # core dependency, but only needed once such a location shows up
 
+    if scheme in GLANCE_S3_SCHEMES:
+        scheme = "s3"
     try:
         fsspec.get_filesystem_class(scheme)
     except (ImportError, ValueError) as exc:
@@ -201,7 +203,12 @@ class FsspecTransport:
 
     # -- where ----------------------------------------------------------------------------------
     def endpoint(self, location: Location) -> str | None:
-        """The S3 endpoint for ``location``: its metadata, else config, else the AWS env."""
+        """The S3 endpoint for ``location``: the URL's own host (Glance's forms), else its
+        metadata, else config, else the AWS env."""
+        with contextlib.suppress(ValueError):
+            target = parse_s3_url(location.url)
+            if target.endpoint is not None:
+                return target.endpoint
         s3 = self.ctx.config.s3
         meta = location.metadata.get("endpoint_url") if s3.location_endpoint else None
         if isinstance(meta, str) and meta:
@@ -209,11 +216,16 @@ class FsspecTransport:
         return s3.endpoint_url
 
     def _s3_reason(self, location: Location) -> str | None:
-        parts = urllib.parse.urlsplit(location.url)
-        if not parts.netloc:
-            return "URL has no bucket"
-        if not parts.path.strip("/"):
-            return "URL has no object key"
+        try:
+            target = parse_s3_url(location.url)
+        except ValueError as exc:
+            return str(exc)
+        own = target.endpoint is not None and target.access_key is None
+        if own and not self.ctx.config.s3.location_endpoint:
+            return (
+                "the URL names its own S3 endpoint without credentials; the operator's "
+                "AWS credentials are not sent there unless [s3] location_endpoint = true"
+            )
         meta = location.metadata.get("endpoint_url")
         if meta is not None and not isinstance(meta, str):
             return "metadata endpoint_url is not a string"
@@ -222,47 +234,55 @@ class FsspecTransport:
             ep = urllib.parse.urlsplit(endpoint)
             if ep.scheme not in ("http", "https") or not ep.hostname:
                 return f"endpoint {redact_url(endpoint)} is not an http(s) URL"
-            return self._forbidden(ep.hostname)
+            # botocore resolves and connects on its own: the name is resolved and checked here
+            reason = self.ctx.net.check_host(ep.hostname, resolve=True)
+            return f"endpoint {reason}" if reason else None
         return None
 
-    def _forbidden(self, host: str) -> str | None:
-        try:
-            ip = ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
+    def route(self, location: Location) -> str | None:
+        """``direct`` or ``via proxy URL`` for an S3 location's endpoint (AWS when none)."""
+        if location.scheme not in S3_SCHEMES:
             return None
-        for net in self.ctx.config.security.forbid_networks:
-            network = ipaddress.ip_network(net, strict=False)
-            if ip.version == network.version and ip in network:
-                return f"endpoint host {host} is in a forbidden network ({network})"
-        return None
+        return self.ctx.net.describe_route(self.endpoint(location) or "https://s3.amazonaws.com")
 
     def _filesystem(self, location: Location) -> tuple[Any, str]:
         """The (shared) filesystem instance for ``location`` and the path inside it."""
         import fsspec
 
         scheme = location.scheme
-        cls = fsspec.get_filesystem_class(scheme)
-        options: dict[str, Any] = dict(cls._get_kwargs_from_urls(location.url))
-        path = cls._strip_protocol(location.url)
-        password = urllib.parse.urlsplit(location.url).password
-        SCRUB.add(password, options.get("password"))
         t = self.ctx.config.transfer
         if scheme in S3_SCHEMES:
+            cls = fsspec.get_filesystem_class("s3")
+            target: S3Target = parse_s3_url(location.url)
+            path = target.path
             s3 = self.ctx.config.s3
-            client_kwargs: dict[str, Any] = {}
+            endpoint = self.endpoint(location)
+            net = self.ctx.net.botocore_options(endpoint)
+            client_kwargs: dict[str, Any] = {"verify": net["verify"]}
             if s3.region:
                 client_kwargs["region_name"] = s3.region
-            options.update(
-                endpoint_url=self.endpoint(location),
-                client_kwargs=client_kwargs,
-                config_kwargs={
-                    "connect_timeout": t.connect_timeout,
-                    "read_timeout": t.idle_timeout,
-                    "retries": {"max_attempts": 1},
-                },
-            )
-            if s3.profile:
+            config_kwargs: dict[str, Any] = {
+                "connect_timeout": t.connect_timeout,
+                "read_timeout": t.idle_timeout,
+                "retries": {"max_attempts": 1},
+            }
+            if "proxies" in net:
+                config_kwargs["proxies"] = net["proxies"]
+            options: dict[str, Any] = {
+                "endpoint_url": endpoint,
+                "client_kwargs": client_kwargs,
+                "config_kwargs": config_kwargs,
+            }
+            if target.access_key is not None:
+                options.update(key=target.access_key, secret=target.secret_key)
+            elif s3.profile:
                 options["profile"] = s3.profile
+        else:
+            cls = fsspec.get_filesystem_class(scheme)
+            options = dict(cls._get_kwargs_from_urls(location.url))
+            path = cls._strip_protocol(location.url)
+            password = urllib.parse.urlsplit(location.url).password
+            SCRUB.add(password, options.get("password"))
         key = (scheme, repr(sorted(options.items())))
         with self._lock:
             fs = self._filesystems.get(key)

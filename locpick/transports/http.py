@@ -5,22 +5,19 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
-import ipaddress
 import re
 import socket
-import ssl
 import threading
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
-import certifi
 import httpx
 
 from locpick.errors import LocationError, LocationUnreachable, TransferError, UnsupportedLocation
 from locpick.models import Image, Location, Probe
+from locpick.netpolicy import AddressRefused, host_port
 from locpick.redact import SCRUB, redact_url
 from locpick.transports.base import Context
 
@@ -312,32 +309,15 @@ class HttpTransport:
 
     # -- policy -------------------------------------------------------------------------------
     def check(self, location: Location, image: Image) -> str | None:
-        host = location.host
-        if not host:
-            return "URL has no host"
-        return self._forbidden(host, resolve=False)
-
-    def _forbidden(self, host: str, *, resolve: bool) -> str | None:
-        nets = [
-            ipaddress.ip_network(n, strict=False) for n in self.ctx.config.security.forbid_networks
-        ]
-        if not nets:
-            return None
-        addrs: list[str] = []
         try:
-            addrs = [str(ipaddress.ip_address(host.strip("[]")))]
-        except ValueError:
-            if resolve:
-                try:
-                    addrs = [str(info[4][0]) for info in socket.getaddrinfo(host, None)]
-                except OSError:
-                    addrs = []
-        for addr in addrs:
-            ip = ipaddress.ip_address(addr.split("%")[0])
-            for net in nets:
-                if ip.version == net.version and ip in net:
-                    return f"host {host} is in a forbidden network ({net})"
-        return None
+            host, _port = host_port(location.url)
+        except ValueError as exc:
+            return str(exc)
+        return self.ctx.net.check_host(host, resolve=False)
+
+    def route(self, location: Location) -> str:
+        """``direct`` or ``via proxy URL``: the one path of this location's probes and GETs."""
+        return self.ctx.net.describe_route(location.url)
 
     def _headers_for(self, location: Location, url: str) -> dict[str, str]:
         token = self.ctx.token
@@ -364,10 +344,17 @@ class HttpTransport:
         url = location.url
         shown = redact_url(url)
         for _ in range(self.ctx.config.security.max_redirects + 1):
-            reason = self._forbidden(urllib.parse.urlsplit(url).hostname or "", resolve=True)
+            try:
+                host, _port = host_port(url)
+            except ValueError as exc:
+                raise UnsupportedLocation(f"{redact_url(url)}: refused, {exc}", url=shown) from exc
+            reason = self.ctx.net.check_host(host, resolve=True)
             if reason:
                 raise UnsupportedLocation(f"{redact_url(url)}: refused, {reason}", url=shown)
-            status, target, reply = send(url, {**headers, **self._headers_for(location, url)})
+            try:
+                status, target, reply = send(url, {**headers, **self._headers_for(location, url)})
+            except AddressRefused as exc:
+                raise AddressRefused(f"{redact_url(url)}: refused, {exc}", url=shown) from exc
             if status not in _REDIRECTS:
                 return reply, redact_url(url)
             close(reply)
@@ -435,18 +422,18 @@ class HttpTransport:
         ) -> tuple[int, str | None, tuple[http.client.HTTPConnection, http.client.HTTPResponse]]:
             parts = urllib.parse.urlsplit(url)
             shown = redact_url(url)
+            if self.ctx.net.route(url) is not None:
+                raise _Proxied(url)
+            host, port = host_port(url)
             conn: http.client.HTTPConnection
             if parts.scheme == "https":
                 conn = http.client.HTTPSConnection(
-                    parts.hostname or "",
-                    parts.port,
-                    timeout=t.connect_timeout,
-                    context=self._ssl_context(),
+                    host, port, timeout=t.connect_timeout, context=self.ctx.net.ssl_context
                 )
             else:
-                conn = http.client.HTTPConnection(
-                    parts.hostname or "", parts.port, timeout=t.connect_timeout
-                )
+                conn = http.client.HTTPConnection(host, port, timeout=t.connect_timeout)
+            # every socket of the data path goes through the address guard
+            conn._create_connection = self.ctx.net.connect  # type: ignore[attr-defined]
             all_headers = {"User-Agent": "locpick", "Accept-Encoding": "identity", **req_headers}
             if parts.username is not None:
                 cred = (
@@ -484,19 +471,8 @@ class HttpTransport:
 
         return self._follow(location, headers, send, close)
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        tls = self.ctx.config.tls
-        if not tls.verify:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            return ctx
-        return ssl.create_default_context(cafile=tls.ca_file or certifi.where())
-
     def _proxied(self, url: str) -> bool:
-        parts = urllib.parse.urlsplit(url)
-        proxies = urllib.request.getproxies()
-        return parts.scheme in proxies and not urllib.request.proxy_bypass(parts.hostname or "")
+        return self.ctx.net.route(url) is not None
 
     def probe(self, location: Location, image: Image, *, timeout: float) -> Probe:
         shown = location.display_url
@@ -555,20 +531,11 @@ class HttpTransport:
         if offset and if_range:
             headers["If-Range"] = if_range
         if self._proxied(location.url):
-            response, final = self._get(location, headers)
-            try:
-                start, total = self._validate(
-                    final, response.status_code, response.headers, image, offset
-                )
-            except BaseException:
-                response.close()
-                raise
-            changed = _changed(headers, start, response.headers)
-            return HttpStream(
-                response, start=start, total=total, final_url=final, changed=changed,
-                **self._floor(),
-            )  # fmt: skip
-        (conn, raw), final = self._get_raw(location, headers)
+            return self._open_httpx(location, image, headers, offset)
+        try:
+            (conn, raw), final = self._get_raw(location, headers)
+        except _Proxied:  # a redirect led to a host the policy routes through a proxy
+            return self._open_httpx(location, image, headers, offset)
         try:
             view = _HeaderView(raw)
             start, total = self._validate(final, raw.status, view, image, offset)
@@ -579,6 +546,23 @@ class HttpTransport:
         changed = _changed(headers, start, view)
         return RawHttpStream(
             conn, raw, start=start, total=total, final_url=final, changed=changed, **self._floor()
+        )
+
+    def _open_httpx(
+        self, location: Location, image: Image, headers: dict[str, str], offset: int
+    ) -> HttpStream:
+        """The data path through a proxy: httpx (CONNECT for https), the probes' own route."""
+        response, final = self._get(location, headers)
+        try:
+            start, total = self._validate(
+                final, response.status_code, response.headers, image, offset
+            )
+        except BaseException:
+            response.close()
+            raise
+        changed = _changed(headers, start, response.headers)
+        return HttpStream(
+            response, start=start, total=total, final_url=final, changed=changed, **self._floor()
         )
 
     def _floor(self) -> dict[str, float]:
@@ -629,6 +613,10 @@ class HttpTransport:
 
 
 _READ_SLICE = 0.25
+
+
+class _Proxied(Exception):
+    """The raw data path reached a URL the policy sends through a proxy: use httpx instead."""
 
 
 def _stall_error(url: str, idle: float | None) -> TransferError:

@@ -208,7 +208,16 @@ class SwiftTransport:
             host = urllib.parse.urlsplit(target.auth_url or "").hostname or ""
         if not host:
             return "URL has no host"
-        return self._http._forbidden(host, resolve=False)
+        return self.ctx.net.check_host(host, resolve=False)
+
+    def route(self, location: Location) -> str | None:
+        """The route of the auth (or object) host; the storage URL's is the same unless the
+        catalog names a host that no_proxy treats differently."""
+        try:
+            target = self._resolve(location)
+        except UnsupportedLocation:
+            return None
+        return self.ctx.net.describe_route(target.object_url or target.auth_url or "")
 
     def _resolve(self, location: Location) -> SwiftTarget:
         target = parse_swift_location(location)
@@ -259,7 +268,9 @@ class SwiftTransport:
         shown = location.display_url
         auth_url = target.auth_url or ""
         where = redact_url(auth_url)
-        reason = self._http._forbidden(urllib.parse.urlsplit(auth_url).hostname or "", resolve=True)
+        reason = self.ctx.net.check_host(
+            urllib.parse.urlsplit(auth_url).hostname or "", resolve=True
+        )
         if reason:
             raise UnsupportedLocation(f"{shown}: refused, {reason}", url=shown)
         try:
@@ -301,7 +312,6 @@ class SwiftTransport:
         where = redact_url(target.auth_url or "")
         try:
             from keystoneauth1 import exceptions as ks_exc
-            from keystoneauth1 import session as ks_session
             from keystoneauth1.identity import v3
         except ImportError as exc:
             raise UnsupportedLocation(
@@ -309,7 +319,6 @@ class SwiftTransport:
                 url=shown,
             ) from exc
         project, _, user = (target.user or "").rpartition(":")
-        tls = self.ctx.config.tls
         plugin = v3.Password(
             auth_url=target.auth_url or "",
             username=user,
@@ -318,9 +327,9 @@ class SwiftTransport:
             user_domain_id="default",
             project_domain_id="default" if project else None,
         )
-        session = ks_session.Session(
+        session = self.ctx.net.keystone_session(
+            target.auth_url or "",
             auth=plugin,
-            verify=tls.ca_file if (tls.verify and tls.ca_file) else tls.verify,
             timeout=timeout or self.ctx.config.transfer.connect_timeout,
         )
         try:

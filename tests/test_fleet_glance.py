@@ -1,0 +1,254 @@
+"""Leases and reaping against a real Glance 33 + Keystone and real `locpick serve` nodes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import glance_harness as gh
+import httpx
+import pytest
+from fixtures_cache import ServeProcess
+from fixtures_glance import GlanceWorld, glance_world_fixture  # noqa: F401
+from helpers import run_cli
+
+from locpick.cache import NodeCache
+from locpick.publish import GlanceLocations
+from locpick.testing import Origin
+
+pytestmark = pytest.mark.glance
+
+SIZE = 300_000
+
+
+class LeasedNode:
+    """A node whose `locpick serve` knows Glance (so it renews), with a lease of its own."""
+
+    def __init__(
+        self, w: GlanceWorld, base: Path, name: str, *, lease: float, renew: bool = True
+    ) -> None:
+        self.w = w
+        self.cache_dir = base / name / "cache"
+        self.cache_dir.mkdir(parents=True)
+        self.public_url = f"http://127.0.0.1:{gh.find_free_port()}"
+        self.config = base / name / "config.toml"
+        self.config.write_text(
+            f'[topology]\nregion = "R"\nzone = "z-{name}"\nhost = "{name}"\n'
+            f'[cache]\ndir = "{self.cache_dir}"\npublic_url = "{self.public_url}"\n'
+            f"lease = {lease}\n[policy]\nforbid_glance_file = true\n"
+        )
+        self.cache = NodeCache(self.cache_dir)
+        self.renew = renew
+        self.serve: ServeProcess | None = None
+
+    def start(self) -> None:
+        env = {"LOCPICK_CONFIG": str(self.config), **self.w.token_env()}
+        self.serve = ServeProcess(
+            self.cache_dir,
+            bind=self.public_url.removeprefix("http://"),
+            env=env,
+            args=() if self.renew else ("--no-renew",),
+        )
+
+    def url(self, image_id: str) -> str:
+        return f"{self.public_url}/images/{image_id}"
+
+    def cli(self, *args: str) -> tuple[int, str, str]:
+        auth = ["--glance-url", self.w.endpoint, "--token", self.w.admin_token]
+        r = run_cli(*args, "--config", str(self.config), *auth)
+        return r.returncode, r.stdout, r.stderr
+
+    def stop(self) -> None:
+        if self.serve is not None:
+            self.serve.stop()
+
+
+@pytest.fixture
+def image(glance_world: GlanceWorld, tmp_path: Path) -> Iterator[tuple[str, bytes, Origin]]:
+    """A fresh image: fs1 (not usable by the nodes) and an http origin of its own."""
+    data = os.urandom(SIZE)
+    src = tmp_path / "img.raw"
+    src.write_bytes(data)
+    origin = Origin(data).start()
+    try:
+        image_id = gh.seed_image(
+            glance_world.endpoint,
+            src,
+            token=glance_world.admin_token,
+            name="locpick-lease-test",
+            visibility="public",
+            copy_to_stores=(),
+            http_locations=[(origin.url, {"zone": "z-origin"})],
+        )
+        yield image_id, data, origin
+    finally:
+        origin.stop()
+
+
+def _locations(w: GlanceWorld, image_id: str) -> dict[str, dict[str, Any]]:
+    rec = gh.get_image(w.endpoint, image_id, token=w.admin_token)
+    return {loc["url"]: loc["metadata"] for loc in rec["locations"]}
+
+
+def _wait_for(what: str, ok: Any, limit: float = 60.0) -> None:
+    """Poll ``ok()`` (bounded: a test never hangs); fail naming ``what``."""
+    end = time.monotonic() + limit
+    while not ok():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _expiry(w: GlanceWorld, image_id: str, url: str) -> float:
+    meta = _locations(w, image_id)[url]
+    return float(meta["locpick_registered"]) + float(meta["locpick_lease"])
+
+
+def _rank_rows(node: LeasedNode, image_id: str) -> dict[str, dict[str, Any]]:
+    code, out, err = node.cli("rank", image_id, "--json")
+    assert code == 0, err
+    return {row["url"]: row for row in json.loads(out)}
+
+
+def test_serve_renews_the_lease_and_deregisters_on_sigterm(
+    glance_world: GlanceWorld, image: tuple[str, bytes, Origin], tmp_path: Path
+) -> None:
+    """A running node's copy outlives its lease (renewed); SIGTERM takes it out of Glance."""
+    w = glance_world
+    image_id, _data, _origin = image
+    a = LeasedNode(w, tmp_path, "node-a", lease=3)
+    b = LeasedNode(w, tmp_path, "node-b", lease=3)
+    try:
+        a.start()  # Glance checks a location's URL when it is added: serve comes first
+        code, _out, err = a.cli("download", image_id, str(tmp_path / "a.img"), "--register")
+        assert code == 0, err
+        meta = _locations(w, image_id)[a.url(image_id)]
+        assert meta["locpick_cache"] == "true" and meta["locpick_lease"] == "3"
+        first = float(meta["locpick_registered"])
+        renewals: set[float] = set()
+
+        def past_first_lease() -> bool:
+            renewals.add(float(_locations(w, image_id)[a.url(image_id)]["locpick_registered"]))
+            return time.time() > first + 3 + 1
+
+        # Past the first lease's end the copy is still registered, with a later expiry.
+        _wait_for("the first lease to end", past_first_lease)
+        assert _expiry(w, image_id, a.url(image_id)) > time.time()
+        # Renewals happened, never closer than lease / 3 (times are kept to 0.1 s).
+        times = sorted(renewals - {first})
+        assert times, "never renewed"
+        assert all(later - earlier >= 1.0 - 0.11 for earlier, later in itertools.pairwise(times))
+        row = _rank_rows(b, image_id)[a.url(image_id)]
+        assert row["usable"], row
+        assert a.cache.entry(image_id).registered_url == a.url(image_id)  # type: ignore[union-attr]
+        assert a.serve is not None
+        a.serve.stop()  # SIGTERM
+        assert a.serve.proc.returncode == 0
+        assert a.url(image_id) not in _locations(w, image_id)
+        assert a.cache.entry(image_id).registered_url is None  # type: ignore[union-attr]
+    finally:
+        a.stop()
+
+
+def test_killed_node_expires_is_skipped_and_reaped_others_untouched(
+    glance_world: GlanceWorld, image: tuple[str, bytes, Origin], tmp_path: Path
+) -> None:
+    """SIGKILL: the copy's lease runs out, clients skip it (lease-expired), `cache reap`
+    removes it; the origin, a live node's copy and the operator's own (dead) location stay."""
+    w = glance_world
+    image_id, data, origin = image
+    a = LeasedNode(w, tmp_path, "node-a", lease=2)
+    c = LeasedNode(w, tmp_path, "node-c", lease=600)
+    b = LeasedNode(w, tmp_path, "node-b", lease=600)
+    operator = Origin(data).start()
+    try:
+        for node in (a, c):
+            node.start()
+            code, _out, err = node.cli("download", image_id, str(tmp_path / "x"), "--register")
+            assert code == 0, err
+        gh.add_http_location(
+            w.endpoint, image_id, operator.url, {"zone": "z-operator"}, token=w.admin_token
+        )
+        operator_url = operator.url
+        operator.stop()  # the operator's own location is dead too, but it is not ours to reap
+        assert a.serve is not None
+        a.serve.proc.kill()  # SIGKILL: no deregistration, no more renewals
+        a.serve.proc.wait()
+        assert a.url(image_id) in _locations(w, image_id)
+        expiry = _expiry(w, image_id, a.url(image_id))
+        _wait_for("node A's lease to run out", lambda: time.time() > expiry + 0.5)
+
+        rows = _rank_rows(b, image_id)
+        assert not rows[a.url(image_id)]["usable"]
+        assert rows[a.url(image_id)]["reasons"]["error"].startswith("lease-expired: ")
+        assert rows[c.url(image_id)]["usable"]
+        code, out, err = b.cli("download", image_id, str(tmp_path / "b.img"), "--json")
+        assert code == 0, err
+        tried = {att["url"]: att for att in json.loads(out)["attempts"]}
+        assert tried[a.url(image_id)]["outcome"] == "skipped"
+        assert tried[a.url(image_id)]["error"].startswith("lease-expired")
+
+        code, out, err = b.cli("verify", image_id, "--prune", "--json")  # dry run
+        prune = json.loads(out)["prune"]
+        assert prune["dry_run"] and prune["remove"] == [a.url(image_id)], err
+        assert any(operator_url in n for n in prune["notes"])  # kept: not ours, maybe transient
+
+        code, out, err = b.cli("cache", "reap", image_id, "--dry-run", "--json")
+        assert code == 0, err
+        (doc,) = json.loads(out)["images"]
+        assert doc["remove"] == [a.url(image_id)] and doc["removed"] == []
+        assert a.url(image_id) in _locations(w, image_id)
+
+        code, out, err = b.cli("cache", "reap", image_id, "--json")
+        assert code == 0, err
+        (doc,) = json.loads(out)["images"]
+        assert doc["image_id"] == image_id and doc["removed"] == [a.url(image_id)]
+        left = _locations(w, image_id)
+        assert a.url(image_id) not in left
+        assert {origin.url, c.url(image_id), operator_url} <= set(left)
+        assert any(u.startswith("file://") for u in left)
+    finally:
+        operator.stop()
+        a.stop()
+        c.stop()
+
+
+def test_reap_never_removes_the_last_verified_copy(
+    glance_world: GlanceWorld, image: tuple[str, bytes, Origin], tmp_path: Path
+) -> None:
+    """Origin gone, a node's expired copy the only one still verifying: reap keeps it."""
+    w = glance_world
+    image_id, _data, origin = image
+    d = LeasedNode(w, tmp_path, "node-d", lease=1, renew=False)
+    b = LeasedNode(w, tmp_path, "node-b", lease=600)
+    try:
+        d.start()  # serves, but does not renew
+        code, _out, err = d.cli("download", image_id, str(tmp_path / "d.img"), "--register")
+        assert code == 0, err
+        origin.stop()
+        expiry = _expiry(w, image_id, d.url(image_id))
+        _wait_for("node D's lease to run out", lambda: time.time() > expiry + 0.5)
+        code, out, err = b.cli("cache", "reap", "--json")  # every image (paged listing)
+        assert code == 0, err
+        docs = {doc["image_id"]: doc for doc in json.loads(out)["images"]}
+        assert docs[image_id]["removed"] == []
+        assert any("last verified copy" in n for n in docs[image_id]["notes"])
+        assert d.url(image_id) in _locations(w, image_id)
+    finally:
+        d.stop()
+
+
+def test_image_listing_follows_glance_paging(glance_world: GlanceWorld) -> None:
+    """Walking images two at a time (Glance's ``next`` links) sees every image once."""
+    w = glance_world
+    with httpx.Client(timeout=30) as http:
+        api = GlanceLocations(http, w.endpoint, w.admin_token)
+        paged = [img["id"] for img in api.images(page_size=2)]
+        whole = [img["id"] for img in api.images(page_size=1000)]
+    assert len(whole) > 2
+    assert sorted(paged) == sorted(whole) and len(set(paged)) == len(paged)
