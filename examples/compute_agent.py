@@ -7,19 +7,19 @@ an openrc (``OS_AUTH_URL``, ``OS_USERNAME``, ``OS_PASSWORD``, ``OS_PROJECT_NAME`
 catalog (or give ``OS_IMAGE_URL`` + ``OS_AUTH_TOKEN``). Like Nova's ``instances/_base``, the
 cache file is named by the SHA-1 of the image id and reused when present.
 
-Run against the test harness (``/work/shared/glance-harness``, see its README)::
+Run against the project's test harness (``tests/harness``), from the repository root::
 
-    H=/work/shared/glance-harness; W=$(mktemp -d)
-    KS=$($H/start-keystone $W/ks 15000 | tail -1)
-    EP=$(GLANCE_AUTH=keystone KEYSTONE_URL=$KS $H/start-glance $W/gl 19292 | tail -1)
-    $H/register-image-endpoint $KS $EP
+    export PYTHONPATH=tests; W=$(mktemp -d)
+    KS=$(python -m harness start-keystone $W/ks | tail -1)
+    EP=$(python -m harness start-glance $W/gl --keystone $KS | tail -1)
+    python -m harness register-image-endpoint $KS $EP
     head -c 3000000 /dev/urandom > $W/img.raw
-    ID=$($H/seed-image $EP $W/img.raw --copy-to-store fs2 --visibility public \\
-           --token "$($H/keystone-admin token $KS)" | tail -1)
+    ID=$(python -m harness seed-image $EP $W/img.raw --copy-to-store fs2 --visibility public \\
+           --token "$(python -m harness token $KS)" | tail -1)
     export OS_AUTH_URL=$KS OS_USERNAME=demo OS_PASSWORD=demo-pass OS_PROJECT_NAME=demo \\
            OS_USER_DOMAIN_NAME=Default OS_PROJECT_DOMAIN_NAME=Default OS_REGION_NAME=RegionOne
     python examples/compute_agent.py "$ID" --cache-dir $W/_base
-    $H/stop-glance $W/gl; $H/stop-keystone $W/ks
+    python -m harness stop $W/gl; python -m harness stop $W/ks
 
 Exit status: 0 when the image is in the cache, else locpick's exit code (2 bad input or
 credentials, 3 nothing could deliver a verified image).

@@ -6,6 +6,7 @@ Layout of ``DIR`` (nothing else is ever read or served)::
     DIR/.secret               the key of this node's capability URLs (locpick.capability)
     DIR/images/<id>           the image bytes (complete and verified, or absent)
     DIR/images/<id>.json      the sidecar: size, hash algorithm and value, registered URL
+    DIR/downloads.json, DIR/stats.json   operator records (locpick.journal), never served raw
 
 An entry is *visible* only when both files exist and agree (the data file's size equals the
 sidecar's). Adding one: the bytes go to a temp file that its writer keeps ``flock``-ed; then,
@@ -45,6 +46,7 @@ from typing import Any
 import attrs
 import filelock
 
+from locpick import journal
 from locpick.capability import UntrustedCache, image_token, load_secret, rotate_secret
 from locpick.errors import DestinationError, InputError
 from locpick.hashing import Expected
@@ -368,6 +370,8 @@ class NodeCache:
         for path in (side, data):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        if entry is not None:
+            journal.bump(self.dir, evictions=1)
         return entry
 
     def _make_room(self, incoming: int, *, keep: str) -> list[CacheEntry]:

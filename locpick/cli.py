@@ -14,6 +14,7 @@ from locpick.client import Client
 from locpick.errors import LocpickError
 from locpick.models import Ranking, Result, VerifyReport
 from locpick.redact import SCRUB, RedactingFilter, redact_url
+from locpick.report import DownloadReport, Recorder
 
 log = logging.getLogger("locpick")
 
@@ -26,10 +27,20 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config (else $LOCPICK_CONFIG)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--verbose", "-v", action="store_true", help="log what locpick does")
+    _log_format_arg(p)
     p.add_argument(
         "--insecure",
         action="store_true",
         help="do NOT verify TLS certificates (warns on every use; for test clouds only)",
+    )
+
+
+def _log_format_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one JSON object per log line (time, level, event, image, host, bytes, ...)",
     )
 
 
@@ -60,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="publish the cached copy as a location in Glance ([cache] public_url)",
     )
+    d.add_argument(
+        "--metrics-file",
+        metavar="PATH",
+        help="write a node-exporter textfile (Prometheus format) about this download, atomically",
+    )
 
     r = sub.add_parser("rank", help="score every location without downloading")
     r.add_argument("image_id", metavar="IMAGE_ID")
@@ -81,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bind", metavar="ADDR:PORT", default=None, help="default 127.0.0.1:8470")
     s.add_argument("--config", metavar="FILE", help="TOML config (else $LOCPICK_CONFIG)")
     s.add_argument("--verbose", "-v", action="store_true", help="log what locpick does")
+    _log_format_arg(s)
+    s.add_argument("--no-metrics", action="store_true", help="no /metrics endpoint")
+    s.add_argument("--no-status", action="store_true", help="no /status page")
     s.add_argument(
         "--glance-url", metavar="URL", help="Glance, to renew leases (else $OS_IMAGE_URL)"
     )
@@ -123,6 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="locpick: %(message)s", stream=sys.stderr)
     for h in logging.getLogger().handlers:
         h.addFilter(RedactingFilter())
+        if getattr(args, "log_format", "text") == "json":
+            from locpick.logfmt import JsonFormatter
+
+            h.setFormatter(JsonFormatter())
     try:
         handler = _COMMANDS[args.command]
         return handler(args)
@@ -172,18 +195,48 @@ def _print_json(doc: Any) -> None:
 
 def _download(args: argparse.Namespace) -> int:
     show = not args.json and not args.no_progress and sys.stderr.isatty()
-    with _client(args) as client, _progress_bar(show) as progress:
-        result = client.download(
-            args.image_id,
-            args.dest,
-            metadata=args.metadata,
-            allow_unverified=args.allow_unverified,
-            progress=progress,
-            cache_dir=args.cache_dir,
-            register=args.register,
-        )
-    _emit(args, result, format_result)
+    if args.metrics_file:
+        from locpick.metrics import check_textfile_path
+
+        check_textfile_path(args.metrics_file)
+    recorder = Recorder(args.image_id)
+    try:
+        with _client(args) as client, _progress_bar(show) as progress:
+            result = client.download(
+                args.image_id,
+                args.dest,
+                metadata=args.metadata,
+                allow_unverified=args.allow_unverified,
+                progress=progress,
+                cache_dir=args.cache_dir,
+                register=args.register,
+                recorder=recorder,
+            )
+    except BaseException as exc:
+        if args.metrics_file:
+            _write_metrics(args.metrics_file, recorder.report or recorder.fail(exc))
+        raise
+    report = recorder.report or recorder.finish(result)
+    if args.metrics_file:
+        _write_metrics(args.metrics_file, report)
+    if args.json:
+        doc = result.to_json()
+        for key, value in report.json_extras().items():
+            doc.setdefault(key, value)  # extends the contract's document, never overrides it
+        _print_json(doc)
+    else:
+        _emit(args, result, format_result)
     return 0
+
+
+def _write_metrics(path: str, report: DownloadReport) -> None:
+    """Write the download's textfile; failing to is a warning (the image was delivered)."""
+    from locpick.metrics import write_textfile
+
+    try:
+        write_textfile(path, report)
+    except OSError as exc:
+        log.warning("--metrics-file %s: not written (%s)", path, exc.strerror or exc)
 
 
 def format_result(result: Result) -> str:
@@ -315,10 +368,14 @@ def _serve(args: argparse.Namespace) -> int:
     directory = args.cache_dir or config.cache.dir
     if not directory:
         raise ConfigError("serve: no node cache: give --cache-dir DIR or set [cache] dir")
+    from locpick.metrics import OpsOptions
+    from locpick.serve_ops import Ops
+
     cache = NodeCache(directory, config.cache.max_bytes)
+    ops = OpsOptions(metrics=not args.no_metrics, status=not args.no_status)
     cache.recover()
     if args.no_renew:
-        return serve(cache, args.bind or DEFAULT_BIND, config=config.serve, ready=announce)
+        return serve(cache, args.bind or DEFAULT_BIND, config=config.serve, ready=announce, ops=ops)
     from locpick.renew import Renewer
 
     with Client(config=config, glance_url=args.glance_url, token=args.token) as client:
@@ -328,6 +385,9 @@ def _serve(args: argparse.Namespace) -> int:
             announce(url)
             renewer.start()
 
+        def report_renewals(app_ops: Ops) -> None:
+            renewer.observer = app_ops.metrics  # leases and renewals in /metrics and /status
+
         try:
             return serve(
                 cache,
@@ -335,6 +395,8 @@ def _serve(args: argparse.Namespace) -> int:
                 config=config.serve,
                 ready=ready,
                 stopping=renewer.deregister,
+                ops=ops,
+                started=report_renewals,
             )
         finally:
             renewer.stop()

@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 import cachetools
 
+from locpick import journal
 from locpick.auth import OpenStackAuth, auth_from_environment
 from locpick.cache import CacheEntry, NodeCache, copy_out
 from locpick.config import Config, resolve_config
@@ -50,7 +51,8 @@ from locpick.publish import (
 )
 from locpick.redact import SCRUB, redact_url, register_env_secrets
 from locpick.replicas import plan_prune, verify_replicas
-from locpick.score import Candidate, prior_order, rank
+from locpick.report import DownloadReport, Recorder
+from locpick.score import Candidate, policy_reason, prior_order, rank
 from locpick.sources import fetch_glance_image, load_metadata
 from locpick.transports import Context, Transports
 from locpick.transports.file import FileTransport
@@ -193,9 +195,10 @@ class Client:
                 candidates.append(Candidate(loc, unusable=_reason(exc)))
                 continue
             shared = None
-            if isinstance(transport, FileTransport):
+            reason = policy_reason(loc, self.config)  # forbidden copies are never probed
+            if reason is None and isinstance(transport, FileTransport):
                 reason, shared = _shared_fs(transport, loc, image, dest)
-            else:
+            elif reason is None:
                 reason = transport.check(loc, image)
             history = self.history.lookup(loc, known) if known and reason is None else None
             candidates.append(
@@ -295,14 +298,67 @@ class Client:
         progress: Progress | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         register: bool | None = None,
+        recorder: Recorder | None = None,
     ) -> Result:
         """Fetch (or system-copy) the image to ``dest``, verified, atomically.
 
         With a node cache (``cache_dir`` or ``[cache] dir``) a verified cached copy is copied
         out without any network transfer (``method="cache"``), and a fresh download is kept
         in the cache; with ``register`` (or ``[cache] register``) the cached copy is published
-        as a location of the image in Glance.
+        as a location of the image in Glance. ``recorder`` collects the operator's report
+        (``recorder.report`` afterwards, delivered or not); with a node cache the report is
+        also journalled there for ``locpick serve``'s ``/status``.
         """
+        rec = recorder if recorder is not None else Recorder(image_id)
+        try:
+            result = self._download(
+                image_id,
+                dest,
+                rec,
+                metadata=metadata,
+                allow_unverified=allow_unverified,
+                progress=progress,
+                cache_dir=cache_dir,
+                register=register,
+            )
+        except LocpickError as exc:
+            self._journal(cache_dir, rec.fail(exc))
+            raise
+        report = rec.finish(result)
+        self._journal(cache_dir, report)
+        log.info(
+            "downloaded %s: %d bytes from %s in %.2fs",
+            image_id,
+            report.bytes,
+            report.chosen_host,
+            report.seconds,
+            extra={
+                "event": "download",
+                "image": image_id,
+                "host": report.chosen_host,
+                "bytes": report.bytes,
+                "seconds": round(report.seconds, 4),
+            },
+        )
+        return result
+
+    def _journal(self, cache_dir: str | os.PathLike[str] | None, report: DownloadReport) -> None:
+        directory = cache_dir if cache_dir is not None else self.config.cache.dir
+        if directory and os.path.isdir(os.path.join(directory, "images")):
+            journal.record(directory, report)
+
+    def _download(
+        self,
+        image_id: str,
+        dest: str | os.PathLike[str],
+        rec: Recorder,
+        *,
+        metadata: Metadata | None,
+        allow_unverified: bool,
+        progress: Progress | None,
+        cache_dir: str | os.PathLike[str] | None,
+        register: bool | None,
+    ) -> Result:
         image = self.image(image_id, metadata=metadata)
         cache = self.node_cache(cache_dir, required=False)
         publish = self.config.cache.register if register is None else register
@@ -315,7 +371,9 @@ class Client:
         if cache is not None:
             hit = self._from_cache(cache, image, dest, publish)
             if hit is not None:
+                journal.bump(cache.dir, hits=1)
                 return hit
+            journal.bump(cache.dir, misses=1)
         if not image.has_hash:
             if not allow_unverified:
                 raise UnverifiedImage(
@@ -324,7 +382,8 @@ class Client:
                 )
             log.warning("image %s has no hash: downloading UNVERIFIED (size check only)", image_id)
         ranking = self.rank_image(image, for_download=True, dest=dest)
-        result = self._fetch_in_rounds(image, ranking.scores, dest, progress)
+        rec.ranked(ranking)
+        result = self._fetch_in_rounds(image, ranking.scores, dest, progress, rec)
         if cache is not None and result.verified:
             return attrs.evolve(result, cache=self._keep(cache, image, dest, publish))
         return result
@@ -351,6 +410,7 @@ class Client:
         scores: Sequence[Score],
         dest: str | os.PathLike[str],
         progress: Progress | None,
+        rec: Recorder,
     ) -> Result:
         """Fetch from the probed locations; when every one has failed, probe the next round of
         ``not-probed`` ones (over the probe budget) and fetch from those, and so on; Glance's
@@ -364,7 +424,7 @@ class Client:
             later = [s for s in scores if s.usable and s.reasons.not_probed]
             now = [s for s in scores if not s.reasons.not_probed] + ([] if later else last)
             try:
-                result = self._fetch(image, now, dest, progress)
+                result = self._fetch(image, now, dest, progress, rec)
             except AllLocationsFailed as exc:
                 attempts = [*earlier, *exc.attempts]
                 if not later:
@@ -391,6 +451,7 @@ class Client:
         scores: Sequence[Score],
         dest: str | os.PathLike[str],
         progress: Progress | None,
+        rec: Recorder,
     ) -> Result:
         return fetch(
             image,
@@ -399,9 +460,9 @@ class Client:
             self._transports,
             buffer_bytes=self.config.transfer.buffer_bytes,
             file_mode=self.config.security.file_mode,
-            progress=progress,
+            progress=rec.progress(progress),
             transfer=self.config.transfer,
-            observer=self.history.record,
+            observer=rec.observer(self.history.record),
             max_bytes=self.config.security.max_image_bytes,
         )
 

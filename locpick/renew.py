@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Protocol
 
 from locpick.errors import InputError
 from locpick.publish import PublishError, cache_location_url, cache_metadata
@@ -23,6 +24,14 @@ if TYPE_CHECKING:
     from locpick.client import Client
 
 log = logging.getLogger("locpick")
+
+
+class RenewalObserver(Protocol):
+    """Told of leases and renewals (``locpick serve``: its ``/metrics`` and ``/status``)."""
+
+    def lease(self, image_id: str, expires_at: float | None) -> None: ...
+
+    def renewal(self, ok: bool) -> None: ...
 
 
 class Renewer:
@@ -38,6 +47,14 @@ class Renewer:
         self._thread: threading.Thread | None = None
         #: How many renewal rounds ran (for logs and tests).
         self.rounds = 0
+        #: Told each renewal's outcome and lease end (set by ``locpick serve``: its metrics).
+        self.observer: RenewalObserver | None = None
+
+    def _observed(self, image_id: str, ok: bool, expires_at: float | None = None) -> None:
+        if self.observer is not None:
+            self.observer.renewal(ok)
+            if ok:
+                self.observer.lease(image_id, expires_at)
 
     def _wanted(self) -> dict[str, str]:
         """Image id -> the location URL this node should have registered for it."""
@@ -61,15 +78,20 @@ class Renewer:
             api = self.client.glance_locations()
         except (InputError, PublishError) as exc:
             log.warning("leases not renewed: %s", SCRUB(str(exc)))
+            for image_id in wanted:
+                self._observed(image_id, False)
             return 0
         done = 0
         for image_id, url in sorted(wanted.items()):
             meta = cache_metadata(self.client.config.topology, lease=self.lease)
+            started = time.time()
             try:
                 api.renew(image_id, url, meta)
             except (InputError, PublishError) as exc:
                 log.warning("lease of %s not renewed: %s", image_id, SCRUB(str(exc)))
+                self._observed(image_id, False)
                 continue
+            self._observed(image_id, True, started + self.lease)
             self.cache.set_registered(image_id, url)
             done += 1
         self.rounds += 1
@@ -118,6 +140,8 @@ class Renewer:
                 )
                 continue
             self.cache.set_registered(entry.image_id, None)
+            if self.observer is not None:
+                self.observer.lease(entry.image_id, None)
             removed += 1
         log.info("deregistered %d cache location(s) from Glance", removed)
         return removed

@@ -112,7 +112,8 @@ def topology_class(node: Topology, where: Topology) -> int:
     return len(_LEVELS)
 
 
-def _policy_reason(location: Location, config: Config) -> str | None:
+def policy_reason(location: Location, config: Config) -> str | None:
+    """Why the operator's ``[policy]`` forbids ``location``, else None (no I/O)."""
     pol = config.policy
     if location.scheme in pol.forbid_schemes:
         return f"scheme {location.scheme!r} forbidden by policy"
@@ -137,7 +138,7 @@ def _with_latency(reasons: Reasons, probe: Probe | None) -> Reasons:
 
 def _error_of(cand: Candidate, config: Config) -> str | None:
     """Why a candidate cannot be used at all (refusal, policy, failed probe), else None."""
-    error = cand.unusable or _policy_reason(cand.location, config)
+    error = cand.unusable or policy_reason(cand.location, config)
     probe = cand.probe
     if error is None and probe is not None and not probe.ok:
         error = probe.error or "probe failed"

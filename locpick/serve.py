@@ -6,6 +6,8 @@ Routes (built in one place, :func:`add_routes`):
   ``id`` under this node's secret (:mod:`locpick.capability`), compared in constant time.
 - ``GET|HEAD /images/{id}``: only for images cached as ``public`` when ``[serve] open_public``.
 - ``GET /healthz``: ``ok`` (no cache access, never limited).
+- ``GET /metrics`` and ``GET /status``: the operator pages (:mod:`locpick.serve_ops`; each can
+  be switched off). There is no listing of files.
 
 A wrong or missing token answers 403 whether or not the image is cached (no existence oracle).
 The entry is opened with ``O_NOFOLLOW`` and checked on the fd (regular, ours, one link); the
@@ -15,6 +17,7 @@ If-Range, ``sendfile(2)``), or through a rate-limited loop when ``[serve] max_ra
 Defences against neighbours (:class:`ConnectionGuard`, below aiohttp): caps on connections in
 total and per client address, a deadline for each request head and for idle keep-alive; and
 (middleware) at most ``max_clients`` transfers at once, past which ``503`` + ``Retry-After``.
+Both kinds of refusal are counted in ``/metrics`` (``locpick_serve_refused_total``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from locpick.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from aiohttp import web
+
+    from locpick.metrics import OpsOptions
 
 log = logging.getLogger("locpick")
 
@@ -182,13 +187,19 @@ class ConnectionGuard:
         self.by_handler: dict[object, _Connection] = {}
         self.refused = 0
         self.timed_out = 0
+        #: Told the reason of each refusal (``connections`` or ``per_client``), e.g. metrics.
+        self.on_refuse: Callable[[str], object] | None = None
 
     def admit(self, conn: _Connection) -> bool:
-        if (
-            self.open >= self.max_total
-            or self.per_peer[conn.peer] >= self.config.max_connections_per_client
-        ):
+        reason = None
+        if self.open >= self.max_total:
+            reason = "connections"
+        elif self.per_peer[conn.peer] >= self.config.max_connections_per_client:
+            reason = "per_client"
+        if reason is not None:
             self.refused += 1
+            if self.on_refuse is not None:
+                self.on_refuse(reason)
             return False
         self.open += 1
         self.per_peer[conn.peer] += 1
@@ -320,9 +331,15 @@ def middlewares(config: ServeConfig, guard: ConnectionGuard | None) -> list[Any]
     return [track, admission]
 
 
-def add_routes(app: Any, cache: NodeCache, config: ServeConfig) -> None:
-    """Every route ``serve`` answers; anything else is 404."""
+def add_routes(
+    app: Any, cache: NodeCache, config: ServeConfig, ops: OpsOptions | None = None
+) -> None:
+    """Every route ``serve`` answers; anything else is 404. ``ops``: which operator pages
+    (``/metrics``, ``/status``) it has; default both."""
     from aiohttp import hdrs, web
+
+    from locpick.metrics import OpsOptions
+    from locpick.serve_ops import install
 
     class OpenFileResponse(web.FileResponse):
         """Sent inside the handler (while the fd is open); aiohttp's second prepare is a no-op."""
@@ -384,17 +401,28 @@ def add_routes(app: Any, cache: NodeCache, config: ServeConfig) -> None:
         app.router.add_route(method, "/images/{image_id}/{token}", image)
         app.router.add_route(method, "/images/{image_id}", image)
     app.router.add_get("/healthz", healthz)
+    install(app, cache, ops or OpsOptions())  # before the catch-all; its counting goes first
     app.router.add_route("*", "/{tail:.*}", nothing)
 
 
 def make_app(
-    cache: NodeCache, config: ServeConfig | None = None, guard: ConnectionGuard | None = None
+    cache: NodeCache,
+    config: ServeConfig | None = None,
+    guard: ConnectionGuard | None = None,
+    ops: OpsOptions | None = None,
 ) -> Any:
-    """The aiohttp application serving ``cache`` (typed loosely: aiohttp is an optional extra)."""
+    """The aiohttp application serving ``cache`` (typed loosely: aiohttp is an optional extra).
+
+    The guard's refusals are counted in the app's metrics (``app[OPS]``).
+    """
     web = _aiohttp()
+    from locpick.serve_ops import OPS
+
     config = config or ServeConfig()
     app = web.Application(middlewares=middlewares(config, guard))
-    add_routes(app, cache, config)
+    add_routes(app, cache, config, ops)
+    if guard is not None:
+        guard.on_refuse = app[OPS].metrics.refused
     return app
 
 
@@ -405,10 +433,14 @@ def serve(
     config: ServeConfig | None = None,
     ready: Callable[[str], None] | None = None,
     stopping: Callable[[], object] | None = None,
+    ops: OpsOptions | None = None,
+    started: Callable[[Any], object] | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM. ``ready`` gets the URL actually bound (port 0 = any);
     ``stopping`` runs (in a worker thread) after the signal, before the listener closes, so
-    the node can deregister while its copies are still served."""
+    the node can deregister while its copies are still served. ``ops``: which operator pages;
+    ``started`` gets the app's :class:`locpick.serve_ops.Ops` before listening (e.g. for the
+    lease renewer to report to ``/metrics``)."""
     host, port = parse_bind(bind)
     web = _aiohttp()
     config = config or ServeConfig()
@@ -418,7 +450,11 @@ def serve(
     except OSError as exc:
         raise UntrustedCache(f"cache dir {cache.dir}: cannot create its secret ({exc})") from exc
     guard = ConnectionGuard(config)
-    app = make_app(cache, config, guard)
+    app = make_app(cache, config, guard, ops)
+    if started is not None:
+        from locpick.serve_ops import OPS
+
+        started(app[OPS])
 
     async def main() -> None:
         runner = web.AppRunner(

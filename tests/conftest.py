@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from harness import venvs
 
 HERE = Path(__file__).resolve().parent
 
@@ -22,3 +26,31 @@ def _isolated_env(
     monkeypatch.setenv("LOCPICK_CONFIG", str(HERE / "empty-config.toml"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
     yield
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the harness venvs the selected tests need (Glance, Keystone, Swift from PyPI)
+    in parallel before the first test starts: a cold cache then costs ~1 min once instead
+    of eating into one test's timeout. A failed build is reported by the fixture later."""
+    kinds: set[str] = set()
+    for item in session.items:
+        if item.get_closest_marker("glance"):
+            kinds |= {"glance", "keystone"}
+        if item.get_closest_marker("swift"):
+            kinds.add("swift")
+        if "keystone" in getattr(item, "fixturenames", ()):
+            kinds.add("keystone")
+    missing = sorted(k for k in kinds if not venvs.venv_ok(k, venvs.cache_dir(k) / "venv"))
+    if not missing:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        where = venvs.cache_root()
+        reporter.write_line(f"harness: installing {', '.join(missing)} into {where} (once)")
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(len(missing)) as pool:
+        for future in [pool.submit(venvs.ensure_venv, k) for k in missing]:
+            with contextlib.suppress(venvs.HarnessError, OSError):
+                future.result()
+    if reporter is not None:
+        reporter.write_line(f"harness: venvs ready in {time.monotonic() - t0:.0f}s")

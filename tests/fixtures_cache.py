@@ -6,7 +6,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from helpers import cli_env
@@ -27,9 +27,10 @@ class ServeProcess:
         config: Path | None = None,
         preexec_fn: Callable[[], None] | None = None,
         args: tuple[str, ...] = (),
+        extra: Sequence[str] = (),
     ) -> None:
         self.cache_dir = cache_dir
-        extra = ["--config", str(config)] if config is not None else []
+        configured = ["--config", str(config)] if config is not None else []
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -40,8 +41,9 @@ class ServeProcess:
                 str(cache_dir),
                 "--bind",
                 bind,
-                *extra,
+                *configured,
                 *args,
+                *extra,
             ],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,

@@ -30,8 +30,8 @@ LARGE = data(3 * MiB + 4321, b"swift-large")
 
 @pytest.fixture(scope="session")
 def swift_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwiftHandle]:
-    if not (HARNESS_DIR / "start-swift").exists():
-        pytest.fail(f"Swift harness not found at {HARNESS_DIR} (set LOCPICK_SWIFT_HARNESS)")
+    if not (HARNESS_DIR / "swift.py").is_file():
+        pytest.fail(f"the Swift harness is missing at {HARNESS_DIR}")
     handle = start_swift(tmp_path_factory.mktemp("swiftsrv"))
     try:
         yield handle

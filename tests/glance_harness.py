@@ -1,247 +1,90 @@
-"""Stdlib-only helpers around the shared Glance (and Keystone) test harness.
+"""Helpers around the project's own Glance (and Keystone) test harness, ``tests/harness/``.
 
-The harness (``$LOCPICK_GLANCE_HARNESS``, default ``../shared/glance-harness``
-beside the repository, else ``/work/shared/...``,
-see its README.md) runs an unmodified OpenStack Glance 33.0.0 API on
-127.0.0.1 (no-auth by default, or behind a real Keystone 30.0.0) with three
-stores: ``fs1`` (file, default), ``fs2`` (file) and ``web`` (http).  Its
-directory is read-only, so every instance gets its own WORKDIR.
+It runs an unmodified OpenStack Glance 33.0.0 API on 127.0.0.1 (no-auth by default, or
+behind a real Keystone 30.0.0) with three stores: ``fs1`` (file, default), ``fs2`` (file)
+and ``web`` (http).
 
 Venv cache
-    ``start-glance`` would create ``WORKDIR/venv`` (pip install, ~26 s).  To
-    make warm starts ~2-3 s, :func:`start_glance` keeps that venv in
-    ``${LOCPICK_HARNESS_CACHE:-~/.cache/locpick-test}/glance/venv`` (built
-    once under an flock) and points ``WORKDIR/venv`` at it with a symlink;
-    the harness accepts any ``WORKDIR/venv`` that imports glance.  Keystone
-    likewise uses ``.../keystone/venv``.
+    Glance and Keystone are installed from PyPI on first use (~30 s each) into
+    ``${LOCPICK_TEST_CACHE:-~/.cache/locpick-test}/{glance,keystone}/venv`` (built once
+    under an flock, shared by concurrent sessions); ``WORKDIR/venv`` is a symlink to it.
+    Warm starts take ~2-3 s.
 
 WORKDIR
-    One WORKDIR per running instance.  Re-using a WORKDIR *sequentially* is
-    safe (config is rewritten, ``db_sync`` is idempotent, the sqlite DB and
-    its images persist).  Two *concurrent* instances must NOT share a
-    WORKDIR: ``start-glance`` on a second port overwrites ``glance.pid`` and
-    both gunicorns share the DB and stores, so a ``stop()`` would kill the
-    wrong one.  Use a fresh dir (e.g. ``tmp_path_factory``) per session and
-    a free port (picked here); concurrent pytest sessions then do not clash.
+    One WORKDIR per running instance. Re-using a WORKDIR *sequentially* is safe (config
+    is rewritten, ``db_sync`` is idempotent, the sqlite DB and its images persist). Two
+    *concurrent* instances must NOT share a WORKDIR (one pid file, one DB, one store).
+    Use a fresh dir (e.g. ``tmp_path_factory``) per session and a free port (picked here).
 
 tmpfs stores
-    ``tmpfs_stores=True`` mounts a tmpfs on ``WORKDIR/stores/fs1`` and
-    ``fs2`` before Glance starts (needs root / CAP_SYS_ADMIN; see
-    :func:`tmpfs_supported`) so the ``mountpoint`` metadata of the file
-    locations names a real mount; :meth:`GlanceHandle.stop` unmounts them
-    (their data is lost, images in a kept sqlite DB then point at missing
-    files, so prefer a fresh WORKDIR with tmpfs).
+    ``tmpfs_stores=True`` mounts a tmpfs on ``WORKDIR/stores/fs1`` and ``fs2`` before
+    Glance starts (needs root / CAP_SYS_ADMIN; see :func:`tmpfs_supported`) so the
+    ``mountpoint`` metadata of the file locations names a real mount;
+    :meth:`GlanceHandle.stop` unmounts them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import random
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers import shared_harness
+from harness import glance as glance_service
+from harness import keystone as keystone_service
+from harness import keystone_api, procs, seed, venvs
+from harness.venvs import HarnessError
 
-HOST = "127.0.0.1"
-GLANCE_VERSION = "33.0.0"
-KEYSTONE_VERSION = "30.0.0"
-PATCH_CONTENT_TYPE = "application/openstack-images-v2.1-json-patch"
+HOST = procs.HOST
+PATCH_CONTENT_TYPE = seed.PATCH_CONTENT_TYPE
 FILE_STORES = ("fs1", "fs2")
+GLANCE_VERSION = venvs.GLANCE_VERSION
+KEYSTONE_VERSION = venvs.KEYSTONE_VERSION
 
-
-class GlanceHarnessError(RuntimeError):
-    """A harness script failed; the message carries its stderr tail."""
+#: Raised when a service cannot be installed, started or used.
+GlanceHarnessError = HarnessError
 
 
 def harness_dir() -> Path:
-    env = os.environ.get("LOCPICK_GLANCE_HARNESS")
-    return Path(env) if env else shared_harness("glance-harness")
+    """The harness package inside this repository."""
+    return Path(__file__).resolve().parent / "harness"
 
 
 def harness_available() -> bool:
-    return (harness_dir() / "start-glance").is_file()
+    return (harness_dir() / "glance.py").is_file()
 
 
 def cache_dir(kind: str = "glance") -> Path:
-    """``${LOCPICK_HARNESS_CACHE:-~/.cache/locpick-test}/<kind>``."""
-    base = os.environ.get("LOCPICK_HARNESS_CACHE") or "~/.cache/locpick-test"
-    return Path(base).expanduser() / kind
-
-
-# ---------------------------------------------------------------- venv cache
-
-_VENV_SPECS: dict[str, tuple[str, tuple[str, ...], str, str]] = {
-    # kind: (version, executables start-<kind> checks, import check, pip args env)
-    "glance": (
-        GLANCE_VERSION,
-        ("gunicorn", "glance-manage"),
-        "import glance, glance_store",
-        "GLANCE_PIP_ARGS",
-    ),
-    "keystone": (
-        KEYSTONE_VERSION,
-        ("gunicorn", "keystone-manage"),
-        "import keystone",
-        "KEYSTONE_PIP_ARGS",
-    ),
-}
-
-
-def _venv_ok(kind: str, venv: Path) -> bool:
-    version, exes, check, _ = _VENV_SPECS[kind]
-    marker = venv / f".locpick-{kind}-version"
-    if not (marker.is_file() and marker.read_text().strip() == version):
-        return False
-    if not all(os.access(venv / "bin" / exe, os.X_OK) for exe in exes):
-        return False
-    r = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", check], capture_output=True, check=False
-    )
-    return r.returncode == 0
+    """``${LOCPICK_TEST_CACHE:-~/.cache/locpick-test}/<kind>``."""
+    return venvs.cache_dir(kind)
 
 
 def ensure_cached_venv(kind: str = "glance") -> Path:
-    """Build (once, under a lock) and return the cached venv for ``kind``
-    ("glance" or "keystone"): ``python -m venv`` + ``pip install
-    <kind>==VERSION gunicorn``, exactly what start-<kind> would do."""
-    version, _, _, pip_env = _VENV_SPECS[kind]
-    cdir = cache_dir(kind)
-    venv = cdir / "venv"
-    cdir.mkdir(parents=True, exist_ok=True)
-    with (cdir / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _venv_ok(kind, venv):
-            return venv
-        shutil.rmtree(venv, ignore_errors=True)
-        py = os.environ.get(f"{kind.upper()}_PYTHON") or sys.executable
-        subprocess.run([py, "-m", "venv", str(venv)], check=True, capture_output=True)
-        log = cdir / "pip-install.log"
-        with log.open("wb") as out:
-            r = subprocess.run(
-                [
-                    str(venv / "bin" / "pip"),
-                    "install",
-                    "--disable-pip-version-check",
-                    *os.environ.get(pip_env, "").split(),
-                    f"{kind}=={version}",
-                    "gunicorn",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                check=False,
-            )
-        if r.returncode != 0:
-            raise GlanceHarnessError(
-                f"pip install {kind}=={version} failed, see {log}:\n"
-                + _tail(log.read_text(errors="replace"))
-            )
-        (venv / f".locpick-{kind}-version").write_text(version + "\n")
-        if not _venv_ok(kind, venv):
-            raise GlanceHarnessError(f"cached venv {venv} does not import {kind}")
-        return venv
-
-
-def _link_venv(kind: str, workdir: Path) -> None:
-    """Point WORKDIR/venv at the cached venv unless WORKDIR has its own."""
-    link = workdir / "venv"
-    cached = ensure_cached_venv(kind)
-    if link.is_symlink():
-        if Path(os.readlink(link)) == cached:
-            return
-        link.unlink()
-    elif link.exists():
-        return  # a private venv: the harness reuses or rebuilds it itself
-    link.symlink_to(cached, target_is_directory=True)
+    """Build (once, under a lock) and return the cached venv for ``kind``."""
+    return venvs.ensure_venv(kind)[0]
 
 
 # ---------------------------------------------------------------- ports, procs
 
-
-def port_free(port: int, host: str = HOST) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
+port_free = procs.port_free
+process_group_pids = procs.process_group_pids
 
 
 def find_free_port() -> int:
-    """A free TCP port on 127.0.0.1 below Linux's ephemeral range (so that
-    outgoing connections cannot grab it between the check and the bind)."""
-    for _ in range(500):
-        port = random.randint(20000, 32000)
-        if port_free(port):
-            return port
-    raise GlanceHarnessError("no free port found")
-
-
-def process_group_pids(pgid: int) -> list[int]:
-    """Live pids whose process group is ``pgid`` (gunicorn is started with
-    setsid, so its group is exactly master + workers)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        # fields[0] = state, fields[2] = pgrp
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            pids.append(int(entry.name))
-    return pids
+    """A free TCP port on 127.0.0.1 below Linux's ephemeral range."""
+    return procs.free_port()
 
 
 def _tail(text: str, n: int = 40) -> str:
-    return "\n".join(text.splitlines()[-n:])
-
-
-def _run_script(
-    args: Sequence[str], env: Mapping[str, str] | None, timeout: float, what: str
-) -> subprocess.CompletedProcess[str]:
-    full_env = dict(os.environ)
-    if env:
-        full_env.update(env)
-    try:
-        r = subprocess.run(
-            list(args),
-            env=full_env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired as e:
-        raise GlanceHarnessError(f"{what} timed out after {timeout}s") from e
-    if r.returncode != 0:
-        raise GlanceHarnessError(
-            f"{what} failed (exit {r.returncode}):\n{_tail(r.stderr)}\n{_tail(r.stdout, 5)}"
-        )
-    return r
-
-
-def _last_line(stdout: str) -> str:
-    lines = [ln.strip() for ln in stdout.splitlines() if ln.strip()]
-    if not lines:
-        raise GlanceHarnessError("harness script printed nothing on stdout")
-    return lines[-1]
+    return venvs.tail(text, n)
 
 
 # ---------------------------------------------------------------- tmpfs
@@ -330,12 +173,12 @@ class GlanceHandle:
         return _tail(p.read_text(errors="replace"), n) if p.exists() else ""
 
     def stop(self) -> None:
-        """stop-glance (SIGTERM to our gunicorn's pid, its group only), then
-        unmount the tmpfs stores we mounted.  Idempotent."""
+        """SIGTERM to our gunicorn's process group (nothing else), then unmount the
+        tmpfs stores we mounted. Idempotent."""
         if self.stopped:
             return
         try:
-            _stop_service("glance", self.workdir, self.pid)
+            glance_service.stop(self.workdir)
         finally:
             for m in reversed(self.mounts):
                 umount(m)
@@ -349,64 +192,27 @@ class GlanceHandle:
 
 
 def _running_port(workdir: Path) -> int | None:
-    """Port of the Glance that WORKDIR/glance.pid says is alive, else None."""
-    try:
-        pid = int((workdir / "glance.pid").read_text().strip())
-        os.kill(pid, 0)
-        conf = (workdir / "glance-api.conf").read_text()
-    except (OSError, ValueError):
-        return None
-    for line in conf.splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "bind_port":
-            return int(value)
-    return None
+    """Port of the Glance that WORKDIR runs, else None."""
+    live = glance_service.running(workdir)
+    return live[1] if live else None
 
 
-def _start_service(
-    kind: str, workdir: Path, port: int | None, env: Mapping[str, str], timeout: float
+def _start_on_free_port(
+    start: Callable[[int], tuple[str, int]], port: int | None
 ) -> tuple[str, int, int]:
-    """Run ``start-KIND WORKDIR PORT``; returns (the last line it printed, port, pid).
-
-    ``port=None`` picks a free port, retrying if it is taken meanwhile. A failed start is
-    stopped by its pid file (a timeout may leave a server behind)."""
+    """``start(port)`` on ``port``, or on a free port (retried if taken meanwhile);
+    returns (URL, port, pid)."""
     attempts = 1 if port is not None else 4
     for attempt in range(attempts):
         use_port = port if port is not None else find_free_port()
         try:
-            r = _run_script(
-                [str(harness_dir() / f"start-{kind}"), str(workdir), str(use_port)],
-                env,
-                timeout,
-                f"start-{kind}",
-            )
-            break
-        except GlanceHarnessError as e:
-            subprocess.run(
-                [str(harness_dir() / f"stop-{kind}"), str(workdir)],
-                capture_output=True,
-                check=False,
-                timeout=60,
-            )
+            url, pid = start(use_port)
+        except HarnessError as e:
             if "already in use" in str(e) and attempt + 1 < attempts:
                 continue
             raise
-    line = _last_line(r.stdout)
-    return line, use_port, int((workdir / f"{kind}.pid").read_text().strip())
-
-
-def _stop_service(kind: str, workdir: Path, pid: int) -> None:
-    """Run ``stop-KIND WORKDIR``, then wait up to 10 s for ``pid``'s process group to go."""
-    subprocess.run(
-        [str(harness_dir() / f"stop-{kind}"), str(workdir)],
-        capture_output=True,
-        timeout=60,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while process_group_pids(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
+        return url, use_port, pid
+    raise AssertionError("unreachable")
 
 
 def start_glance(
@@ -420,21 +226,22 @@ def start_glance(
     env: Mapping[str, str] | None = None,
     timeout: float = 600,
 ) -> GlanceHandle:
-    """Run ``start-glance WORKDIR PORT`` and return a handle.
+    """Start Glance in WORKDIR and return a handle.
 
     ``port=None`` picks a free port (retrying if it is taken meanwhile).
-    ``auth="keystone"`` needs ``keystone_url`` (see :func:`start_keystone`;
-    then call :func:`register_image_endpoint`).  ``tmpfs_stores=True``
-    mounts tmpfs on the fs1/fs2 store dirs first (raises if not permitted;
-    check :func:`tmpfs_supported`).  ``env`` adds harness knobs such as
-    ``GLANCE_ALLOWED_PORTS``.  ``timeout`` covers a cold venv build."""
+    ``auth="keystone"`` needs ``keystone_url`` (see :func:`start_keystone`; then call
+    :func:`register_image_endpoint`). ``tmpfs_stores=True`` mounts tmpfs on the fs1/fs2
+    store dirs first (raises if not permitted; check :func:`tmpfs_supported`). ``env``:
+    ``GLANCE_ALLOWED_PORTS`` (comma list of ports Glance may contact, default any), or
+    variables for the Glance process (``GLANCE_NOAUTH_PROJECT_ID``, ...). ``timeout``
+    covers a cold venv build."""
     if auth not in ("noauth", "keystone"):
         raise ValueError(f"auth must be 'noauth' or 'keystone', not {auth!r}")
     if auth == "keystone" and not keystone_url:
         raise ValueError("auth='keystone' needs keystone_url")
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    _link_venv("glance", workdir)
+    venvs.link_venv("glance", workdir)
     stores = {s: workdir / "stores" / s for s in FILE_STORES}
 
     mounts: list[Path] = []
@@ -445,23 +252,20 @@ def start_glance(
             if not os.path.ismount(path):
                 mount_tmpfs(path, tmpfs_size, source=f"locpick-glance-{name}")
                 mounts.append(path)
-
-    script_env = {"GLANCE_AUTH": auth, "GLANCE_PYTHON": sys.executable}
-    if keystone_url:
-        script_env["KEYSTONE_URL"] = keystone_url
-    if env:
-        script_env.update(env)
     running = _running_port(workdir)
     if running is not None:
-        # start-glance is idempotent for the same port, but a start on another
-        # port fails AND deletes glance.pid, orphaning the running gunicorn.
         if port is not None and port != running:
             raise GlanceHarnessError(
                 f"{workdir} already runs a Glance on port {running}; use another WORKDIR"
             )
         port = running
     try:
-        endpoint, use_port, pid = _start_service("glance", workdir, port, script_env, timeout)
+        endpoint, use_port, pid = _start_on_free_port(
+            lambda p: glance_service.start(
+                workdir, p, auth=auth, keystone_url=keystone_url, env=env, timeout=timeout
+            ),
+            port,
+        )
     except BaseException:
         for m in reversed(mounts):
             umount(m)
@@ -491,38 +295,22 @@ def seed_image(
     verify: bool = True,
     timeout: float = 120,
 ) -> str:
-    """Run ``seed-image`` and return the new image id.  Locations end up in
-    this order: fs1 (upload), each ``copy_to_stores``, each http location
-    (``(url, metadata)``; metadata may be ``{}``; Glance adds
-    ``store: web``).  Loopback http URLs must be served while this runs
-    (seed-image GETs them to compare sha256 unless ``verify=False``)."""
-    args = [
-        sys.executable,
-        str(harness_dir() / "seed-image"),
+    """Create an active image from FILE and return its id. Locations end up in this
+    order: fs1 (upload), each ``copy_to_stores``, each http location (``(url, metadata)``
+    or a bare URL; Glance adds ``store: web``). Loopback http URLs must be served while
+    this runs (they are fetched to compare sha256 unless ``verify=False``)."""
+    return seed.seed_image(
         endpoint,
-        str(file),
-        "--timeout",
-        str(int(timeout)),
-    ]
-    for loc in http_locations:
-        url, meta = (loc, {}) if isinstance(loc, str) else loc
-        args += ["--http-location", url]
-        if meta:
-            args += ["--http-metadata", json.dumps(dict(meta))]
-    for store in copy_to_stores:
-        args += ["--copy-to-store", store]
-    if name:
-        args += ["--name", name]
-    if visibility:
-        args += ["--visibility", visibility]
-    if token:
-        args += ["--token", token]
-    if no_upload:
-        args.append("--no-upload")
-    if not verify:
-        args.append("--no-verify")
-    r = _run_script(args, None, timeout + 30, "seed-image")
-    return _last_line(r.stdout)
+        Path(file),
+        http_locations=[(loc, {}) if isinstance(loc, str) else loc for loc in http_locations],
+        copy_to_stores=copy_to_stores,
+        token=token,
+        name=name,
+        visibility=visibility,
+        no_upload=no_upload,
+        verify=verify,
+        timeout=timeout,
+    )
 
 
 # ---------------------------------------------------------------- Glance API
@@ -552,7 +340,7 @@ def glance_request(
         endpoint.rstrip("/") + path, data=data, method=method, headers=hdrs
     )
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with procs.DIRECT.open(req, timeout=timeout) as resp:
             status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as e:
         status, raw = e.code, e.read()
@@ -687,7 +475,7 @@ class KeystoneHandle:
     def stop(self) -> None:
         if self.stopped:
             return
-        _stop_service("keystone", self.workdir, self.pid)
+        keystone_service.stop(self.workdir)
         self.stopped = True
 
     def __enter__(self) -> KeystoneHandle:
@@ -704,34 +492,32 @@ def start_keystone(
     env: Mapping[str, str] | None = None,
     timeout: float = 600,
 ) -> KeystoneHandle:
-    """Run ``start-keystone WORKDIR PORT`` (users admin/admin, demo/demo-pass,
-    glance/glance-pass; region RegionOne); the venv is cached like Glance's."""
+    """Start Keystone in WORKDIR (users admin/admin, demo/demo-pass, glance/glance-pass;
+    region RegionOne); the venv is cached like Glance's."""
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    _link_venv("keystone", workdir)
-    script_env = {"KEYSTONE_PYTHON": sys.executable, **(env or {})}
-    auth_url, use_port, pid = _start_service("keystone", workdir, port, script_env, timeout)
+    venvs.link_venv("keystone", workdir)
+    auth_url, use_port, pid = _start_on_free_port(
+        lambda p: keystone_service.start(workdir, p, env=env, timeout=timeout), port
+    )
     return KeystoneHandle(auth_url=auth_url, workdir=workdir, port=use_port, pid=pid)
 
 
 def keystone_token(
     auth_url: str, user: str | None = None, password: str | None = None, project: str | None = None
 ) -> str:
-    """A project-scoped token via ``keystone-admin token`` (default admin)."""
-    args = [sys.executable, str(harness_dir() / "keystone-admin"), "token", auth_url]
-    for opt, val in (("--user", user), ("--password", password), ("--project", project)):
-        if val:
-            args += [opt, val]
-    return _last_line(_run_script(args, None, 60, "keystone-admin token").stdout)
+    """A project-scoped token (default admin)."""
+    return keystone_api.token(auth_url, user, password, project)
+
+
+def register_endpoint(
+    auth_url: str, name: str, service_type: str, url: str, region: str = "RegionOne"
+) -> str:
+    """Catalog entry NAME/TYPE -> URL (public + internal); returns the service id."""
+    return keystone_api.register_endpoint(auth_url, name, service_type, url, region=region)
 
 
 def register_image_endpoint(auth_url: str, glance_endpoint: str, region: str = "RegionOne") -> str:
-    """Catalog entry image -> ``glance_endpoint`` (public + internal); returns
-    the service id."""
-    r = _run_script(
-        [str(harness_dir() / "register-image-endpoint"), auth_url, glance_endpoint, region],
-        None,
-        60,
-        "register-image-endpoint",
-    )
-    return _last_line(r.stdout)
+    """Catalog entry image -> ``glance_endpoint`` (public + internal); returns the
+    service id."""
+    return register_endpoint(auth_url, "glance", "image", glance_endpoint, region)

@@ -71,10 +71,3 @@ def run_cli(
 def temp_leftovers(directory: Path) -> list[str]:
     """Files locpick may have left beside a dest (temp files, parts)."""
     return sorted(p.name for p in directory.iterdir() if ".locpick" in p.name)
-
-
-def shared_harness(name: str) -> Path:
-    """A harness from the project's shared/ folder: beside this repository (as CI lays it out),
-    else the development machine's /work/shared."""
-    beside = ROOT.parent / "shared" / name
-    return beside if beside.is_dir() else Path("/work/shared") / name

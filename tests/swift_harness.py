@@ -1,18 +1,11 @@
-"""Stdlib-only helpers around the shared Swift test harness.
+"""Helpers around the project's own Swift test harness, ``tests/harness/swift.py``.
 
-The harness (``$LOCPICK_SWIFT_HARNESS``, default ``../shared/swift-harness``
-beside the repository, else ``/work/shared/...``,
-see its README.md) runs an unmodified OpenStack Swift 2.38.3 all-in-one
-cluster on 127.0.0.1 with **tempauth** (auth v1.0).  Its directory is
-read-only: every instance gets its own WORKDIR, and ``start-swift`` would
-normally create ``WORKDIR/venv`` (``pip install swift``, ~10 s).  To make warm
-starts fast, :func:`start_swift` keeps that venv in a persistent cache,
-``${LOCPICK_HARNESS_CACHE:-~/.cache/locpick-test}/swift/venv``, and points
-``WORKDIR/venv`` at it with a symlink; the rings (per port) are cached in
-``.../swift/rings/PORT`` and ports with cached rings are preferred.  ``start-swift`` accepts any
-``WORKDIR/venv`` that imports swift, so it reuses the cached one (and if
-the cache were ever broken it would just remove the symlink and build a
-private venv in WORKDIR, i.e. still work, only slowly).
+It runs an unmodified OpenStack Swift 2.38.3 all-in-one cluster on 127.0.0.1 with
+**tempauth** (auth v1.0): the proxy on PORT, account/container/object servers on
+PORT+1..PORT+3. Swift is installed from PyPI on first use (~10 s) into
+``${LOCPICK_TEST_CACHE:-~/.cache/locpick-test}/swift/venv`` (``WORKDIR/venv`` is a
+symlink to it); the rings (per port) are cached in ``.../swift/rings/PORT`` and ports
+with cached rings are preferred. Every instance gets its own WORKDIR.
 
 Users (tempauth, same as Swift's SAIO):
 
@@ -70,26 +63,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import http.client
-import json
 import os
-import random
-import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
-from helpers import shared_harness
+from harness import procs, venvs
+from harness import swift as swift_service
+from harness.venvs import HarnessError
 
-HARNESS_DIR = Path(os.environ.get("LOCPICK_SWIFT_HARNESS") or shared_harness("swift-harness"))
-SWIFT_VERSION = os.environ.get("SWIFT_VERSION", "2.38.3")
+#: The harness package inside this repository.
+HARNESS_DIR = Path(__file__).resolve().parent / "harness"
+SWIFT_VERSION = venvs.SWIFT_VERSION
 HOST = "127.0.0.1"
 
 # tempauth users configured by start-swift: (X-Auth-User, X-Auth-Key)
@@ -99,14 +88,8 @@ OTHER_ACCOUNT_USER = ("test2:tester2", "testing2")  # .admin of AUTH_test2
 RESELLER_ADMIN = ("admin:admin", "admin")  # every account
 TEST_ACCOUNT = "AUTH_test"
 
-# the modules start-swift's venv_ok() imports
-_VENV_CHECK = (
-    "import swift.proxy.server, swift.obj.server, pyeclib.ec_iface, xattr, cryptography.fernet"
-)
-
-
-class SwiftHarnessError(RuntimeError):
-    """The harness could not be started or a helper call failed."""
+#: The harness could not be started or a helper call failed.
+SwiftHarnessError = HarnessError
 
 
 class SwiftHTTPError(SwiftHarnessError):
@@ -149,13 +132,8 @@ class SwiftHandle:
         return f"{base}/{q(container, safe='')}/{q(obj, safe='/')}"
 
     def stop(self) -> None:
-        """stop-swift WORKDIR: signals only the process groups in WORKDIR/*.pid."""
-        subprocess.run(
-            [str(HARNESS_DIR / "stop-swift"), str(self.workdir)],
-            check=False,
-            capture_output=True,
-            timeout=60,
-        )
+        """Signals only the process groups whose pids are in WORKDIR/*.pid."""
+        swift_service.stop(self.workdir)
 
     def __enter__(self) -> SwiftHandle:
         return self
@@ -166,7 +144,7 @@ class SwiftHandle:
 
 @dataclasses.dataclass(frozen=True)
 class PutResult:
-    """What swift-put --json reports for an upload."""
+    """What an upload did: where the object is, the token used, its ETag and sizes."""
 
     url: str
     token: str
@@ -186,167 +164,39 @@ class PutResult:
 
 
 def cache_dir() -> Path:
-    """``${LOCPICK_HARNESS_CACHE:-~/.cache/locpick-test}/swift``."""
-    base = os.environ.get("LOCPICK_HARNESS_CACHE") or "~/.cache/locpick-test"
-    return Path(base).expanduser() / "swift"
-
-
-def _venv_ok(venv: Path) -> bool:
-    """The same check as start-swift's venv_ok(), plus the Swift version."""
-    marker = venv / ".locpick-swift-version"
-    if not (
-        marker.exists()
-        and marker.read_text().strip() == SWIFT_VERSION
-        and os.access(venv / "bin" / "python", os.X_OK)
-        and os.access(venv / "bin" / "swift-proxy-server", os.X_OK)
-        and os.access(venv / "bin" / "swift-ring-builder", os.X_OK)
-    ):
-        return False
-    r = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", _VENV_CHECK], capture_output=True, check=False
-    )
-    return r.returncode == 0
+    """``${LOCPICK_TEST_CACHE:-~/.cache/locpick-test}/swift``."""
+    return venvs.cache_dir("swift")
 
 
 def ensure_cached_venv() -> tuple[Path | None, bool]:
-    """Return (venv, was_already_cached). Builds the cached venv under a lock
-    the same way start-swift would (``python3 -m venv`` + ``pip install
-    swift==$SWIFT_VERSION $SWIFT_PIP_ARGS``).  Returns (None, False) if it
-    cannot be built; start-swift then builds a private venv itself."""
-    cdir = cache_dir()
-    venv = cdir / "venv"
-    try:
-        cdir.mkdir(parents=True, exist_ok=True)
-        with (cdir / ".lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if _venv_ok(venv):
-                return venv, True
-            shutil.rmtree(venv, ignore_errors=True)
-            py = os.environ.get("SWIFT_PYTHON", "python3")
-            subprocess.run([py, "-m", "venv", str(venv)], check=True, capture_output=True)
-            log = cdir / "pip-install.log"
-            with log.open("wb") as out:
-                subprocess.run(
-                    [
-                        str(venv / "bin" / "pip"),
-                        "install",
-                        "--disable-pip-version-check",
-                        *os.environ.get("SWIFT_PIP_ARGS", "").split(),
-                        f"swift=={SWIFT_VERSION}",
-                    ],
-                    check=True,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            (venv / ".locpick-swift-version").write_text(SWIFT_VERSION + "\n")
-            if not _venv_ok(venv):
-                raise SwiftHarnessError(f"cached venv {venv} does not import swift")
-            return venv, False
-    except (OSError, subprocess.CalledProcessError, SwiftHarnessError) as e:
-        print(f"swift_harness: no cached venv ({e}); start-swift builds its own", file=sys.stderr)
-        return None, False
-
-
-def _tcp_port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as start-swift checks
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
+    """(venv, was_already_cached), built once under a lock."""
+    return venvs.ensure_venv("swift")
 
 
 def find_free_port(preferred: tuple[int, ...] = (), tries: int = 200) -> int:
-    """A PORT with PORT..PORT+3 free on 127.0.0.1 (PORT+9 is only a UDP
-    syslog sink that nobody needs to listen on).  ``preferred`` ports are
-    tried first; random ones are below Linux's ephemeral range (32768+) so
-    outgoing connections do not grab them."""
-    rnd = random.SystemRandom()
-    candidates = [*preferred, *(rnd.randrange(20000, 32000, 10) for _ in range(tries))]
-    for port in candidates:
-        if all(_tcp_port_free(port + i) for i in range(4)):
-            return port
-    raise SwiftHarnessError("no free block of 4 ports found")
-
-
-_RING_FILES = (
-    "ring-ports",
-    *(f"{r}.{ext}" for r in ("account", "container", "object") for ext in ("builder", "ring.gz")),
-)
-
-
-def _ring_cache(port: int) -> Path:
-    return cache_dir() / "rings" / str(port)
-
-
-def _cached_ring_ports() -> tuple[int, ...]:
-    d = cache_dir() / "rings"
-    if not d.is_dir():
-        return ()
-    return tuple(sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()))
-
-
-def _restore_rings(wd: Path, port: int) -> None:
-    """Building the three rings costs ~2 s; they depend only on the ports and
-    the part power, so start-swift's rings_ok() accepts a cached copy."""
-    src, etc = _ring_cache(port), wd / "etc"
-    if (etc / "ring-ports").exists() or not all((src / f).exists() for f in _RING_FILES):
-        return
-    etc.mkdir(parents=True, exist_ok=True)
-    for f in _RING_FILES:
-        shutil.copy2(src / f, etc / f)
-
-
-def _save_rings(wd: Path, port: int) -> None:
-    dst, etc = _ring_cache(port), wd / "etc"
-    if dst.exists() or not all((etc / f).exists() for f in _RING_FILES):
-        return
-    with contextlib.suppress(OSError):
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=".tmp-"))
-        for f in _RING_FILES:
-            shutil.copy2(etc / f, tmp / f)
-        try:
-            tmp.rename(dst)
-        except OSError:  # someone else saved them first
-            shutil.rmtree(tmp, ignore_errors=True)
+    """A PORT with PORT..PORT+3 free on 127.0.0.1 (PORT+9 is only a UDP syslog sink
+    nobody listens on); ``preferred`` ports are tried first."""
+    return procs.free_port(4, preferred, tries)
 
 
 def start_swift(workdir: str | os.PathLike[str], port: int | None = None) -> SwiftHandle:
-    """Start the harness in ``workdir`` (created if needed) on ``port`` (or a
-    free one; ports whose rings are cached are preferred) and wait until it
-    answers.  Uses the cached venv and rings (see module doc).  Idempotent
-    per workdir, like start-swift itself."""
-    if not (HARNESS_DIR / "start-swift").exists():
-        raise SwiftHarnessError(f"no Swift harness at {HARNESS_DIR}")
+    """Start Swift in ``workdir`` (created if needed) on ``port`` (or a free one; ports
+    whose rings are cached are preferred) and wait until all four servers answer.
+    Idempotent per workdir."""
     wd = Path(workdir).resolve()
     wd.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    venv, cached = ensure_cached_venv()
-    link = wd / "venv"
-    if venv is not None and not link.is_symlink() and not link.exists():
-        link.symlink_to(venv, target_is_directory=True)
     attempts = 1 if port is not None else 3
-    err = ""
-    for _ in range(attempts):
-        p = port if port is not None else find_free_port(_cached_ring_ports())
-        _restore_rings(wd, p)
-        r = subprocess.run(
-            [str(HARNESS_DIR / "start-swift"), str(wd), str(p)],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=600,
-        )
-        lines = r.stdout.strip().splitlines()
-        if r.returncode == 0 and lines and lines[-1] == f"http://{HOST}:{p}":
-            _save_rings(wd, p)
-            return SwiftHandle(wd, p, time.monotonic() - t0, cached)
-        err = r.stderr[-2000:]
-        if "already in use" not in err:  # only a lost port race is worth retrying
-            break
-    raise SwiftHarnessError(f"start-swift {wd} failed:\n{err}")
+    for attempt in range(attempts):
+        p = port if port is not None else find_free_port(swift_service.cached_ring_ports())
+        try:
+            _, cached = swift_service.start(wd, p)
+        except HarnessError as e:
+            if "already in use" in str(e) and attempt + 1 < attempts:
+                continue  # lost a port race
+            raise
+        return SwiftHandle(wd, p, time.monotonic() - t0, cached)
+    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------- HTTP
@@ -411,7 +261,7 @@ def put_object(
     public: bool = False,
     content_type: str = "application/octet-stream",
 ) -> PutResult:
-    """Upload with the harness's ``swift-put`` (creates the container).
+    """Upload an object (creates the container).
 
     ``data_or_path``: bytes, or a path to a file.  ``segment_size``: store as
     a Glance-style Dynamic Large Object (segments ``NAME-00001``... of that
@@ -430,29 +280,17 @@ def put_object(
             path = Path(data_or_path)
         size = path.stat().st_size
         md5 = _md5_file(path)
-        cmd = [
-            sys.executable,
-            str(HARNESS_DIR / "swift-put"),
+        j = swift_service.put(
             handle.auth_url,
-            str(path),
+            path,
             container,
             name,
-            "--user",
-            user,
-            "--key",
-            key,
-            "--content-type",
-            content_type,
-            "--json",
-        ]
-        if public:
-            cmd.append("--public")
-        if segment_size:
-            cmd += ["--dlo-segment-size", str(segment_size)]
-        r = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
-    if r.returncode != 0:
-        raise SwiftHarnessError(f"swift-put failed: {r.stderr[-2000:]}")
-    j = json.loads(r.stdout.strip().splitlines()[-1])
+            user=user,
+            key=key,
+            public=public,
+            content_type=content_type,
+            segment_size=segment_size or 0,
+        )
     segments = -(-size // segment_size) if segment_size else 0
     if segment_size and size == 0:
         segments = 1

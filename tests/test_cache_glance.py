@@ -83,9 +83,17 @@ def image(glance_world: GlanceWorld, tmp_path: Path) -> Iterator[tuple[str, byte
         origin.stop()
 
 
-def _locations(w: GlanceWorld, image_id: str) -> dict[str, dict[str, str]]:
+def _locations(w: GlanceWorld, image_id: str) -> list[str]:
+    """The image's location URLs in Glance's order, duplicates kept."""
     rec = gh.get_image(w.endpoint, image_id, token=w.admin_token)
-    return {loc["url"]: loc["metadata"] for loc in rec["locations"]}
+    return [loc["url"] for loc in rec["locations"]]
+
+
+def _metadata(w: GlanceWorld, image_id: str, url: str) -> dict[str, str]:
+    """The metadata of the one location ``url`` of the image (fails if it is not exactly one)."""
+    rec = gh.get_image(w.endpoint, image_id, token=w.admin_token)
+    (meta,) = [loc["metadata"] for loc in rec["locations"] if loc["url"] == url]
+    return dict(meta)
 
 
 def test_a_registers_b_downloads_from_a_a_evicts(
@@ -101,7 +109,7 @@ def test_a_registers_b_downloads_from_a_a_evicts(
     code, out, err = a.cli("download", image_id, str(tmp_path / "a.img"), "--register", "--json")
     assert code == 0, err
     assert json.loads(out)["source_url"] == origin.url
-    meta = _locations(w, image_id)[a.url(image_id)]
+    meta = _metadata(w, image_id, a.url(image_id))
     assert meta["locpick_cache"] == "true"
     assert (meta["host"], meta["rack"], meta["zone"], meta["region"]) == (
         "node-a",
@@ -140,6 +148,7 @@ def test_cache_hit_registers_once_and_uses_no_network(
     assert code == 0, err
     assert json.loads(out)["method"] == "cache"
     assert origin.bytes_sent == 0
+    assert "not registered" not in err  # no second attempt (Glance 33 refuses a duplicate)
     urls = [u for u in _locations(glance_world, image_id) if u == a.url(image_id)]
     assert urls == [a.url(image_id)]
 
@@ -194,7 +203,8 @@ def test_location_serving_other_bytes_is_rejected_and_demoted(
     image: tuple[str, bytes, Origin],
     tmp_path: Path,
 ) -> None:
-    """Anyone may add a location; one that serves other bytes, even the closest, is rejected."""
+    """Anyone may add a location; one that serves other bytes, even the closest, is rejected,
+    and demoted: the next ranking reads the failure from history and opens its circuit."""
     w = glance_world
     _, b = nodes
     image_id, data, origin = image
@@ -217,6 +227,12 @@ def test_location_serving_other_bytes_is_rejected_and_demoted(
         assert tried[liar.url]["outcome"] == "failed"
         assert "mismatch" in tried[liar.url]["error"]
         assert (tmp_path / "b.img").read_bytes() == data
+        code, out, err = b.cli("rank", image_id, "--json")
+        assert code == 0, err
+        ranked = json.loads(out)
+        rows = {row["url"]: row for row in ranked}
+        assert "demoted" in rows[liar.url]["reasons"]["history"]
+        assert "circuit open" in " ".join(rows[liar.url]["reasons"]["notes"])
         code, out, err = b.cli("verify", image_id, "--prune", "--yes", "--json")
         assert code == 3
         assert json.loads(out)["prune"]["removed"] == [liar.url]
@@ -251,7 +267,7 @@ def test_reconcile_fixes_drift_both_ways_and_lru_unregisters(
     """Registered-not-cached is removed, cached-not-registered added; LRU eviction unregisters."""
     w = glance_world
     a, _ = nodes
-    image_id, data, _origin = image
+    image_id, _data, _origin = image
     assert a.cli("download", image_id, str(tmp_path / "1"), "--register")[0] == 0
     a.cache.evict(image_id)  # behind locpick's back: Glance still lists it
     assert a.url(image_id) in _locations(w, image_id)
@@ -290,7 +306,7 @@ def test_reconcile_fixes_drift_both_ways_and_lru_unregisters(
     assert a.cache.entry(image_id) is None and a.cache.entry(second) is not None
     assert a.url(image_id) not in _locations(w, image_id)
     assert a.url(second) in _locations(w, second)
-    assert data  # the first image's bytes are only in Glance's stores now
+    assert not (a.cache_dir / "images" / image_id).exists()  # its bytes left A's disk
 
 
 def test_public_url_glance_cannot_reach_keeps_a_plain_cache(

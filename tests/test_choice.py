@@ -41,10 +41,10 @@ def test_fast_bandwidth_wins_for_large_image_low_latency_for_tiny() -> None:
             "img", metadata=image_record("img", BIG, [quick.url, wide.url]), config=_cfg()
         )
         assert _first(big) == wide.url, big.to_json()
-        top = big.scores[0].reasons
-        assert top.throughput_bps is not None and top.throughput_bps > 20e6
-        assert big.scores[1].reasons.throughput_bps is not None
-        assert big.scores[1].reasons.throughput_bps < 10e6
+        top, second = big.scores[0].reasons, big.scores[1].reasons
+        assert top.throughput_bps is not None and second.throughput_bps is not None
+        assert second.throughput_bps < 10e6  # capped at 4 MB/s: load can only lower it
+        assert top.throughput_bps > 2 * second.throughput_bps
     with Origin(SMALL, faults=lat) as quick, Origin(SMALL, faults=bw) as wide:
         tiny = locpick.rank(
             "img", metadata=image_record("img", SMALL, [wide.url, quick.url]), config=_cfg()
@@ -90,7 +90,8 @@ def test_topology_never_beats_large_throughput_difference() -> None:
 
 
 def test_fifty_locations_ten_black_holes_rank_within_deadline() -> None:
-    """50 locations, 10 black holes: rank returns within the probe deadline plus a margin."""
+    """50 locations, 10 black holes: the holes cost rank no more than the probe deadline on top
+    of what the 40 good ones cost alone (measured here, so a loaded machine cannot fail it)."""
     deadline = 1.5
     with ExitStack() as stack:
         good = [stack.enter_context(Origin(ONE_MB)) for _ in range(40)]
@@ -99,13 +100,15 @@ def test_fifty_locations_ten_black_holes_rank_within_deadline() -> None:
         good_urls = [o.url for o in good]
         urls = [o.url for o in good] + [h.url for h in holes]
         urls = urls[::2] + urls[1::2]
-        rec = image_record("img", ONE_MB, urls)
         # All 50 probed (above the default max_candidates of 32): black holes among them.
         cfg = _cfg(probe=ProbeConfig(deadline=deadline, max_candidates=64))
         t0 = time.monotonic()
-        ranking = locpick.rank("img", metadata=rec, config=cfg)
+        locpick.rank("img", metadata=image_record("img", ONE_MB, good_urls), config=cfg)
+        reference = time.monotonic() - t0
+        t0 = time.monotonic()
+        ranking = locpick.rank("img", metadata=image_record("img", ONE_MB, urls), config=cfg)
         elapsed = time.monotonic() - t0
-    assert elapsed < deadline + 1.5, elapsed
+    assert elapsed < 1.5 * (reference + deadline), (elapsed, reference)
     assert len(ranking) == 50
     ranks = {s.url: s.rank for s in ranking.scores}
     assert max(ranks[u] for u in good_urls) < min(ranks[u] for u in hole_urls)
@@ -170,6 +173,7 @@ def test_policy_forbid_and_prefer_shown_in_reasons(tmp_path: Path) -> None:
         rows = {r["url"]: r for r in json.loads(out.stdout)}
         assert rows[a_loc]["usable"] is False
         assert "forbidden by policy" in rows[a_loc]["reasons"]["policy"]
+        assert a.connections == 0, "a forbidden location must not even be probed"
         for key in ("latency_ms", "throughput_bps", "topology", "shared_fs", "history", "error"):
             assert key in rows[b.url]["reasons"]
         assert rows[b.url]["reasons"]["connect_ms"] is not None

@@ -101,7 +101,7 @@ def test_all_bad_exit_3_dest_untouched(tmp_path: Path) -> None:
 
 
 def test_cli_download_json_contract(tmp_path: Path) -> None:
-    """--json prints exactly the contract's keys."""
+    """--json prints the contract's keys, plus only the documented extensions."""
     with Origin(DATA) as good:
         meta = write_record(tmp_path / "m.json", image_record("img", DATA, [good.url]))
         proc = run_cli("download", "img", str(tmp_path / "out"), "--metadata", str(meta), "--json")
@@ -116,7 +116,7 @@ def test_cli_download_json_contract(tmp_path: Path) -> None:
         "seconds",
         "verified",
         "attempts",
-    }
+    } | {"chosen_host", "reason", "sources", "probe_failures", "verify_failures"}
     assert doc["method"] == "download" and doc["verified"] == "sha512"
     assert doc["bytes"] == len(DATA)
     assert set(doc["attempts"][0]) == {"url", "outcome", "error", "bytes"}

@@ -16,9 +16,11 @@ import pytest
 from fixtures_cache import ServeProcess
 from fixtures_glance import GlanceWorld, glance_world_fixture  # noqa: F401
 from helpers import run_cli
+from prometheus_client.parser import text_string_to_metric_families
 
 from locpick.cache import NodeCache
-from locpick.publish import GlanceLocations
+from locpick.publish import GlanceLocations, cache_location_url
+from locpick.redact import redact_url
 from locpick.testing import Origin
 
 pytestmark = pytest.mark.glance
@@ -56,7 +58,12 @@ class LeasedNode:
         )
 
     def url(self, image_id: str) -> str:
-        return f"{self.public_url}/images/{image_id}"
+        """The capability URL this node registers for ``image_id``."""
+        return cache_location_url(self.public_url, image_id, self.cache.token(image_id))
+
+    def shown(self, image_id: str) -> str:
+        """The same URL as the CLI prints it (the capability token masked)."""
+        return redact_url(self.url(image_id))
 
     def cli(self, *args: str) -> tuple[int, str, str]:
         auth = ["--glance-url", self.w.endpoint, "--token", self.w.admin_token]
@@ -143,10 +150,20 @@ def test_serve_renews_the_lease_and_deregisters_on_sigterm(
         times = sorted(renewals - {first})
         assert times, "never renewed"
         assert all(later - earlier >= 1.0 - 0.11 for earlier, later in itertools.pairwise(times))
-        row = _rank_rows(b, image_id)[a.url(image_id)]
+        row = _rank_rows(b, image_id)[a.shown(image_id)]
         assert row["usable"], row
         assert a.cache.entry(image_id).registered_url == a.url(image_id)  # type: ignore[union-attr]
         assert a.serve is not None
+        # The renewer reports to the node's own /metrics: renewals and the lease's end.
+        text = httpx.get(a.serve.url + "/metrics").text
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+        }
+        assert samples[("locpick_cache_lease_renewals_total", (("result", "ok"),))] >= len(times)
+        expiry = ("locpick_cache_lease_expiry_timestamp_seconds", (("image", image_id),))
+        assert samples[expiry] > time.time()
         a.serve.stop()  # SIGTERM
         assert a.serve.proc.returncode == 0
         assert a.url(image_id) not in _locations(w, image_id)
@@ -184,30 +201,30 @@ def test_killed_node_expires_is_skipped_and_reaped_others_untouched(
         _wait_for("node A's lease to run out", lambda: time.time() > expiry + 0.5)
 
         rows = _rank_rows(b, image_id)
-        assert not rows[a.url(image_id)]["usable"]
-        assert rows[a.url(image_id)]["reasons"]["error"].startswith("lease-expired: ")
-        assert rows[c.url(image_id)]["usable"]
+        assert not rows[a.shown(image_id)]["usable"]
+        assert rows[a.shown(image_id)]["reasons"]["error"].startswith("lease-expired: ")
+        assert rows[c.shown(image_id)]["usable"]
         code, out, err = b.cli("download", image_id, str(tmp_path / "b.img"), "--json")
         assert code == 0, err
         tried = {att["url"]: att for att in json.loads(out)["attempts"]}
-        assert tried[a.url(image_id)]["outcome"] == "skipped"
-        assert tried[a.url(image_id)]["error"].startswith("lease-expired")
+        assert tried[a.shown(image_id)]["outcome"] == "skipped"
+        assert tried[a.shown(image_id)]["error"].startswith("lease-expired")
 
         code, out, err = b.cli("verify", image_id, "--prune", "--json")  # dry run
         prune = json.loads(out)["prune"]
-        assert prune["dry_run"] and prune["remove"] == [a.url(image_id)], err
+        assert prune["dry_run"] and prune["remove"] == [a.shown(image_id)], err
         assert any(operator_url in n for n in prune["notes"])  # kept: not ours, maybe transient
 
         code, out, err = b.cli("cache", "reap", image_id, "--dry-run", "--json")
         assert code == 0, err
         (doc,) = json.loads(out)["images"]
-        assert doc["remove"] == [a.url(image_id)] and doc["removed"] == []
+        assert doc["remove"] == [a.shown(image_id)] and doc["removed"] == []
         assert a.url(image_id) in _locations(w, image_id)
 
         code, out, err = b.cli("cache", "reap", image_id, "--json")
         assert code == 0, err
         (doc,) = json.loads(out)["images"]
-        assert doc["image_id"] == image_id and doc["removed"] == [a.url(image_id)]
+        assert doc["image_id"] == image_id and doc["removed"] == [a.shown(image_id)]
         left = _locations(w, image_id)
         assert a.url(image_id) not in left
         assert {origin.url, c.url(image_id), operator_url} <= set(left)

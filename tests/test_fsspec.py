@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import importlib.util
 import json
 import os
+import re
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -295,13 +299,83 @@ def test_uninstalled_fsspec_protocol_names_its_package() -> None:
         assert reason is None
 
 
-def test_region_setting_reaches_client(aws_env: MotoS3) -> None:
-    """[s3] region is used to sign requests (moto accepts any region)."""
+class SigningRecorder:
+    """A relay in front of the S3 endpoint that records each request's Authorization header
+    (the SigV4 credential scope names the region the request was signed for)."""
+
+    def __init__(self, upstream: str) -> None:
+        target = urllib.parse.urlsplit(upstream)
+        recorder = self
+        self.authorizations: list[str] = []
+
+        class Relay(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def _relay(self) -> None:
+                recorder.authorizations.append(self.headers.get("Authorization", ""))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                try:
+                    conn.putrequest(
+                        self.command, self.path, skip_host=True, skip_accept_encoding=True
+                    )
+                    for name, value in self.headers.items():
+                        conn.putheader(name, value)  # Host too: it is signed
+                    conn.endheaders(body)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                finally:
+                    conn.close()
+                self.send_response(resp.status, resp.reason)
+                head = self.command == "HEAD"  # keeps the object's own Content-Length
+                for name, value in resp.getheaders():
+                    skip = ("transfer-encoding", "connection") + (
+                        () if head else ("content-length",)
+                    )
+                    if name.lower() not in skip:
+                        self.send_header(name, value)
+                if not head:
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _relay
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Relay)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def scopes(self) -> set[str]:
+        """The ``REGION/s3`` parts of the credential scopes seen."""
+        found = (re.search(r"Credential=[^/]+/\d+/([^/]+/s3)/", a) for a in self.authorizations)
+        return {m.group(1) for m in found if m}
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(("region", "scope"), [("eu-west-3", "eu-west-3/s3"), ("", f"{REGION}/s3")])
+def test_region_setting_reaches_client(aws_env: MotoS3, region: str, scope: str) -> None:
+    """[s3] region is the region requests are signed for (else the AWS environment's)."""
     url = aws_env.put("region.raw", DATA)
-    cfg = Config(probe=CFG.probe, s3=S3Config(region=REGION))
-    [score] = locpick.rank("img", metadata=image_record("img", DATA, [url]), config=cfg)
+    recorder = SigningRecorder(aws_env.endpoint)
+    try:
+        cfg = Config(probe=CFG.probe, s3=S3Config(endpoint_url=recorder.url, region=region or None))
+        [score] = locpick.rank("img", metadata=image_record("img", DATA, [url]), config=cfg)
+    finally:
+        recorder.stop()
     assert score.usable, score.reasons
     assert score.reasons.latency_ms is not None
+    assert recorder.authorizations, "no request went through the relay"
+    assert recorder.scopes() == {scope}
 
 
 # -- Glance's S3 location forms (glance_store _drivers/s3.py), moto with auth on -----------------

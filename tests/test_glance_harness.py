@@ -189,4 +189,5 @@ def test_second_instance_warm_start_and_clean_stop(glance: GlanceEnv, tmp_path: 
     assert not (h.workdir / "glance.pid").exists()
     h.stop()  # idempotent
     print(f"session start {glance.start_seconds:.1f}s, second warm start {warm:.1f}s")
-    assert warm < 30
+    # warm: the second instance runs from the same cached venv, nothing was installed again
+    assert (h.workdir / "venv").resolve() == (glance.handle.workdir / "venv").resolve()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import http.client
+import http.server
 import os
 import socket
 import threading
@@ -189,18 +191,34 @@ def _timed_download(url_port: int, path: str, size: int) -> float:
         conn.close()
 
 
+def _best_of(n: int, port: int, path: str, size: int) -> float:
+    return min(_timed_download(port, path, size) for _ in range(n))
+
+
 def test_large_body_is_fast(tmp_path: Path) -> None:
+    """The origin serves a large body (from memory or a file) at least about as fast as the
+    stdlib's http.server serves the same file, measured here (no absolute time limit)."""
     big = os.urandom(1 << 20) * 64  # 64 MiB
-    with Origin(big) as o:
-        assert _timed_download(o.port, o.path, len(big)) < 2.0
-        assert o.bytes_sent == len(big)
     f = tmp_path / "img.raw"
     f.write_bytes(big)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None  # type: ignore[method-assign]
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as ref:
+        threading.Thread(target=ref.serve_forever, daemon=True).start()
+        try:
+            reference = _best_of(3, ref.server_address[1], "/img.raw", len(big))
+        finally:
+            ref.shutdown()
+    with Origin(big) as o:
+        from_memory = _best_of(3, o.port, o.path, len(big))
+        assert o.bytes_sent == 3 * len(big)
     with Origin.from_file(f) as o:
         assert o.size == len(big)
-        assert _timed_download(o.port, o.path, len(big)) < 2.0
+        from_file = _best_of(3, o.port, o.path, len(big))
         resp, body = get(o, {"Range": "bytes=1000-2999"})
         assert (resp.status, body) == (206, big[1000:3000])
+    assert from_memory < 2 * reference, (from_memory, reference)
+    assert from_file < 2 * reference, (from_file, reference)
 
 
 def test_from_file_with_faults(tmp_path: Path) -> None:
@@ -220,7 +238,7 @@ def test_first_byte_delay(origin: Origin) -> None:
     origin.faults.first_byte_delay = 0.3
     t0 = time.monotonic()
     resp, _ = get(origin, method="HEAD")
-    assert 0.28 <= time.monotonic() - t0 < 1.5
+    assert time.monotonic() - t0 >= 0.28  # a lower bound: load can only add to it
     assert resp.status == 200
 
 
@@ -237,12 +255,13 @@ def test_bandwidth_cap_and_live_change(origin: Origin) -> None:
             while time.monotonic() - t0 < 0.1:
                 n += len(r.read1(1 << 16))
             rates.append(n / (time.monotonic() - t0))
-        assert all(600_000 < x < 1_500_000 for x in rates), rates
+        assert all(x < 1_500_000 for x in rates), rates  # the cap holds (load only slows)
         origin.faults.bandwidth = None  # live: the rest goes at full speed
         t0 = time.monotonic()
         rest = r.read()
-        assert time.monotonic() - t0 < 0.4
+        free_rate = len(rest) / (time.monotonic() - t0)
         assert len(rest) > 0
+        assert free_rate > 3 * max(rates), (free_rate, rates)
     finally:
         conn.close()
     assert origin.bytes_sent == len(DATA)
@@ -284,8 +303,9 @@ def test_cut_at_offset(origin: Origin) -> None:
 
 def test_stall_then_timeout_close(origin: Origin) -> None:
     origin.faults.stall_after = 100
-    origin.faults.stall_seconds = 0.5
-    with socket.create_connection(("127.0.0.1", origin.port), timeout=0.2) as s:
+    origin.faults.stall_seconds = 2.0
+    # the 100 bytes come at once, then nothing for stall_seconds: 1 s of silence tells them apart
+    with socket.create_connection(("127.0.0.1", origin.port), timeout=1.0) as s:
         s.sendall(req())
         buf = b""
         with pytest.raises(TimeoutError):
@@ -294,10 +314,8 @@ def test_stall_then_timeout_close(origin: Origin) -> None:
                 assert b, "closed too early"
                 buf += b
         assert buf.partition(b"\r\n\r\n")[2] == DATA[:100]
-        s.settimeout(2)
-        t0 = time.monotonic()
-        assert s.recv(10) == b""  # closed after stall_seconds
-        assert time.monotonic() - t0 < 1.0
+        s.settimeout(20 * origin.faults.stall_seconds)  # a hang detector, not a speed limit
+        assert s.recv(10) == b""  # closed by the origin once stall_seconds are over
     assert origin.bytes_sent == 100
 
 
@@ -311,9 +329,10 @@ def test_stop_releases_stall_blackhole_drip_and_idle() -> None:
         o.faults.blackhole = True
         socks[1].sendall(req())
         time.sleep(0.1)
-        t0 = time.monotonic()
-        o.stop()
-        assert time.monotonic() - t0 < 1.0
+        stopper = threading.Thread(target=o.stop, daemon=True)
+        stopper.start()
+        stopper.join(30)  # stalled, black-holed and idle connections must not hold stop()
+        assert not stopper.is_alive()
         idle.close()
     finally:
         for s in socks:
@@ -416,7 +435,7 @@ def test_drip(origin: Origin) -> None:
     _, body = get(origin, {"Range": "bytes=0-4"})
     elapsed = time.monotonic() - t0
     assert body == DATA[:5]
-    assert 0.18 <= elapsed < 1.0
+    assert elapsed >= 0.18  # 5 bytes, one per 0.05 s: a lower bound, load only adds
 
 
 def test_extra_headers_and_faults_reset(origin: Origin) -> None:

@@ -4,10 +4,9 @@ destination that cannot be subverted (planted symlinks, permissions, atomic repl
 from __future__ import annotations
 
 import hashlib
-import itertools
+import json
 import os
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -147,25 +146,49 @@ def origin() -> Iterator[Origin]:
         yield o
 
 
-def test_planted_symlink_at_temp_name_is_not_followed(
-    origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("planted_name", "link", "sidecar"),
+    [
+        (".img.raw.locpick-part", "symlink", False),
+        # a sidecar matching the image (id, size and hash are public) invites a resume
+        (".img.raw.locpick-part", "symlink", True),
+        (".img.raw.locpick-part", "hardlink", True),
+        (".img.raw.locpick-part.json", "symlink", False),
+        (".img.raw.locpick-part.json.tmp", "symlink", False),
+    ],
+)
+def test_planted_link_at_part_name_is_not_followed(
+    origin: Origin, tmp_path: Path, planted_name: str, link: str, sidecar: bool
 ) -> None:
-    """An attacker who guesses the temp name and plants a symlink there cannot redirect the
-    write: the temp file is created with O_EXCL (mkstemp), so the name is skipped."""
+    """Downloads write to the predictable ``.DEST.locpick-part`` (+ ``.json`` sidecar): a
+    symlink or hard link planted at those names is never written through, even when a
+    forged sidecar makes the part look resumable."""
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious")
     out = tmp_path / "out"
     out.mkdir()
     dest = out / "img.raw"
-    planted = out / ".img.raw.guessed.locpick-tmp"
-    planted.symlink_to(victim)
-    names = itertools.chain(["guessed", "guessed"], (f"fresh{i}" for i in itertools.count()))
-    monkeypatch.setattr(tempfile, "_get_candidate_names", lambda: names)
+    planted = out / planted_name
+    if link == "symlink":
+        planted.symlink_to(victim)
+    else:
+        os.link(victim, planted)
+    if sidecar:
+        meta = {
+            "version": 1,
+            "image_id": "img",
+            "size": len(DATA),
+            "algo": "sha512",
+            "hash": hashlib.sha512(DATA).hexdigest(),
+            "validators": {},
+        }
+        (out / ".img.raw.locpick-part.json").write_text(json.dumps(meta))
     record = image_record("img", DATA, [origin.url])
     locpick.download("img", dest, metadata=record)
     assert dest.read_bytes() == DATA
     assert victim.read_bytes() == b"precious"
-    assert planted.is_symlink() and os.readlink(planted) == str(victim)
+    assert not victim.is_symlink() and victim.stat().st_nlink == 1
+    assert temp_leftovers(out) == []
 
 
 def test_symlink_at_dest_is_replaced_not_followed(origin: Origin, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from fixtures_cache import ServeProcess
 from helpers import image_record, run_cli
+from prometheus_client.parser import text_string_to_metric_families
 
 from locpick.cache import NodeCache, valid_image_id
 from locpick.sources import parse_image
@@ -459,6 +460,15 @@ def test_dripping_sockets_cannot_starve_serve_under_ulimit(tmp_path: Path) -> No
             time.sleep(0.1)
         assert not open_, f"{len(open_)} dripping sockets still open"
         assert timed_out > 0 and busy_answers > 0  # both defences acted: caps and deadlines
+        # Every refused connection is counted in /metrics (some 503s were never read).
+        _s, _h, text = _get(proc.port, "/metrics")
+        refused = {
+            s.labels["reason"]: s.value
+            for f in text_string_to_metric_families(text.decode())
+            for s in f.samples
+            if s.name == "locpick_serve_refused_total"
+        }
+        assert refused.get("per_client", 0) + refused.get("connections", 0) >= busy_answers
         status, _h, body = _get(proc.port, proc.image_path("drip1"))
         assert status == 200 and body == data
     assert "Too many open files" not in "".join(proc.log)  # the caps kept it below ulimit -n

@@ -1,4 +1,4 @@
-"""The swift transport with a real Keystone v3 (glance-harness start-keystone) in front of the
+"""The swift transport with a real Keystone v3 (the harness's Keystone) in front of the
 real Swift: form 1 authenticating against Keystone (catalog ``object-store`` endpoint) and form 3
 allowed by the token's catalog. The harness Swift runs tempauth, which ignores Keystone tokens,
 so the objects live in a world-readable container: the Keystone side (auth, catalog, token
@@ -7,14 +7,12 @@ policy) is what these tests pin down; the token is still sent as X-Auth-Token.""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fixtures_swift import SMALL, swift_server
-from glance_harness import KeystoneHandle, harness_available, harness_dir, start_keystone
+from glance_harness import KeystoneHandle, harness_available, register_endpoint, start_keystone
 from helpers import image_record, run_cli, write_record
 from swift_harness import PutResult, SwiftHandle, put_object
 
@@ -28,23 +26,10 @@ def keystone(
     tmp_path_factory: pytest.TempPathFactory, swift_server: SwiftHandle
 ) -> Iterator[KeystoneHandle]:
     if not harness_available():
-        pytest.fail("glance-harness (start-keystone) not found")
+        pytest.fail("the Keystone harness (tests/harness) is missing")
     handle = start_keystone(tmp_path_factory.mktemp("keystone"))
     try:
-        subprocess.run(
-            [
-                sys.executable,
-                str(harness_dir() / "keystone-admin"),
-                "register-endpoint",
-                handle.auth_url,
-                "swift",
-                "object-store",
-                swift_server.storage_url,
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        register_endpoint(handle.auth_url, "swift", "object-store", swift_server.storage_url)
         yield handle
     finally:
         handle.stop()
