@@ -75,7 +75,11 @@ def main() -> None:
     data = os.urandom(200_000)
     with tempfile.TemporaryDirectory() as tmp, Origin(data) as origin:
         cfg = Path(tmp) / "c.toml"
-        cfg.write_text('history_file = ""\n[topology]\nzone = "near"\n')
+        # Every location is on the one loopback origin: lift the per-host probe cap so that
+        # max_candidates (32) is what bounds probing, as with copies on distinct hosts.
+        cfg.write_text(
+            'history_file = ""\n[topology]\nzone = "near"\n[probe]\nmax_probes_per_host = 32\n'
+        )
         rows = []
         for n in (int(s) for s in args.sizes.split(",")):
             meta = Path(tmp) / f"m{n}.json"

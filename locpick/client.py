@@ -17,6 +17,7 @@ from locpick.auth import OpenStackAuth, auth_from_environment
 from locpick.cache import CacheEntry, NodeCache, copy_out
 from locpick.config import Config, resolve_config
 from locpick.errors import (
+    AllLocationsFailed,
     ConfigError,
     ImageNotActive,
     ImageNotFound,
@@ -26,10 +27,11 @@ from locpick.errors import (
     UnverifiedImage,
 )
 from locpick.fetch import Progress, fetch
-from locpick.history import History
+from locpick.history import History, host_key
 from locpick.lease import is_locpick_copy, lease_state
 from locpick.models import (
     Attempt,
+    CacheStep,
     Image,
     Location,
     Probe,
@@ -235,24 +237,38 @@ class Client:
         return attrs.evolve(score, reasons=reasons)
 
     def _bound_probing(self, image: Image, candidates: list[Candidate]) -> list[Candidate]:
-        """Mark all but the best ``[probe] max_candidates`` usable locations ``not-probed``.
+        """Mark all but the best ``[probe] max_candidates`` usable locations ``not-probed``, and
+        any beyond ``max_probes_per_host`` on one ``scheme://host:port``.
 
         "Best" is the ranking before any measurement (topology, history, policy, shared
-        filesystem), so probing costs the same at 20 and at 20,000 locations. Glance's own
-        ``/file`` is never counted or dropped: it stays the last resort."""
-        limit = max(1, self.config.probe.max_candidates)
+        filesystem), so probing costs the same at 20 and at 20,000 locations, and many silent
+        locations on a few hosts cannot crowd out the others. Glance's own ``/file`` is never
+        counted or dropped: it stays the last resort."""
+        pc = self.config.probe
+        limit, per_host = max(1, pc.max_candidates), max(1, pc.max_probes_per_host)
         pool = [c for c in candidates if c.unusable is None and c.location.kind != "glance-file"]
-        if len(pool) <= limit:
+        if len(pool) <= 1:
             return candidates
-        keep = {id(c.location) for c in prior_order(image, pool, self.config)[:limit]}
-        why = (
-            f"not-probed: beyond the best {limit} of {len(pool)} locations "
-            "([probe] max_candidates); a fallback"
-        )
+        why: dict[int, str] = {}
+        seen: dict[str, int] = {}
+        kept = 0
+        for c in prior_order(image, pool, self.config):
+            key = host_key(c.location)
+            if c.location.scheme != "file" and seen.get(key, 0) >= per_host:
+                why[id(c.location)] = (
+                    f"not-probed: more than {per_host} locations on {key} "
+                    "([probe] max_probes_per_host); a fallback"
+                )
+            elif kept >= limit:
+                why[id(c.location)] = (
+                    f"not-probed: beyond the best {limit} of {len(pool)} locations "
+                    "([probe] max_candidates); a fallback"
+                )
+            else:
+                seen[key] = seen.get(key, 0) + 1
+                kept += 1
         return [
-            c
-            if c.unusable is not None or c.location.kind == "glance-file" or id(c.location) in keep
-            else attrs.evolve(c, not_probed=why)
+            attrs.evolve(c, not_probed=why[id(c.location)]) if id(c.location) in why else c
             for c in candidates
         ]
 
@@ -378,9 +394,79 @@ class Client:
             log.warning("image %s has no hash: downloading UNVERIFIED (size check only)", image_id)
         ranking = self.rank_image(image, for_download=True, dest=dest)
         rec.ranked(ranking)
-        result = fetch(
+        result = self._fetch_in_rounds(image, ranking.scores, dest, progress, rec)
+        if cache is not None and result.verified:
+            return attrs.evolve(result, cache=self._keep(cache, image, dest, publish))
+        return result
+
+    def _keep(
+        self, cache: NodeCache, image: Image, dest: str | os.PathLike[str], publish: bool
+    ) -> CacheStep:
+        """Keep a verified download in the node cache. The dest is already delivered, so any
+        failure here (read-only or full cache, a planted lock) is a warning, never an error."""
+        try:
+            evicted = cache.add_file(image, dest)
+            self._unpublish(evicted)
+            if publish:
+                self._publish(cache, image)
+        except (LocpickError, OSError) as exc:
+            error = _cache_error(cache, exc)
+            log.warning("cache: %s (image delivered and verified, not cached)", error)
+            return CacheStep("failed", error)
+        return CacheStep("stored" if cache.entry(image.id) is not None else "skipped")
+
+    def _fetch_in_rounds(
+        self,
+        image: Image,
+        scores: Sequence[Score],
+        dest: str | os.PathLike[str],
+        progress: Progress | None,
+        rec: Recorder,
+    ) -> Result:
+        """Fetch from the probed locations; when every one has failed, probe the next round of
+        ``not-probed`` ones (over the probe budget) and fetch from those, and so on; Glance's
+        /file stays the last resort. So a download fails only when every location was really
+        tried or ruled out, and many silent locations cannot hide a good one."""
+        last = [s for s in scores if s.location.kind == "glance-file"]
+        scores = [s for s in scores if s.location.kind != "glance-file"]
+        earlier: list[Attempt] = []
+        best = _best_ttfb(scores)
+        while True:
+            later = [s for s in scores if s.usable and s.reasons.not_probed]
+            now = [s for s in scores if not s.reasons.not_probed] + ([] if later else last)
+            try:
+                result = self._fetch(image, now, dest, progress, rec)
+            except AllLocationsFailed as exc:
+                attempts = [*earlier, *exc.attempts]
+                if not later:
+                    if not earlier:
+                        raise
+                    raise _all_failed(image, attempts) from None
+                earlier = attempts
+            else:
+                return attrs.evolve(result, attempts=(*earlier, *result.attempts))
+            log.info(
+                "image %s: every probed location failed; probing %d more that were over the "
+                "probe budget",
+                image.id,
+                len(later),
+            )
+            scores = self._probe_round(image, [s.location for s in later], best)
+            if sum(s.reasons.not_probed for s in scores) >= len(later):  # no progress: give up
+                raise _all_failed(image, earlier)
+            best = min((b for b in (best, _best_ttfb(scores)) if b is not None), default=None)
+
+    def _fetch(
+        self,
+        image: Image,
+        scores: Sequence[Score],
+        dest: str | os.PathLike[str],
+        progress: Progress | None,
+        rec: Recorder,
+    ) -> Result:
+        return fetch(
             image,
-            ranking.scores,
+            scores,
             dest,
             self._transports,
             buffer_bytes=self.config.transfer.buffer_bytes,
@@ -389,17 +475,30 @@ class Client:
             transfer=self.config.transfer,
             observer=rec.observer(self.history.record),
             topology_tolerance=self.config.scoring.topology_tolerance,
+            max_bytes=self.config.security.max_image_bytes,
         )
-        if cache is not None and result.verified:
-            try:
-                evicted = cache.add_file(image, dest)
-            except LocpickError as exc:
-                log.warning("cache: %s (image delivered, not cached)", SCRUB(str(exc)))
-                return result
-            self._unpublish(evicted)
-            if publish:
-                self._publish(cache, image)
-        return result
+
+    def _probe_round(
+        self, image: Image, locations: Sequence[Location], best: float | None
+    ) -> list[Score]:
+        """Probe (within the budget) and rank locations left over by an earlier round, under a
+        deadline scaled to the live copies' first bytes (the straggler cut-off)."""
+        pc = self.config.probe
+        deadline = pc.deadline
+        if best is not None:
+            deadline = min(deadline, max(pc.straggler_floor, pc.straggler_factor * best))
+        config = attrs.evolve(self.config, probe=attrs.evolve(pc, deadline=deadline))
+        known = self.history.entries()
+        candidates = self._bound_probing(
+            image, [Candidate(loc, history=self.history.lookup(loc, known)) for loc in locations]
+        )
+        to_probe = [c.location for c in candidates if not c.not_probed]
+        probes = probe_and_measure(image, to_probe, self._transports, config)
+        candidates = [
+            attrs.evolve(c, probe=probes[c.location]) if c.location in probes else c
+            for c in candidates
+        ]
+        return list(rank(image, candidates, config))
 
     # -- the node cache -----------------------------------------------------------------------
     def node_cache(
@@ -427,10 +526,16 @@ class Client:
         if not copy_out(entry, dest, mode=self.config.security.file_mode):
             return None
         cache.touch(image.id)
-        if image.visibility is not None:
-            cache.update_meta(image.id, visibility=image.visibility)
-        if publish:
-            self._publish(cache, image, entry)
+        step = CacheStep("hit")
+        try:
+            if image.visibility is not None:
+                cache.update_meta(image.id, visibility=image.visibility)
+            if publish:
+                self._publish(cache, image, entry)
+        except (LocpickError, OSError) as exc:
+            error = _cache_error(cache, exc)
+            log.warning("cache: %s (image delivered from the cache, not registered)", error)
+            step = CacheStep("failed", error)
         url = entry.path.as_uri()
         return Result(
             image_id=image.id,
@@ -441,6 +546,7 @@ class Client:
             seconds=time.monotonic() - started,
             verified=entry.algo,
             attempts=(Attempt(url=url, outcome="ok", bytes=entry.size, note="node cache"),),
+            cache=step,
         )
 
     def glance_locations(self) -> GlanceLocations:
@@ -655,6 +761,31 @@ def _shared_fs(
     except LocationError as exc:
         return _reason(exc), None
     return rep.reason, rep.describe()
+
+
+def _best_ttfb(scores: Sequence[Score]) -> float | None:
+    """The fastest first byte (seconds) a probed, usable location showed, if any."""
+    seen = [
+        s.reasons.latency_ms / 1000
+        for s in scores
+        if s.usable and not s.reasons.not_probed and s.reasons.latency_ms is not None
+    ]
+    return min(seen, default=None)
+
+
+def _all_failed(image: Image, attempts: Sequence[Attempt]) -> AllLocationsFailed:
+    failed = "; ".join(f"{a.url}: {a.error}" for a in attempts if a.outcome != "ok")
+    return AllLocationsFailed(
+        f"image {image.id}: no location delivered a verified image ({failed or 'no locations'})",
+        tuple(attempts),
+    )
+
+
+def _cache_error(cache: NodeCache, exc: BaseException) -> str:
+    """One line for a failed cache step, naming the cache directory."""
+    if isinstance(exc, OSError) and not isinstance(exc, LocpickError):
+        return SCRUB(f"cache dir {cache.dir}: {exc.strerror or exc}")
+    return SCRUB(str(exc))
 
 
 def _reason(exc: BaseException) -> str:

@@ -93,6 +93,14 @@ class CacheConfig:
     lease: float = attrs.field(default=3600.0, validator=_positive_lease)
 
 
+def _check_range(lo: float, hi: float, section: str = "security") -> Any:
+    def check(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+        if not lo <= value <= hi:
+            raise ConfigError(f"config [{section}] {attr.name}: {value!r} is not in {lo}..{hi}")
+
+    return check
+
+
 @attrs.frozen
 class ProbeConfig:
     """How long and how hard locations are measured before a choice is made."""
@@ -125,9 +133,13 @@ class ProbeConfig:
     #: Seconds a probe result stays valid inside one process.
     cache_ttl: float = 30.0
     #: At most this many locations are probed, the best by topology, history and policy
-    #: before any measurement; the rest rank as ``not-probed`` fallbacks, so a record with
-    #: 20,000 locations costs what one with 32 does.
-    max_candidates: int = 32
+    #: before any measurement, and at most ``max_probes_per_host`` per ``scheme://host:port``
+    #: (Glance's /file is not counted); the rest rank as ``not-probed`` fallbacks, so a record
+    #: with 20,000 locations costs what one with 32 does, and many silent locations added by a
+    #: tenant cannot crowd out the rest. A download probes the not-probed ones in later rounds
+    #: (deadline scaled to the live copies' first bytes) once every probed location failed.
+    max_candidates: int = attrs.field(default=32, validator=_check_range(1, 1_000_000, "probe"))
+    max_probes_per_host: int = attrs.field(default=4, validator=_check_range(1, 1_000_000, "probe"))
 
 
 @attrs.frozen
@@ -178,14 +190,6 @@ def _check_networks(_inst: object, _attr: object, value: tuple[str, ...]) -> Non
             ) from exc
 
 
-def _check_range(lo: float, hi: float) -> Any:
-    def check(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
-        if not lo <= value <= hi:
-            raise ConfigError(f"config [security] {attr.name}: {value!r} is not in {lo}..{hi}")
-
-    return check
-
-
 @attrs.frozen
 class SecurityConfig:
     """Bounds on what hostile metadata and hostile servers can make locpick do."""
@@ -206,6 +210,9 @@ class SecurityConfig:
     #: A transfer slower than this (bytes/s) over ``[transfer] low_speed_window`` is abandoned
     #: even when ``[transfer] low_speed_bps`` is 0: a server dripping bytes cannot hold locpick.
     min_speed_bps: float = attrs.field(default=1024.0, validator=_check_range(0, 1e12))
+    #: Bytes one location may write for an image whose record has no ``size`` (the first
+    #: Content-Length bounds it too); a longer body is dropped and the next location tried.
+    max_image_bytes: int = attrs.field(default=1 << 40, validator=_check_range(1, 1 << 50))
 
 
 def _serve_range(lo: float, hi: float) -> Any:
@@ -288,10 +295,13 @@ class TransferConfig:
     buffer_bytes: int = 4 << 20
     #: Locations drawn on at once, a piece from each (swarm fetch); 1 = one at a time.
     max_sources: int = 4
-    #: Bytes per piece of a swarm fetch; 0 = auto (image / 16, clamped to 4-32 MiB).
+    #: Bytes per piece of a swarm fetch; 0 = auto (image / 64, clamped to 1-32 MiB).
     piece_size: int = 0
     #: Connections per location in a swarm fetch (RFC 6249: be polite to mirrors).
     connections_per_source: int = 1
+    #: Seconds to wait for another process holding ``.DEST.locpick-lock`` (another download of
+    #: the same DEST, or a local user holding the lock on purpose) before giving up with exit 3.
+    lock_timeout: float = attrs.field(default=600.0, validator=_check_range(0, 1e7, "transfer"))
 
 
 @attrs.frozen

@@ -32,7 +32,7 @@ from locpick.errors import (
 from locpick.hashing import Expected
 from locpick.models import Attempt, Image, Location, Result, Score
 from locpick.redact import SCRUB
-from locpick.sink import AtomicSink, dest_lock
+from locpick.sink import AtomicSink, dest_lock, open_private
 from locpick.transports import Stream, Transport, Transports
 
 log = logging.getLogger("locpick")
@@ -64,15 +64,19 @@ def fetch(
     observer: Observer | None = None,
     transfer: TransferConfig | None = None,
     topology_tolerance: float = 0.2,
+    max_bytes: int | None = None,
 ) -> Result:
     """Deliver ``image`` to ``dest`` from the first location in ``ranked`` that can (or, with
-    ``[transfer] max_sources`` > 1, in pieces from several at once: ``locpick.swarm``)."""
+    ``[transfer] max_sources`` > 1, in pieces from several at once: ``locpick.swarm``).
+
+    ``max_bytes`` bounds what one location may write when the record has no size."""
     started = time.monotonic()
     expected = Expected.for_image(image.os_hash_algo, image.os_hash_value, image.checksum)
     parent = Path(dest).parent
     if not parent.is_dir():
         raise InputError(f"dest {dest}: directory {parent} does not exist")
-    with dest_lock(dest) as waited:
+    cfg = transfer or TransferConfig()
+    with dest_lock(dest, timeout=cfg.lock_timeout) as waited:
         if waited:
             done = _already_delivered(image, expected, dest, started)
             if done is not None:
@@ -89,8 +93,8 @@ def fetch(
                 "algo": expected.algo,
                 "hash": expected.value,
             },
+            "max_bytes": max_bytes,
         }
-        cfg = transfer or TransferConfig()
         sources = swarm.plan(image, ranked, transports, cfg)
         if sources is not None:
             return swarm.fetch(
@@ -108,8 +112,11 @@ def _already_delivered(
 ) -> Result | None:
     """After waiting for another process on the same dest: is its result our image?"""
     path = Path(dest)
+    fd = open_private(path)  # never a FIFO or a symlink planted at dest meanwhile
+    if fd is None:
+        return None
     try:
-        with open(path, "rb") as fh:
+        with open(fd, "rb") as fh:
             if image.size is not None and os.fstat(fh.fileno()).st_size != image.size:
                 return None
             hasher = expected.new()
@@ -297,6 +304,7 @@ class _Download:
             )
         else:
             stream = transport.open(loc, self.image, offset=offset)
+        self.sink.learn_total(stream.total)
         set_idle = getattr(stream, "set_idle_timeout", None)
         if set_idle is not None:
             set_idle(self._idle_timeout(cand))

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import attrs
 
-from locpick.redact import redact_url
+from locpick.redact import SCRUB, redact_url
 from locpick.s3url import ALL_S3_SCHEMES, display_s3_url, register_s3_secrets
 
 Outcome = Literal["ok", "failed", "skipped"]
@@ -27,6 +27,11 @@ def _scheme_host(url: str) -> tuple[str, str]:
         return parts.scheme.lower(), parts.hostname or ""
     except ValueError:
         return "", ""
+
+
+def _scrub(text: str | None) -> str | None:
+    """Text for a JSON document: secrets (and secret-shaped parts) replaced by ``***``."""
+    return None if text is None else SCRUB(text)
 
 
 @attrs.frozen
@@ -124,6 +129,8 @@ class Reasons:
     #: How probes and transfers reach it: ``direct`` or ``via proxy URL`` (None: not a network
     #: location).
     route: str | None = None
+    #: Over the probe budget: ranked after every probed location, probed later if needed.
+    not_probed: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -131,14 +138,14 @@ class Reasons:
             "throughput_bps": None if self.throughput_bps is None else round(self.throughput_bps),
             "topology": self.topology,
             "shared_fs": self.shared_fs,
-            "history": self.history,
-            "error": self.error,
+            "history": _scrub(self.history),
+            "error": _scrub(self.error),
             "icmp_ms": None if self.icmp_ms is None else round(self.icmp_ms, 2),
             "connect_ms": None if self.connect_ms is None else round(self.connect_ms, 2),
             "icmp_note": self.icmp_note,
             "policy": self.policy,
             "route": self.route,
-            "notes": list(self.notes),
+            "notes": [SCRUB(n) for n in self.notes],
         }
 
 
@@ -177,7 +184,26 @@ class Attempt:
     note: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"url": self.url, "outcome": self.outcome, "error": self.error, "bytes": self.bytes}
+        return {
+            "url": SCRUB(self.url),
+            "outcome": self.outcome,
+            "error": _scrub(self.error),
+            "bytes": self.bytes,
+        }
+
+
+@attrs.frozen
+class CacheStep:
+    """What happened to the node cache after a delivery (an extension of the download JSON)."""
+
+    #: "stored": kept in the cache; "hit": copied out of it; "skipped": not cacheable (no hash,
+    #: over ``max_bytes``); "failed": the dest is verified and delivered, but the cache could
+    #: not be updated (``error`` says why).
+    status: Literal["stored", "hit", "skipped", "failed"]
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": self.status, "error": self.error}
 
 
 @attrs.frozen
@@ -208,12 +234,14 @@ class Result:
     #: A swarm download: every location that delivered pieces, most first (``source_url`` is
     #: the first); empty for a download from one location at a time.
     sources: tuple[SourceShare, ...] = ()
+    #: The node cache step, when a node cache was used (None: no cache).
+    cache: CacheStep | None = None
 
     def to_json(self) -> dict[str, Any]:
         doc = {
             "image_id": self.image_id,
             "dest": self.dest,
-            "source_url": self.source_url,
+            "source_url": SCRUB(self.source_url),
             "method": self.method,
             "bytes": self.bytes,
             "seconds": round(self.seconds, 4),
@@ -222,6 +250,8 @@ class Result:
         }
         if self.sources:  # a swarm download; otherwise the CLI's report lists them
             doc["sources"] = [s.to_json() for s in self.sources]
+        if self.cache is not None:
+            doc["cache"] = self.cache.to_json()
         return doc
 
 

@@ -220,7 +220,8 @@ def rank(
             effective *= sc.failure_penalty
             notes.append(f"circuit open after a recent failure: x{sc.failure_penalty:g}")
         tier = 1.0 if loc.kind == "glance-file" else (0.0 if _preferred(loc, config) else 0.5)
-        if cand.not_probed and tier < 1.0:
+        not_probed = bool(cand.not_probed)
+        if not_probed and tier < 1.0:
             tier = 0.75
         policy = None
         if tier == 0.0:
@@ -238,6 +239,7 @@ def rank(
             error=None,
             notes=tuple(notes),
             policy=policy,
+            not_probed=not_probed,
         )
         reasons = _with_latency(reasons, probe)
         rows.append(((tier, effective, 0.0), expected, cand, reasons, cls))

@@ -14,6 +14,7 @@ import shutil
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,11 @@ from locpick.hashing import BackgroundHasher, Expected
 _POOL_BUFFERS = 4
 _PART_SUFFIX = ".locpick-part"
 _SIDECAR_VERSION = 1
+#: A sidecar is a few hundred bytes; anything larger was not written by locpick.
+_SIDECAR_MAX = 1 << 20
+#: Flags for opening a file a local user may have planted: never follow a symlink, never block
+#: (a FIFO opens at once instead of waiting for a writer), never leak into children.
+_SAFE_OPEN = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 log = logging.getLogger("locpick")
 
@@ -108,12 +114,20 @@ class AtomicSink:
         mode: int = 0o644,
         label: str = "",
         resume: Mapping[str, Any] | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         """``resume``: identity of the image (id, size, hash) -> write to a resumable
         ``.DEST.locpick-part`` with a JSON sidecar, reusing a matching part left by a crashed run
-        (the caller holds :func:`dest_lock`). Without it, a private random temp file is used."""
+        (the caller holds :func:`dest_lock`). Without it, a private random temp file is used.
+
+        Writes never go past ``size``; without a size, past the first Content-Length of the
+        bytes held (:meth:`learn_total`) nor ``max_bytes``, and a full disk is then blamed on
+        the location (an endless body), not on the destination."""
         self.dest = Path(dest)
         self.size = size
+        self.max_bytes = max_bytes
+        #: Total announced by the source of the bytes held, when the record has no size.
+        self.learned: int | None = None
         self.expected = expected
         self.mode = mode
         self.buffer_bytes = buffer_bytes
@@ -183,16 +197,19 @@ class AtomicSink:
 
     def _reuse_part(self) -> int | None:
         assert self.sidecar is not None and self._resume is not None
+        raw = read_private(self.sidecar, _SIDECAR_MAX)
+        if raw is None:
+            return None
         try:
-            meta = json.loads(self.sidecar.read_text())
-        except (OSError, ValueError):
+            meta = json.loads(raw)
+        except ValueError:
             return None
         if not isinstance(meta, dict) or meta.get("version") != _SIDECAR_VERSION:
             return None
         if any(meta.get(k) != v for k, v in self._resume.items()):
             return None
         try:
-            fd = os.open(self.tmp, os.O_RDWR | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(self.tmp, os.O_RDWR | _SAFE_OPEN)
         except OSError:
             return None
         st = os.fstat(fd)
@@ -285,11 +302,29 @@ class AtomicSink:
                 return bytearray(self.buffer_bytes)
             return self._pool.get()
 
+    def learn_total(self, total: int | None) -> None:
+        """A source announced ``total`` bytes (Content-Length / Content-Range). Without a record
+        size, the first total of the bytes held bounds every later write until a reset."""
+        if self.size is None and total is not None and (self.learned is None or not self.offset):
+            self.learned = total
+
+    def _over_limit(self, n: int) -> str | None:
+        """Why ``n`` more bytes would be too many, else None."""
+        end = self.offset + n
+        if self.size is not None:
+            return f"the image size ({self.size} bytes)" if end > self.size else None
+        if self.learned is not None and end > self.learned:
+            return f"the first Content-Length of the bytes held ({self.learned} bytes)"
+        if self.max_bytes is not None and end > self.max_bytes:
+            return f"[security] max_image_bytes ({self.max_bytes} bytes; the record has no size)"
+        return None
+
     def write(self, buf: bytearray, n: int) -> None:
         """Write ``buf[:n]`` at the current offset, then hand it to the hasher (which frees it)."""
-        if self.size is not None and self.offset + n > self.size:
+        over = self._over_limit(n)
+        if over is not None:
             self._pool.put(buf)
-            raise SizeMismatch(f"{self.label}: sent more than the image size ({self.size} bytes)")
+            raise SizeMismatch(f"{self.label}: sent more than {over}")
         assert self._writer is not None
         if self._writer.error is not None:
             self._pool.put(buf)
@@ -315,10 +350,9 @@ class AtomicSink:
             self.size_only = True
 
         def advance(n: int) -> None:
-            if self.size is not None and self.offset + n > self.size:
-                raise SizeMismatch(
-                    f"{self.label}: copied more than the image size ({self.size} bytes)"
-                )
+            over = self._over_limit(n)
+            if over is not None:
+                raise SizeMismatch(f"{self.label}: copied more than {over}")
             self.offset += n
 
         abandoned = False
@@ -373,6 +407,13 @@ class AtomicSink:
 
     def _raise_disk(self, exc: OSError) -> None:
         need = "" if self.size is None else f"; {self.size - self.offset} more bytes needed"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) and self.size is None:
+            # Without a size a full disk may be an endless body: blame the location, so that
+            # the sink is reset (space freed) and the next location tried.
+            raise SizeMismatch(
+                f"{self.label}: sent more than the free space in {self.dest.parent} "
+                f"({self.offset} bytes written; the record has no size)"
+            ) from exc
         if exc.errno == errno.ENOSPC:
             raise DestinationError(f"dest {self.dest}: no space left on device{need}") from exc
         raise DestinationError(f"dest {self.dest}: write failed ({exc.strerror}){need}") from exc
@@ -387,6 +428,7 @@ class AtomicSink:
         os.lseek(self.fd, 0, os.SEEK_SET)
         self.offset = 0
         self.reused = 0
+        self.learned = None
         self.size_only = False
         self._start_pipeline(self.expected.new())
         if self.validators:
@@ -436,6 +478,38 @@ class AtomicSink:
                     self.sidecar.unlink()
 
 
+def open_private(path: str | os.PathLike[str]) -> int | None:
+    """A read-only fd on ``path`` if it is a regular file owned by us with one link, else None.
+
+    For files in a directory other local users can write (beside DEST): a FIFO, device, symlink
+    or someone else's file there is never read (and a FIFO never blocks the open)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _SAFE_OPEN)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if not (stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1):
+        os.close(fd)
+        log.info("%s: not a regular file of ours (planted?); ignored", path)
+        return None
+    return fd
+
+
+def read_private(path: str | os.PathLike[str], limit: int) -> bytes | None:
+    """The content of a small private file (see :func:`open_private`), at most ``limit`` bytes."""
+    fd = open_private(path)
+    if fd is None:
+        return None
+    try:
+        if os.fstat(fd).st_size > limit:
+            return None
+        return os.read(fd, limit)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -450,30 +524,49 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def dest_lock(dest: str | os.PathLike[str]) -> Iterator[bool]:
-    """Hold an exclusive lock for ``dest`` (``.DEST.locpick-lock``, fcntl); yields whether another
+def dest_lock(dest: str | os.PathLike[str], *, timeout: float | None = None) -> Iterator[bool]:
+    """Hold an exclusive lock for ``dest`` (``.DEST.locpick-lock``, flock); yields whether another
     process held it first (it may have produced the file meanwhile).
 
-    The lock file is removed on release, so nothing is left beside dest. Removal is safe because
+    The wait is bounded by ``timeout`` seconds (None: forever); then a DestinationError names
+    the holder's pid (from ``/proc/locks``, else the pid the holder wrote into the file). The
+    lock file is removed on release, so nothing is left beside dest. Removal is safe because
     a waiter that locked a file which was unlinked meanwhile notices (inode differs from the
-    path's) and locks again.
+    path's) and locks again. Anything but a regular file at the lock's name (a planted FIFO)
+    is removed and replaced.
     """
     path = Path(dest).parent / f".{Path(dest).name}.locpick-lock"
     waited = False
+    give_up = None if timeout is None else time.monotonic() + timeout
+    pause = 0.02
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _SAFE_OPEN, 0o600)
         except OSError as exc:
             raise DestinationError(
                 f"dest {dest}: cannot create the lock file {path.name} ({exc.strerror})"
             ) from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            log.warning("dest %s: %s is not a regular file (planted?); replacing it", dest, path)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            _wait_or_give_up(dest, path, None, give_up, timeout, pause)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if not waited:
                 log.warning("dest %s: another locpick process is writing it; waiting", dest)
             waited = True
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                _wait_or_give_up(dest, path, fd, give_up, timeout, pause)
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+            pause = min(0.5, pause * 2)
+            continue
         try:
             same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -481,9 +574,54 @@ def dest_lock(dest: str | os.PathLike[str]) -> Iterator[bool]:
         if same:
             break
         os.close(fd)
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     try:
         yield waited
     finally:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         os.close(fd)
+
+
+def _wait_or_give_up(
+    dest: str | os.PathLike[str],
+    path: Path,
+    fd: int | None,
+    give_up: float | None,
+    timeout: float | None,
+    pause: float,
+) -> None:
+    """Sleep ``pause`` before the next try, or raise once ``give_up`` has passed."""
+    now = time.monotonic()
+    if give_up is not None and now >= give_up:
+        pid = None if fd is None else lock_holder(fd)
+        who = "another process" if pid is None else f"another process (pid {pid})"
+        raise DestinationError(
+            f"dest {dest}: {who} holds the lock {path.name}; gave up after {timeout:g}s "
+            "([transfer] lock_timeout)"
+        )
+    time.sleep(pause if give_up is None else max(0.0, min(pause, give_up - now)))
+
+
+def lock_holder(fd: int) -> int | None:
+    """The pid holding a flock on ``fd``'s file: from ``/proc/locks``, else the pid written in
+    the file by a locpick holder; None when unknown."""
+    st = os.fstat(fd)
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    with (
+        contextlib.suppress(OSError),
+        open("/proc/locks", encoding="ascii", errors="replace") as fh,
+    ):
+        for line in fh:
+            fields = line.split()
+            if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == dev:
+                with contextlib.suppress(ValueError):
+                    if int(fields[4]) > 0:
+                        return int(fields[4])
+    with contextlib.suppress(OSError, ValueError):
+        text = os.pread(fd, 32, 0).decode("ascii").strip()
+        if text.isdigit() and int(text) > 0:
+            return int(text)
+    return None

@@ -20,6 +20,9 @@ IMG = "11111111-2222-3333-4444-555555555555"
 DATA = b"\x5a" * 200_000
 BIG = 20_000
 MAX_CANDIDATES = 32
+#: Every location is on one loopback origin: the per-host probe cap (4) is lifted so that
+#: max_candidates is what bounds probing, as with copies on distinct hosts.
+_NEAR = '[topology]\nzone = "z-near"\n[probe]\nmax_probes_per_host = 32\n'
 
 #: Runs the CLI as a child and prints its peak RSS (KiB) and wall time, so that only the CLI
 #: process is measured (RUSAGE_CHILDREN of this wrapper holds nothing else).
@@ -116,7 +119,7 @@ def test_twenty_thousand_locations_in_a_metadata_file(tmp_path: Path, origin: Or
     """rank parses a 20,000-location record, probes 32, costs a bounded multiple of a
     20-location rank (same machine, same test) and stays under 200 MiB."""
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[topology]\nzone = "z-near"\n')
+    cfg.write_text(_NEAR)
     small = write_record(tmp_path / "small.json", _record(origin, 20))
     big = write_record(tmp_path / "big.json", _record(origin, BIG))
     origin.reset_counters()
@@ -134,7 +137,7 @@ def test_twenty_thousand_locations_in_a_metadata_file(tmp_path: Path, origin: Or
 def test_twenty_thousand_locations_from_a_glance_page(tmp_path: Path, origin: Origin) -> None:
     """The same record served by a Glance-shaped API (plus Glance's own /file, last)."""
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[topology]\nzone = "z-near"\n')
+    cfg.write_text(_NEAR)
     glance = _FakeGlance(_record(origin, BIG))
     try:
         origin.reset_counters()

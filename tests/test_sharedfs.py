@@ -19,7 +19,7 @@ from locpick import sharedfs
 from locpick.client import Client
 from locpick.config import Config, Filesystem, ProbeConfig, TransferConfig, config_from_mapping
 from locpick.errors import ConfigError, TransferError
-from locpick.testing import Origin
+from locpick.testing import Faults, Origin
 
 __all__ = ["tmpfs"]  # the fixture is used by name
 
@@ -293,7 +293,9 @@ def test_source_shrinks_midway_falls_back(tmp_path: Path, tmpfs: tuple[Path, str
             cut.set()
             os.truncate(path, sharedfs.COPY_CHUNK + 100)
 
-    with Origin(data) as origin:
+    # The HTTP copy is capped so the system copy ranks first on any box (loopback HTTP can
+    # measure faster than the shared-filesystem prior); it is the fallback under test.
+    with Origin(data, faults=Faults(bandwidth=200e6)) as origin:
         rec = image_record("img", data, [f"file://{mnt}/images/img.raw", origin.url])
         with Client(config=cfg(Filesystem(id="fs1", mountpoint=str(mnt)))) as client:
             result = client.download("img", tmp_path / "out", metadata=rec, progress=progress)

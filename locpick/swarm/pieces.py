@@ -14,6 +14,8 @@ from pathlib import Path
 
 import attrs
 
+from locpick.sink import read_private
+
 MiB = 1 << 20
 #: Auto piece size: the image split in this many pieces, clamped to [MIN_AUTO, MAX_AUTO].
 #: Small pieces let a slow copy finish some while a fast one does the rest; a run of pieces
@@ -68,9 +70,10 @@ class PieceMap:
         """Take over the pieces a matching record says are done; returns how many."""
         if self.path is None:
             return 0
+        raw = read_private(self.path, 4 << 20)  # never a planted symlink, FIFO or other's file
         try:
-            meta = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+            meta = json.loads(raw or b"")
+        except ValueError:
             return 0
         if not isinstance(meta, dict) or meta.get("version") != _VERSION:
             return 0
