@@ -243,12 +243,25 @@ def format_result(result: Result) -> str:
     rate = result.bytes / result.seconds / 1e6 if result.seconds > 0 else 0.0
     lines = [
         f"{result.dest}: {result.bytes} bytes via {result.method} from {result.source_url} "
-        f"in {result.seconds:.2f}s ({rate:.1f} MB/s), verified: {result.verified or 'NO'}",
+        f"in {result.seconds:.2f}s ({rate:.1f} MB/s), verified: {result.verified or 'NO'}"
+        + _shares(result),
     ]
     for a in result.attempts:
         if a.outcome != "ok":
             lines.append(f"  {a.outcome}: {a.url} ({a.error})")
     return "\n".join(lines)
+
+
+def _shares(result: Result) -> str:
+    """``; pieces from N locations: URL 12.3 MB at 45.6 MB/s, ...`` for a swarm download."""
+    if len(result.sources) < 2:
+        return ""
+    parts = [
+        f"{s.url} {s.bytes / 1e6:.1f} MB"
+        + ("" if s.rate_bps is None else f" at {s.rate_bps / 1e6:.1f} MB/s")
+        for s in result.sources
+    ]
+    return f"; pieces from {len(parts)} locations: " + ", ".join(parts)
 
 
 @contextmanager

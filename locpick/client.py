@@ -54,6 +54,8 @@ from locpick.replicas import plan_prune, verify_replicas
 from locpick.report import DownloadReport, Recorder
 from locpick.score import Candidate, policy_reason, prior_order, rank
 from locpick.sources import fetch_glance_image, load_metadata
+from locpick.swarm import swarm_probes
+from locpick.swarm.explain import explain
 from locpick.transports import Context, Transports
 from locpick.transports.file import FileTransport
 
@@ -176,7 +178,8 @@ class Client:
         """Score every location of an already-loaded image.
 
         ``for_download``: with a single usable location there is nothing to choose, so it is
-        not probed (the probe would only delay the transfer). ``dest``: where it will go (a
+        not probed (the probe would only delay the transfer); nor for a swarm download, whose
+        first piece from each copy is the probe. ``dest``: where it will go (a
         shared filesystem reports whether it is the same device).
         """
         now = time.time()
@@ -206,7 +209,9 @@ class Client:
             )
         candidates = self._bound_probing(image, candidates)
         to_probe = [c.location for c in candidates if c.unusable is None and not c.not_probed]
-        probes = {} if for_download and len(to_probe) <= 1 else self._probe(image, to_probe)
+        # a swarm download probes by downloading: its first piece from each copy is the probe
+        skip = for_download and (len(to_probe) <= 1 or swarm_probes(image, self.config.transfer))
+        probes = {} if skip else self._probe(image, to_probe)
         candidates = [
             attrs.evolve(c, probe=probes[c.location]) if c.location in probes else c
             for c in candidates
@@ -286,7 +291,13 @@ class Client:
 
     def rank(self, image_id: str, *, metadata: Metadata | None = None) -> Ranking:
         """Every location of the image, best first, each with why."""
-        return self.rank_image(self.image(image_id, metadata=metadata))
+        image = self.image(image_id, metadata=metadata)
+        ranking = self.rank_image(image)
+        t = self.config.transfer
+        scores = explain(
+            image, ranking.scores, t, self.config.scoring.topology_tolerance, swarm_probes(image, t)
+        )
+        return attrs.evolve(ranking, scores=scores)
 
     def download(
         self,
@@ -463,6 +474,7 @@ class Client:
             progress=rec.progress(progress),
             transfer=self.config.transfer,
             observer=rec.observer(self.history.record),
+            topology_tolerance=self.config.scoring.topology_tolerance,
             max_bytes=self.config.security.max_image_bytes,
         )
 

@@ -293,6 +293,12 @@ class TransferConfig:
     max_switches: int = 2
     #: Read buffer of the data path, bytes.
     buffer_bytes: int = 4 << 20
+    #: Locations drawn on at once, a piece from each (swarm fetch); 1 = one at a time.
+    max_sources: int = 4
+    #: Bytes per piece of a swarm fetch; 0 = auto (image / 64, clamped to 1-32 MiB).
+    piece_size: int = 0
+    #: Connections per location in a swarm fetch (RFC 6249: be polite to mirrors).
+    connections_per_source: int = 1
     #: Seconds to wait for another process holding ``.DEST.locpick-lock`` (another download of
     #: the same DEST, or a local user holding the lock on purpose) before giving up with exit 3.
     lock_timeout: float = attrs.field(default=600.0, validator=_check_range(0, 1e7, "transfer"))

@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import attrs
 
+from locpick import swarm
 from locpick.config import TransferConfig
 from locpick.errors import (
     AllLocationsFailed,
@@ -62,9 +63,11 @@ def fetch(
     progress: Progress | None = None,
     observer: Observer | None = None,
     transfer: TransferConfig | None = None,
+    topology_tolerance: float = 0.2,
     max_bytes: int | None = None,
 ) -> Result:
-    """Deliver ``image`` to ``dest`` from the first location in ``ranked`` that can.
+    """Deliver ``image`` to ``dest`` from the first location in ``ranked`` that can (or, with
+    ``[transfer] max_sources`` > 1, in pieces from several at once: ``locpick.swarm``).
 
     ``max_bytes`` bounds what one location may write when the record has no size."""
     started = time.monotonic()
@@ -78,21 +81,28 @@ def fetch(
             done = _already_delivered(image, expected, dest, started)
             if done is not None:
                 return done
-        with AtomicSink(
-            dest,
-            size=image.size,
-            expected=expected,
-            buffer_bytes=buffer_bytes,
-            mode=file_mode,
-            label=f"image {image.id}",
-            resume={
+        sink_args: dict[str, Any] = {
+            "size": image.size,
+            "expected": expected,
+            "buffer_bytes": buffer_bytes,
+            "mode": file_mode,
+            "label": f"image {image.id}",
+            "resume": {
                 "image_id": image.id,
                 "size": image.size,
                 "algo": expected.algo,
                 "hash": expected.value,
             },
-            max_bytes=max_bytes,
-        ) as sink:
+            "max_bytes": max_bytes,
+        }
+        sources = swarm.plan(image, ranked, transports, cfg)
+        if sources is not None:
+            return swarm.fetch(
+                image, sources, dest, sink_args, cfg, tolerance=topology_tolerance,
+                progress=progress, observer=observer, started=started,
+            )  # fmt: skip
+        swarm.discard_pieced_part(dest)
+        with AtomicSink(dest, **sink_args) as sink:
             run = _Download(image, ranked, sink, transports, cfg, progress, observer, started)
             return run.run()
 

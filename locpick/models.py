@@ -207,6 +207,19 @@ class CacheStep:
 
 
 @attrs.frozen
+class SourceShare:
+    """What one location contributed to a download: bytes delivered and the rate it ran at."""
+
+    url: str
+    bytes: int
+    rate_bps: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        rate = None if self.rate_bps is None else round(self.rate_bps)
+        return {"url": self.url, "bytes": self.bytes, "rate_bps": rate}
+
+
+@attrs.frozen
 class Result:
     """A verified image at ``dest``."""
 
@@ -218,6 +231,9 @@ class Result:
     seconds: float
     verified: str | None
     attempts: tuple[Attempt, ...] = ()
+    #: A swarm download: every location that delivered pieces, most first (``source_url`` is
+    #: the first); empty for a download from one location at a time.
+    sources: tuple[SourceShare, ...] = ()
     #: The node cache step, when a node cache was used (None: no cache).
     cache: CacheStep | None = None
 
@@ -232,6 +248,8 @@ class Result:
             "verified": self.verified,
             "attempts": [a.to_json() for a in self.attempts],
         }
+        if self.sources:  # a swarm download; otherwise the CLI's report lists them
+            doc["sources"] = [s.to_json() for s in self.sources]
         if self.cache is not None:
             doc["cache"] = self.cache.to_json()
         return doc

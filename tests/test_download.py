@@ -105,6 +105,7 @@ def test_cli_download_json_contract(tmp_path: Path) -> None:
     with Origin(DATA) as good:
         meta = write_record(tmp_path / "m.json", image_record("img", DATA, [good.url]))
         proc = run_cli("download", "img", str(tmp_path / "out"), "--metadata", str(meta), "--json")
+        good_url = good.url
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert set(doc) == {
@@ -118,6 +119,7 @@ def test_cli_download_json_contract(tmp_path: Path) -> None:
         "attempts",
     } | {"chosen_host", "reason", "sources", "probe_failures", "verify_failures"}
     assert doc["method"] == "download" and doc["verified"] == "sha512"
+    assert [(s["url"], s["bytes"]) for s in doc["sources"]] == [(good_url, len(DATA))]
     assert doc["bytes"] == len(DATA)
     assert set(doc["attempts"][0]) == {"url", "outcome", "error", "bytes"}
 

@@ -60,6 +60,21 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class PieceTransport(Protocol):
+    """A transport that can open a bounded byte range: a piece of a swarm fetch."""
+
+    #: Declares that ``open(..., end=...)`` asks for ``[offset, end)`` only.
+    supports_pieces: bool
+
+    def open(
+        self, location: Location, image: Image, *, offset: int, end: int | None = None
+    ) -> Stream:
+        """Open ``[offset, end)`` (``end`` None: to the end). A server may still answer with
+        the whole body (``stream.start`` 0): the caller checks ``start``."""
+        ...
+
+
 class Context:
     """What transports share within one client: config, connection policy, HTTP pool,
     credentials."""

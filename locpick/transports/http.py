@@ -303,6 +303,8 @@ class HttpTransport:
     schemes: tuple[str, ...] = ("http", "https")
     #: ``open`` takes ``if_range`` (fetch checks this before passing it).
     supports_if_range = True
+    #: ``open`` takes ``end`` (a bounded range: pieces of a swarm fetch).
+    supports_pieces = True
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -523,11 +525,18 @@ class HttpTransport:
         )
 
     def open(
-        self, location: Location, image: Image, *, offset: int, if_range: str | None = None
+        self,
+        location: Location,
+        image: Image,
+        *,
+        offset: int,
+        if_range: str | None = None,
+        end: int | None = None,
     ) -> HttpStream | RawHttpStream:
-        """GET from ``offset``; ``if_range`` (an ETag or Last-Modified the bytes held came from)
-        makes a changed resource answer 200 with the whole body (``stream.changed``)."""
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        """GET from ``offset`` (to ``end``, exclusive, when given: a piece); ``if_range`` (an
+        ETag or Last-Modified the bytes held came from) makes a changed resource answer 200
+        with the whole body (``stream.changed``)."""
+        headers = {"Range": _range(offset, end)} if offset or end is not None else {}
         if offset and if_range:
             headers["If-Range"] = if_range
         if self._proxied(location.url):
@@ -613,6 +622,10 @@ class HttpTransport:
 
 
 _READ_SLICE = 0.25
+
+
+def _range(offset: int, end: int | None) -> str:
+    return f"bytes={offset}-" if end is None else f"bytes={offset}-{end - 1}"
 
 
 class _Proxied(Exception):
