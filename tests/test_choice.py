@@ -120,7 +120,10 @@ def test_history_demotes_recent_failure_then_retries_after_cooldown(tmp_path: Pa
     cfg = _cfg(
         tmp_path,
         topology=Topology(zone="az1"),
-        scoring=ScoringConfig(cooldown=1.5),
+        # Wide margins so probe noise on a loaded box cannot decide: the near copy must win
+        # the first choice (the farther one would need 10x less expected time) and must lose
+        # while demoted (x1000).
+        scoring=ScoringConfig(cooldown=1.5, topology_tolerance=0.9, failure_penalty=1000.0),
     )
     flaky = Faults(cut_after_bytes=200_000)
     with Origin(ONE_MB, faults=flaky) as near, Origin(ONE_MB) as other:
