@@ -3,7 +3,7 @@
 
     PYTHONPATH=. python benchmarks/choice.py [--size-mib 256] [--rounds 1] [--worlds a,b]
 
-Each world is a set of loopback origins (``locpick.testing.Origin``: first-byte delay and a
+Each world is a set of loopback origins (``locpick._demo.origin.Origin``: first-byte delay and a
 bandwidth cap per origin, plus black holes) served from a *separate process* so the origins
 do not share a GIL with the client under test. For every world and round we time:
 
@@ -77,7 +77,7 @@ WORLDS: dict[str, tuple[str, dict[str, str], list[Origin]]] = {
 # ------------------------------------------------------------------------------ world server
 def serve_world(name: str, size: int) -> None:
     """Child process: start the world's origins, print their URLs as JSON, wait for stdin EOF."""
-    from locpick.testing import BlackHole, Faults, Origin
+    from locpick._demo.origin import BlackHole, Faults, Origin
 
     data = os.urandom(size)
     _desc, _topo, origins = WORLDS[name]

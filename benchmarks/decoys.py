@@ -3,8 +3,8 @@
 
     PYTHONPATH=. python benchmarks/decoys.py [--decoys 0,16,40,100] [--hosts 0] [--rounds 2]
 
-N loopback sockets that accept and never answer (locpick.testing.BlackHole) are listed before
-one good origin (locpick.testing.Origin, 1 MiB). ``--hosts K`` puts the N decoy URLs on K
+N loopback sockets that accept and never answer (locpick._demo.origin.BlackHole) are listed before
+one good origin (locpick._demo.origin.Origin, 1 MiB). ``--hosts K`` puts the N decoy URLs on K
 sockets instead of one socket each (the per-host budget then applies). Each row is the best of
 R in-process ``locpick.download`` runs to a verified file (and the worst), and the best's ratio
 to the same download with no decoys. Expected: fast when the good origin is among the first
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import locpick  # noqa: E402
-from locpick.testing import BlackHole, Origin  # noqa: E402
+from locpick._demo.origin import BlackHole, Origin  # noqa: E402
 
 
 def _record(data: bytes, urls: list[str]) -> dict[str, object]:

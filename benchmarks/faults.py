@@ -4,7 +4,7 @@
     PYTHONPATH=. python benchmarks/faults.py [--size-mib 256] [--fast-mbps 80] [--slow-mbps 40]
                                              [--rounds 2] [--stall-seconds 30]
 
-Two loopback origins (locpick.testing.Origin) serve the same random file: A at --fast-mbps,
+Two loopback origins (locpick._demo.origin.Origin) serve the same random file: A at --fast-mbps,
 which sends 30 % of every response and then stalls (socket open, no bytes) for
 --stall-seconds; B at --slow-mbps, healthy. Timed to a *verified* file on /dev/shm, interleaved
 per round, best of R kept:
@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from locpick.testing import Origin  # noqa: E402
+from locpick._demo.origin import Origin  # noqa: E402
 
 SHM = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
 MiB = 1 << 20

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from locpick.testing import Origin  # noqa: E402
+from locpick._demo.origin import Origin  # noqa: E402
 
 MEASURE = (
     "import resource, subprocess, sys, time\n"

@@ -5,7 +5,7 @@
         [--origin-mibps 32] [--window 1.0] [--seed 1] [--modes origin,storm]
 
 One real Glance (the shared harness, no-auth) holds the image: its upload (fs1, not readable by
-the nodes) and one http location on a ``locpick.testing.Origin`` whose uplink is capped and
+the nodes) and one http location on a ``locpick._demo.origin.Origin`` whose uplink is capped and
 SHARED by all its connections (``Faults.uplink``, as a NIC is). Every node is real processes on
 loopback: its own directory, config (topology: own host, racks of four, one zone; the origin
 sits in another zone), history file, cache dir and, in storm mode, its own ``locpick serve``.
@@ -57,8 +57,8 @@ import glance_harness as gh  # noqa: E402
 from fixtures_cache import ServeProcess  # noqa: E402
 from helpers import cli_env  # noqa: E402
 
+from locpick._demo.origin import Origin  # noqa: E402
 from locpick.publish import MARKER  # noqa: E402
-from locpick.testing import Origin  # noqa: E402
 
 RESULTS = HERE / "results"
 MiB = 1 << 20

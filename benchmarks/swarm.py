@@ -3,7 +3,7 @@
 
     PYTHONPATH=. python benchmarks/swarm.py [--size-mib 64] [--rounds 3] [--worlds a,b]
 
-Each world is a set of loopback origins (``locpick.testing``) served from a separate process.
+Each world is a set of loopback origins (``locpick._demo.origin``) served from a separate process.
 ``uplink`` is a cap SHARED by all connections to one origin (its NIC); the choice worlds of
 benchmarks/choice.py keep their per-response caps and black hole. Interleaved rounds, median:
 
@@ -88,7 +88,7 @@ _choice_worlds()
 
 def serve_world(name: str, size: int) -> None:
     """Child process: start the origins, print URLs and the record as JSON, wait for EOF."""
-    from locpick.testing import BlackHole, Faults, Origin
+    from locpick._demo.origin import BlackHole, Faults, Origin
 
     data = os.urandom(size)
     _desc, _topo, origins = WORLDS[name]

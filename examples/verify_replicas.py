@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 import locpick
-from locpick.testing import Faults, Origin
+from locpick._demo.origin import Faults, Origin
 
 STATUSES = ("ok", "mismatch", "missing", "unreachable", "unsupported")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from locpick.client import Client, Metadata
-from locpick.config import Config, load_config
+from locpick.config import Config
 from locpick.errors import (
     AllLocationsFailed,
     ChecksumMismatch,
@@ -20,7 +20,7 @@ from locpick.errors import (
     LocationError,
     LocpickError,
 )
-from locpick.models import Attempt, Image, Location, Ranking, Result, Score, VerifyReport
+from locpick.models import Ranking, Result, VerifyReport
 
 
 def __getattr__(name: str) -> str:
@@ -38,23 +38,18 @@ def __getattr__(name: str) -> str:
 
 __all__ = [
     "AllLocationsFailed",
-    "Attempt",
     "ChecksumMismatch",
     "Client",
     "Config",
     "DeliveryError",
-    "Image",
     "InputError",
-    "Location",
     "LocationError",
     "LocpickError",
     "Ranking",
     "Result",
-    "Score",
     "VerifyReport",
     "__version__",
     "download",
-    "load_config",
     "rank",
     "verify",
 ]

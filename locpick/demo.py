@@ -14,11 +14,11 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
+from locpick._demo.origin import BlackHole, Faults, Origin
 from locpick.cli import format_result
 from locpick.cli import main as cli_main
 from locpick.client import Client
 from locpick.errors import LocpickError
-from locpick.testing import BlackHole, Faults, Origin
 
 DEMO_IMAGE_ID = "11111111-2222-3333-4444-555555555555"
 _SIZE = 48 << 20

@@ -24,7 +24,7 @@ from pathlib import Path
 import glance_harness as gh
 import pytest
 
-from locpick.testing import Origin
+from locpick._demo.origin import Origin
 
 IMAGE_SIZE = 1_500_000
 ADMIN = ("admin", "admin", "admin")

@@ -13,11 +13,11 @@ import pytest
 from helpers import ROOT, image_record, run_cli, temp_leftovers, write_record
 
 import locpick
+from locpick._demo.origin import Origin
 from locpick.cache import NodeCache, valid_image_id
 from locpick.models import Image, Location, ReplicaStatus, VerifyReport
 from locpick.replicas import plan_prune
 from locpick.sources import parse_image
-from locpick.testing import Origin
 
 IMG = "11111111-2222-3333-4444-555555555555"
 

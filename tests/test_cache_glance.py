@@ -16,9 +16,9 @@ from fixtures_cache import ServeProcess
 from fixtures_glance import DEMO, GlanceWorld, glance_world_fixture  # noqa: F401
 from helpers import run_cli
 
+from locpick._demo.origin import Origin
 from locpick.cache import NodeCache
 from locpick.redact import redact_url
-from locpick.testing import Origin
 
 pytestmark = pytest.mark.glance
 

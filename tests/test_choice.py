@@ -12,8 +12,8 @@ from pathlib import Path
 from helpers import image_record, run_cli, write_record
 
 import locpick
+from locpick._demo.origin import BlackHole, Faults, Origin
 from locpick.config import Config, Hint, Policy, ProbeConfig, ScoringConfig, Topology
-from locpick.testing import BlackHole, Faults, Origin
 
 BIG = os.urandom(24 << 20)
 SMALL = os.urandom(64 << 10)

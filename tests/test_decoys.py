@@ -16,8 +16,8 @@ from pathlib import Path
 from helpers import image_record
 
 import locpick
+from locpick._demo.origin import BlackHole, Origin
 from locpick.config import Config, ProbeConfig
-from locpick.testing import BlackHole, Origin
 
 DATA = os.urandom(300_000)
 

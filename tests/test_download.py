@@ -11,8 +11,8 @@ import pytest
 from helpers import image_record, run_cli, temp_leftovers, write_record
 
 import locpick
+from locpick._demo.origin import BlackHole, Faults, Origin
 from locpick.config import Config, ProbeConfig
-from locpick.testing import BlackHole, Faults, Origin
 
 DATA = os.urandom(4 * 1024 * 1024 + 123)
 CFG = Config(probe=ProbeConfig(deadline=1.5))

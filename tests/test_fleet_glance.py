@@ -18,10 +18,10 @@ from fixtures_glance import GlanceWorld, glance_world_fixture  # noqa: F401
 from helpers import run_cli
 from prometheus_client.parser import text_string_to_metric_families
 
+from locpick._demo.origin import Origin
 from locpick.cache import NodeCache
 from locpick.publish import GlanceLocations, cache_location_url
 from locpick.redact import redact_url
-from locpick.testing import Origin
 
 pytestmark = pytest.mark.glance
 

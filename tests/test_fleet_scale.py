@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from helpers import cli_env, image_record, write_record
 
-from locpick.testing import Origin
+from locpick._demo.origin import Origin
 
 IMG = "11111111-2222-3333-4444-555555555555"
 DATA = b"\x5a" * 200_000

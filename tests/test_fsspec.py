@@ -18,11 +18,11 @@ from fixtures_s3 import BUCKET, REGION, MotoS3
 from helpers import image_record, run_cli, temp_leftovers, write_record
 
 import locpick
+from locpick._demo.origin import Faults, Origin
 from locpick.config import Config, Policy, ProbeConfig, S3Config, SecurityConfig
 from locpick.errors import ConfigError
 from locpick.models import Image, Location
 from locpick.s3url import parse_s3_url
-from locpick.testing import Faults, Origin
 from locpick.transports import Context
 from locpick.transports.fsspec import FsspecTransport
 

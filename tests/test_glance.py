@@ -14,9 +14,9 @@ from fixtures_glance import ADMIN, DEMO, GlanceWorld, glance_world_fixture  # no
 from helpers import ROOT, run_cli, temp_leftovers
 
 import locpick
+from locpick._demo.origin import ClosedPort
 from locpick.auth import auth_from_environment, unversioned_endpoint
 from locpick.redact import SCRUB
-from locpick.testing import ClosedPort
 
 pytestmark = pytest.mark.glance
 

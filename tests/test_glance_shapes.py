@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from helpers import image_record, run_cli
 
-from locpick.testing import Origin
+from locpick._demo.origin import Origin
 
 IMAGE_ID = "5f0c6a52-6a0a-4c39-9d3b-1f2a3c4d5e6f"
 TOKEN = "tok-" + "s3cr3t" * 6

@@ -20,13 +20,13 @@ from fixtures_security import RawServer, endless_body
 from fixtures_sharedfs import mount_tmpfs, unmount
 from helpers import cli_env, image_record, run_cli, temp_leftovers, write_record
 
+from locpick._demo.origin import Origin
 from locpick.config import Config, TransferConfig
 from locpick.errors import SizeMismatch
 from locpick.fetch import fetch
 from locpick.hashing import Expected
 from locpick.models import Image, Location, Reasons, Result, Score
 from locpick.sink import AtomicSink
-from locpick.testing import Origin
 from locpick.transports import Context, Transports
 
 IMG = "18181818-0000-4000-8000-000000000008"

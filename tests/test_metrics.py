@@ -13,10 +13,10 @@ from fixtures_cache import ServeProcess
 from helpers import image_record, run_cli, write_record
 from prometheus_client.parser import text_string_to_metric_families
 
+from locpick._demo.origin import Faults, Origin
 from locpick.cache import NodeCache
 from locpick.metrics import ServeMetrics, download_exposition, write_textfile
 from locpick.report import DownloadReport, SourceUse
-from locpick.testing import Faults, Origin
 
 IMG = "0c0c0c0c-1111-2222-3333-444444444444"
 

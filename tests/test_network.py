@@ -18,7 +18,7 @@ from fixtures_net import ForwardProxy, Site, glance_routes
 from helpers import image_record, run_cli, temp_leftovers, write_record
 
 import locpick
-from locpick.testing import Origin
+from locpick._demo.origin import Origin
 
 DATA = os.urandom(300_000)
 NO_PROXY_ENV = dict.fromkeys(("http_proxy", "https_proxy", "all_proxy", "no_proxy"), "")

@@ -22,10 +22,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import locpick
+from locpick._demo.origin import Origin
 from locpick.errors import LocationUnreachable
 from locpick.models import Attempt, Location, Reasons, Score
 from locpick.redact import REDACTED, redact_text, redact_url
-from locpick.testing import Origin
 
 WORDS = ("token", "sig", "key", "secret", "password", "credential", "session", "auth")
 #: Loggers of the libraries locpick drives; the children are where most of them really log.

@@ -16,10 +16,10 @@ from helpers import image_record, run_cli, temp_leftovers, write_record
 
 import locpick
 from locpick import sharedfs
+from locpick._demo.origin import Faults, Origin
 from locpick.client import Client
 from locpick.config import Config, Filesystem, ProbeConfig, TransferConfig, config_from_mapping
 from locpick.errors import ConfigError, TransferError
-from locpick.testing import Faults, Origin
 
 __all__ = ["tmpfs"]  # the fixture is used by name
 

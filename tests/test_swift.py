@@ -23,9 +23,9 @@ from swift_harness import (
 
 import locpick
 import locpick.errors
+from locpick._demo.origin import Origin
 from locpick.config import Config, SecurityConfig, SwiftConfig, SwiftRefConfig
 from locpick.models import Location
-from locpick.testing import Origin
 from locpick.transports.swift import SwiftTransport
 
 __all__ = ["swift_large", "swift_server", "swift_small"]  # fixtures used by name
