@@ -251,17 +251,9 @@ class AtomicSink:
         if self.sidecar is None or self._resume is None:
             return
         meta = {"version": _SIDECAR_VERSION, **self._resume, "validators": self.validators}
-        tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
         try:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                json.dump(meta, fh)
-            os.replace(tmp, self.sidecar)
+            write_json_atomic(self.sidecar, meta)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             self._raise_disk(exc)
 
     def remember_validators(self, url: str, etag: str | None, last_modified: str | None) -> None:
@@ -625,3 +617,21 @@ def lock_holder(fd: int) -> int | None:
         if text.isdigit() and int(text) > 0:
             return int(text)
     return None
+
+
+def write_json_atomic(path: Path, obj: object) -> None:
+    """Replace ``path`` with ``obj`` as JSON through a private temp file beside it (0600,
+    ``O_EXCL|O_NOFOLLOW``, so a link planted at the temp name is never followed); on failure
+    the temp file is removed and the OSError raised."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

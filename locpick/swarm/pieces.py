@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import attrs
 
-from locpick.sink import read_private
+from locpick.sink import read_private, write_json_atomic
 
 MiB = 1 << 20
 #: Auto piece size: the image split in this many pieces, clamped to [MIN_AUTO, MAX_AUTO].
@@ -100,17 +99,8 @@ class PieceMap:
             "identity": self.identity,
             "done": [i for i, d in enumerate(self.done) if d],
         }
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                json.dump(meta, fh)
-            os.replace(tmp, self.path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        with contextlib.suppress(OSError):  # the record is an optimisation: resume re-fetches
+            write_json_atomic(self.path, meta)
 
     def remove(self) -> None:
         if self.path is not None:
