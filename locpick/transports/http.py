@@ -19,7 +19,7 @@ from locpick.errors import LocationError, LocationUnreachable, TransferError, Un
 from locpick.models import Image, Location, Probe
 from locpick.netpolicy import AddressRefused, host_port
 from locpick.redact import SCRUB, redact_url
-from locpick.transports.base import Context
+from locpick.transports.base import Capabilities, Context, TransportDefaults
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -38,10 +38,13 @@ def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None
 
 def _status_error(url: str, status: int, retry_after: str | None = None) -> LocationError:
     permanent = 400 <= status < 500 and status not in (408, 429)
-    err = LocationUnreachable(f"{url}: HTTP {status}", url=url, permanent=permanent)
-    err.retry_after = _parse_retry_after(retry_after)  # type: ignore[attr-defined]
-    err.status = status  # type: ignore[attr-defined]
-    return err
+    return LocationUnreachable(
+        f"{url}: HTTP {status}",
+        url=url,
+        permanent=permanent,
+        status=status,
+        retry_after=_parse_retry_after(retry_after),
+    )
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -297,14 +300,11 @@ class RawHttpStream:
 R = TypeVar("R")
 
 
-class HttpTransport:
+class HttpTransport(TransportDefaults):
     """``http`` and ``https``."""
 
     schemes: tuple[str, ...] = ("http", "https")
-    #: ``open`` takes ``if_range`` (fetch checks this before passing it).
-    supports_if_range = True
-    #: ``open`` takes ``end`` (a bounded range: pieces of a swarm fetch).
-    supports_pieces = True
+    capabilities = Capabilities(bounded_ranges=True, if_range=True, idle_timeout=True, route=True)
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
