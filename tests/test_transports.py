@@ -12,7 +12,7 @@ import pytest
 from locpick.config import Config
 from locpick.errors import LocationUnreachable
 from locpick.models import Image, Location
-from locpick.transports import REGISTRY, Context, Stream, Transport, Transports
+from locpick.transports import REGISTRY, Context, Stream, Transport, Transports, guards
 from locpick.transports.base import Capabilities
 from locpick.transports.http import HttpTransport
 from tests.origin import Origin
@@ -79,3 +79,34 @@ def test_status_is_a_typed_field(
     err = info.value
     assert (err.status, err.permanent) == (status, permanent)
     assert err.retry_after == (None if retry_after is None else float(retry_after))
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        ("bytes 0-99/1000", (0, 99, 1000)),
+        (" bytes 5-9/* ", (5, 9, None)),
+        ("bytes 0-99", None),
+        ("items 0-99/1000", None),
+        ("bytes a-b/1000", None),
+        (None, None),
+        (1000, None),
+    ],
+)
+def test_content_range_is_parsed_once_for_every_transport(
+    value: object, parsed: tuple[int, int, int | None] | None
+) -> None:
+    assert guards.parse_content_range(value) == parsed
+
+
+def test_only_client_errors_that_will_not_change_are_permanent() -> None:
+    statuses = (400, 401, 403, 404, 408, 410, 416, 429, 500, 502, 503)
+    permanent = [s for s in statuses if guards.permanent_status(s)]
+    assert permanent == [400, 401, 403, 404, 410, 416]
+    err = guards.status_error("http://h/x", 503, "2", message="auth answered HTTP 503")
+    assert (str(err), err.status, err.retry_after, err.permanent) == (
+        "http://h/x: auth answered HTTP 503",
+        503,
+        2.0,
+        False,
+    )

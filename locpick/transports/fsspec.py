@@ -27,6 +27,7 @@ from locpick.models import Image, Location, Probe
 from locpick.redact import SCRUB, redact_url
 from locpick.s3url import GLANCE_S3_SCHEMES, S3Target, parse_s3_url
 from locpick.transports.base import Capabilities, Context, StreamDefaults, TransportDefaults
+from locpick.transports.guards import parse_content_range
 
 S3_SCHEMES = ("s3", "s3a", *GLANCE_S3_SCHEMES)
 #: Remote protocols fsspec knows that can hold an image; served when the package is installed.
@@ -411,7 +412,8 @@ class FsspecTransport(TransportDefaults):
         except Exception as exc:  # any client error, converted at this boundary
             raise convert(exc, shown) from exc
         stream = S3Stream(fs, response["Body"], start=offset, total=None, final_url=shown)
-        total = _content_range_total(response.get("ContentRange"))
+        cr = parse_content_range(response.get("ContentRange"))
+        total = cr[2] if cr else None
         if total is None and not offset:
             total = _size({"size": response.get("ContentLength")})
         if image.size is not None and total is not None and total != image.size:
@@ -427,14 +429,6 @@ class FsspecTransport(TransportDefaults):
     def close(self) -> None:
         with self._lock:
             self._filesystems.clear()
-
-
-def _content_range_total(value: Any) -> int | None:
-    """``bytes a-b/total`` -> total."""
-    if not isinstance(value, str) or "/" not in value:
-        return None
-    tail = value.rsplit("/", 1)[1].strip()
-    return int(tail) if tail.isdigit() else None
 
 
 def _size(info: Any) -> int | None:

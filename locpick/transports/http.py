@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
-import re
 import socket
 import threading
 import time
@@ -20,40 +19,9 @@ from locpick.models import Image, Location, Probe
 from locpick.netpolicy import AddressRefused, host_port
 from locpick.redact import SCRUB, redact_url
 from locpick.transports.base import Capabilities, Context, TransportDefaults
+from locpick.transports.guards import parse_content_range, status_error
 
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-
-
-def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
-    """``bytes a-b/total`` -> (a, b, total); None when absent or malformed."""
-    if not value:
-        return None
-    m = _CONTENT_RANGE.match(value)
-    if not m:
-        return None
-    total = None if m.group(3) == "*" else int(m.group(3))
-    return int(m.group(1)), int(m.group(2)), total
-
-
-def _status_error(url: str, status: int, retry_after: str | None = None) -> LocationError:
-    permanent = 400 <= status < 500 and status not in (408, 429)
-    return LocationUnreachable(
-        f"{url}: HTTP {status}",
-        url=url,
-        permanent=permanent,
-        status=status,
-        retry_after=_parse_retry_after(retry_after),
-    )
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 class _HeaderDeadline:
@@ -608,7 +576,7 @@ class HttpTransport(TransportDefaults):
         elif status == 416 and image.size is not None and offset >= image.size:
             raise TransferError(f"{final}: HTTP 416 at offset {offset}", url=final)
         else:
-            raise _status_error(final, status, headers.get("retry-after"))
+            raise status_error(final, status, headers.get("retry-after"))
         if image.size is not None and total is not None and total != image.size:
             raise TransferError(
                 f"{final}: size {total} differs from the image's {image.size}",

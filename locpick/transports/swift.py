@@ -41,6 +41,7 @@ from locpick.errors import LocationError, LocationUnreachable, UnsupportedLocati
 from locpick.models import Image, Location, Probe
 from locpick.redact import SCRUB, redact_url
 from locpick.transports.base import Capabilities, Context, TransportDefaults
+from locpick.transports.guards import status_error
 from locpick.transports.http import HttpStream, HttpTransport, RawHttpStream
 
 _HTTP_SCHEME = {"swift": "https", "swift+https": "https", "swift+http": "http"}
@@ -292,11 +293,7 @@ class SwiftTransport(TransportDefaults):
                 permanent=True,
             )
         if not 200 <= status < 300:
-            raise LocationUnreachable(
-                f"{shown}: Swift auth {where} answered HTTP {status}",
-                url=shown,
-                permanent=400 <= status < 500 and status not in (408, 429),
-            )
+            raise status_error(shown, status, message=f"Swift auth {where} answered HTTP {status}")
         token = response.headers.get("x-auth-token") or response.headers.get("x-storage-token")
         storage = response.headers.get("x-storage-url")
         if not token or not storage:
