@@ -56,8 +56,7 @@ from locpick.score import Candidate, policy_reason, prior_order, rank
 from locpick.sources import fetch_glance_image, load_metadata
 from locpick.swarm import swarm_probes
 from locpick.swarm.explain import explain
-from locpick.transports import Context, Transports
-from locpick.transports.file import FileTransport
+from locpick.transports import Context, Transport, Transports
 
 log = logging.getLogger("locpick")
 
@@ -199,10 +198,8 @@ class Client:
                 continue
             shared = None
             reason = policy_reason(loc, self.config)  # forbidden copies are never probed
-            if reason is None and isinstance(transport, FileTransport):
-                reason, shared = _shared_fs(transport, loc, image, dest)
-            elif reason is None:
-                reason = transport.check(loc, image)
+            if reason is None:
+                reason, shared = _check(transport, loc, image, dest)
             history = self.history.lookup(loc, known) if known and reason is None else None
             candidates.append(
                 Candidate(loc, unusable=reason, shared_fs=shared, history=history, note=lease.note)
@@ -227,9 +224,8 @@ class Client:
             transport = self._transports.for_location(score.location)
         except LocationError:
             return score
-        route_of = getattr(transport, "route", None)
-        route = route_of(score.location) if route_of is not None else None
-        if not isinstance(route, str):
+        route = transport.route(score.location) if transport.capabilities.route else None
+        if route is None:
             return score
         reasons = attrs.evolve(
             score.reasons, route=route, notes=(*score.reasons.notes, f"route: {route}")
@@ -751,15 +747,20 @@ def _current_url(cache: NodeCache, public_url: str, image_id: str) -> str:
     return cache_location_url(public_url, image_id, cache.token(image_id))
 
 
-def _shared_fs(
-    transport: FileTransport, loc: Location, image: Image, dest: str | os.PathLike[str] | None
+def _check(
+    transport: Transport, loc: Location, image: Image, dest: str | os.PathLike[str] | None
 ) -> tuple[str | None, str | None]:
-    """(unusable reason, ``shared_fs`` reason) of a file:// location."""
+    """(unusable reason, ``shared_fs`` reason) of a location: a location on a shared
+    filesystem is judged for the destination's directory."""
+    if not transport.capabilities.system_copy:
+        return transport.check(loc, image), None
     dest_dir = None if dest is None else os.path.dirname(os.path.abspath(dest))
     try:
-        rep = transport.report(loc, image, dest_dir)
+        rep = transport.shared_fs(loc, image, dest_dir)
     except LocationError as exc:
         return _reason(exc), None
+    if rep is None:
+        return transport.check(loc, image), None
     return rep.reason, rep.describe()
 
 

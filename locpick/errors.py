@@ -100,12 +100,26 @@ class LocationError(LocpickError):
 
     #: A permanent error is not retried on the same location in this download.
     permanent: bool = False
+    #: The HTTP status the location answered with, None when it gave no status.
+    status: int | None = None
+    #: Seconds the server asked to wait before asking again (Retry-After), if it said.
+    retry_after: float | None = None
 
-    def __init__(self, message: str, *, url: str = "", permanent: bool | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str = "",
+        permanent: bool | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.url = SCRUB(url)
         if permanent is not None:
             self.permanent = permanent
+        self.status = status
+        self.retry_after = retry_after
 
 
 def reason_of(exc: BaseException) -> str:

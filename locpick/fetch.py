@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import attrs
 
@@ -243,9 +243,8 @@ class _Download:
         note: str | None
         try:
             transport = self.transports.for_location(loc)
-            copy_to = getattr(transport, "copy_to", None)
-            if copy_to is not None:  # a system copy (shared filesystem)
-                note, source = self._system_copy(cand, copy_to), loc.display_url
+            if transport.capabilities.system_copy:  # a shared filesystem
+                note, source = self._system_copy(cand, transport), loc.display_url
                 before = min(before, self.sink.offset)
             else:
                 stream = self._open(cand, transport)
@@ -287,27 +286,25 @@ class _Download:
             attempts=tuple(self.attempts),
         )
 
-    def _system_copy(self, cand: _Candidate, copy_to: Callable[..., str]) -> str:
+    def _system_copy(self, cand: _Candidate, transport: Transport) -> str:
         """Let the transport copy at the fd level (it continues from ``sink.offset``)."""
         loc = cand.score.location
         self.sink.label = f"image {self.image.id} from {loc.display_url}"
         self.sources.add(cand.url)
-        return f"system copy via {copy_to(loc, self.image, self.sink, self.progress)}"
+        return f"system copy via {transport.copy_to(loc, self.image, self.sink, self.progress)}"
 
     def _open(self, cand: _Candidate, transport: Transport) -> Stream:
         loc = cand.score.location
         offset = self.sink.offset
-        if_range = self._if_range(cand) if offset else None
-        if if_range and getattr(transport, "supports_if_range", False):
-            stream: Stream = cast(Any, transport).open(
-                loc, self.image, offset=offset, if_range=if_range
-            )
+        caps = transport.capabilities
+        if_range = self._if_range(cand) if offset and caps.if_range else None
+        if if_range:
+            stream = transport.open(loc, self.image, offset=offset, if_range=if_range)
         else:
             stream = transport.open(loc, self.image, offset=offset)
         self.sink.learn_total(stream.total)
-        set_idle = getattr(stream, "set_idle_timeout", None)
-        if set_idle is not None:
-            set_idle(self._idle_timeout(cand))
+        if caps.idle_timeout:
+            stream.set_idle_timeout(self._idle_timeout(cand))
         return stream
 
     def _if_range(self, cand: _Candidate) -> str | None:
@@ -330,7 +327,7 @@ class _Download:
     def _align(self, cand: _Candidate, stream: Stream) -> str | None:
         """Reconcile the stream's start with the bytes held; returns a note for the attempt."""
         held = self.sink.offset
-        if getattr(stream, "changed", False):
+        if stream.changed:
             self.sink.reset()
             self.sources.clear()
             self._remember(cand, stream)
@@ -368,7 +365,7 @@ class _Download:
         v = self.sink.validators.get(cand.url)
         if not v:
             return True
-        etag, lastmod = getattr(stream, "etag", None), getattr(stream, "last_modified", None)
+        etag, lastmod = stream.etag, stream.last_modified
         if v.get("etag") and etag:
             return bool(v.get("etag") == etag)
         if v.get("last_modified") and lastmod:
@@ -396,8 +393,7 @@ class _Download:
 
     def _remember(self, cand: _Candidate, stream: Stream) -> None:
         self.sources.add(cand.url)
-        etag, lastmod = getattr(stream, "etag", None), getattr(stream, "last_modified", None)
-        self.sink.remember_validators(cand.url, etag, lastmod)
+        self.sink.remember_validators(cand.url, stream.etag, stream.last_modified)
 
     # -- data path -------------------------------------------------------------------------
     def _pump(self, cand: _Candidate, stream: Stream) -> None:
@@ -487,7 +483,7 @@ class _Download:
 
     # -- outcomes --------------------------------------------------------------------------
     def _record(
-        self, cand: _Candidate, t0: float, before: int, exc: Exception, *, left: bool
+        self, cand: _Candidate, t0: float, before: int, exc: LocationError | _Abandon, *, left: bool
     ) -> None:
         """Record a failed attempt and decide: retry later (backoff) or drop the location."""
         got = max(self.sink.offset - before, 0)
@@ -502,9 +498,9 @@ class _Download:
             cand.not_before = time.monotonic() + self.cfg.backoff
             log.info("%s", msg)
             return
-        retry_after = getattr(exc, "retry_after", None)
+        retry_after = exc.retry_after
         too_long = retry_after is not None and retry_after > RETRY_AFTER_MAX
-        if getattr(exc, "permanent", False) or too_long:
+        if exc.permanent or too_long:
             cand.dropped = True
         else:
             cand.failures += 1

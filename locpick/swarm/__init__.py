@@ -23,7 +23,6 @@ from locpick.swarm.repair import check_and_repair
 from locpick.swarm.run import Source, Swarm
 from locpick.swarm.scheduler import topology_class
 from locpick.transports import Transports
-from locpick.transports.base import PieceTransport
 
 log = logging.getLogger("locpick")
 
@@ -56,7 +55,7 @@ def plan(
             transport = transports.for_location(score.location)
         except LocationError:
             continue
-        if not isinstance(transport, PieceTransport):
+        if not transport.capabilities.bounded_ranges:
             if not sources:
                 return None  # the best is a system copy (or streams only): keep it whole
             continue

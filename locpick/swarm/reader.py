@@ -81,7 +81,8 @@ class Connection:
                     url=stream.final_url,
                     permanent=True,
                 )
-            _set_idle(stream, min(sw.cfg.stall_timeout, sw.cfg.idle_timeout))
+            if src.transport.capabilities.idle_timeout:
+                stream.set_idle_timeout(min(sw.cfg.stall_timeout, sw.cfg.idle_timeout))
             # rates count from the response headers on: the wait for them is the latency
             t1 = sw.clock()
             if run.dup:
@@ -177,10 +178,10 @@ class Connection:
         with sw.lock:
             if src.dead or sw.closed:
                 return
-            retry_after = getattr(exc, "retry_after", None)
+            retry_after = exc.retry_after
             too_long = retry_after is not None and retry_after > RETRY_AFTER_MAX
             # no response at all while other copies answer: one attempt is enough
-            silent = isinstance(exc, LocationUnreachable) and getattr(exc, "status", None) is None
+            silent = isinstance(exc, LocationUnreachable) and exc.status is None
             never = silent and not w.answered and any(x.answered for x in sw.workers)
             if exc.permanent or too_long or never:
                 sw.drop_source(src, error, 0, now - (w.asked_at or now))
@@ -196,12 +197,6 @@ class Connection:
             delay = random.uniform(base / 2, base)  # noqa: S311 - jitter, not crypto
             src.not_before = now + max(delay, retry_after or 0.0)
             log.info("%s: will retry (%s)", src.url, SCRUB(str(exc)))
-
-
-def _set_idle(stream: Stream, seconds: float) -> None:
-    set_idle = getattr(stream, "set_idle_timeout", None)
-    if set_idle is not None:
-        set_idle(seconds)
 
 
 def _pwrite(fd: int, view: memoryview, offset: int) -> None:

@@ -21,7 +21,7 @@ from locpick.swarm.ordered_hash import OrderedHasher
 from locpick.swarm.partfile import SwarmSink
 from locpick.swarm.reader import Connection
 from locpick.swarm.scheduler import Scheduler, Worker, admit, may_join, rises
-from locpick.transports.base import PieceTransport
+from locpick.transports.base import Transport
 
 log = logging.getLogger("locpick")
 
@@ -44,7 +44,8 @@ class Source:
 
     index: int
     score: Score
-    transport: PieceTransport
+    #: Declares ``capabilities.bounded_ranges``: ``open(..., end=)`` asks for a piece only.
+    transport: Transport
     topology: int
     failures: int = 0
     not_before: float = 0.0

@@ -2,7 +2,8 @@
 
 A transport knows one family of schemes. It can say whether a location is usable at all
 (``check``, no I/O beyond local stat calls), measure it (``probe``), and open a byte stream at
-an offset (``open``). Nothing outside ``locpick.transports`` knows about schemes.
+an offset (``open``); what it can do beyond that it declares in ``capabilities``. Nothing
+outside ``locpick.transports`` knows about schemes.
 """
 
 from __future__ import annotations
@@ -10,19 +11,45 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import attrs
 import httpcore
 import httpx
 
+from locpick.errors import UnsupportedLocation
 from locpick.models import Image, Location, Probe
 from locpick.netpolicy import AddressRefused, NetPolicy, parse_host
 
 if TYPE_CHECKING:
+    from locpick import sharedfs
     from locpick.config import Config
+    from locpick.sink import AtomicSink
+
+#: Called with (bytes held, total or None) while a transport copies.
+Progress = Callable[[int, int | None], None]
 
 
+@attrs.frozen
+class Capabilities:
+    """What a transport can do beyond ``check``/``probe``/``open``: callers decide by these,
+    never by the transport's class or by looking for attributes."""
+
+    #: ``copy_to`` copies at the file-descriptor level into the sink (a shared filesystem).
+    system_copy: bool = False
+    #: ``open(..., end=)`` asks for ``[offset, end)`` only: a piece of a swarm fetch.
+    bounded_ranges: bool = False
+    #: ``open(..., if_range=)`` sends the validator; its streams report ``etag``,
+    #: ``last_modified`` and ``changed``.
+    if_range: bool = False
+    #: Its streams honour ``set_idle_timeout``.
+    idle_timeout: bool = False
+    #: ``route`` says how a location is reached (direct or through a proxy).
+    route: bool = False
+
+
+@runtime_checkable
 class Stream(Protocol):
     """Bytes of one location from ``start`` on. ``readinto`` returns 0 at the end."""
 
@@ -33,10 +60,30 @@ class Stream(Protocol):
     total: int | None
     #: The URL that actually serves the bytes (after redirects), display-safe.
     final_url: str
+    #: Validators of the bytes served (None when the transport has none).
+    etag: str | None
+    last_modified: str | None
+    #: An If-Range was sent and the whole (changed) resource came instead.
+    changed: bool
+
+    def set_idle_timeout(self, seconds: float) -> None:
+        """Bound the wait for the next bytes (a no-op where the transport cannot)."""
+        ...
 
     def readinto(self, buf: memoryview) -> int: ...
 
     def close(self) -> None: ...
+
+
+class StreamDefaults:
+    """The optional part of ``Stream`` for streams without validators or idle bounds."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+    changed: bool = False
+
+    def set_idle_timeout(self, seconds: float) -> None:
+        """Nothing to bound."""
 
 
 @runtime_checkable
@@ -44,6 +91,9 @@ class Transport(Protocol):
     """One family of schemes."""
 
     schemes: tuple[str, ...]
+
+    @property
+    def capabilities(self) -> Capabilities: ...
 
     def check(self, location: Location, image: Image) -> str | None:
         """Return a reason the location is unusable, without network I/O; None when fine."""
@@ -53,26 +103,59 @@ class Transport(Protocol):
         """Measure latency (and what else is cheap) with one small read."""
         ...
 
-    def open(self, location: Location, image: Image, *, offset: int) -> Stream:
-        """Open the location's bytes at ``offset``; raise a LocationError on failure."""
+    def open(
+        self,
+        location: Location,
+        image: Image,
+        *,
+        offset: int,
+        end: int | None = None,
+        if_range: str | None = None,
+    ) -> Stream:
+        """Open the location's bytes at ``offset``; raise a LocationError on failure.
+
+        ``end`` (exclusive) and ``if_range`` are only passed when ``capabilities`` says they
+        are honoured. A server may still answer with the whole body (``stream.start`` 0):
+        the caller checks ``start``."""
+        ...
+
+    def copy_to(
+        self, location: Location, image: Image, sink: AtomicSink, progress: Progress | None
+    ) -> str:
+        """System-copy into ``sink`` (``capabilities.system_copy``); returns the engine used."""
+        ...
+
+    def shared_fs(
+        self, location: Location, image: Image, dest_dir: str | None
+    ) -> sharedfs.FsReport | None:
+        """The shared-filesystem report of the location, or None when it is not on one."""
+        ...
+
+    def route(self, location: Location) -> str | None:
+        """How the location is reached (``capabilities.route``), else None."""
         ...
 
     def close(self) -> None: ...
 
 
-@runtime_checkable
-class PieceTransport(Protocol):
-    """A transport that can open a bounded byte range: a piece of a swarm fetch."""
+class TransportDefaults:
+    """The optional part of ``Transport`` for transports that lack a capability."""
 
-    #: Declares that ``open(..., end=...)`` asks for ``[offset, end)`` only.
-    supports_pieces: bool
+    capabilities = Capabilities()
 
-    def open(
-        self, location: Location, image: Image, *, offset: int, end: int | None = None
-    ) -> Stream:
-        """Open ``[offset, end)`` (``end`` None: to the end). A server may still answer with
-        the whole body (``stream.start`` 0): the caller checks ``start``."""
-        ...
+    def copy_to(
+        self, location: Location, image: Image, sink: AtomicSink, progress: Progress | None
+    ) -> str:
+        shown = location.display_url
+        raise UnsupportedLocation(f"{shown}: no system copy for this scheme", url=shown)
+
+    def shared_fs(
+        self, location: Location, image: Image, dest_dir: str | None
+    ) -> sharedfs.FsReport | None:
+        return None
+
+    def route(self, location: Location) -> str | None:
+        return None
 
 
 class Context:

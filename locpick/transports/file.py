@@ -13,10 +13,10 @@ from locpick.config import Filesystem
 from locpick.errors import LocationUnreachable, UnsupportedLocation
 from locpick.models import Image, Location, Probe
 from locpick.sink import AtomicSink
-from locpick.transports.base import Context
+from locpick.transports.base import Capabilities, Context, StreamDefaults, TransportDefaults
 
 
-class FileStream:
+class FileStream(StreamDefaults):
     """A confined local file from an offset (``verify`` reads it; downloads use ``copy_to``)."""
 
     def __init__(self, fd: int, offset: int, final_url: str) -> None:
@@ -38,10 +38,11 @@ class FileStream:
         self._file.close()
 
 
-class FileTransport:
+class FileTransport(TransportDefaults):
     """``file``: only paths that map onto a configured, mounted filesystem are ever opened."""
 
     schemes: tuple[str, ...] = ("file",)
+    capabilities = Capabilities(system_copy=True)
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -62,6 +63,12 @@ class FileTransport:
         """The full reachability report (bounded by the filesystem's timeout)."""
         path, fs = self.resolve(location)
         return sharedfs.check(fs, path, image.size, dest_dir=dest_dir, timeout=fs.timeout)
+
+    def shared_fs(
+        self, location: Location, image: Image, dest_dir: str | None
+    ) -> sharedfs.FsReport:
+        """The reachability report, judged for a destination in ``dest_dir``."""
+        return self.report(location, image, dest_dir)
 
     def check(self, location: Location, image: Image) -> str | None:
         try:
@@ -93,7 +100,16 @@ class FileTransport:
             raise LocationUnreachable(f"{shown}: {exc}", url=shown) from None
         return fd, rep
 
-    def open(self, location: Location, image: Image, *, offset: int) -> FileStream:
+    def open(
+        self,
+        location: Location,
+        image: Image,
+        *,
+        offset: int,
+        end: int | None = None,
+        if_range: str | None = None,
+    ) -> FileStream:
+        """The file from ``offset`` to its end."""
         fd, _rep = self._open_fd(location, image)
         return FileStream(fd, offset, location.display_url)
 

@@ -26,7 +26,8 @@ from locpick.errors import LocationError, LocationUnreachable, TransferError, Un
 from locpick.models import Image, Location, Probe
 from locpick.redact import SCRUB, redact_url
 from locpick.s3url import GLANCE_S3_SCHEMES, S3Target, parse_s3_url
-from locpick.transports.base import Context
+from locpick.transports.base import Capabilities, Context, StreamDefaults, TransportDefaults
+from locpick.transports.guards import parse_content_range
 
 S3_SCHEMES = ("s3", "s3a", *GLANCE_S3_SCHEMES)
 #: Remote protocols fsspec knows that can hold an image; served when the package is installed.
@@ -118,7 +119,7 @@ def convert(exc: BaseException, shown: str, *, midway: bool = False) -> Location
     return LocationUnreachable(text, url=shown)
 
 
-class FsspecStream:
+class FsspecStream(StreamDefaults):
     """An fsspec file read from an offset, one ranged request per ``readinto``."""
 
     def __init__(self, file: Any, *, start: int, total: int | None, final_url: str) -> None:
@@ -144,7 +145,7 @@ class FsspecStream:
             self._file.close()
 
 
-class S3Stream:
+class S3Stream(StreamDefaults):
     """One streaming GET (``Range: bytes=N-``) through s3fs's own client, read on its loop.
 
     fsspec's buffered files issue one ranged request per read; a single streamed response
@@ -189,10 +190,11 @@ class S3Stream:
             sync(self._fs.loop, _close)
 
 
-class FsspecTransport:
+class FsspecTransport(TransportDefaults):
     """``s3`` and every other fsspec protocol in :data:`SCHEMES` that is installed."""
 
     schemes: tuple[str, ...] = SCHEMES
+    capabilities = Capabilities(route=True)
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -351,7 +353,16 @@ class FsspecTransport:
             return Probe(url=shown, ok=False, ttfb=ttfb, error=f"short read: {got} of {n} bytes")
         return Probe(url=shown, ok=True, ttfb=ttfb, size=size, final_url=shown)
 
-    def open(self, location: Location, image: Image, *, offset: int) -> FsspecStream | S3Stream:
+    def open(
+        self,
+        location: Location,
+        image: Image,
+        *,
+        offset: int,
+        end: int | None = None,
+        if_range: str | None = None,
+    ) -> FsspecStream | S3Stream:
+        """The object from ``offset`` to its end (no bounded ranges, no validators)."""
         shown = location.display_url
         reason = self.check(location, image)
         if reason:
@@ -401,7 +412,8 @@ class FsspecTransport:
         except Exception as exc:  # any client error, converted at this boundary
             raise convert(exc, shown) from exc
         stream = S3Stream(fs, response["Body"], start=offset, total=None, final_url=shown)
-        total = _content_range_total(response.get("ContentRange"))
+        cr = parse_content_range(response.get("ContentRange"))
+        total = cr[2] if cr else None
         if total is None and not offset:
             total = _size({"size": response.get("ContentLength")})
         if image.size is not None and total is not None and total != image.size:
@@ -417,14 +429,6 @@ class FsspecTransport:
     def close(self) -> None:
         with self._lock:
             self._filesystems.clear()
-
-
-def _content_range_total(value: Any) -> int | None:
-    """``bytes a-b/total`` -> total."""
-    if not isinstance(value, str) or "/" not in value:
-        return None
-    tail = value.rsplit("/", 1)[1].strip()
-    return int(tail) if tail.isdigit() else None
 
 
 def _size(info: Any) -> int | None:

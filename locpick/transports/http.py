@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
-import re
 import socket
 import threading
 import time
@@ -19,38 +18,10 @@ from locpick.errors import LocationError, LocationUnreachable, TransferError, Un
 from locpick.models import Image, Location, Probe
 from locpick.netpolicy import AddressRefused, host_port
 from locpick.redact import SCRUB, redact_url
-from locpick.transports.base import Context
+from locpick.transports.base import Capabilities, Context, TransportDefaults
+from locpick.transports.guards import parse_content_range, status_error
 
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-
-
-def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
-    """``bytes a-b/total`` -> (a, b, total); None when absent or malformed."""
-    if not value:
-        return None
-    m = _CONTENT_RANGE.match(value)
-    if not m:
-        return None
-    total = None if m.group(3) == "*" else int(m.group(3))
-    return int(m.group(1)), int(m.group(2)), total
-
-
-def _status_error(url: str, status: int, retry_after: str | None = None) -> LocationError:
-    permanent = 400 <= status < 500 and status not in (408, 429)
-    err = LocationUnreachable(f"{url}: HTTP {status}", url=url, permanent=permanent)
-    err.retry_after = _parse_retry_after(retry_after)  # type: ignore[attr-defined]
-    err.status = status  # type: ignore[attr-defined]
-    return err
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 class _HeaderDeadline:
@@ -297,14 +268,11 @@ class RawHttpStream:
 R = TypeVar("R")
 
 
-class HttpTransport:
+class HttpTransport(TransportDefaults):
     """``http`` and ``https``."""
 
     schemes: tuple[str, ...] = ("http", "https")
-    #: ``open`` takes ``if_range`` (fetch checks this before passing it).
-    supports_if_range = True
-    #: ``open`` takes ``end`` (a bounded range: pieces of a swarm fetch).
-    supports_pieces = True
+    capabilities = Capabilities(bounded_ranges=True, if_range=True, idle_timeout=True, route=True)
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -608,7 +576,7 @@ class HttpTransport:
         elif status == 416 and image.size is not None and offset >= image.size:
             raise TransferError(f"{final}: HTTP 416 at offset {offset}", url=final)
         else:
-            raise _status_error(final, status, headers.get("retry-after"))
+            raise status_error(final, status, headers.get("retry-after"))
         if image.size is not None and total is not None and total != image.size:
             raise TransferError(
                 f"{final}: size {total} differs from the image's {image.size}",

@@ -40,7 +40,8 @@ import httpx
 from locpick.errors import LocationError, LocationUnreachable, UnsupportedLocation, reason_of
 from locpick.models import Image, Location, Probe
 from locpick.redact import SCRUB, redact_url
-from locpick.transports.base import Context
+from locpick.transports.base import Capabilities, Context, TransportDefaults
+from locpick.transports.guards import status_error
 from locpick.transports.http import HttpStream, HttpTransport, RawHttpStream
 
 _HTTP_SCHEME = {"swift": "https", "swift+https": "https", "swift+http": "http"}
@@ -169,10 +170,11 @@ class _ObjectHttp(HttpTransport):
         return {}
 
 
-class SwiftTransport:
+class SwiftTransport(TransportDefaults):
     """``swift``, ``swift+http``, ``swift+https`` and ``swift+config``."""
 
     schemes: tuple[str, ...] = ("swift", "swift+http", "swift+https", "swift+config")
+    capabilities = Capabilities(idle_timeout=True, route=True)
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -291,11 +293,7 @@ class SwiftTransport:
                 permanent=True,
             )
         if not 200 <= status < 300:
-            raise LocationUnreachable(
-                f"{shown}: Swift auth {where} answered HTTP {status}",
-                url=shown,
-                permanent=400 <= status < 500 and status not in (408, 429),
-            )
+            raise status_error(shown, status, message=f"Swift auth {where} answered HTTP {status}")
         token = response.headers.get("x-auth-token") or response.headers.get("x-storage-token")
         storage = response.headers.get("x-storage-url")
         if not token or not storage:
@@ -456,15 +454,23 @@ class SwiftTransport:
         error = _explain(probe.error, target) if probe.error else None
         return attrs.evolve(probe, url=shown, error=error, note=note)
 
-    def open(self, location: Location, image: Image, *, offset: int) -> HttpStream | RawHttpStream:
+    def open(
+        self,
+        location: Location,
+        image: Image,
+        *,
+        offset: int,
+        end: int | None = None,
+        if_range: str | None = None,
+    ) -> HttpStream | RawHttpStream:
+        """The object through its storage URL (``end`` and ``if_range`` passed on as given)."""
         target = self._resolve(location)
         for attempt in (0, 1):
             inner, _note = self._object(location, target, refresh=attempt > 0)
             try:
-                stream = self._http.open(inner, image, offset=offset)
+                stream = self._http.open(inner, image, offset=offset, end=end, if_range=if_range)
             except LocationError as exc:
-                status = getattr(exc, "status", None)
-                if status == 401 and attempt == 0 and target.form != "multi":
+                if exc.status == 401 and attempt == 0 and target.form != "multi":
                     continue
                 raise _rewrap(exc, location, target) from exc
             # Name the Swift location (not its storage URL) in results and mid-transfer errors.
@@ -502,10 +508,12 @@ def _explain(error: str | None, target: SwiftTarget) -> str | None:
 def _rewrap(exc: LocationError, location: Location, target: SwiftTarget) -> LocationError:
     """The same error, naming the Swift location (never its credentials)."""
     shown = location.display_url
-    status = getattr(exc, "status", None)
+    status = exc.status
     reason = _explain(f"HTTP {status}", target) if status else SCRUB(reason_of(exc))
-    new = type(exc)(f"{shown}: {reason}", url=shown, permanent=exc.permanent)
-    for attr in ("status", "retry_after"):
-        if hasattr(exc, attr):
-            setattr(new, attr, getattr(exc, attr))
-    return new
+    return type(exc)(
+        f"{shown}: {reason}",
+        url=shown,
+        permanent=exc.permanent,
+        status=status,
+        retry_after=exc.retry_after,
+    )

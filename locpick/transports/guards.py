@@ -1,0 +1,49 @@
+"""Checks every transport applies to what a server answers, written once: Content-Range,
+Retry-After, and which HTTP statuses are worth retrying."""
+
+from __future__ import annotations
+
+import re
+
+from locpick.errors import LocationUnreachable
+
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
+
+
+def parse_content_range(value: object) -> tuple[int, int, int | None] | None:
+    """``bytes a-b/total`` -> (a, b, total); None when absent or malformed."""
+    if not isinstance(value, str) or not value:
+        return None
+    m = _CONTENT_RANGE.match(value)
+    if not m:
+        return None
+    total = None if m.group(3) == "*" else int(m.group(3))
+    return int(m.group(1)), int(m.group(2)), total
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (the delta form); None when absent or a date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def permanent_status(status: int) -> bool:
+    """A client error other than a timeout or rate limit: asking again will not help."""
+    return 400 <= status < 500 and status not in (408, 429)
+
+
+def status_error(
+    url: str, status: int, retry_after: str | None = None, *, message: str | None = None
+) -> LocationUnreachable:
+    """The error for an HTTP status that is not the expected answer, with its typed fields."""
+    return LocationUnreachable(
+        f"{url}: {message or f'HTTP {status}'}",
+        url=url,
+        permanent=permanent_status(status),
+        status=status,
+        retry_after=parse_retry_after(retry_after),
+    )
