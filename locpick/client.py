@@ -49,6 +49,7 @@ from locpick.publish import (
     cache_location_url,
     cache_metadata,
 )
+from locpick.reasons import Code, Reason, code_of
 from locpick.redact import SCRUB, redact_url, register_env_secrets
 from locpick.replicas import plan_prune, verify_replicas
 from locpick.report import DownloadReport, Recorder
@@ -187,14 +188,16 @@ class Client:
         for loc in image.locations:
             lease = lease_state(loc.metadata, now)
             if lease.expired:
-                candidates.append(Candidate(loc, unusable=lease.expired))
+                candidates.append(
+                    Candidate(loc, unusable=Reason(Code.LEASE_EXPIRED, lease.expired))
+                )
                 continue
             try:
                 transport = self._transports.for_location(loc)
             except InputError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any refusal makes just this one unusable
-                candidates.append(Candidate(loc, unusable=_reason(exc)))
+                candidates.append(Candidate(loc, unusable=Reason(code_of(exc), _reason(exc))))
                 continue
             shared = None
             reason = policy_reason(loc, self.config)  # forbidden copies are never probed
@@ -214,7 +217,7 @@ class Client:
             for c in candidates
         ]
         for url, why in image.rejected:
-            candidates.append(Candidate(Location(url=url), unusable=why))
+            candidates.append(Candidate(Location(url=url), unusable=Reason(Code.REJECTED, why)))
         scores = rank(image, candidates, self.config)
         return Ranking(image=image, scores=tuple(self._with_route(s) for s in scores))
 
@@ -245,20 +248,22 @@ class Client:
         pool = [c for c in candidates if c.unusable is None and c.location.kind != "glance-file"]
         if len(pool) <= 1:
             return candidates
-        why: dict[int, str] = {}
+        why: dict[int, Reason] = {}
         seen: dict[str, int] = {}
         kept = 0
         for c in prior_order(image, pool, self.config):
             key = host_key(c.location)
             if c.location.scheme != "file" and seen.get(key, 0) >= per_host:
-                why[id(c.location)] = (
+                why[id(c.location)] = Reason(
+                    Code.NOT_PROBED,
                     f"not-probed: more than {per_host} locations on {key} "
-                    "([probe] max_probes_per_host); a fallback"
+                    "([probe] max_probes_per_host); a fallback",
                 )
             elif kept >= limit:
-                why[id(c.location)] = (
+                why[id(c.location)] = Reason(
+                    Code.NOT_PROBED,
                     f"not-probed: beyond the best {limit} of {len(pool)} locations "
-                    "([probe] max_candidates); a fallback"
+                    "([probe] max_candidates); a fallback",
                 )
             else:
                 seen[key] = seen.get(key, 0) + 1
@@ -749,19 +754,24 @@ def _current_url(cache: NodeCache, public_url: str, image_id: str) -> str:
 
 def _check(
     transport: Transport, loc: Location, image: Image, dest: str | os.PathLike[str] | None
-) -> tuple[str | None, str | None]:
+) -> tuple[Reason | None, str | None]:
     """(unusable reason, ``shared_fs`` reason) of a location: a location on a shared
     filesystem is judged for the destination's directory."""
     if not transport.capabilities.system_copy:
-        return transport.check(loc, image), None
+        return _refused(transport.check(loc, image)), None
     dest_dir = None if dest is None else os.path.dirname(os.path.abspath(dest))
     try:
         rep = transport.shared_fs(loc, image, dest_dir)
     except LocationError as exc:
-        return _reason(exc), None
+        return Reason(code_of(exc), _reason(exc)), None
     if rep is None:
-        return transport.check(loc, image), None
-    return rep.reason, rep.describe()
+        return _refused(transport.check(loc, image)), None
+    return _refused(rep.reason), rep.describe()
+
+
+def _refused(text: str | None) -> Reason | None:
+    """A transport's own refusal (its ``check``), as a reason."""
+    return Reason(Code.REFUSED, text) if text is not None else None
 
 
 def _best_ttfb(scores: Sequence[Score]) -> float | None:

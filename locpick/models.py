@@ -105,6 +105,8 @@ class Probe:
     censored: bool = False
     #: Something the transport wants said in rank's reasons (e.g. where a token is sent).
     note: str | None = None
+    #: The HTTP status of a probe that was answered with a non-success status, else None.
+    status: int | None = None
 
 
 @attrs.frozen

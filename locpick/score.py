@@ -28,6 +28,7 @@ import attrs
 
 from locpick.config import Config, Hint, Topology
 from locpick.models import Image, Location, Probe, Reasons, Score
+from locpick.reasons import Code, Reason
 
 #: Topology classes, closest first; the index is the class number used in weights.
 CLASSES = ("same-host", "same-rack", "same-zone", "same-region", "unknown")
@@ -76,12 +77,12 @@ class Candidate:
     """Everything known about one location before scoring."""
 
     location: Location
-    unusable: str | None = None
+    unusable: Reason | None = None
     probe: Probe | None = None
     shared_fs: str | None = None
     history: HistoryInfo | None = None
     #: Why it was not probed (``not-probed: ...``): kept as a fallback behind probed ones.
-    not_probed: str | None = None
+    not_probed: Reason | None = None
     #: A remark shown in the reasons (e.g. an unparseable lease, ignored).
     note: str | None = None
 
@@ -112,15 +113,15 @@ def topology_class(node: Topology, where: Topology) -> int:
     return len(_LEVELS)
 
 
-def policy_reason(location: Location, config: Config) -> str | None:
+def policy_reason(location: Location, config: Config) -> Reason | None:
     """Why the operator's ``[policy]`` forbids ``location``, else None (no I/O)."""
     pol = config.policy
     if location.scheme in pol.forbid_schemes:
-        return f"scheme {location.scheme!r} forbidden by policy"
+        return Reason(Code.POLICY, f"scheme {location.scheme!r} forbidden by policy")
     if location.host and location.host in pol.forbid_hosts:
-        return f"host {location.host!r} forbidden by policy"
+        return Reason(Code.POLICY, f"host {location.host!r} forbidden by policy")
     if location.kind == "glance-file" and pol.forbid_glance_file:
-        return "Glance /file forbidden by policy"
+        return Reason(Code.POLICY, "Glance /file forbidden by policy")
     return None
 
 
@@ -136,12 +137,13 @@ def _with_latency(reasons: Reasons, probe: Probe | None) -> Reasons:
     )
 
 
-def _error_of(cand: Candidate, config: Config) -> str | None:
+def _error_of(cand: Candidate, config: Config) -> Reason | None:
     """Why a candidate cannot be used at all (refusal, policy, failed probe), else None."""
     error = cand.unusable or policy_reason(cand.location, config)
     probe = cand.probe
     if error is None and probe is not None and not probe.ok:
-        error = probe.error or "probe failed"
+        code = Code.HTTP_STATUS if probe.status is not None else Code.PROBE_FAILED
+        error = Reason(code, probe.error or "probe failed")
     return error
 
 
@@ -190,8 +192,8 @@ def rank(
                 topology=CLASSES[cls],
                 shared_fs=cand.shared_fs,
                 history=hist.describe(sc.cooldown) if hist else None,
-                error=error,
-                policy=error if "by policy" in error else None,
+                error=str(error),
+                policy=str(error) if error.code is Code.POLICY else None,
             )
             reasons = _with_latency(reasons, probe)
             rows.append(((3.0, 0.0, 0.0), None, cand, reasons, cls))
@@ -199,7 +201,7 @@ def rank(
         if cand.note:
             notes.append(cand.note)
         if cand.not_probed:
-            notes.append(cand.not_probed)
+            notes.append(str(cand.not_probed))
         if probe is not None and probe.note:
             notes.append(probe.note)
         if probe is not None and probe.censored:

@@ -10,7 +10,7 @@ from typing import Any
 
 from locpick import sharedfs
 from locpick.config import Filesystem
-from locpick.errors import LocationUnreachable, UnsupportedLocation
+from locpick.errors import LocationUnreachable, UnsupportedLocation, reason_of
 from locpick.models import Image, Location, Probe
 from locpick.sink import AtomicSink
 from locpick.transports.base import Capabilities, Context, StreamDefaults, TransportDefaults
@@ -74,7 +74,7 @@ class FileTransport(TransportDefaults):
         try:
             return self.report(location, image).reason
         except UnsupportedLocation as exc:
-            return str(exc).split(": ", 1)[-1]
+            return reason_of(exc)
 
     def probe(self, location: Location, image: Image, *, timeout: float) -> Probe:
         shown = location.display_url
@@ -82,7 +82,7 @@ class FileTransport(TransportDefaults):
         try:
             rep = self.report(location, image)
         except UnsupportedLocation as exc:
-            return Probe(url=shown, ok=False, error=str(exc).split(": ", 1)[-1])
+            return Probe(url=shown, ok=False, error=reason_of(exc))
         if rep.reason:
             return Probe(url=shown, ok=False, error=rep.reason)
         return Probe(url=shown, ok=True, ttfb=time.monotonic() - t0, size=rep.size, final_url=shown)

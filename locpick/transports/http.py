@@ -461,6 +461,7 @@ class HttpTransport(TransportDefaults):
                     ttfb=ttfb,
                     error=f"HTTP {response.status_code}",
                     final_url=final,
+                    status=response.status_code,
                 )
             size = _resource_size(response)
             got = 0

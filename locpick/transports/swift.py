@@ -447,11 +447,11 @@ class SwiftTransport(TransportDefaults):
             except LocationError as exc:
                 return Probe(url=shown, ok=False, error=SCRUB(reason_of(exc)))
             probe = self._http.probe(inner, image, timeout=timeout)
-            if probe.error == "HTTP 401" and attempt == 0 and target.form != "multi":
+            if probe.status == 401 and attempt == 0 and target.form != "multi":
                 continue
             break
         assert probe is not None
-        error = _explain(probe.error, target) if probe.error else None
+        error = _explain(probe.status, probe.error, target) if probe.error else None
         return attrs.evolve(probe, url=shown, error=error, note=note)
 
     def open(
@@ -491,16 +491,14 @@ def _expiry(_key: object, value: _Auth, now: float) -> float:
     return now + max(0.0, value.ttl - _MARGIN)
 
 
-def _explain(error: str | None, target: SwiftTarget) -> str | None:
-    """Say what a Swift HTTP status means for this location."""
-    if error is None:
-        return None
+def _explain(status: int | None, error: str, target: SwiftTarget) -> str:
+    """Say what a Swift HTTP status means for this location, else the ``error`` as it is."""
     whose = "the caller's token" if target.form == "multi" else "the token"
-    if error.startswith("HTTP 401"):
+    if status == 401:
         return f"HTTP 401: Swift rejected {whose}"
-    if error.startswith("HTTP 403"):
+    if status == 403:
         return f"HTTP 403: Swift denied {whose} read access to {target.container}/{target.obj}"
-    if error.startswith("HTTP 404"):
+    if status == 404:
         return f"HTTP 404: no object {target.container}/{target.obj} in Swift"
     return SCRUB(error)
 
@@ -509,7 +507,7 @@ def _rewrap(exc: LocationError, location: Location, target: SwiftTarget) -> Loca
     """The same error, naming the Swift location (never its credentials)."""
     shown = location.display_url
     status = exc.status
-    reason = _explain(f"HTTP {status}", target) if status else SCRUB(reason_of(exc))
+    reason = _explain(status, f"HTTP {status}" if status else reason_of(exc), target)
     return type(exc)(
         f"{shown}: {reason}",
         url=shown,
