@@ -286,11 +286,24 @@ class TransferConfig:
     low_speed_window: float = 5.0
     #: Retries per location for transient errors; the budget resets on progress.
     retries: int = 2
+    #: First backoff delay, seconds; doubles per failure up to ``backoff_max`` (jitter: x0.5-1).
     backoff: float = 0.2
     backoff_max: float = 5.0
+    #: An attempt that delivered at least this many bytes made progress: the retry budget
+    #: resets (a few bytes per connection do not keep a failing location alive).
+    progress_bytes: int = 256 << 10
+    #: A server's Retry-After longer than this (seconds) drops the location for this download.
+    retry_after_max: float = 30.0
+    #: Seconds one download may take in all (attempts, backoffs, switches); 0 = no limit.
+    #: Past it the download ends with exit 3, naming this deadline.
+    total_timeout: float = attrs.field(default=0.0, validator=_check_range(0, 1e9, "transfer"))
     #: Switch mid-transfer when another location is this many times faster.
     switch_factor: float = 1.5
     max_switches: int = 2
+    #: Seconds of transfer observed before a mid-transfer switch is considered (hysteresis).
+    switch_observe: float = 1.0
+    #: Seconds a switch is assumed to cost (new connection, slow start) on top of latency.
+    switch_cost: float = 0.3
     #: Read buffer of the data path, bytes.
     buffer_bytes: int = 4 << 20
     #: Locations drawn on at once, a piece from each (swarm fetch); 1 = one at a time.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from locpick.errors import (
     TransferError,
     reason_of,
 )
+from locpick.fetchpolicy import FetchPolicy, Timing
 from locpick.hashing import Expected
 from locpick.models import Attempt, Image, Location, Result, Score
 from locpick.redact import SCRUB
@@ -40,16 +40,6 @@ log = logging.getLogger("locpick")
 Progress = Callable[[int, int | None], None]
 #: Called after each attempt: (location, ok, bytes, seconds, error) — feeds history.
 Observer = Callable[[Location, bool, int, float, str | None], None]
-
-#: Seconds of transfer observed before a mid-transfer switch is considered (hysteresis).
-SWITCH_OBSERVE = 1.0
-#: Seconds a switch is assumed to cost (new connection, slow start) on top of latency.
-SWITCH_COST = 0.3
-#: An attempt that delivered at least this many bytes made progress: the retry budget resets
-#: (a few bytes per connection do not keep a failing location alive).
-PROGRESS_BYTES = 256 << 10
-#: A Retry-After longer than this drops the location for this download.
-RETRY_AFTER_MAX = 30.0
 
 
 def fetch(
@@ -65,11 +55,13 @@ def fetch(
     transfer: TransferConfig | None = None,
     topology_tolerance: float = 0.2,
     max_bytes: int | None = None,
+    timing: Timing | None = None,
 ) -> Result:
     """Deliver ``image`` to ``dest`` from the first location in ``ranked`` that can (or, with
     ``[transfer] max_sources`` > 1, in pieces from several at once: ``locpick.swarm``).
 
-    ``max_bytes`` bounds what one location may write when the record has no size."""
+    ``max_bytes`` bounds what one location may write when the record has no size; ``timing``
+    replaces the clock, sleep and rng of the retry policy (tests)."""
     started = time.monotonic()
     expected = Expected.for_image(image.os_hash_algo, image.os_hash_value, image.checksum)
     parent = Path(dest).parent
@@ -104,7 +96,7 @@ def fetch(
         swarm.discard_pieced_part(dest)
         with AtomicSink(dest, **sink_args) as sink:
             run = _Download(image, ranked, sink, transports, cfg, progress, observer, started)
-            return run.run()
+            return run.run(timing or Timing())
 
 
 def _already_delivered(
@@ -156,6 +148,18 @@ class _Candidate:
     def url(self) -> str:
         return self.score.url
 
+    @property
+    def bps(self) -> float | None:
+        return self.score.reasons.throughput_bps
+
+    @property
+    def latency_ms(self) -> float | None:
+        return self.score.reasons.latency_ms
+
+
+class _Deadline(Exception):
+    """``[transfer] total_timeout`` ran out: the whole download ends."""
+
 
 class _Abandon(Exception):
     """Stop reading this stream on purpose (switch to a faster location, cheaper elsewhere)."""
@@ -183,6 +187,9 @@ class _Download:
         self.sink = sink
         self.transports = transports
         self.cfg = cfg
+        self.policy = FetchPolicy(cfg)
+        self.timing = Timing()
+        self.deadline: float | None = None
         self.progress = progress
         self.observer = observer
         self.started = started
@@ -199,38 +206,47 @@ class _Download:
         self.sources: set[str] = set()
 
     # -- loop ------------------------------------------------------------------------------
-    def run(self) -> Result:
-        while True:
-            cand = self._pick()
-            if cand is None:
-                raise self._all_failed()
-            result = self._attempt(cand)
-            if result is not None:
-                return result
+    def run(self, timing: Timing) -> Result:
+        self.timing = timing
+        self.deadline = self.policy.deadline(timing.clock())
+        try:
+            while True:
+                cand = self._pick()
+                if cand is None:
+                    raise self._all_failed()
+                result = self._attempt(cand)
+                if result is not None:
+                    return result
+        except _Deadline:
+            raise self._all_failed(deadline=True) from None
 
     def _pick(self) -> _Candidate | None:
-        """The best-ranked live location that may be tried now; waits out a backoff if none."""
-        live = [c for c in self.cands if not c.dropped]
-        if not live:
-            return None
-        now = time.monotonic()
+        """The location to try next (``FetchPolicy.next_attempt``); waits out its backoff."""
+        now = self.timing.clock()
         preferred, self.preferred = self.preferred, None
-        if preferred is not None and preferred in live and preferred.not_before <= now:
-            return preferred
-        for c in live:
-            if c.not_before <= now:
-                return c
-        first = min(live, key=lambda c: c.not_before)
-        time.sleep(max(0.0, first.not_before - now))
-        return first
+        pick = self.policy.next_attempt(
+            self.cands, None if preferred is None else self.cands.index(preferred), now
+        )
+        if pick is None:
+            return None
+        if self.deadline is not None and now + pick[1] >= self.deadline:
+            raise _Deadline
+        if pick[1] > 0:
+            self.timing.sleep(pick[1])
+        return self.cands[pick[0]]
 
-    def _all_failed(self) -> AllLocationsFailed:
+    def _all_failed(self, deadline: bool = False) -> AllLocationsFailed:
         failed = (
             "; ".join(f"{a.url}: {a.error}" for a in self.attempts if a.outcome != "ok")
             or "no locations"
         )
+        within = (
+            f" within [transfer] total_timeout = {self.cfg.total_timeout:g} s" if deadline else ""
+        )
         return AllLocationsFailed(
-            SCRUB(f"image {self.image.id}: no location delivered a verified image ({failed})"),
+            SCRUB(
+                f"image {self.image.id}: no location delivered a verified image{within} ({failed})"
+            ),
             self.attempts,
         )
 
@@ -261,6 +277,11 @@ class _Download:
             self._record(cand, t0, before, exc, left=True)
             self.preferred = exc.target
             return None
+        except _Deadline:
+            got = max(self.sink.offset - before, 0)
+            error = f"total_timeout {self.cfg.total_timeout:g} s exceeded"
+            self.attempts.append(Attempt(url=cand.url, outcome="failed", error=error, bytes=got))
+            raise
         except IntegrityError as exc:
             self._integrity_failed(cand, t0, before, exc)
             return None
@@ -373,23 +394,13 @@ class _Download:
         return True
 
     def _cheaper_elsewhere(self, cand: _Candidate, held: int) -> _Candidate | None:
-        """Another ready location expected to deliver the rest sooner than the whole body here."""
         size = self.image.size
         if size is None:
             return None
-        here = self._eta(cand, size)
-        now = time.monotonic()
-        for c in self.cands:
-            if c is cand or c.dropped or c.failures or c.not_before > now:
-                continue
-            if self._eta(c, size - held) < here:
-                return c
-        return None
-
-    def _eta(self, cand: _Candidate, nbytes: int) -> float:
-        r = cand.score.reasons
-        bps = r.throughput_bps or 50e6
-        return nbytes / bps + (r.latency_ms or 50.0) / 1000
+        i = self.policy.cheaper_elsewhere(
+            self.cands, self.cands.index(cand), size, held, self.timing.clock()
+        )
+        return None if i is None else self.cands[i]
 
     def _remember(self, cand: _Candidate, stream: Stream) -> None:
         self.sources.add(cand.url)
@@ -441,6 +452,8 @@ class _Download:
                 f"{cfg.low_speed_window:g} s (floor {cfg.low_speed_bps:.0f} B/s)",
                 url=stream.final_url,
             )
+        if self.deadline is not None and self.timing.clock() >= self.deadline:
+            raise _Deadline
         alt = self._switch_target(cand, meter)
         if alt is not None:
             self.switches += 1
@@ -453,25 +466,15 @@ class _Download:
             )
 
     def _switch_target(self, cand: _Candidate, meter: _Meter) -> _Candidate | None:
-        """A location known to be switch_factor times faster, if enough bytes remain to pay."""
-        cfg, size = self.cfg, self.image.size
-        if size is None or self.switches >= cfg.max_switches or meter.elapsed < SWITCH_OBSERVE:
+        size = self.image.size
+        if size is None:
             return None
-        rate = max(meter.rate(2.0), 1.0)
-        remaining = size - self.sink.offset
-        stay = remaining / rate
-        best: tuple[float, _Candidate] | None = None
-        now = time.monotonic()
-        for c in self.cands:
-            bps = c.score.reasons.throughput_bps
-            if c is cand or c.dropped or c.left or c.failures or c.not_before > now or not bps:
-                continue
-            if bps < cfg.switch_factor * rate:
-                continue
-            go = remaining / bps + (c.score.reasons.latency_ms or 50.0) / 1000 + SWITCH_COST
-            if stay - go >= max(1.0, 0.2 * stay) and (best is None or go < best[0]):
-                best = (go, c)
-        return None if best is None else best[1]
+        i = self.policy.switch_target(
+            self.cands, self.cands.index(cand), rate=meter.rate(2.0),
+            remaining=size - self.sink.offset, elapsed=meter.elapsed,
+            switches=self.switches, now=self.timing.clock(),
+        )  # fmt: skip
+        return None if i is None else self.cands[i]
 
     def _check_complete(self, stream: Stream) -> None:
         size = self.image.size if self.image.size is not None else stream.total
@@ -492,29 +495,18 @@ class _Download:
         self.attempts.append(Attempt(url=cand.url, outcome="failed", error=error, bytes=got))
         self._observe(cand.score.location, False, got, t0, str(exc))
         cand.left = cand.left or left
-        if got >= PROGRESS_BYTES:
-            cand.failures = 0  # progress resets the retry budget
-        if isinstance(exc, _Abandon):
-            cand.not_before = time.monotonic() + self.cfg.backoff
+        abandoned = isinstance(exc, _Abandon)
+        failed = exc if isinstance(exc, LocationError) else None
+        v = self.policy.after_failure(
+            cand, got=got, now=self.timing.clock(), rng=self.timing.rng, abandoned=abandoned,
+            retry_after=failed.retry_after if failed else None,
+            permanent=bool(failed and failed.permanent),
+        )  # fmt: skip
+        cand.failures, cand.not_before, cand.dropped = v.failures, v.not_before, v.dropped
+        if abandoned:
             log.info("%s", msg)
-            return
-        retry_after = exc.retry_after
-        too_long = retry_after is not None and retry_after > RETRY_AFTER_MAX
-        if exc.permanent or too_long:
-            cand.dropped = True
         else:
-            cand.failures += 1
-            if cand.failures > self.cfg.retries:
-                cand.dropped = True
-            else:
-                cand.not_before = time.monotonic() + self._delay(cand.failures, retry_after)
-        log.info("location failed (%s): %s", "dropped" if cand.dropped else "will retry", msg)
-
-    def _delay(self, failures: int, retry_after: float | None) -> float:
-        """Exponential backoff with jitter; a server's Retry-After is a floor."""
-        base = min(self.cfg.backoff_max, self.cfg.backoff * 2 ** (failures - 1))
-        delay = random.uniform(base / 2, base)  # noqa: S311 - jitter, not crypto
-        return max(delay, retry_after or 0.0)
+            log.info("location failed (%s): %s", "dropped" if v.dropped else "will retry", msg)
 
     def _integrity_failed(
         self, cand: _Candidate, t0: float, before: int, exc: IntegrityError
