@@ -10,6 +10,7 @@ import random
 from typing import TYPE_CHECKING
 
 from locpick.errors import LocationError, LocationUnreachable, TransferError, reason_of
+from locpick.fetchpolicy import FetchPolicy
 from locpick.models import Attempt
 from locpick.redact import SCRUB
 from locpick.swarm.scheduler import Run, Worker
@@ -19,11 +20,9 @@ if TYPE_CHECKING:
     from locpick.swarm.run import Source, Swarm
 
 log = logging.getLogger("locpick")
+#: Backoff jitter (not crypto).
+_RNG = random.Random()  # noqa: S311
 
-#: An attempt that delivered this many bytes made progress: the retry budget resets.
-PROGRESS_BYTES = 256 << 10
-#: A Retry-After longer than this drops the location for this download.
-RETRY_AFTER_MAX = 30.0
 #: How often an idle connection looks for work again.
 TICK = 0.1
 
@@ -116,7 +115,7 @@ class Connection:
                 sw.hasher.offer(pos, buf, n, sw.pool.put)
             pos += n
             got += n
-            if got >= PROGRESS_BYTES:
+            if got >= sw.cfg.progress_bytes:
                 src.failures = 0  # progress resets the retry budget
             now = sw.clock()
             with sw.lock:
@@ -179,7 +178,7 @@ class Connection:
             if src.dead or sw.closed:
                 return
             retry_after = exc.retry_after
-            too_long = retry_after is not None and retry_after > RETRY_AFTER_MAX
+            too_long = retry_after is not None and retry_after > sw.cfg.retry_after_max
             # no response at all while other copies answer: one attempt is enough
             silent = isinstance(exc, LocationUnreachable) and exc.status is None
             never = silent and not w.answered and any(x.answered for x in sw.workers)
@@ -193,9 +192,8 @@ class Connection:
             sw.attempts.append(Attempt(url=src.url, outcome="failed", error=error))
             if sw.observer is not None:
                 sw.observer(src.score.location, False, 0, 0.0, str(exc))
-            base = min(sw.cfg.backoff_max, sw.cfg.backoff * 2 ** (src.failures - 1))
-            delay = random.uniform(base / 2, base)  # noqa: S311 - jitter, not crypto
-            src.not_before = now + max(delay, retry_after or 0.0)
+            delay = FetchPolicy(sw.cfg).delay(src.failures, retry_after, _RNG)
+            src.not_before = now + delay
             log.info("%s: will retry (%s)", src.url, SCRUB(str(exc)))
 
 
