@@ -214,8 +214,7 @@ class AtomicSink:
             return None
         st = os.fstat(fd)
         held = st.st_size
-        safe = stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.geteuid()
-        if not safe or (self.size is not None and held > self.size):
+        if not is_private(st) or (self.size is not None and held > self.size):
             os.close(fd)
             return None
         validators = meta.get("validators")
@@ -470,6 +469,11 @@ class AtomicSink:
                     self.sidecar.unlink()
 
 
+def is_private(st: os.stat_result) -> bool:
+    """A regular file owned by the running user with one link: nobody else planted or shares it."""
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1
+
+
 def open_private(path: str | os.PathLike[str]) -> int | None:
     """A read-only fd on ``path`` if it is a regular file owned by us with one link, else None.
 
@@ -479,8 +483,7 @@ def open_private(path: str | os.PathLike[str]) -> int | None:
         fd = os.open(path, os.O_RDONLY | _SAFE_OPEN)
     except OSError:
         return None
-    st = os.fstat(fd)
-    if not (stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1):
+    if not is_private(os.fstat(fd)):
         os.close(fd)
         log.info("%s: not a regular file of ours (planted?); ignored", path)
         return None
