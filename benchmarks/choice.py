@@ -105,10 +105,12 @@ def serve_world(name: str, size: int) -> None:
 
 
 class World:
-    def __init__(self, name: str, size: int) -> None:
+    """A world's origins served by ``script --serve-world NAME`` in a process of their own."""
+
+    def __init__(self, name: str, size: int, script: str = __file__) -> None:
         env = dict(os.environ, PYTHONPATH=str(HERE.parent))
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve-world", name, "--size", str(size)],
+            [sys.executable, script, "--serve-world", name, "--size", str(size)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -36,6 +36,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
+
+from choice import WORLDS as CHOICE  # noqa: E402 - the sibling benchmark's worlds, timing
+from choice import World as ChoiceWorld  # noqa: E402
+from choice import _timed  # noqa: E402
+
 MB = 1e6
 
 #: name -> (description, node topology, origins); an origin is a dict of Faults fields plus
@@ -70,8 +75,6 @@ WORLDS: dict[str, tuple[str, dict[str, str], list[dict[str, Any]]]] = {
 
 
 def _choice_worlds() -> None:
-    from choice import WORLDS as CHOICE
-
     for name, (desc, topo, origins) in CHOICE.items():
         WORLDS[f"choice-{name}"] = (
             desc,
@@ -121,37 +124,12 @@ def serve_world(name: str, size: int) -> None:
         sys.stdin.read()
 
 
-class World:
+class World(ChoiceWorld):
+    """This benchmark's worlds (uplink caps shared per origin), served by this script."""
+
     def __init__(self, name: str, size: int) -> None:
-        env = dict(os.environ, PYTHONPATH=str(HERE.parent))
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve-world", name, "--size", str(size)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        assert self.proc.stdout is not None
-        doc = json.loads(self.proc.stdout.readline())
-        self.origins: list[dict[str, Any]] = doc["origins"]
-        self.record: dict[str, Any] = doc["record"]
+        super().__init__(name, size, script=__file__)
 
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait(30)
-
-
-def _timed(cmd: list[str], timeout: float) -> tuple[float, bool]:
-    t0 = time.monotonic()
-    try:
-        r = subprocess.run(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout
-        )
-        ok = r.returncode == 0
-    except subprocess.TimeoutExpired:
-        ok = False
-    return time.monotonic() - t0, ok
 
 
 def curl_best(world: World, dest: Path, timeout: float) -> float:
