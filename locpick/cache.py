@@ -47,6 +47,7 @@ import attrs
 import filelock
 
 from locpick import journal
+from locpick.atomicfile import replace_file
 from locpick.capability import UntrustedCache, image_token, load_secret, rotate_secret
 from locpick.errors import DestinationError, InputError
 from locpick.hashing import Expected
@@ -326,17 +327,7 @@ class NodeCache:
         return fd, tmp
 
     def _write_sidecar(self, side: Path, meta: dict[str, Any]) -> None:
-        fd, name = tempfile.mkstemp(prefix=f".{side.name}.", suffix=_TMP_SUFFIX, dir=self.images)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(meta, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(name, 0o600)
-            os.replace(name, side)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
+        replace_file(side, json.dumps(meta).encode(), mode=0o600, suffix=_TMP_SUFFIX)
 
     def set_registered(self, image_id: str, url: str | None) -> None:
         """Record (or clear) the Glance location URL this node published for an entry."""

@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -39,6 +38,7 @@ from typing import Any
 import attrs
 import filelock
 
+from locpick.atomicfile import replace_file
 from locpick.models import Location
 from locpick.redact import SCRUB
 from locpick.score import HistoryInfo
@@ -241,19 +241,8 @@ class History:
         if self.path is None:
             self._mem = data
             return
-        folder = os.path.dirname(self.path) or "."
-        fd, tmp = tempfile.mkstemp(prefix=".history-", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"version": _VERSION, "hosts": data}, fh, indent=1, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-            tmp = ""
-        finally:
-            if tmp:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+        doc = json.dumps({"version": _VERSION, "hosts": data}, indent=1, sort_keys=True)
+        replace_file(self.path, doc.encode(), prefix=".history-", suffix=".tmp")
 
 
 def _num(value: Any) -> float | None:

@@ -14,15 +14,15 @@ MAX_FILE_BYTES is ignored). The journal is advisory: any error is logged and swa
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import filelock
+
+from locpick.atomicfile import replace_file
 
 if TYPE_CHECKING:
     from locpick.report import DownloadReport
@@ -59,15 +59,8 @@ def _read(path: Path) -> Any:
 
 
 def _write(path: Path, doc: Any) -> None:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".locpick-tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, separators=(",", ":"))
-        os.chmod(name, 0o600)  # like the cache entries: this user only
-        os.replace(name, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
+    """Replace ``path`` with ``doc``, this user only (like the cache entries)."""
+    replace_file(path, json.dumps(doc, separators=(",", ":")).encode(), mode=0o600)
 
 
 def record(directory: str | os.PathLike[str], report: DownloadReport) -> None:

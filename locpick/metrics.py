@@ -10,10 +10,7 @@ imported lazily: without it, ``locpick serve`` runs without ``/metrics`` and ``d
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from locpick import journal
+from locpick.atomicfile import replace_file
 from locpick.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -392,16 +390,4 @@ def write_textfile(path: str, report: DownloadReport) -> None:
 
     A reader (node-exporter) sees the old file or the new one, never half of one.
     """
-    body = download_exposition(report)
-    target = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".locpick-tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(body)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(name, 0o644)
-        os.replace(name, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
+    replace_file(path, download_exposition(report), mode=0o644)
