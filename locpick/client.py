@@ -15,6 +15,7 @@ import cachetools
 from locpick import journal
 from locpick.auth import OpenStackAuth, auth_from_environment
 from locpick.cache import CacheEntry, NodeCache, copy_out
+from locpick.cachefill import Fill, aborting, open_fill
 from locpick.config import Config, resolve_config
 from locpick.errors import (
     AllLocationsFailed,
@@ -27,6 +28,7 @@ from locpick.errors import (
     UnverifiedImage,
 )
 from locpick.fetch import Progress, fetch
+from locpick.filltee import Tee
 from locpick.history import History, host_key
 from locpick.lease import is_locpick_copy, lease_state
 from locpick.models import (
@@ -393,20 +395,33 @@ class Client:
                     "unverified bytes (pass --allow-unverified to accept a size-only check)"
                 )
             log.warning("image %s has no hash: downloading UNVERIFIED (size check only)", image_id)
-        ranking = self.rank_image(image, for_download=True, dest=dest)
-        rec.ranked(ranking)
-        result = self._fetch_in_rounds(image, ranking.scores, dest, progress, rec)
+        fill = open_fill(self, cache, image, publish)  # stream-through copy, registered now
+        with aborting(fill):
+            ranking = self.rank_image(image, for_download=True, dest=dest)
+            rec.ranked(ranking)
+            tee = fill.tee if fill is not None else None
+            result = self._fetch_in_rounds(image, ranking.scores, dest, progress, rec, tee)
         if cache is not None and result.verified:
-            return attrs.evolve(result, cache=self._keep(cache, image, dest, publish))
+            return attrs.evolve(result, cache=self._keep(cache, image, dest, publish, fill))
+        if fill is not None:
+            fill.abort("download not verified")
         return result
 
     def _keep(
-        self, cache: NodeCache, image: Image, dest: str | os.PathLike[str], publish: bool
+        self,
+        cache: NodeCache,
+        image: Image,
+        dest: str | os.PathLike[str],
+        publish: bool,
+        fill: Fill | None = None,
     ) -> CacheStep:
-        """Keep a verified download in the node cache. The dest is already delivered, so any
-        failure here (read-only or full cache, a planted lock) is a warning, never an error."""
+        """Keep a verified download in the node cache (its stream-through copy when whole,
+        else a copy of dest). The dest is already delivered, so any failure here (read-only
+        or full cache, a planted lock) is a warning, never an error."""
         try:
-            evicted = cache.add_file(image, dest)
+            evicted = fill.finish() if fill is not None else None
+            if evicted is None:
+                evicted = cache.add_file(image, dest)
             self._unpublish(evicted)
             if publish:
                 self._publish(cache, image)
@@ -423,6 +438,7 @@ class Client:
         dest: str | os.PathLike[str],
         progress: Progress | None,
         rec: Recorder,
+        tee: Tee | None = None,
     ) -> Result:
         """Fetch from the probed locations; when every one has failed, probe the next round of
         ``not-probed`` ones (over the probe budget) and fetch from those, and so on; Glance's
@@ -436,7 +452,7 @@ class Client:
             later = [s for s in scores if s.usable and s.reasons.not_probed]
             now = [s for s in scores if not s.reasons.not_probed] + ([] if later else last)
             try:
-                result = self._fetch(image, now, dest, progress, rec)
+                result = self._fetch(image, now, dest, progress, rec, tee)
             except AllLocationsFailed as exc:
                 attempts = [*earlier, *exc.attempts]
                 if not later:
@@ -464,6 +480,7 @@ class Client:
         dest: str | os.PathLike[str],
         progress: Progress | None,
         rec: Recorder,
+        tee: Tee | None = None,
     ) -> Result:
         return fetch(
             image,
@@ -477,6 +494,7 @@ class Client:
             observer=rec.observer(self.history.record),
             topology_tolerance=self.config.scoring.topology_tolerance,
             max_bytes=self.config.security.max_image_bytes,
+            tee=tee,
         )
 
     def _probe_round(

@@ -29,6 +29,7 @@ from locpick.errors import (
     reason_of,
 )
 from locpick.fetchpolicy import FetchPolicy, Timing
+from locpick.filltee import Tee
 from locpick.hashing import Expected
 from locpick.models import Attempt, Image, Location, Result, Score
 from locpick.redact import SCRUB
@@ -56,12 +57,14 @@ def fetch(
     topology_tolerance: float = 0.2,
     max_bytes: int | None = None,
     timing: Timing | None = None,
+    tee: Tee | None = None,
 ) -> Result:
     """Deliver ``image`` to ``dest`` from the first location in ``ranked`` that can (or, with
     ``[transfer] max_sources`` > 1, in pieces from several at once: ``locpick.swarm``).
 
     ``max_bytes`` bounds what one location may write when the record has no size; ``timing``
-    replaces the clock, sleep and rng of the retry policy (tests)."""
+    replaces the clock, sleep and rng of the retry policy (tests); ``tee`` mirrors every write into
+    the node cache's filling copy (``locpick.cachefill``)."""
     started = time.monotonic()
     expected = Expected.for_image(image.os_hash_algo, image.os_hash_value, image.checksum)
     parent = Path(dest).parent
@@ -86,6 +89,7 @@ def fetch(
                 "hash": expected.value,
             },
             "max_bytes": max_bytes,
+            "tee": tee,
         }
         sources = swarm.plan(image, ranked, transports, cfg)
         if sources is not None:

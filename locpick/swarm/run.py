@@ -108,7 +108,10 @@ class Swarm:
         self.fd = fd
         start = self.sink.offset
         with self.wlock:
-            self.hasher = OrderedHasher(prefix_hasher, fd, start)
+            tee = self.sink.tee
+            self.hasher = OrderedHasher(
+                prefix_hasher, fd, start, tee.hashed_to if tee is not None else None
+            )
         for i, done in enumerate(self.sched.done):
             if done and self.g.end(i) > start:
                 self.hasher.note(self.g.start(i), self.g.length(i))
