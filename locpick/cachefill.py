@@ -20,13 +20,14 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from locpick.cache import CacheEntry, NodeCache
+from locpick.cache import CacheEntry, NodeCache, valid_image_id
 from locpick.fillpublish import FillRenewal, add_filling, filling_metadata, remove_once
-from locpick.fillstate import FillBusy, FillWriter, default_piece_size
-from locpick.filltee import Tee, fill_paths
+from locpick.fillstate import FillBusy, FillStateError, FillWriter, default_piece_size, read_fill
+from locpick.filltee import META, RECORD, Tee, fill_id, fill_paths, remove_if_dead
 from locpick.hashing import Expected
 from locpick.models import Image
 from locpick.publish import cache_location_url
+from locpick.sink import read_private
 from locpick.swarm import swarm_probes
 from locpick.swarm.pieces import auto_piece_size
 
@@ -175,3 +176,33 @@ def aborting(fill: Fill | None) -> Iterator[None]:
         if fill is not None:
             fill.abort(f"download failed ({type(exc).__name__})")
         raise
+
+
+def reap_dead_fills(cache: NodeCache, client: Client, *, dry_run: bool = False) -> list[str]:
+    """Fills whose downloader died (kill -9): their Glance location (from ``<id>.fill.json``)
+    is removed at once, not at the end of its lease, then their files. Returns what was done."""
+    done = []
+    for meta in sorted(cache.images.glob("*" + META)):
+        image_id = fill_id(meta.name)
+        if image_id is None or not valid_image_id(image_id):
+            continue
+        try:
+            snap = read_fill(cache.images / (image_id + RECORD))
+        except FillStateError:
+            snap = None
+        if snap is not None and snap.writer_alive:
+            continue
+        raw = read_private(meta, 1 << 16)
+        try:
+            url = json.loads(raw or b"{}").get("registered_url")
+        except (ValueError, AttributeError):
+            url = None
+        if dry_run:
+            done.append(f"would remove the dead fill of {image_id}")
+            continue
+        if isinstance(url, str):
+            remove_once(client.glance_locations, image_id, url)
+        with cache._lock:
+            remove_if_dead(cache.images, image_id)
+        done.append(f"removed the dead fill of {image_id}")
+    return done

@@ -462,7 +462,7 @@ def _cache(args: argparse.Namespace) -> int:
 
 def _reap(args: argparse.Namespace, client: Client) -> int:
     """``cache reap``: one line per image (or JSON), exit 3 when a removal failed."""
-    results = client.reap(args.image_ids, dry_run=args.dry_run)
+    results = client.reap(args.image_ids, dry_run=args.dry_run, cache_dir=args.cache_dir)
     if args.json:
         _print_json({"images": [{"image_id": i, **p.to_json()} for i, p in results]})
     else:

@@ -15,7 +15,7 @@ import cachetools
 from locpick import journal
 from locpick.auth import OpenStackAuth, auth_from_environment
 from locpick.cache import CacheEntry, NodeCache, copy_out
-from locpick.cachefill import Fill, aborting, open_fill
+from locpick.cachefill import Fill, aborting, open_fill, reap_dead_fills
 from locpick.config import Config, resolve_config
 from locpick.errors import (
     AllLocationsFailed,
@@ -739,7 +739,11 @@ class Client:
         )
 
     def reap(
-        self, image_ids: Sequence[str] = (), *, dry_run: bool = False
+        self,
+        image_ids: Sequence[str] = (),
+        *,
+        dry_run: bool = False,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> list[tuple[str, PruneResult]]:
         """Remove expired and unreachable locpick cache locations from Glance.
 
@@ -747,10 +751,15 @@ class Client:
         own), and nothing of an image unless one verified copy (full hash) remains. Without
         ``image_ids`` every image the token can list is walked (Glance paging followed).
         Returns (image id, what was or would be removed) for each image with locpick copies.
+        With a node cache (``cache_dir`` or ``[cache] dir``) its dead fills go first (``-``).
         """
+        done: list[tuple[str, PruneResult]] = []
+        cache = self.node_cache(cache_dir, required=False)
+        if cache is not None:  # this node's dead stream-through copies go first
+            for line in reap_dead_fills(cache, self, dry_run=dry_run):
+                done.append(("-", PruneResult(dry_run=dry_run, notes=(line,))))
         if not image_ids:
             image_ids = self.glance_locations().images_with_locpick_copies()
-        done: list[tuple[str, PruneResult]] = []
         for image_id in image_ids:
             try:
                 image = self.image(image_id)
