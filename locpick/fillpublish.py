@@ -3,7 +3,9 @@ it fails, and lease renewals (at least ``lease / 3`` apart) while a long fill ru
 
 Concurrent adds to one image make Glance 33 answer 500 (or 409) for some of them (measured):
 the same add is retried with jittered backoff, a bounded number of times; it is still one add
-(``GlanceLocations.add`` looks first, so an add that did land is not made twice).
+(``GlanceLocations.add`` looks first, so an add that did land is not made twice). Glance also
+loses some concurrent adds that it answered 200 (each PATCH rewrites the whole list; measured
+with 4 nodes): the add is confirmed about 1 s and 3 s later (jittered) and made again if lost.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ ADD_TRIES = 5
 _BACKOFF = 0.25
 _BACKOFF_MAX = 4.0
 _RETRYABLE = (409, 500, 503)
+#: Seconds after the add at which it is confirmed (times 0.5-1.5, jitter).
+CONFIRM_AFTER = (1.0, 3.0)
 #: Backoff jitter (not crypto).
 _RNG = random.Random()  # noqa: S311
 
@@ -87,18 +91,33 @@ def remove_once(api: Api, image_id: str, url: str) -> None:
 
 
 class FillRenewal:
-    """Renews a filling copy's lease every ``lease / 3`` while the download outlives it."""
+    """Confirms the add (re-adds a lost one), then renews the filling copy's lease every
+    ``lease / 3`` while the download outlives it."""
 
     def __init__(self, api: Api, image_id: str, url: str, meta: Callable[[], dict[str, str]],
                  lease: float) -> None:  # fmt: skip
         self.api, self.image_id, self.url, self.meta = api, image_id, url, meta
         self.interval = lease / 3.0
         self.renewals = 0
+        #: Adds Glance lost and that were made again.
+        self.readds = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="locpick-fill-renew", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        waited = 0.0
+        for at in CONFIRM_AFTER:
+            delay = min(self.interval, at) * (0.5 + _RNG.random()) - waited
+            if self._stop.wait(max(0.0, delay)):
+                return
+            waited += max(0.0, delay)
+            try:
+                if self.api().add(self.image_id, self.url, self.meta()):
+                    self.readds += 1
+                    log.warning("glance lost the location of %s; added it again", self.image_id)
+            except (PublishError, InputError) as exc:
+                log.info("location of %s not confirmed: %s", self.image_id, SCRUB(str(exc)))
         while not self._stop.wait(self.interval):
             try:
                 self.api().renew(self.image_id, self.url, self.meta())

@@ -192,13 +192,24 @@ class GlanceCalls:
     def __init__(self, client: locpick.Client) -> None:
         self.ops: list[str] = []
         self.times: list[float] = []
+        self.statuses: list[int] = []
         client._ctx.http.event_hooks["request"].append(self._seen)
+        client._ctx.http.event_hooks["response"].append(self._answered)
 
     def _seen(self, request: httpx.Request) -> None:
         if request.method == "PATCH":
             ops = [op["op"] for op in json.loads(request.content)]
             self.ops.append("+".join(ops))
             self.times.append(time.monotonic())
+
+    def _answered(self, response: httpx.Response) -> None:
+        if response.request.method == "PATCH":
+            self.statuses.append(response.status_code)
+
+    @property
+    def landed(self) -> list[str]:
+        """The changes Glance accepted (a 500/409 answer changed nothing and was retried)."""
+        return [op for op, st in zip(self.ops, self.statuses, strict=True) if st in (200, 204)]
 
 
 @pytest.fixture
@@ -283,7 +294,7 @@ def test_registered_while_filling_then_kept_one_add(
     assert holder.url in _locations(w, image_id)
     entry = NodeCache(cache).entry(image_id)
     assert entry is not None and entry.registered_url == holder.url  # serve's renewer's now
-    adds = [op for op in calls.ops if op == "add"]
+    adds = [op for op in calls.landed if op == "add"]
     renewals = [i for i, op in enumerate(calls.ops) if op == "remove+add"]
     assert adds == ["add"] and "remove" not in calls.ops
     # a 9 s lease: the ~5 s download renews at most once, >= lease/3 after the add
@@ -366,3 +377,48 @@ def test_reap_removes_a_killed_fills_location_and_files(
     assert f"removed the dead fill of {image_id}" in r.stdout
     assert holder.url not in _locations(w, image_id)
     assert _files(cache) == []
+
+
+@pytest.mark.glance
+def test_concurrent_registrations_each_land_once(
+    glance_world: GlanceWorld, slow_image: tuple[str, bytes, Origin], tmp_path: Path
+) -> None:
+    """Nodes registering together: Glance 33 answers some concurrent adds 500/409 (retried)
+    and loses others it answered 200 (each PATCH rewrites the list): the confirmation a few
+    seconds later adds a lost one again. Every node ends listed, no node removed anything,
+    and a node adds again only what Glance lost (bounded: 1 + 2 confirmations)."""
+    w = glance_world
+    image_id, data, origin = slow_image
+    origin.faults.bandwidth = 500_000
+    nodes = []
+    for i in range(4):
+        base = tmp_path / f"n{i}"
+        base.mkdir()
+        holder = Holder(base / "cache", image_id, data)
+        client = _node(w, base, holder.public_url)
+        nodes.append((base, holder, client, GlanceCalls(client)))
+    go = threading.Barrier(len(nodes))
+
+    def run(base: Path, client: locpick.Client) -> None:
+        go.wait()
+        client.download(image_id, base / "dest", cache_dir=base / "cache", register=True)
+
+    threads = [threading.Thread(target=run, args=(b, c)) for b, _h, c, _g in nodes]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        origin.faults.bandwidth = None
+    listed = _locations(w, image_id)
+    with httpx.Client() as h:
+        for base, holder, client, calls in nodes:
+            assert set(calls.ops) == {"add"}, (calls.ops, calls.statuses)
+            assert 1 <= len(calls.landed) <= 3 and len(calls.ops) <= 3 * 5
+            assert holder.url in listed
+            assert NodeCache(base / "cache").entry(image_id) is not None
+            gh_remove(w, image_id, holder.url, h)
+            holder.stop()
+            client.close()
+    print("glance answers to the concurrent adds:", [c.statuses for *_x, c in nodes])
