@@ -155,9 +155,12 @@ def _cli_download(tmp_path: Path, record: dict[str, Any], cache: Path) -> subpro
     )  # fmt: skip
 
 
-def test_sigkill_mid_fill_leaves_a_dead_record_that_recover_removes(tmp_path: Path) -> None:
+def test_sigkill_mid_fill_leaves_a_dead_record_that_recover_removes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """kill -9 of the downloader: its record reads dead at once; the next recover (or add)
-    removes the fill's files, and a later download of the image fills and succeeds."""
+    removes the fill's files; the next download resumes the dest's part file and copies those
+    bytes into its new fill, which becomes the entry."""
     data = os.urandom(4 << 20)
     cache = tmp_path / "cache"
     with Origin(data) as origin:
@@ -176,10 +179,18 @@ def test_sigkill_mid_fill_leaves_a_dead_record_that_recover_removes(tmp_path: Pa
         assert IMG + ".filling" in _files(cache)
         NodeCache(cache).recover()
         assert _files(cache) == []
+        part = tmp_path / ".dest.locpick-part"
+        held = part.stat().st_size
+        assert held > 0
+        origin.reset_counters()
         origin.faults.bandwidth = None
+        caplog.set_level("INFO", logger="locpick")
         with locpick.Client(config=_config(tmp_path, cache)) as client:
-            client.download(IMG, tmp_path / "dest2", metadata=record, cache_dir=cache)
-    assert NodeCache(cache).entry(IMG) is not None
+            client.download(IMG, tmp_path / "dest", metadata=record, cache_dir=cache)
+        assert "resuming" in caplog.text and "given up" not in caplog.text  # the fill was whole
+        assert origin.bytes_sent <= len(data) - held  # resumed, not fetched again
+    entry = NodeCache(cache).entry(IMG)
+    assert entry is not None and entry.path.read_bytes() == data
     assert _files(cache) == [IMG, IMG + ".json"]
 
 
