@@ -4,9 +4,10 @@
 
     python benchmarks/cachefill_tee.py --before /work/main [--size-mib 256] [--rounds 3]
 
-The origin (``locpick._demo.origin``, sendfile) serves a random file from /dev/shm; dest and
-cache are in /dev/shm, a fresh cache each round. Both sides end with the image in the cache:
-before, by copying dest into it after the download; after, by renaming the filled copy.
+The origin (``locpick._demo.origin``, sendfile) serves a random file from ``--dir`` (default
+/dev/shm); dest and cache are there too, a fresh cache each round. Both sides end with the
+image in the cache: before, by copying dest into it after the download; after, by renaming the
+filled copy.
 Prints each side's median wall time and the ratio after / before.
 """
 
@@ -35,8 +36,9 @@ def main() -> int:
     ap.add_argument("--before", required=True, help="source tree to compare with (PYTHONPATH)")
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--dir", default="/dev/shm", help="where source, dest and caches live")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="locpick-tee-", dir="/dev/shm"))
+    work = Path(tempfile.mkdtemp(prefix="locpick-tee-", dir=args.dir))
     try:
         src = work / "img.raw"
         with open(src, "wb") as fh:
