@@ -115,6 +115,7 @@ class Fill:
             self.abort(f"incomplete ({self.tee.why or 'bytes written outside the tee'})")
             return None
         self._stop_renewal()
+        self.tee.stop()  # every write is in; nothing may touch the record but us now
         try:
             os.fchmod(self.tee.fd, 0o600)
             os.fsync(self.tee.fd)
@@ -148,6 +149,7 @@ class Fill:
 
     def _close(self) -> None:
         self._closed = True
+        self.tee.stop()
         with contextlib.suppress(FileNotFoundError):
             self.meta.unlink()
         self.writer.close(remove=True)

@@ -126,6 +126,11 @@ class Tee:
         with self._lock:
             self._abandon(why)
 
+    def stop(self) -> None:
+        """No more writes (a straggling swarm thread after the end does nothing)."""
+        with self._lock:
+            self.live = False
+
     def _abandon(self, why: str) -> None:
         if not self.live:
             return
