@@ -132,9 +132,9 @@ class Tee:
             self.live = False
 
     def _abandon(self, why: str) -> None:
-        if not self.live:
+        if self.writer.state == "failed":
             return
-        self.live, self.why = False, why
+        self.live, self.why = False, self.why or why
         with contextlib.suppress(OSError):
             self.writer.fail()
         log.info("cache: stream-through copy given up: %s", why)
