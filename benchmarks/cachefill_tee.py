@@ -2,7 +2,7 @@
 """Cost of the stream-through tee: ``locpick download --cache-dir`` with this tree vs another
 (e.g. main before the tee), interleaved, same origin, same run.
 
-    python benchmarks/cachefill_tee.py --before /work/main [--size-mib 256] [--rounds 3]
+    python benchmarks/cachefill_tee.py --before OTHER_SOURCE_TREE [--size-mib 256] [--rounds 3]
 
 The origin (``locpick._demo.origin``, sendfile) serves a random file from ``--dir`` (default
 /dev/shm); dest and cache are there too, a fresh cache each round. Both sides end with the

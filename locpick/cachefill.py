@@ -20,6 +20,8 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import filelock
+
 from locpick.cache import CacheEntry, NodeCache, valid_image_id
 from locpick.fillpublish import FillRenewal, add_filling, filling_metadata, remove_once
 from locpick.fillstate import FillBusy, FillStateError, FillWriter, default_piece_size, read_fill
@@ -61,6 +63,16 @@ class Fill:
             return None
         if cache.max_bytes is not None and size > cache.max_bytes:
             return None
+        try:
+            return cls._create(cache, image, size, piece_size)
+        except (OSError, filelock.Timeout) as exc:  # a read-only cache, a planted lock
+            log.info("cache: no stream-through copy of %s (%s)", image.id, exc)
+            return None
+
+    @classmethod
+    def _create(
+        cls, cache: NodeCache, image: Image, size: int, piece_size: int | None
+    ) -> Fill | None:
         filling, record, _meta = fill_paths(cache.images, image.id)
         with cache._lock:
             cache._sweep()  # a dead fill's files go; a live one's stay (FillBusy below)
