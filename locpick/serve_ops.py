@@ -63,7 +63,7 @@ class Ops:
             if response.status in _ANSWERED:
                 label = image
                 if request.method == hdrs.METH_GET and response.status in (200, 206):
-                    nbytes = request.get(SENT, response.content_length or 0)
+                    nbytes = response.content_length or 0
                 if request.get(CUT):
                     status = "aborted"
             return response
@@ -71,8 +71,8 @@ class Ops:
             status = str(exc.status)
             raise
         finally:
+            nbytes = request.get(SENT, nbytes)  # what a filling copy's answer really sent
             if status == "aborted":
-                nbytes = request.get(SENT, nbytes)
                 if SENT in request or self.cache.entry(image) is not None:
                     label = image
             elif status == "503":
