@@ -6,6 +6,8 @@ Layout of ``DIR`` (nothing else is ever read or served)::
     DIR/.secret               the key of this node's capability URLs (locpick.capability)
     DIR/images/<id>           the image bytes (complete and verified, or absent)
     DIR/images/<id>.json      the sidecar: size, hash algorithm and value, registered URL
+    DIR/images/<id>.filling   a copy still being downloaded (stream-through), with its fill
+    DIR/images/<id>.fill      record (locpick.fillstate); served only while a live writer fills it
     DIR/downloads.json, DIR/stats.json   operator records (locpick.journal), never served raw
 
 An entry is *visible* only when both files exist and agree (the data file's size equals the

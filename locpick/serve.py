@@ -12,12 +12,15 @@ Routes (built in one place, :func:`add_routes`):
 A wrong or missing token answers 403 whether or not the image is cached (no existence oracle).
 The entry is opened with ``O_NOFOLLOW`` and checked on the fd (regular, ours, one link); the
 bytes are sent from that very file through ``/proc/self/fd`` (aiohttp ``FileResponse``: Range,
-If-Range, ``sendfile(2)``), or through a rate-limited loop when ``[serve] max_rate`` is set.
+If-Range, ``sendfile(2)``), or through a rate-limited loop when ``[serve] max_rate`` is set
+(:mod:`locpick.serve_send`). An image not (yet) in the cache but being downloaded into it is
+answered from its filling copy when a live downloader fills it (:mod:`locpick.fillserve`).
 
-Defences against neighbours (:class:`ConnectionGuard`, below aiohttp): caps on connections in
-total and per client address, a deadline for each request head and for idle keep-alive; and
-(middleware) at most ``max_clients`` transfers at once, past which ``503`` + ``Retry-After``.
-Both kinds of refusal are counted in ``/metrics`` (``locpick_serve_refused_total``).
+Defences against neighbours (:class:`ConnectionGuard` in :mod:`locpick.serve_guard`, below
+aiohttp): caps on connections in total and per client address, a deadline for each request
+head and for idle keep-alive; and (middleware) at most ``max_clients`` transfers at once,
+past which ``503`` + ``Retry-After``. Both kinds of refusal are counted in ``/metrics``
+(``locpick_serve_refused_total``).
 """
 
 from __future__ import annotations
