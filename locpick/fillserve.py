@@ -21,9 +21,10 @@ when the fill completes, so an answer started on the filling copy finishes from 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import attrs
@@ -43,6 +44,8 @@ CUT = "locpick_cut"
 REFUSED = "locpick_refused"
 #: Longest Retry-After a fill's ETA may ask for.
 _RETRY_MAX = 3600
+#: Seconds between checks that the client of a waiting answer is still there.
+_SLICE = 1.0
 
 
 def fill_header(snap: FillSnapshot) -> str:
@@ -106,12 +109,29 @@ def _completed(cache: NodeCache, copy: FillingCopy) -> bool:
         return False
 
 
-async def _wait(cache: NodeCache, copy: FillingCopy, pos: int, timeout: float) -> RangeWait:
-    """:func:`await_range` for the byte at ``pos``, with ``gone`` after completion as ready."""
-    try:
-        wait = await await_range(copy.record, pos, pos + 1, timeout=timeout)
-    except FillStateError:
-        return RangeWait("gone", None, pos)
+async def _wait(
+    cache: NodeCache,
+    copy: FillingCopy,
+    pos: int,
+    timeout: float,
+    client_left: Callable[[], bool] = lambda: False,
+) -> RangeWait:
+    """:func:`await_range` for the byte at ``pos``, with ``gone`` after completion as ready.
+
+    Waits in slices of at most :data:`_SLICE` s, so a client that hangs up while waiting
+    frees its transfer slot then, not at the end of ``fill_wait``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        left = max(0.0, deadline - loop.time())
+        try:
+            wait = await await_range(copy.record, pos, pos + 1, timeout=min(_SLICE, left))
+        except FillStateError:
+            return RangeWait("gone", None, pos)
+        if wait.outcome != "timeout" or left <= _SLICE:
+            break
+        if client_left():
+            raise ConnectionResetError("the client left while waiting for the fill")
     if wait.outcome == "gone" and _completed(cache, copy):
         done = attrs.evolve(copy.snapshot, state="complete")
         return RangeWait("ready", done, pos)
@@ -138,7 +158,11 @@ async def answer_filling(
         await resp.prepare(request)
         await resp.write_eof()
         return resp
-    first = await _wait(cache, copy, start, fill_wait)
+
+    def client_left() -> bool:
+        return request.transport is None or request.transport.is_closing()
+
+    first = await _wait(cache, copy, start, fill_wait, client_left)
     if first.outcome == "timeout":
         eta = first.snapshot.eta(start + 1) if first.snapshot is not None else None
         later = retry_after if eta is None else min(_RETRY_MAX, math.ceil(eta))
@@ -163,7 +187,7 @@ async def answer_filling(
         pos = until
         if pos >= stop:
             break
-        wait = await _wait(cache, copy, pos, fill_wait)
+        wait = await _wait(cache, copy, pos, fill_wait, client_left)
         if wait.outcome != "ready" or wait.snapshot is None:
             return _cut(request, resp)
     await resp.write_eof()

@@ -159,8 +159,9 @@ def test_held_bytes_at_once_and_bytes_ahead_wait_then_arrive(
         assert _request(proc.port, path, {"Range": "bytes=10-19"})[2] == DATA[10:20]
         assert not ahead.done()  # ...while the one ahead of the fill still waits.
         filling.put(3 * PIECE, SIZE)  # out of order: still waiting for [2P, 3P)
-        assert _request(proc.port, path, {"Range": f"bytes={3 * PIECE}-{3 * PIECE + 9}"})[2] == (
-            DATA[3 * PIECE : 3 * PIECE + 10]
+        assert (
+            _request(proc.port, path, {"Range": f"bytes={3 * PIECE}-{3 * PIECE + 9}"})[2]
+            == (DATA[3 * PIECE : 3 * PIECE + 10])
         )
         assert not ahead.done()
         filling.put(PIECE, 3 * PIECE)
@@ -372,3 +373,24 @@ def test_record_gone_reads_as_complete_only_when_the_copy_became_the_entry(
             assert gone.outcome == "gone" and gone.available_until == PIECE
     finally:
         other.close()
+
+
+def test_client_that_leaves_while_waiting_frees_its_slot(
+    cache: NodeCache, filling: Filling, tmp_path: Path
+) -> None:
+    """A peer that hangs up while its answer waits for the fill does not keep one of
+    ``max_clients`` for the rest of ``fill_wait``."""
+    filling.put(0, PIECE)
+    with _serve(cache, tmp_path, max_clients=1, fill_wait=3600) as proc:
+        path = proc.image_path(IMG)
+        conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=120)
+        conn.request("GET", path, headers={"Range": f"bytes={2 * PIECE}-"})
+        _until_active(proc.port, 1)
+        assert _request(proc.port, path, {"Range": "bytes=0-9"})[0] == 503
+        conn.close()
+        for _ in range(2000):  # until serve notices (it checks between slices of its wait)
+            status, _h, body = _request(proc.port, path, {"Range": "bytes=0-9"})
+            if status != 503:
+                break
+            time.sleep(0.05)
+        assert status == 206 and body == DATA[:10]
