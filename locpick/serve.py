@@ -35,7 +35,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from locpick.cache import NodeCache, valid_image_id
+from locpick.cache import CacheEntry, NodeCache, valid_image_id
 from locpick.capability import SecretFile, UntrustedCache, token_matches
 from locpick.config import ServeConfig
 from locpick.errors import ConfigError, InputError
@@ -167,15 +167,31 @@ def add_routes(
         if not allowed(image_id, request.match_info.get("token")):
             raise web.HTTPForbidden(text="a valid capability URL is needed for this image\n")
         opened = cache.open_entry(image_id)
-        if opened is None:
-            return await filling(request, image_id)
-        fd, entry = opened
+        if opened is not None:
+            return await complete(request, *opened)
+        with open_filling(cache, image_id) as copy:
+            if copy is not None:
+                return await answer_filling(
+                    request,
+                    cache,
+                    copy,
+                    fill_wait=config.fill_wait,
+                    retry_after=config.retry_after,
+                    limiter=limiter,
+                )
+        opened = cache.open_entry(image_id)  # the fill may have completed just now
+        if opened is not None:
+            return await complete(request, *opened)
+        raise web.HTTPNotFound(text="no such image\n")
+
+    async def complete(request: web.Request, fd: int, entry: CacheEntry) -> web.StreamResponse:
+        """A visible entry, from its open, checked ``fd`` (closed here)."""
         try:
             if _ZERO_SUFFIX.fullmatch(request.headers.get(hdrs.RANGE, "x")):
                 raise web.HTTPRequestRangeNotSatisfiable(
                     headers={hdrs.CONTENT_RANGE: f"bytes */{entry.size}"}
                 )
-            cache.touch(image_id)
+            cache.touch(entry.image_id)
             headers = {
                 hdrs.CACHE_CONTROL: "no-transform",
                 "X-Image-Meta-Hash": f"{entry.algo}:{entry.digest}",
@@ -190,20 +206,6 @@ def add_routes(
             return response
         finally:
             os.close(fd)
-
-    async def filling(request: web.Request, image_id: str) -> web.StreamResponse:
-        """A copy still being filled by a downloader (locpick.fillserve), else 404."""
-        with open_filling(cache, image_id) as copy:
-            if copy is None:
-                raise web.HTTPNotFound(text="no such image\n")
-            return await answer_filling(
-                request,
-                cache,
-                copy,
-                fill_wait=config.fill_wait,
-                retry_after=config.retry_after,
-                limiter=limiter,
-            )
 
     async def healthz(request: web.Request) -> web.StreamResponse:
         return web.Response(text="ok\n")
