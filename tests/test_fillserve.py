@@ -17,11 +17,15 @@ from pathlib import Path
 import pytest
 from fixtures_cache import ServeProcess
 from helpers import cli_env, image_record
+from origin import Faults, Origin
 from prometheus_client.parser import text_string_to_metric_families
 
+import locpick
 from locpick.cache import NodeCache
+from locpick.config import Config, ProbeConfig, TransferConfig
 from locpick.fillserve import _wait, open_filling
 from locpick.fillstate import FillWriter
+from locpick.redact import redact_url
 from locpick.sources import parse_image
 
 IMG = "f111f111-aaaa-bbbb-cccc-000000000001"
@@ -197,6 +201,7 @@ def test_writer_that_fails_mid_answer_cuts_it_and_then_404(
 _WRITER = """
 import os, sys
 from locpick.fillstate import FillWriter
+from locpick.redact import redact_url
 data_path, record, src, size, piece = sys.argv[1:6]
 data = open(src, "rb").read()
 fd = os.open(data_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -394,3 +399,63 @@ def test_client_that_leaves_while_waiting_frees_its_slot(
                 break
             time.sleep(0.05)
         assert status == 206 and body == DATA[:10]
+
+
+# -- a locpick client reading a filling copy ---------------------------------------------------
+CFG = Config(probe=ProbeConfig(deadline=5.0), transfer=TransferConfig(max_sources=1))
+
+
+def test_peer_downloads_a_copy_still_being_filled(
+    cache: NodeCache, filling: Filling, tmp_path: Path
+) -> None:
+    """A locpick download whose only location is a copy being filled gets every byte from it,
+    verified, while the writer keeps writing (it never completes the fill meanwhile)."""
+    filling.put(0, PIECE)
+    with _serve(cache, tmp_path, fill_wait=600) as proc, cf.ThreadPoolExecutor(1) as pool:
+        rec = image_record(IMG, DATA, [proc.image_url(IMG)])
+        url = redact_url(proc.image_url(IMG))  # as results name it (no capability token)
+        job = pool.submit(locpick.download, IMG, tmp_path / "out", metadata=rec, config=CFG)
+        _until_active(proc.port, 1)
+        for pos in range(PIECE, SIZE, PIECE // 4):
+            filling.put(pos, pos + PIECE // 4)
+            time.sleep(0.01)
+        result = job.result(timeout=300)
+        assert result.verified == "sha512" and result.source_url == url
+        assert (tmp_path / "out").read_bytes() == DATA
+        assert filling.writer.state == "filling"
+        sent = sum(
+            v
+            for (name, labels), v in _metrics(proc.port).items()
+            if name == "locpick_serve_bytes_total" and ("image", IMG) in labels
+        )
+        assert sent >= SIZE
+
+
+def test_peer_moves_on_when_the_filling_writer_fails(
+    cache: NodeCache, filling: Filling, tmp_path: Path
+) -> None:
+    """The fill fails while a peer reads it: the answer is cut, the peer resumes from the
+    origin where it stopped and delivers a verified image."""
+    half = SIZE // 2
+    filling.put(0, half)
+    with (
+        _serve(cache, tmp_path, fill_wait=600) as proc,
+        Origin(DATA, faults=Faults(first_byte_delay=0.5)) as origin,
+        cf.ThreadPoolExecutor(1) as pool,
+    ):
+        rec = image_record(IMG, DATA, [proc.image_url(IMG), origin.url])
+        url = redact_url(proc.image_url(IMG))
+        job = pool.submit(locpick.download, IMG, tmp_path / "out", metadata=rec, config=CFG)
+        for _ in range(2000):  # until the transfer (after the probes) is reading the fill
+            m = _metrics(proc.port)
+            probed = m.get(("locpick_serve_requests_total", (("image", IMG), ("status", "206"))))
+            if probed and m[("locpick_serve_active_clients", ())] >= 1:
+                break
+            time.sleep(0.01)
+        filling.writer.fail()
+        result = job.result(timeout=300)
+        assert result.verified == "sha512" and (tmp_path / "out").read_bytes() == DATA
+        by_url = {a.url: a for a in result.attempts}
+        assert by_url[url].outcome == "failed" and by_url[url].bytes > 0
+        assert by_url[origin.url].outcome == "ok"
+        assert by_url[origin.url].bytes < SIZE
