@@ -6,9 +6,10 @@ are in ``images/<id>.filling`` and what is on disk is told by the fill record
 ``HEAD`` answers the full size (Glance HEADs a location when it is added). ``GET`` sends what
 is on disk at once (``sendfile(2)``, or paced under ``[serve] max_rate``) and waits, per
 stretch, for bytes still arriving (:func:`locpick.fillstate.await_range`, at most
-``[serve] fill_wait`` s): nothing of the range in time is ``503`` + ``Retry-After`` (from the
-fill rate); a writer that fails, dies or stalls past the bound mid-answer gets the answer cut
-(connection closed short), so the peer resumes elsewhere. A failed, dead or missing record is
+``[serve] fill_wait`` s, or the client's ``Prefer: wait=N`` if shorter, for the first byte):
+nothing of the range in time is ``503`` + ``Retry-After`` (from the fill rate); a writer that
+fails, dies or stalls past the bound mid-answer gets the answer cut (connection closed short),
+so the peer resumes elsewhere. A failed, dead or missing record is
 ``404`` like any image not held. Every such answer carries ``X-Locpick-Fill``::
 
     X-Locpick-Fill: state=filling; held=<contiguous bytes on disk>; size=<size>; rate=<bytes/s>
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -44,6 +46,7 @@ CUT = "locpick_cut"
 REFUSED = "locpick_refused"
 #: Longest Retry-After a fill's ETA may ask for.
 _RETRY_MAX = 3600
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,6})(?![\d.])", re.IGNORECASE)
 #: Seconds between checks that the client of a waiting answer is still there.
 _SLICE = 1.0
 
@@ -138,6 +141,13 @@ async def _wait(
     return wait
 
 
+def _bound(request: web.BaseRequest, fill_wait: float) -> float:
+    """``fill_wait``, or less when the client asks for an answer sooner with RFC 7240's
+    ``Prefer: wait=N`` (a probe that wants the fill state now, not the bytes)."""
+    found = _PREFER_WAIT.search(request.headers.get("Prefer", ""))
+    return fill_wait if found is None else min(fill_wait, float(found.group(1)))
+
+
 async def answer_filling(
     request: web.Request,
     cache: NodeCache,
@@ -162,7 +172,7 @@ async def answer_filling(
     def client_left() -> bool:
         return request.transport is None or request.transport.is_closing()
 
-    first = await _wait(cache, copy, start, fill_wait, client_left)
+    first = await _wait(cache, copy, start, _bound(request, fill_wait), client_left)
     if first.outcome == "timeout":
         eta = first.snapshot.eta(start + 1) if first.snapshot is not None else None
         later = retry_after if eta is None else min(_RETRY_MAX, math.ceil(eta))
@@ -170,7 +180,7 @@ async def answer_filling(
         request[REFUSED] = "fill_wait"
         return web.Response(
             status=503,
-            text=f"filling: no bytes from {start} within {fill_wait:g} s\n",
+            text=f"filling: no bytes from {start} in time\n",
             headers={"Retry-After": str(max(1, later)), FILL_HEADER: now},
         )
     if first.outcome != "ready" or first.snapshot is None:

@@ -459,3 +459,18 @@ def test_peer_moves_on_when_the_filling_writer_fails(
         assert by_url[url].outcome == "failed" and by_url[url].bytes > 0
         assert by_url[origin.url].outcome == "ok"
         assert by_url[origin.url].bytes < SIZE
+
+
+def test_prefer_wait_gets_the_fill_state_without_waiting(
+    cache: NodeCache, filling: Filling, tmp_path: Path
+) -> None:
+    """``Prefer: wait=0`` (RFC 7240): a probe of bytes not there yet gets its 503 and the fill
+    state now, although ``fill_wait`` is an hour; held bytes still come at once."""
+    filling.put(0, 1000)
+    with _serve(cache, tmp_path, fill_wait=3600) as proc:
+        path = proc.image_path(IMG)
+        prefer = {"Prefer": "wait=0"}
+        status, headers, _b = _request(proc.port, path, {**prefer, "Range": "bytes=5000-5999"})
+        assert status == 503 and _fill(headers)["held"] == "1000"
+        status, headers, body = _request(proc.port, path, {**prefer, "Range": "bytes=0-999"})
+        assert status == 206 and body == DATA[:1000]
