@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fixtures_glance import ADMIN, DEMO, GlanceWorld, glance_world_fixture  # noqa: F401
+from fixtures_glance import ADMIN, DEMO, GlanceWorld
 from helpers import ROOT, run_cli
 
 import locpick

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from fixtures_glance import ADMIN, DEMO, GlanceWorld, glance_world_fixture  # noqa: F401
+from fixtures_glance import GlanceWorld
 from helpers import run_cli, temp_leftovers
 
 import locpick
