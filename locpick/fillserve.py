@@ -191,7 +191,6 @@ async def answer_filling(
     wait = first
     pos = start
     while True:
-        assert wait.snapshot is not None
         until = min(stop, wait.available_until)
         request[SENT] += await send_span(request, resp, copy.fd, pos, until, limiter)
         pos = until

@@ -89,6 +89,8 @@ async def send_span(
 
     Unpaced: ``sendfile(2)`` from the fd (no copy through Python); paced: chunks of about
     1/8 s of ``limiter``'s budget, at most 256 KiB, read in a worker thread."""
+    if stop <= start:
+        return 0
     loop = asyncio.get_running_loop()
     if limiter is None:
         transport = request.transport
