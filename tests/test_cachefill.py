@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import glance_harness as gh
 import httpx
 import pytest
+from fixtures_cache import ServeProcess
 from fixtures_glance import GlanceWorld, glance_world_fixture  # noqa: F401
 from helpers import cli_env, image_record, write_record
 
@@ -245,17 +246,17 @@ def _locations(w: GlanceWorld, image_id: str) -> dict[str, dict[str, str]]:
 
 
 class Holder:
-    """Answers at the node's capability URL (what Glance HEADs on add) with the image's size:
-    the role ``locpick serve`` plays for a filling copy (storm-serve's side of issue 19)."""
+    """The node's real ``locpick serve``: it answers Glance's HEAD on add for the filling copy
+    (full size) and serves it to peers; ``url`` is the capability URL the node registers."""
 
     def __init__(self, cache: Path, image_id: str, data: bytes) -> None:
-        token = NodeCache(cache).token(image_id)
-        self.origin = Origin(data, path=f"/images/{image_id}/{token}").start()
-        self.public_url = self.origin.base
-        self.url = self.origin.url
+        cache.mkdir(parents=True, exist_ok=True)
+        self.serve = ServeProcess(cache, args=("--no-renew",))
+        self.public_url = self.serve.url
+        self.url = self.serve.image_url(image_id)
 
     def stop(self) -> None:
-        self.origin.stop()
+        self.serve.stop()
 
 
 def _node(w: GlanceWorld, tmp_path: Path, public_url: str, lease: float = 3600) -> locpick.Client:
