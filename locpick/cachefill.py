@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import filelock
 
@@ -34,7 +34,18 @@ from locpick.swarm import swarm_probes
 from locpick.swarm.pieces import auto_piece_size
 
 if TYPE_CHECKING:
-    from locpick.client import Client
+    from locpick.config import Config
+    from locpick.publish import GlanceLocations
+
+
+class Registrar(Protocol):
+    """What registration needs of the client: its config and its Glance locations API."""
+
+    @property
+    def config(self) -> Config: ...
+
+    def glance_locations(self) -> GlanceLocations: ...
+
 
 log = logging.getLogger("locpick")
 
@@ -50,7 +61,7 @@ class Fill:
         #: The Glance location registered for the filling copy, if any.
         self.url: str | None = None
         self.renewal: FillRenewal | None = None
-        self._client: Client | None = None
+        self._client: Registrar | None = None
         self._closed = False
 
     @classmethod
@@ -94,7 +105,7 @@ class Fill:
                 return None
         return cls(cache, image, size, fd, writer)
 
-    def register(self, client: Client) -> None:
+    def register(self, client: Registrar) -> None:
         """One Glance add of the filling copy (retried on 500/409); renewals if it runs long."""
         cfg = client.config
         assert cfg.cache.public_url is not None
@@ -168,7 +179,9 @@ class Fill:
         os.close(self.tee.fd)
 
 
-def open_fill(client: Client, cache: NodeCache | None, image: Image, publish: bool) -> Fill | None:
+def open_fill(
+    client: Registrar, cache: NodeCache | None, image: Image, publish: bool
+) -> Fill | None:
     """The client's hook before ranking: start the stream-through copy and (``publish``)
     register it. The seam for a storm-aware refresh of the image record comes right after."""
     if cache is None:
@@ -192,7 +205,7 @@ def aborting(fill: Fill | None) -> Iterator[None]:
         raise
 
 
-def reap_dead_fills(cache: NodeCache, client: Client, *, dry_run: bool = False) -> list[str]:
+def reap_dead_fills(cache: NodeCache, client: Registrar, *, dry_run: bool = False) -> list[str]:
     """Fills whose downloader died (kill -9): their Glance location (from ``<id>.fill.json``)
     is removed at once, not at the end of its lease, then their files. Returns what was done."""
     done = []
