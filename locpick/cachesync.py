@@ -74,19 +74,14 @@ class CacheSync:
     def evict(
         self, image_ids: Sequence[str], *, cache_dir: str | os.PathLike[str] | None = None
     ) -> tuple[list[CacheEntry], list[str]]:
-        """Evict entries (and unregister their locations); returns (evicted, warnings)."""
+        """Evict entries and unregister their locations (:meth:`Client.evict`)."""
         cache = self.session.node_cache(cache_dir)
         assert cache is not None
         evicted = [e for e in (cache.evict(i) for i in image_ids) if e is not None]
         return evicted, self.unpublish(evicted)
 
     def reconcile(self, *, cache_dir: str | os.PathLike[str] | None = None) -> list[str]:
-        """Make Glance agree with the cache, both ways; returns what was done, one line each.
-
-        Registered but not (validly) cached: the location is removed. Cached but not
-        registered (with ``[cache] register``): it is added. A cached copy whose hash no
-        longer matches Glance's record is evicted.
-        """
+        """Make Glance agree with the cache, both ways (:meth:`Client.reconcile`)."""
         cache = self.session.node_cache(cache_dir)
         assert cache is not None
         public_url = self.session.config.cache.public_url
@@ -135,11 +130,7 @@ class CacheSync:
         return done
 
     def rotate_secret(self, *, cache_dir: str | os.PathLike[str] | None = None) -> list[str]:
-        """New node secret (every old capability URL refused at once), then re-register.
-
-        Every entry that was registered gets its new URL in Glance and loses the old one
-        (through :meth:`reconcile`); returns what was done, one line each.
-        """
+        """New node secret, then re-register (:meth:`Client.rotate_secret`)."""
         cache = self.session.node_cache(cache_dir)
         assert cache is not None
         if not self.session.config.cache.public_url:

@@ -56,13 +56,7 @@ class Ranker:
         for_download: bool = False,
         dest: str | os.PathLike[str] | None = None,
     ) -> Ranking:
-        """Score every location of an already-loaded image.
-
-        ``for_download``: with a single usable location there is nothing to choose, so it is
-        not probed (the probe would only delay the transfer); nor for a swarm download, whose
-        first piece from each copy is the probe. ``dest``: where it will go (a
-        shared filesystem reports whether it is the same device).
-        """
+        """Score every location of an already-loaded image (:meth:`Client.rank_image`)."""
         now = time.time()
         known = self.session.history.entries()
         candidates: list[Candidate] = []

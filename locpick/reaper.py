@@ -33,11 +33,7 @@ class Reaper:
         prune: bool = False,
         yes: bool = False,
     ) -> VerifyReport:
-        """Check every location: reachable, right size, and (unless quick) right hash.
-
-        ``prune``: plan removing missing/mismatched locations from Glance (never the last
-        verified one); ``yes`` carries it out, otherwise it is a dry run.
-        """
+        """Check every location, and plan or carry out a prune (:meth:`Client.verify`)."""
         if prune and quick:
             raise InputError("--prune needs the full hash check: drop --quick")
         if prune and metadata is not None:
@@ -72,13 +68,7 @@ class Reaper:
     def reap(
         self, image_ids: Sequence[str] = (), *, dry_run: bool = False
     ) -> list[tuple[str, PruneResult]]:
-        """Remove expired and unreachable locpick cache locations from Glance.
-
-        Only locations carrying the locpick marker are ever removed (never the operator's
-        own), and nothing of an image unless one verified copy (full hash) remains. Without
-        ``image_ids`` every image the token can list is walked (Glance paging followed).
-        Returns (image id, what was or would be removed) for each image with locpick copies.
-        """
+        """Remove expired and unreachable locpick copies from Glance (:meth:`Client.reap`)."""
         if not image_ids:
             image_ids = self.session.glance_locations().images_with_locpick_copies()
         done: list[tuple[str, PruneResult]] = []

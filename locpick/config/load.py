@@ -13,25 +13,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from locpick.config.model import (
-    CacheConfig,
-    Config,
-    Filesystem,
-    GlanceConfig,
-    Hint,
-    NetworkConfig,
-    Policy,
-    ProbeConfig,
-    S3Config,
-    ScoringConfig,
-    SecurityConfig,
-    ServeConfig,
-    SwiftConfig,
-    SwiftRefConfig,
-    TLSConfig,
-    Topology,
-    TransferConfig,
-)
+from locpick.config.model import SECTIONS, Config, Filesystem, Hint, SwiftConfig, SwiftRefConfig
 from locpick.errors import ConfigError
 from locpick.redact import SCRUB
 
@@ -79,28 +61,12 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     return value
 
 
-_SECTIONS: dict[str, type[Any]] = {
-    "topology": Topology,
-    "cache": CacheConfig,
-    "serve": ServeConfig,
-    "probe": ProbeConfig,
-    "scoring": ScoringConfig,
-    "policy": Policy,
-    "security": SecurityConfig,
-    "tls": TLSConfig,
-    "network": NetworkConfig,
-    "transfer": TransferConfig,
-    "glance": GlanceConfig,
-    "s3": S3Config,
-}
-
-
 def config_from_mapping(data: Mapping[str, Any], *, source: str | None = None) -> Config:
     """Build a Config from parsed TOML, rejecting unknown keys and wrong types."""
     kwargs: dict[str, Any] = {"source_path": source}
     for key, value in data.items():
-        if key in _SECTIONS:
-            kwargs[key] = _build(_SECTIONS[key], value, key)
+        if key in SECTIONS:
+            kwargs[key] = _build(SECTIONS[key], value, key)
         elif key == "filesystems":
             if not isinstance(value, list):
                 raise ConfigError("config [[filesystems]]: expected an array of tables")

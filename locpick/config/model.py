@@ -211,14 +211,6 @@ class SecurityConfig:
     max_image_bytes: int = attrs.field(default=1 << 40, validator=_check_range(1, 1 << 50))
 
 
-def _serve_range(lo: float, hi: float) -> Any:
-    def check(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
-        if not lo <= value <= hi:
-            raise ConfigError(f"config [serve] {attr.name}: {value!r} is not in {lo}..{hi}")
-
-    return check
-
-
 @attrs.frozen
 class ServeConfig:
     """``locpick serve``: who may read, and how much a neighbour can take from this node."""
@@ -226,18 +218,22 @@ class ServeConfig:
     #: Serve images whose Glance visibility is ``public`` without the capability token.
     open_public: bool = False
     #: Image transfers at once; past it ``503`` with ``Retry-After``.
-    max_clients: int = attrs.field(default=16, validator=_serve_range(1, 100_000))
+    max_clients: int = attrs.field(default=16, validator=_check_range(1, 100_000, "serve"))
     #: Bytes/s this node serves in total (0 = unlimited; limited transfers skip sendfile).
-    max_rate: int = attrs.field(default=0, validator=_serve_range(0, 1e13))
+    max_rate: int = attrs.field(default=0, validator=_check_range(0, 1e13, "serve"))
     #: Open connections in total and per client address (lowered to fit ``ulimit -n``).
-    max_connections: int = attrs.field(default=512, validator=_serve_range(1, 1_000_000))
-    max_connections_per_client: int = attrs.field(default=32, validator=_serve_range(1, 100_000))
+    max_connections: int = attrs.field(default=512, validator=_check_range(1, 1_000_000, "serve"))
+    max_connections_per_client: int = attrs.field(
+        default=32, validator=_check_range(1, 100_000, "serve")
+    )
     #: Seconds a new connection has to deliver a complete request head.
-    header_timeout: float = attrs.field(default=10.0, validator=_serve_range(0.05, 3600))
+    header_timeout: float = attrs.field(default=10.0, validator=_check_range(0.05, 3600, "serve"))
     #: Seconds an idle keep-alive connection is kept.
-    keepalive_timeout: float = attrs.field(default=15.0, validator=_serve_range(0.05, 3600))
+    keepalive_timeout: float = attrs.field(
+        default=15.0, validator=_check_range(0.05, 3600, "serve")
+    )
     #: Seconds a busy answer asks the client to wait.
-    retry_after: int = attrs.field(default=2, validator=_serve_range(0, 3600))
+    retry_after: int = attrs.field(default=2, validator=_check_range(0, 3600, "serve"))
 
 
 @attrs.frozen
@@ -384,3 +380,20 @@ class Config:
         from locpick.config.load import load_config
 
         return load_config(path)
+
+
+#: The plain ``[section]`` tables of a config file and the value each one builds.
+SECTIONS: dict[str, type[Any]] = {
+    "topology": Topology,
+    "cache": CacheConfig,
+    "serve": ServeConfig,
+    "probe": ProbeConfig,
+    "scoring": ScoringConfig,
+    "policy": Policy,
+    "security": SecurityConfig,
+    "tls": TLSConfig,
+    "network": NetworkConfig,
+    "transfer": TransferConfig,
+    "glance": GlanceConfig,
+    "s3": S3Config,
+}
