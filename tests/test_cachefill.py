@@ -205,8 +205,8 @@ class GlanceCalls:
         self.ops: list[str] = []
         self.times: list[float] = []
         self.statuses: list[int] = []
-        client._ctx.http.event_hooks["request"].append(self._seen)
-        client._ctx.http.event_hooks["response"].append(self._answered)
+        client._session.ctx.http.event_hooks["request"].append(self._seen)
+        client._session.ctx.http.event_hooks["response"].append(self._answered)
 
     def _seen(self, request: httpx.Request) -> None:
         if request.method == "PATCH":
