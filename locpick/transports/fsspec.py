@@ -25,7 +25,7 @@ from locpick.transports.base import Capabilities, Context, TransportDefaults
 from locpick.transports.fsspecerrors import S3_SCHEMES, convert, needs
 from locpick.transports.fsspecfs import Filesystems
 from locpick.transports.fsspecstream import FsspecStream, S3Stream
-from locpick.transports.guards import parse_content_range
+from locpick.transports.guards import check_total, parse_content_range, probe_size_mismatch
 
 __all__ = ["S3_SCHEMES", "SCHEMES", "FsspecTransport", "convert", "needs"]
 
@@ -118,15 +118,9 @@ class FsspecTransport(TransportDefaults):
             ttfb = time.monotonic() - t0
         except Exception as exc:  # noqa: BLE001 - any filesystem error, converted at this boundary
             return Probe(url=shown, ok=False, error=reason_of(convert(exc, shown)))
-        if image.size is not None and size is not None and size != image.size:
-            return Probe(
-                url=shown,
-                ok=False,
-                ttfb=ttfb,
-                size=size,
-                final_url=shown,
-                error=f"size mismatch: location has {size} bytes, image {image.size}",
-            )
+        mismatch = probe_size_mismatch(shown, image.size, size, ttfb=ttfb, final_url=shown)
+        if mismatch is not None:
+            return mismatch
         if got < n:
             return Probe(url=shown, ok=False, ttfb=ttfb, error=f"short read: {got} of {n} bytes")
         return Probe(url=shown, ok=True, ttfb=ttfb, size=size, final_url=shown)
@@ -158,12 +152,7 @@ class FsspecTransport(TransportDefaults):
             raise convert(exc, shown) from exc
         try:
             total = _size({"size": getattr(file, "size", None)})
-            if image.size is not None and total is not None and total != image.size:
-                raise TransferError(
-                    f"{shown}: size {total} differs from the image's {image.size}",
-                    url=shown,
-                    permanent=True,
-                )
+            check_total(shown, image.size, total)
             if offset:
                 file.seek(offset)
         except LocationError:
@@ -194,13 +183,11 @@ class FsspecTransport(TransportDefaults):
         total = cr[2] if cr else None
         if total is None and not offset:
             total = _size({"size": response.get("ContentLength")})
-        if image.size is not None and total is not None and total != image.size:
+        try:
+            check_total(shown, image.size, total)
+        except TransferError:
             stream.close()
-            raise TransferError(
-                f"{shown}: size {total} differs from the image's {image.size}",
-                url=shown,
-                permanent=True,
-            )
+            raise
         stream.total = total
         return stream
 

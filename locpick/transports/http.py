@@ -13,7 +13,12 @@ from locpick.errors import LocationError, TransferError, reason_of
 from locpick.models import Image, Location, Probe
 from locpick.netpolicy import host_port
 from locpick.transports.base import Capabilities, Context, TransportDefaults
-from locpick.transports.guards import parse_content_range, status_error
+from locpick.transports.guards import (
+    check_total,
+    parse_content_range,
+    probe_size_mismatch,
+    status_error,
+)
 from locpick.transports.httpsend import SCHEMES, HeaderView, Proxied, Requester
 from locpick.transports.httpstream import HttpStream, RawHttpStream
 
@@ -74,15 +79,9 @@ class HttpTransport(TransportDefaults):
             return Probe(url=shown, ok=False, error=f"probe read failed ({type(exc).__name__})")
         finally:
             response.close()
-        if image.size is not None and size is not None and size != image.size:
-            return Probe(
-                url=shown,
-                ok=False,
-                ttfb=ttfb,
-                size=size,
-                final_url=final,
-                error=f"size mismatch: location has {size} bytes, image {image.size}",
-            )
+        mismatch = probe_size_mismatch(shown, image.size, size, ttfb=ttfb, final_url=final)
+        if mismatch is not None:
+            return mismatch
         bps = got / (elapsed - ttfb) if got >= n and elapsed > ttfb else None
         return Probe(
             url=shown,
@@ -178,12 +177,7 @@ class HttpTransport(TransportDefaults):
             raise TransferError(f"{final}: HTTP 416 at offset {offset}", url=final)
         else:
             raise status_error(final, status, headers.get("retry-after"))
-        if image.size is not None and total is not None and total != image.size:
-            raise TransferError(
-                f"{final}: size {total} differs from the image's {image.size}",
-                url=final,
-                permanent=True,
-            )
+        check_total(final, image.size, total)
         return (offset if status == 206 else 0), total
 
     def close(self) -> None:

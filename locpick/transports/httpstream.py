@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 
@@ -102,33 +103,46 @@ class SpeedFloor:
         self._mark_time, self._mark_bytes = now, self._got
 
 
-class HttpStream:
-    """A streaming response body as a ``readinto`` source."""
+class _Body:
+    """What both HTTP streams carry: where their bytes start, the resource's size, the URL
+    serving it, its validators and the speed floor over the reads."""
 
     def __init__(
         self,
-        response: httpx.Response,
         *,
         start: int,
         total: int | None,
         final_url: str,
+        etag: str | None,
+        last_modified: str | None,
         min_bps: float = 0.0,
         window: float = 5.0,
         changed: bool = False,
     ) -> None:
-        self._response = response
-        self._chunks: Iterator[bytes] = response.iter_raw()
-        self._pending = memoryview(b"")
         self.start = start
         self.total = total
         self.final_url = final_url
         self._floor = SpeedFloor(final_url, min_bps, window)
         #: Validators of the resource, for If-Range on a later resume.
-        self.etag: str | None = response.headers.get("etag")
-        self.last_modified: str | None = response.headers.get("last-modified")
+        self.etag = etag
+        self.last_modified = last_modified
         #: An If-Range was sent and the server answered with the whole (changed) resource.
         self.changed = changed
         self._idle: float | None = None
+
+
+class HttpStream(_Body):
+    """A streaming response body as a ``readinto`` source."""
+
+    def __init__(self, response: httpx.Response, **fields: Any) -> None:
+        super().__init__(
+            etag=response.headers.get("etag"),
+            last_modified=response.headers.get("last-modified"),
+            **fields,
+        )
+        self._response = response
+        self._chunks: Iterator[bytes] = response.iter_raw()
+        self._pending = memoryview(b"")
 
     def set_idle_timeout(self, seconds: float) -> None:
         """Deadline for each body read (no byte for this long = stalled); call before reading.
@@ -168,7 +182,7 @@ class HttpStream:
         self._response.close()
 
 
-class RawHttpStream:
+class RawHttpStream(_Body):
     """The data path: ``http.client`` reading straight into the caller's large buffers.
 
     httpx hands bodies over in 64 KiB chunks with Python work per chunk; for multi-GiB images
@@ -177,27 +191,15 @@ class RawHttpStream:
     """
 
     def __init__(
-        self,
-        conn: http.client.HTTPConnection,
-        response: http.client.HTTPResponse,
-        *,
-        start: int,
-        total: int | None,
-        final_url: str,
-        min_bps: float = 0.0,
-        window: float = 5.0,
-        changed: bool = False,
+        self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse, **fields: Any
     ) -> None:
+        super().__init__(
+            etag=response.getheader("etag"),
+            last_modified=response.getheader("last-modified"),
+            **fields,
+        )
         self._conn = conn
         self._response = response
-        self.start = start
-        self.total = total
-        self.final_url = final_url
-        self._floor = SpeedFloor(final_url, min_bps, window)
-        self.etag: str | None = response.getheader("etag")
-        self.last_modified: str | None = response.getheader("last-modified")
-        self.changed = changed
-        self._idle: float | None = None
         self._stalled = False
 
     def set_idle_timeout(self, seconds: float) -> None:
