@@ -97,19 +97,7 @@ class Download:
         return self.cands[pick[0]]
 
     def _all_failed(self, deadline: bool = False) -> AllLocationsFailed:
-        failed = (
-            "; ".join(f"{a.url}: {a.error}" for a in self.attempts if a.outcome != "ok")
-            or "no locations"
-        )
-        within = (
-            f" within [transfer] total_timeout = {self.cfg.total_timeout:g} s" if deadline else ""
-        )
-        return AllLocationsFailed(
-            SCRUB(
-                f"image {self.image.id}: no location delivered a verified image{within} ({failed})"
-            ),
-            self.attempts,
-        )
+        return all_failed(self.image.id, self.attempts, self.cfg, deadline=deadline)
 
     # -- one attempt -----------------------------------------------------------------------
     def _attempt(self, cand: Candidate) -> Result | None:
@@ -132,7 +120,7 @@ class Download:
                     self.sink, opened, self.progress,
                     lambda meter: self.switcher.watch(cand, opened, meter, self.sink.offset),
                 )  # fmt: skip
-                self._check_complete(stream)
+                check_complete(stream, self.image.size, self.sink.offset)
                 source = stream.final_url
                 stream.close()
                 stream = None
@@ -200,14 +188,6 @@ class Download:
             return min(self.cfg.stall_timeout, self.cfg.idle_timeout)
         return self.cfg.idle_timeout
 
-    def _check_complete(self, stream: Stream) -> None:
-        size = self.image.size if self.image.size is not None else stream.total
-        if size is not None and self.sink.offset < size:
-            raise TransferError(
-                f"{stream.final_url}: connection ended at byte {self.sink.offset} of {size}",
-                url=stream.final_url,
-            )
-
     # -- outcomes --------------------------------------------------------------------------
     def _record(
         self, cand: Candidate, t0: float, before: int, exc: LocationError | Abandon, *, left: bool
@@ -246,3 +226,27 @@ class Download:
     def _observe(self, loc: Location, ok: bool, got: int, t0: float, error: str | None) -> None:
         if self.observer is not None:
             self.observer(loc, ok, got, time.monotonic() - t0, error)
+
+
+def all_failed(
+    image_id: str, attempts: Sequence[Attempt], cfg: TransferConfig, *, deadline: bool
+) -> AllLocationsFailed:
+    """The error of a download no location could complete, listing every failed attempt."""
+    failed = "; ".join(f"{a.url}: {a.error}" for a in attempts if a.outcome != "ok")
+    within = f" within [transfer] total_timeout = {cfg.total_timeout:g} s" if deadline else ""
+    return AllLocationsFailed(
+        SCRUB(
+            f"image {image_id}: no location delivered a verified image{within} "
+            f"({failed or 'no locations'})"
+        ),
+        attempts,
+    )
+
+
+def check_complete(stream: Stream, size: int | None, held: int) -> None:
+    """TransferError when the stream ended before the image's (or the resource's) size."""
+    size = size if size is not None else stream.total
+    if size is not None and held < size:
+        raise TransferError(
+            f"{stream.final_url}: connection ended at byte {held} of {size}", url=stream.final_url
+        )
