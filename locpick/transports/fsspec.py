@@ -10,6 +10,9 @@ S3 credentials come from the standard AWS environment (``AWS_ACCESS_KEY_ID``/
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, config files, instance roles). The endpoint is, in
 order: the location's metadata ``endpoint_url`` (unless ``[s3] location_endpoint = false``),
 ``[s3] endpoint_url``, ``$AWS_ENDPOINT_URL``, AWS itself.
+
+The parts: ``fsspecerrors`` (what to install, exceptions -> LocationError), ``fsspecfs``
+(filesystem instances, S3 endpoint and refusals), ``fsspecstream`` (byte streams).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from locpick.transports.base import Context
 from locpick.transports.httpstream import HeaderDeadline
 
 R = TypeVar("R")
+#: The bulk data path's reply: the connection and its response.
 Raw = tuple[http.client.HTTPConnection, http.client.HTTPResponse]
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -33,6 +34,7 @@ class Requester:
         self.ctx = ctx
 
     def headers_for(self, location: Location, url: str) -> dict[str, str]:
+        """The caller's token, for a Glance ``/file`` location on Glance's own host only."""
         token = self.ctx.token
         if not token or location.kind != "glance-file" or not self.ctx.glance_url:
             return {}
@@ -42,7 +44,6 @@ class Requester:
             return {"X-Auth-Token": token}
         return {}
 
-    # -- requests -----------------------------------------------------------------------------
     def _follow(
         self,
         location: Location,
@@ -124,15 +125,11 @@ class Requester:
 
         return self._follow(location, headers, send, lambda r: r.close())
 
-    def get_raw(
-        self, location: Location, headers: dict[str, str]
-    ) -> tuple[tuple[http.client.HTTPConnection, http.client.HTTPResponse], str]:
+    def get_raw(self, location: Location, headers: dict[str, str]) -> tuple[Raw, str]:
         """One GET with ``http.client`` for the bulk data path (see RawHttpStream)."""
         t = self.ctx.config.transfer
 
-        def send(
-            url: str, req_headers: dict[str, str]
-        ) -> tuple[int, str | None, tuple[http.client.HTTPConnection, http.client.HTTPResponse]]:
+        def send(url: str, req_headers: dict[str, str]) -> tuple[int, str | None, Raw]:
             parts = urllib.parse.urlsplit(url)
             shown = redact_url(url)
             if self.ctx.net.route(url) is not None:
@@ -178,7 +175,7 @@ class Requester:
                 raise send_failed(shown, exc, deadline, t.first_byte_timeout) from exc
             return response.status, response.getheader("location"), (conn, response)
 
-        def close(reply: tuple[http.client.HTTPConnection, http.client.HTTPResponse]) -> None:
+        def close(reply: Raw) -> None:
             reply[1].close()
             reply[0].close()
 

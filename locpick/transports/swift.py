@@ -21,6 +21,9 @@ appear in a message; a location's display URL has no userinfo.
 
 Large images are Dynamic Large Objects: the manifest's ETag is not the md5 of the content, so
 no ETag is ever used as a checksum here; verification hashes the bytes.
+
+The parts: ``swiftloc`` (the three URL forms), ``swiftauth`` (credentials -> cached token),
+``swifttoken`` (where the caller's own token may go); this module is the transport.
 """
 
 from __future__ import annotations
