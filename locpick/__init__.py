@@ -8,10 +8,10 @@ result = locpick.download("IMAGE_ID", "/var/lib/nova/images/IMAGE_ID", metadata=
 
 from __future__ import annotations
 
-import importlib
 import os
-from typing import TYPE_CHECKING, Any, TypeAlias
 
+from locpick.client import Client, Metadata
+from locpick.config import Config
 from locpick.errors import (
     AllLocationsFailed,
     ChecksumMismatch,
@@ -20,31 +20,12 @@ from locpick.errors import (
     LocationError,
     LocpickError,
 )
-
-if TYPE_CHECKING:
-    from locpick.client import Client, Metadata
-    from locpick.config import Config
-    from locpick.models import Ranking, Result, VerifyReport
-
-#: Public names imported on first use, so that ``import locpick.cli`` (``locpick --help``)
-#: does not load the client, its transports and httpx before a command needs them.
-_LAZY = {
-    "Client": "locpick.client",
-    "Metadata": "locpick.client",
-    "Config": "locpick.config",
-    "Ranking": "locpick.models",
-    "Result": "locpick.models",
-    "VerifyReport": "locpick.models",
-}
+from locpick.models import Ranking, Result, VerifyReport
 
 
-def __getattr__(name: str) -> Any:
-    """The lazy public names, and ``__version__`` from the package metadata, read on first
-    use (it costs ~25 ms at import, which every ``locpick`` command would otherwise pay)."""
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
+def __getattr__(name: str) -> str:
+    """``__version__`` from the package metadata, read on first use (it costs ~25 ms at import,
+    which every ``locpick`` command would otherwise pay)."""
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
 
@@ -73,7 +54,7 @@ __all__ = [
     "verify",
 ]
 
-_ConfigArg: TypeAlias = "Config | str | os.PathLike[str] | None"
+_ConfigArg = Config | str | os.PathLike[str] | None
 
 
 def download(
@@ -92,8 +73,6 @@ def download(
     ``cache_dir`` (else ``[cache] dir``): use/keep a verified copy in the node cache;
     ``register`` (else ``[cache] register``): publish it as a location in Glance.
     """
-    from locpick.client import Client
-
     with Client(config=config, glance_url=glance_url) as client:
         return client.download(
             image_id,
@@ -113,8 +92,6 @@ def rank(
     config: _ConfigArg = None,
 ) -> Ranking:
     """Score every location of an image without downloading it."""
-    from locpick.client import Client
-
     with Client(config=config, glance_url=glance_url) as client:
         return client.rank(image_id, metadata=metadata)
 
@@ -134,7 +111,5 @@ def verify(
     ``prune``: plan removing missing/mismatched locations from Glance (``report.prune``);
     ``yes``: carry it out. The last verified location is never removed.
     """
-    from locpick.client import Client
-
     with Client(config=config, glance_url=glance_url) as client:
         return client.verify(image_id, metadata=metadata, quick=quick, prune=prune, yes=yes)
