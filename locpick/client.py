@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -12,10 +13,10 @@ from typing import Any
 import attrs
 import cachetools
 
-from locpick import journal
+from locpick import journal, storm
 from locpick.auth import OpenStackAuth, auth_from_environment
 from locpick.cache import CacheEntry, NodeCache, copy_out
-from locpick.config import Config, resolve_config
+from locpick.config import Config, TransferConfig, resolve_config
 from locpick.errors import (
     AllLocationsFailed,
     ConfigError,
@@ -174,13 +175,15 @@ class Client:
         *,
         for_download: bool = False,
         dest: str | os.PathLike[str] | None = None,
+        probe: bool = True,
     ) -> Ranking:
         """Score every location of an already-loaded image.
 
         ``for_download``: with a single usable location there is nothing to choose, so it is
         not probed (the probe would only delay the transfer); nor for a swarm download, whose
         first piece from each copy is the probe. ``dest``: where it will go (a
-        shared filesystem reports whether it is the same device).
+        shared filesystem reports whether it is the same device). ``probe=False``: nothing
+        is probed (a storm node reading its parent decides from the record alone).
         """
         now = time.time()
         known = self.history.entries()
@@ -210,7 +213,9 @@ class Client:
         candidates = self._bound_probing(image, candidates)
         to_probe = [c.location for c in candidates if c.unusable is None and not c.not_probed]
         # a swarm download probes by downloading: its first piece from each copy is the probe
-        skip = for_download and (len(to_probe) <= 1 or swarm_probes(image, self.config.transfer))
+        skip = not probe or (
+            for_download and (len(to_probe) <= 1 or swarm_probes(image, self.config.transfer))
+        )
         probes = {} if skip else self._probe(image, to_probe)
         candidates = [
             attrs.evolve(c, probe=probes[c.location]) if c.location in probes else c
@@ -292,8 +297,11 @@ class Client:
 
     def rank(self, image_id: str, *, metadata: Metadata | None = None) -> Ranking:
         """Every location of the image, best first, each with why."""
-        image = self.image(image_id, metadata=metadata)
+        image, plan = self._storm_plan(
+            self.image(image_id, metadata=metadata), mine=None, refresh=False
+        )
         ranking = self.rank_image(image)
+        ranking = attrs.evolve(ranking, scores=storm.arrange(ranking.scores, plan))
         t = self.config.transfer
         scores = explain(
             image, ranking.scores, t, self.config.scoring.topology_tolerance, swarm_probes(image, t)
@@ -371,6 +379,9 @@ class Client:
         cache_dir: str | os.PathLike[str] | None,
         register: bool | None,
     ) -> Result:
+        delay = storm.start_delay(self.config.herd, random.Random())  # noqa: S311 - spreading
+        if delay:
+            time.sleep(delay)
         image = self.image(image_id, metadata=metadata)
         cache = self.node_cache(cache_dir, required=False)
         publish = self.config.cache.register if register is None else register
@@ -393,12 +404,40 @@ class Client:
                     "unverified bytes (pass --allow-unverified to accept a size-only check)"
                 )
             log.warning("image %s has no hash: downloading UNVERIFIED (size check only)", image_id)
-        ranking = self.rank_image(image, for_download=True, dest=dest)
+        # storm-fill's seam: pass the URL of this node's filling registration as ``mine``
+        image, plan = self._storm_plan(image, mine=None, refresh=metadata is None)
+        ranking = self.rank_image(image, for_download=True, dest=dest, probe=plan.parent is None)
+        ranking = attrs.evolve(ranking, scores=storm.arrange(ranking.scores, plan))
         rec.ranked(ranking)
-        result = self._fetch_in_rounds(image, ranking.scores, dest, progress, rec)
+        transfer = storm.transfer_for(self.config.transfer, plan)
+        result = self._fetch_in_rounds(image, ranking.scores, dest, progress, rec, transfer)
         if cache is not None and result.verified:
             return attrs.evolve(result, cache=self._keep(cache, image, dest, publish))
         return result
+
+    def _storm_plan(
+        self, image: Image, *, mine: str | None, refresh: bool
+    ) -> tuple[Image, storm.Plan]:
+        """This node's place in a boot storm. After registering its filling copy (``mine``) it
+        reads the image record ONCE more (``refresh``): Glance keeps locations in the order
+        they were added, so the refresh shows every copy registered before this one. The
+        copies it must not read (its own, later ones) are dropped from the image."""
+        if mine is not None and refresh:
+            image = self.image(image.id)
+        plan = storm.plan(
+            image,
+            self.config.herd,
+            self.config.topology,
+            mine=mine,
+            rng=random.Random(),  # noqa: S311
+        )
+        if plan.active:
+            log.info("image %s: %s", image.id, plan.why)
+            gone = set(plan.excluded)
+            image = attrs.evolve(
+                image, locations=tuple(loc for loc in image.locations if loc.url not in gone)
+            )
+        return image, plan
 
     def _keep(
         self, cache: NodeCache, image: Image, dest: str | os.PathLike[str], publish: bool
@@ -423,6 +462,7 @@ class Client:
         dest: str | os.PathLike[str],
         progress: Progress | None,
         rec: Recorder,
+        transfer: TransferConfig | None = None,
     ) -> Result:
         """Fetch from the probed locations; when every one has failed, probe the next round of
         ``not-probed`` ones (over the probe budget) and fetch from those, and so on; Glance's
@@ -436,7 +476,7 @@ class Client:
             later = [s for s in scores if s.usable and s.reasons.not_probed]
             now = [s for s in scores if not s.reasons.not_probed] + ([] if later else last)
             try:
-                result = self._fetch(image, now, dest, progress, rec)
+                result = self._fetch(image, now, dest, progress, rec, transfer)
             except AllLocationsFailed as exc:
                 attempts = [*earlier, *exc.attempts]
                 if not later:
@@ -464,6 +504,7 @@ class Client:
         dest: str | os.PathLike[str],
         progress: Progress | None,
         rec: Recorder,
+        transfer: TransferConfig | None = None,
     ) -> Result:
         return fetch(
             image,
@@ -473,7 +514,7 @@ class Client:
             buffer_bytes=self.config.transfer.buffer_bytes,
             file_mode=self.config.security.file_mode,
             progress=rec.progress(progress),
-            transfer=self.config.transfer,
+            transfer=transfer or self.config.transfer,
             observer=rec.observer(self.history.record),
             topology_tolerance=self.config.scoring.topology_tolerance,
             max_bytes=self.config.security.max_image_bytes,

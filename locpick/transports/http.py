@@ -18,8 +18,10 @@ from locpick.errors import LocationError, LocationUnreachable, TransferError, Un
 from locpick.models import Image, Location, Probe
 from locpick.netpolicy import AddressRefused, host_port
 from locpick.redact import SCRUB, redact_url
+from locpick.storm import HEADER as FILL_HEADER
+from locpick.storm import parse_fill_header
 from locpick.transports.base import Capabilities, Context, TransportDefaults
-from locpick.transports.guards import parse_content_range, status_error
+from locpick.transports.guards import parse_content_range, parse_retry_after, status_error
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
@@ -454,6 +456,7 @@ class HttpTransport(TransportDefaults):
             return Probe(url=shown, ok=False, error=str(exc).removeprefix(f"{shown}: "))
         try:
             ttfb = time.monotonic() - t0
+            fill = parse_fill_header(response.headers.get(FILL_HEADER))
             if response.status_code not in (200, 206):
                 return Probe(
                     url=shown,
@@ -462,6 +465,8 @@ class HttpTransport(TransportDefaults):
                     error=f"HTTP {response.status_code}",
                     final_url=final,
                     status=response.status_code,
+                    fill=fill,
+                    retry_after=parse_retry_after(response.headers.get("retry-after")),
                 )
             size = _resource_size(response)
             got = 0
@@ -491,6 +496,7 @@ class HttpTransport(TransportDefaults):
             size=size,
             final_url=final,
             throughput_bps=bps if bps and got > 256 * 1024 else None,
+            fill=fill,
         )
 
     def open(
