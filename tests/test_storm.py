@@ -32,6 +32,7 @@ from locpick.storm import (
     transfer_for,
 )
 from tests.helpers import image_record, run_cli, write_record
+from tests.origin import Faults, Origin
 
 MiB = 1 << 20
 ORIGIN = "http://origin.example/img"
@@ -328,3 +329,44 @@ def test_cli_rank_json_explains_filling_peers(peer: str, tmp_path: Path) -> None
     assert rows[-1]["url"] == peer + "/origin"
     assert any("origin held back" in n for n in rows[-1]["reasons"]["notes"])
     assert any("storm parent" in n for r in rows[:3] for n in r["reasons"]["notes"])
+
+
+# -- real downloads: the origin held back, a dead parent ------------------------------------------
+def _download(tmp_path: Path, record: dict[str, object]) -> dict[str, object]:
+    path = write_record(tmp_path / "m.json", record)
+    (tmp_path / "c.toml").write_text('history_file = ""\n')
+    dest = tmp_path / "img.raw"
+    proc = run_cli("download", "img", str(dest), "--metadata", str(path), "--json", "--config",
+                   str(tmp_path / "c.toml"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert dest.read_bytes() == DATA
+    doc: dict[str, object] = json.loads(proc.stdout)
+    return doc
+
+
+def test_download_reads_the_filling_peer_and_leaves_the_origin_alone(tmp_path: Path) -> None:
+    """A node that sees a filling peer reads it alone (no swarm with the origin, no probe of
+    the origin): the origin sends no byte."""
+    with Origin(DATA) as origin, Origin(DATA) as peer:
+        record = image_record("img", DATA, [origin.url, (peer.url, _fill_meta(1000.0))])
+        doc = _download(tmp_path, record)
+        assert doc["source_url"] == peer.url
+        assert origin.bytes_sent == 0 and peer.bytes_sent >= len(DATA)
+
+
+def test_download_falls_back_when_the_parent_dies(tmp_path: Path) -> None:
+    """The parent's copy failed (its serve answers 404): the other earlier filling copy takes
+    over; the origin is still not needed. With every peer dead, the origin delivers."""
+    dead = Faults(status=404)
+    with Origin(DATA) as origin, Origin(DATA, faults=dead) as a, Origin(DATA, faults=dead) as b:
+        with Origin(DATA) as c:
+            peers = [(a.url, _fill_meta(1000.0)), (c.url, _fill_meta(1001.0))]
+            record = image_record("img", DATA, [origin.url, *peers])
+            # fan-out 1 would be a chain; here the node is unregistered: either may be first
+            doc = _download(tmp_path, record)
+            assert doc["source_url"] == c.url and origin.bytes_sent == 0
+        record = image_record("img", DATA, [origin.url, (a.url, _fill_meta(1.0)),
+                                            (b.url, _fill_meta(2.0))])  # fmt: skip
+        (tmp_path / "img.raw").unlink()
+        doc = _download(tmp_path, record)
+        assert doc["source_url"] == origin.url and origin.bytes_sent >= len(DATA)
