@@ -129,3 +129,20 @@ def test_piece_map_round_trip_and_identity(tmp_path: Path) -> None:
     assert again.load() == 3 and again.prefix_bytes() == 2 * MiB
     other = PieceMap(G, tmp_path / "p", {**ident, "hash": "y"})
     assert other.load() == 0
+
+
+def test_origin_takes_the_tail_while_a_filling_peer_reads_the_front() -> None:
+    """Boot storm: a filling peer holds a growing prefix, so it reads from the front and the
+    complete copy (the origin) is asked for pieces from the end, nobody near holds those yet;
+    without a filling peer both claim from the front as before."""
+    s = _sched(20e6, 20e6)
+    s.workers[0].filling = True
+    peer, origin = s.next_task(0, 0.0), s.next_task(1, 0.0)
+    assert peer is not None and origin is not None
+    assert peer.first == 0 and origin.end == G.count and origin.first > peer.end
+    s.workers[0].live = False  # the peer died: the origin goes back to the front
+    again = _sched(20e6, 20e6)
+    assert again.next_task(0, 0.0).first == 0 and again.next_task(1, 0.0).first > 0  # type: ignore[union-attr]
+    s.release(origin)
+    nxt = s.next_task(1, 0.1)
+    assert nxt is not None and nxt.first == peer.end
