@@ -404,8 +404,9 @@ class Client:
                     "unverified bytes (pass --allow-unverified to accept a size-only check)"
                 )
             log.warning("image %s has no hash: downloading UNVERIFIED (size check only)", image_id)
-        # storm-fill's seam: pass the URL of this node's filling registration as ``mine``
-        image, plan = self._storm_plan(image, mine=None, refresh=metadata is None)
+        # storm-fill's seam: after a filling registration was tried, pass the URL registered
+        # (None if Glance refused it) as ``mine`` and ``refresh=metadata is None``
+        image, plan = self._storm_plan(image, mine=None, refresh=False)
         ranking = self.rank_image(image, for_download=True, dest=dest, probe=plan.parent is None)
         ranking = attrs.evolve(ranking, scores=storm.arrange(ranking.scores, plan))
         rec.ranked(ranking)
@@ -418,11 +419,12 @@ class Client:
     def _storm_plan(
         self, image: Image, *, mine: str | None, refresh: bool
     ) -> tuple[Image, storm.Plan]:
-        """This node's place in a boot storm. After registering its filling copy (``mine``) it
-        reads the image record ONCE more (``refresh``): Glance keeps locations in the order
-        they were added, so the refresh shows every copy registered before this one. The
-        copies it must not read (its own, later ones) are dropped from the image."""
-        if mine is not None and refresh:
+        """This node's place in a boot storm. After trying to register its filling copy
+        (``mine``: the URL, None if refused) it reads the image record ONCE more (``refresh``):
+        Glance keeps locations in the order they were added, so the refresh shows every copy
+        registered before this one (a refused add, 409/413/500, is itself a sign of a storm).
+        The copies it must not read (its own, later ones) are dropped from the image."""
+        if refresh:
             image = self.image(image.id)
         plan = storm.plan(
             image,
