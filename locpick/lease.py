@@ -21,9 +21,9 @@ MARKER = "locpick_cache"
 REGISTERED = "locpick_registered"
 #: Seconds the registration is valid from ``REGISTERED``.
 LEASE = "locpick_lease"
-#: ``"filling"`` on a copy registered while its download still runs (issue 19).
+#: ``"filling"`` on a copy registered while its download runs (stream-through, issue 19).
 FILL = "locpick_fill"
-#: Unix time (seconds, a float as a string) the filling copy's download started.
+#: Unix time (seconds, float as str) when that download started.
 FILL_STARTED = "locpick_fill_started"
 #: The reason word clients and ``rank`` use for a copy whose lease ran out.
 EXPIRED = "lease-expired"
