@@ -40,7 +40,7 @@ __all__ = [
 HEADER = "X-Locpick-Fill"
 #: Registrants beyond this many are placed in a plain heap order (``(i - 1) // fanout``):
 #: the tree's cost stays O(n x this).
-MAX_TREE = 1024
+MAX_TREE = 256
 _MAX_HEADER = 512
 _LEVELS = ("host", "rack", "zone", "region")
 
