@@ -146,3 +146,24 @@ def test_origin_takes_the_tail_while_a_filling_peer_reads_the_front() -> None:
     s.release(origin)
     nxt = s.next_task(1, 0.1)
     assert nxt is not None and nxt.first == peer.end
+
+
+def test_a_filling_peer_never_steals_the_origins_tail() -> None:
+    """However fast the filling peer measured, the origin's pieces at the end are not taken
+    from it (the peer does not hold them yet); a complete copy still steals from a slow one."""
+    s = _sched(500e6, 1e6)
+    s.workers[0].filling = True
+    tail = s.next_task(1, 0.0)
+    assert tail is not None
+    tail.first = G.count - 6  # the slow origin holds the last six pieces
+    tail.pos = G.start(tail.first)
+    for i in range(tail.first, G.count):
+        s.owner[i] = tail
+    for i in range(G.count):
+        if s.owner[i] is None and i < tail.first:
+            s.done[i] = True
+    s.advance(tail, G.start(tail.first) + 1)
+    assert s.next_task(0, 1.0) is None
+    s.workers[0].filling = False
+    stolen = s.next_task(0, 1.0)
+    assert stolen is not None and stolen.worker == 0

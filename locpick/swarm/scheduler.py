@@ -130,6 +130,11 @@ class Scheduler:
             return False
         return any(w.live and w.filling for w in self.workers.values())
 
+    def _ahead(self, thief: Worker, run: Run) -> bool:
+        """A filling peer does not steal or duplicate a complete copy's pieces: they lie past
+        what it holds (it would only wait for them), and the complete copy has them now."""
+        return thief.filling and not self.workers[run.worker].filling
+
     def _claim_tail(self, wid: int, last: int, share: int, now: float) -> Run:
         first = last
         while (
@@ -195,7 +200,7 @@ class Scheduler:
         rt, lat = thief.expected_bps(), thief.latency
         best: tuple[float, Run, int] | None = None
         for run in self.runs.values():
-            if run.worker == wid or run.dup or run.cancelled:
+            if run.worker == wid or run.dup or run.cancelled or self._ahead(thief, run):
                 continue
             u = self._untouched(run)
             if u >= run.end:
@@ -226,6 +231,8 @@ class Scheduler:
         best: tuple[float, Run] | None = None
         for run in self.runs.values():
             if run.worker == wid or run.dup or run.cancelled or run.first >= run.end:
+                continue
+            if self._ahead(thief, run):
                 continue
             p = run.first
             if self.done[p] or p in self.dups:
