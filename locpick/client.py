@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -297,9 +296,7 @@ class Client:
 
     def rank(self, image_id: str, *, metadata: Metadata | None = None) -> Ranking:
         """Every location of the image, best first, each with why."""
-        image, plan = self._storm_plan(
-            self.image(image_id, metadata=metadata), mine=None, refresh=False
-        )
+        image, plan = storm.prepare(self.image(image_id, metadata=metadata), self.config, mine=None)
         ranking = self.rank_image(image)
         ranking = attrs.evolve(ranking, scores=storm.arrange(ranking.scores, plan))
         t = self.config.transfer
@@ -379,9 +376,7 @@ class Client:
         cache_dir: str | os.PathLike[str] | None,
         register: bool | None,
     ) -> Result:
-        delay = storm.start_delay(self.config.herd, random.Random())  # noqa: S311 - spreading
-        if delay:
-            time.sleep(delay)
+        storm.wait_start(self.config.herd)
         image = self.image(image_id, metadata=metadata)
         cache = self.node_cache(cache_dir, required=False)
         publish = self.config.cache.register if register is None else register
@@ -404,9 +399,9 @@ class Client:
                     "unverified bytes (pass --allow-unverified to accept a size-only check)"
                 )
             log.warning("image %s has no hash: downloading UNVERIFIED (size check only)", image_id)
-        # storm-fill's seam: after a filling registration was tried, pass the URL registered
-        # (None if Glance refused it) as ``mine`` and ``refresh=metadata is None``
-        image, plan = self._storm_plan(image, mine=None, refresh=False)
+        # storm-fill's seam: once a filling registration was tried, mine=its URL (None if
+        # refused) and reload=lambda: self.image(image_id) (unless metadata is given)
+        image, plan = storm.prepare(image, self.config, mine=None)
         ranking = self.rank_image(image, for_download=True, dest=dest, probe=plan.parent is None)
         ranking = attrs.evolve(ranking, scores=storm.arrange(ranking.scores, plan))
         rec.ranked(ranking)
@@ -415,31 +410,6 @@ class Client:
         if cache is not None and result.verified:
             return attrs.evolve(result, cache=self._keep(cache, image, dest, publish))
         return result
-
-    def _storm_plan(
-        self, image: Image, *, mine: str | None, refresh: bool
-    ) -> tuple[Image, storm.Plan]:
-        """This node's place in a boot storm. After trying to register its filling copy
-        (``mine``: the URL, None if refused) it reads the image record ONCE more (``refresh``):
-        Glance keeps locations in the order they were added, so the refresh shows every copy
-        registered before this one (a refused add, 409/413/500, is itself a sign of a storm).
-        The copies it must not read (its own, later ones) are dropped from the image."""
-        if refresh:
-            image = self.image(image.id)
-        plan = storm.plan(
-            image,
-            self.config.herd,
-            self.config.topology,
-            mine=mine,
-            rng=random.Random(),  # noqa: S311
-        )
-        if plan.active:
-            log.info("image %s: %s", image.id, plan.why)
-            gone = set(plan.excluded)
-            image = attrs.evolve(
-                image, locations=tuple(loc for loc in image.locations if loc.url not in gone)
-            )
-        return image, plan
 
     def _keep(
         self, cache: NodeCache, image: Image, dest: str | os.PathLike[str], publish: bool

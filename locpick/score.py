@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from locpick import storm
+from locpick import peerfill
 from locpick.config import Config, Hint, Topology
 from locpick.models import Image, Location, Probe, Reasons, Score
 from locpick.reasons import Code, Reason
@@ -146,7 +146,7 @@ def _error_of(cand: Candidate, config: Config) -> Reason | None:
         error is None
         and probe is not None
         and not probe.ok
-        and not storm.busy(probe, cand.location)
+        and not peerfill.busy(probe, cand.location)
     ):
         code = Code.HTTP_STATUS if probe.status is not None else Code.PROBE_FAILED
         error = Reason(code, probe.error or "probe failed")
@@ -221,7 +221,7 @@ def rank(
         if bps is None:
             bps = sc.prior_copy_bps if cand.shared_fs else sc.prior_throughput_bps
             notes.append(f"throughput prior {bps / 1e6:.0f} MB/s")
-        fill = storm.judge(loc, probe, size, latency, bps)
+        fill = peerfill.judge(loc, probe, size, latency, bps)
         expected = latency + size / bps if fill is None else fill.expected
         weight = factor ** present.index(cls)
         effective = expected * weight

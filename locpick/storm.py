@@ -12,82 +12,38 @@ draw on the origin as well. Pure: the clock and rng are arguments.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import attrs
 
-from locpick.config import HerdConfig, Topology, TransferConfig
-from locpick.lease import FILL, FILL_STARTED, is_locpick_copy
-from locpick.models import FillHeader, Image, Location, Probe, Score
+from locpick.config import Config, HerdConfig, Topology, TransferConfig
+from locpick.lease import is_locpick_copy
+from locpick.models import Image, Score
+from locpick.peerfill import filling_since
 
 __all__ = [
-    "HEADER",
     "Plan",
     "arrange",
-    "filling_since",
     "parents",
-    "parse_fill_header",
     "plan",
+    "prepare",
     "start_delay",
     "takes_origin",
     "transfer_for",
+    "wait_start",
 ]
 
-#: The response header a peer's ``serve`` describes a filling (or complete) copy with.
-HEADER = "X-Locpick-Fill"
+log = logging.getLogger("locpick")
+
 #: Registrants beyond this many are placed in a plain heap order (``(i - 1) // fanout``):
 #: the tree's cost stays O(n x this).
 MAX_TREE = 256
-_MAX_HEADER = 512
 _LEVELS = ("host", "rack", "zone", "region")
-
-
-def parse_fill_header(value: str | None) -> FillHeader | None:
-    """``state=filling; held=N; size=N; rate=N`` as a FillHeader; None when absent or malformed
-    (a peer's header is advice: a bad one is ignored, never an error). Unknown keys are skipped."""
-    if not value or len(value) > _MAX_HEADER:
-        return None
-    fields: dict[str, str] = {}
-    for part in value.split(";"):
-        key, sep, val = part.partition("=")
-        if sep:
-            fields[key.strip().lower()] = val.strip()
-    held = _count(fields.get("held"))
-    if held is None or fields.get("state") not in ("filling", "complete"):
-        return None
-    state: Literal["filling", "complete"] = (
-        "filling" if fields.get("state") == "filling" else "complete"
-    )
-    size = _count(fields.get("size"))
-    if size is not None and held > size:
-        return None
-    rate = _count(fields.get("rate"))
-    return FillHeader(state=state, held=held, size=size, rate=None if rate is None else float(rate))
-
-
-def _count(text: str | None) -> int | None:
-    """A non-negative integer written in decimal digits (a float's integer part accepted)."""
-    if text is None:
-        return None
-    head = text.split(".", 1)[0]
-    if not head.isdigit() or len(head) > 20:
-        return None
-    return int(head)
-
-
-def filling_since(metadata: Mapping[str, Any]) -> float | None:
-    """When a locpick copy registered as filling started (``0.0`` if not said), else None."""
-    if not is_locpick_copy(metadata) or metadata.get(FILL) != "filling":
-        return None
-    raw = metadata.get(FILL_STARTED)
-    try:
-        started = float(raw) if isinstance(raw, str | int | float) else 0.0
-    except ValueError:
-        started = 0.0
-    return started if math.isfinite(started) and started >= 0 else 0.0
 
 
 def _place(metadata: Mapping[str, Any]) -> Topology:
@@ -221,6 +177,31 @@ def plan(
     )
 
 
+def prepare(
+    image: Image,
+    config: Config,
+    *,
+    mine: str | None,
+    reload: Callable[[], Image] | None = None,
+    rng: random.Random | None = None,
+) -> tuple[Image, Plan]:
+    """A download's storm step. After trying to register its filling copy (``mine``: the URL,
+    None if refused) a node reads the image record ONCE more (``reload``): Glance keeps
+    locations in the order they were added, so that shows every copy registered before this
+    one (a refused add, 409/413/500, is itself a sign of a storm). The copies it must not read
+    (its own, later ones) are dropped from the image it ranks."""
+    if reload is not None:
+        image = reload()
+    rng = rng if rng is not None else random.Random()  # noqa: S311 - load spreading
+    p = plan(image, config.herd, config.topology, mine=mine, rng=rng)
+    if not p.active:
+        return image, p
+    log.info("image %s: %s", image.id, p.why)
+    gone = set(p.excluded)
+    kept = tuple(loc for loc in image.locations if loc.url not in gone)
+    return attrs.evolve(image, locations=kept), p
+
+
 def _spread(
     tree: list[int | None], places: Sequence[Topology], me: int, fanout: int, rng: random.Random
 ) -> int:
@@ -298,62 +279,14 @@ def start_delay(config: HerdConfig, rng: random.Random) -> float:
     return rng.uniform(0.0, config.start_jitter) if config.start_jitter > 0 else 0.0
 
 
-@attrs.frozen
-class Judgement:
-    """A peer copy's expected delivery time as a filling or busy copy, and why."""
-
-    expected: float
-    text: str
-
-
-def busy(probe: Probe | None, location: Location) -> bool:
-    """A peer answered 503 (``max_clients`` or bytes not there yet): a cheap, immediate
-    negative that ranks it lower, not a failure that rules it out."""
-    return (
-        probe is not None
-        and not probe.ok
-        and probe.status == 503
-        and (probe.fill is not None or is_locpick_copy(location.metadata))
-    )
-
-
-def judge(
-    location: Location, probe: Probe | None, size: int, latency: float, bps: float
-) -> Judgement | None:
-    """Expected seconds from a filling or busy peer: bytes it does not hold yet come no faster
-    than it fills, ``latency + max(size / bps, (size - held) / fill rate)``; a busy one waits
-    its Retry-After first. None for any other location (scored as usual)."""
-    fill = probe.fill if probe is not None else None
-    since = filling_since(location.metadata)
-    is_busy = busy(probe, location)
-    if not is_busy and (fill is None or fill.state == "complete") and since is None:
-        return None
-    parts: list[str] = []
-    expected = latency + size / bps
-    if fill is not None and fill.state == "filling":
-        left = max(0, size - fill.held)
-        parts.append(f"filling: holds {_mib(fill.held)} of {_mib(size)}")
-        if fill.rate:
-            expected = latency + max(size / bps, left / fill.rate)
-            speed = min(bps, size / max(expected - latency, 1e-9))
-            parts.append(f"fills at {fill.rate / 1e6:.1f} MB/s: expected {speed / 1e6:.1f} MB/s")
-        else:
-            parts.append("fill rate unknown")
-    elif fill is not None:
-        parts.append("complete copy")
-    elif since is not None:
-        parts.append("registered as filling (held bytes and rate unknown: not probed)")
-    if is_busy:
-        wait = max(1.0, probe.retry_after or 1.0) if probe is not None else 1.0
-        expected += wait
-        parts.append(f"busy (503): +{wait:.0f}s")
-    return Judgement(expected, "; ".join(parts))
-
-
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
-
-
-def filling_peers(locations: Sequence[Location]) -> int:
-    """How many locations are filling copies (a storm is under way when any is)."""
-    return sum(filling_since(loc.metadata) is not None for loc in locations)
+def wait_start(
+    config: HerdConfig,
+    *,
+    rng: random.Random | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> float:
+    """Sleep the start jitter (:func:`start_delay`); returns the seconds slept."""
+    delay = start_delay(config, rng if rng is not None else random.Random())  # noqa: S311
+    if delay > 0:
+        sleep(delay)
+    return delay

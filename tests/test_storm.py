@@ -20,16 +20,16 @@ from hypothesis import strategies as st
 from locpick.config import Config, HerdConfig, Topology, TransferConfig
 from locpick.lease import FILL, FILL_STARTED, MARKER
 from locpick.models import FillHeader, Image, Location, Probe
+from locpick.peerfill import judge, parse_fill_header
 from locpick.score import Candidate, rank
 from locpick.storm import (
     arrange,
-    judge,
     parents,
-    parse_fill_header,
     plan,
     start_delay,
     takes_origin,
     transfer_for,
+    wait_start,
 )
 from tests.helpers import image_record, run_cli, write_record
 from tests.origin import Faults, Origin
@@ -132,6 +132,9 @@ def test_start_jitter_bounded_and_spread() -> None:
     delays = [start_delay(HerdConfig(start_jitter=0.5), rng) for _ in range(200)]
     assert all(0 <= d < 0.5 for d in delays) and max(delays) - min(delays) > 0.3
     assert start_delay(HerdConfig(), rng) == 0.0
+    slept: list[float] = []
+    assert wait_start(HerdConfig(start_jitter=2.0), rng=rng, sleep=slept.append) == slept[0] > 0
+    assert wait_start(HerdConfig(), sleep=slept.append) == 0.0 and len(slept) == 1
 
 
 # -- one node's plan ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import locpick
 from locpick._demo.origin import Origin
 from locpick.config import CacheConfig, Config, HerdConfig
 from locpick.lease import FILL, FILL_STARTED, MARKER
+from locpick.storm import prepare
 
 pytestmark = pytest.mark.glance
 
@@ -44,10 +45,12 @@ def test_registration_order_from_glance_builds_the_tree(
                 gh.add_http_location(w.endpoint, image_id, url, meta, token=w.admin_token)
             plans = {}
             for i, url in enumerate(urls):
-                image, plans[i] = c._storm_plan(before, mine=url, refresh=True)
+                image, plans[i] = prepare(
+                    before, config, mine=url, reload=lambda: c.image(image_id)
+                )
                 assert {loc.url for loc in image.locations} >= {origin.url, *urls[:i]}
                 assert not {loc.url for loc in image.locations} & set(urls[i:])
-            _stale, none = c._storm_plan(before, mine=urls[3], refresh=False)
+            _stale, none = prepare(before, config, mine=urls[3])
     assert plans[0].parent is None and plans[0].origin
     assert [plans[i].parent for i in (1, 2, 3)] == [urls[0], urls[0], urls[1]]
     assert not any(plans[i].origin for i in (1, 2, 3))

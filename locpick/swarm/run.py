@@ -16,8 +16,8 @@ import attrs
 from locpick.config import TransferConfig
 from locpick.errors import AllLocationsFailed
 from locpick.models import Attempt, Image, Location, Score, SourceShare
+from locpick.peerfill import filling_since
 from locpick.redact import SCRUB
-from locpick.storm import filling_since
 from locpick.swarm.ordered_hash import OrderedHasher
 from locpick.swarm.partfile import SwarmSink
 from locpick.swarm.reader import Connection

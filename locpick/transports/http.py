@@ -17,9 +17,9 @@ import httpx
 from locpick.errors import LocationError, LocationUnreachable, TransferError, UnsupportedLocation
 from locpick.models import Image, Location, Probe
 from locpick.netpolicy import AddressRefused, host_port
+from locpick.peerfill import HEADER as FILL_HEADER
+from locpick.peerfill import parse_fill_header
 from locpick.redact import SCRUB, redact_url
-from locpick.storm import HEADER as FILL_HEADER
-from locpick.storm import parse_fill_header
 from locpick.transports.base import Capabilities, Context, TransportDefaults
 from locpick.transports.guards import parse_content_range, parse_retry_after, status_error
 
