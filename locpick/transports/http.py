@@ -451,7 +451,10 @@ class HttpTransport(TransportDefaults):
         n = self.ctx.config.probe.ttfb_bytes
         t0 = time.monotonic()
         try:
-            response, final = self._get(location, {"Range": f"bytes=0-{n - 1}"}, timeout=timeout)
+            # Prefer: wait=0: a peer's copy still filling answers with its fill state at once
+            # (503 + X-Locpick-Fill) rather than holding the probe until the bytes arrive
+            headers = {"Range": f"bytes=0-{n - 1}", "Prefer": "wait=0"}
+            response, final = self._get(location, headers, timeout=timeout)
         except LocationError as exc:
             return Probe(url=shown, ok=False, error=str(exc).removeprefix(f"{shown}: "))
         try:
