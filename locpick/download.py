@@ -16,9 +16,10 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
-from locpick import journal
+from locpick import journal, storm
 from locpick.cache import NodeCache, copy_out
 from locpick.cachesync import CacheSync, cache_error
+from locpick.config import TransferConfig
 from locpick.errors import AllLocationsFailed, ConfigError, LocpickError, UnverifiedImage
 from locpick.fetch import Progress, fetch
 from locpick.models import Attempt, CacheStep, Image, Result, Score
@@ -80,7 +81,8 @@ class Download:
         return result
 
     def load_image(self) -> Image:
-        """The image record (``metadata`` or Glance)."""
+        """The image record (``metadata`` or Glance), after the storm start jitter."""
+        storm.wait_start(self.config.herd)
         return self.session.image(self.image_id, metadata=self.metadata)
 
     def open_cache(self) -> None:
@@ -151,16 +153,25 @@ class Download:
 
     def transfer(self, image: Image) -> Result:
         """Rank the locations, then fetch in rounds until one delivers a verified copy."""
-        ranking = self.ranker.rank_image(image, for_download=True, dest=self.dest)
+        # storm-fill's seam: once a filling registration was tried, mine=its URL (None if
+        # refused) and reload=lambda: self.session.image(image.id) (unless metadata is given)
+        image, plan = storm.prepare(image, self.config, mine=None)
+        ranking = self.ranker.rank_image(
+            image, for_download=True, dest=self.dest, probe=plan.parent is None
+        )
+        ranking = attrs.evolve(ranking, scores=storm.arrange(ranking.scores, plan))
         self.rec.ranked(ranking)
+        transfer = storm.transfer_for(self.config.transfer, plan)
         return fetch_in_rounds(
             image,
             ranking.scores,
-            lambda scores: self.fetch_once(image, scores),
+            lambda scores: self.fetch_once(image, scores, transfer),
             self.ranker,
         )
 
-    def fetch_once(self, image: Image, scores: Sequence[Score]) -> Result:
+    def fetch_once(
+        self, image: Image, scores: Sequence[Score], transfer: TransferConfig | None = None
+    ) -> Result:
         """One pass of the fetcher over ``scores`` (in rank order)."""
         return fetch(
             image,
@@ -170,7 +181,7 @@ class Download:
             buffer_bytes=self.config.transfer.buffer_bytes,
             file_mode=self.config.security.file_mode,
             progress=self.rec.progress(self.progress),
-            transfer=self.config.transfer,
+            transfer=transfer or self.config.transfer,
             observer=self.rec.observer(self.session.history.record),
             topology_tolerance=self.config.scoring.topology_tolerance,
             max_bytes=self.config.security.max_image_bytes,

@@ -12,10 +12,13 @@ import httpx
 from locpick.errors import LocationError, TransferError, reason_of
 from locpick.models import Image, Location, Probe
 from locpick.netpolicy import host_port
+from locpick.peerfill import HEADER as FILL_HEADER
+from locpick.peerfill import parse_fill_header
 from locpick.transports.base import Capabilities, Context, TransportDefaults
 from locpick.transports.guards import (
     check_total,
     parse_content_range,
+    parse_retry_after,
     probe_size_mismatch,
     status_error,
 )
@@ -52,13 +55,15 @@ class HttpTransport(TransportDefaults):
         n = self.ctx.config.probe.ttfb_bytes
         t0 = time.monotonic()
         try:
-            response, final = self._req.get(
-                location, {"Range": f"bytes=0-{n - 1}"}, timeout=timeout
-            )
+            # Prefer: wait=0: a peer's copy still filling answers with its fill state at once
+            # (503 + X-Locpick-Fill) rather than holding the probe until the bytes arrive
+            headers = {"Range": f"bytes=0-{n - 1}", "Prefer": "wait=0"}
+            response, final = self._req.get(location, headers, timeout=timeout)
         except LocationError as exc:
             return Probe(url=shown, ok=False, error=reason_of(exc))
         try:
             ttfb = time.monotonic() - t0
+            fill = parse_fill_header(response.headers.get(FILL_HEADER))
             if response.status_code not in (200, 206):
                 return Probe(
                     url=shown,
@@ -67,6 +72,8 @@ class HttpTransport(TransportDefaults):
                     error=f"HTTP {response.status_code}",
                     final_url=final,
                     status=response.status_code,
+                    fill=fill,
+                    retry_after=parse_retry_after(response.headers.get("retry-after")),
                 )
             size = _resource_size(response)
             got = 0
@@ -90,6 +97,7 @@ class HttpTransport(TransportDefaults):
             size=size,
             final_url=final,
             throughput_bps=bps if bps and got > 256 * 1024 else None,
+            fill=fill,
         )
 
     def open(
