@@ -21,9 +21,9 @@ from locpick import swarm
 from locpick.config import TransferConfig
 from locpick.errors import InputError
 from locpick.fetchpolicy import Timing
-from locpick.filltee import Tee
 from locpick.fetchpump import Progress
 from locpick.fetchrun import Download, Observer
+from locpick.filltee import Tee
 from locpick.hashing import Expected
 from locpick.models import Image, Result, Score
 from locpick.sink import AtomicSink, dest_lock, open_private
