@@ -29,242 +29,58 @@ reason), and an entry's files must be regular, ours, not group/world-writable an
 (a hardlink planted from elsewhere is not an entry). Data is opened with ``O_NOFOLLOW`` and the
 checks are made on the opened file (``fstat``), not on the path. ``DIR`` is made 0700 and
 entries 0600: a private image in the cache is readable by this user only.
+
+Code: ``cachefiles`` (names, trust checks on files, sidecars, the leftovers sweep),
+``cacheview`` (trust of the directory, secret, finding and opening entries), this module
+(adding and evicting under the lock) and ``cachecopy`` (copying an entry onto a DEST).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
-import re
-import shutil
-import signal
-import stat
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import attrs
-import filelock
-
 from locpick import journal
-from locpick.atomicfile import replace_file
-from locpick.capability import UntrustedCache, image_token, load_secret, rotate_secret
-from locpick.errors import DestinationError, InputError
-from locpick.filltee import fill_id, remove_if_dead
+from locpick.cachecopy import copy_out
+from locpick.cachefiles import (
+    COPY_CHUNK,
+    FILL_SUFFIX,
+    FILLING_SUFFIX,
+    TMP_SUFFIX,
+    CacheEntry,
+    crashpoint,
+    read_sidecar,
+    sweep_leftovers,
+    valid_image_id,
+    write_all,
+    write_sidecar,
+)
+from locpick.cacheview import CacheView
+from locpick.errors import DestinationError
 from locpick.hashing import Expected
 from locpick.models import Image
-from locpick.redact import redact_url
+
+__all__ = [
+    "FILLING_SUFFIX",
+    "FILL_SUFFIX",
+    "CacheEntry",
+    "NodeCache",
+    "copy_out",
+    "valid_image_id",
+]
 
 log = logging.getLogger("locpick")
 
-#: Image ids a cache accepts: Glance ids are UUIDs; anything path-like is refused.
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
-_SIDECAR = ".json"
-_TMP_SUFFIX = ".locpick-tmp"
-#: A copy still being filled (stream-through): its data and its fill record.
-FILLING_SUFFIX = ".filling"
-FILL_SUFFIX = ".fill"
-#: Bytes per write when copying into the cache.
-_COPY_CHUNK = 1 << 20
 
-
-def valid_image_id(image_id: str) -> bool:
-    """True for an id that can name a cache file (no dots, slashes or other path syntax)."""
-    return isinstance(image_id, str) and _ID.fullmatch(image_id) is not None
-
-
-@attrs.frozen
-class CacheEntry:
-    """One visible cached image."""
-
-    image_id: str
-    path: Path
-    size: int
-    algo: str
-    digest: str
-    last_used: float
-    #: The location URL this node registered in Glance for it, if any.
-    registered_url: str | None = None
-    #: The image's Glance visibility when it was cached (``serve``'s ``open_public`` reads it).
-    visibility: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "image_id": self.image_id,
-            "path": str(self.path),
-            "size": self.size,
-            "algo": self.algo,
-            "digest": self.digest,
-            "last_used": round(self.last_used, 3),
-            "registered_url": redact_url(self.registered_url) if self.registered_url else None,
-            "visibility": self.visibility,
-        }
-
-
-class NodeCache:
-    """A directory of verified images, safe to share between processes (filelock)."""
-
-    def __init__(self, directory: str | os.PathLike[str], max_bytes: int | None = None) -> None:
-        self.dir = Path(directory).absolute()
-        self.max_bytes = max_bytes
-        self.images = self.dir / "images"
-        try:
-            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.images.mkdir(mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"cache dir {self.dir}: cannot create ({exc.strerror})") from exc
-        self._tighten()
-        self._lock = filelock.FileLock(str(self.dir / ".lock"), timeout=60)
-
-    # -- trust --------------------------------------------------------------------------------
-    def _tighten(self) -> None:
-        """Make our own, otherwise safe, cache directories private (0700)."""
-        for d in (self.dir, self.images):
-            with contextlib.suppress(OSError):
-                st = os.stat(d, follow_symlinks=False)
-                if _dir_problem(d, st) is None and stat.S_IMODE(st.st_mode) != 0o700:
-                    os.chmod(d, 0o700)
-
-    def problem(self) -> str | None:
-        """Why this cache cannot be trusted (someone else could write there), else None."""
-        for d in (self.dir, self.images):
-            try:
-                st = os.stat(d, follow_symlinks=False)
-            except OSError as exc:
-                return f"cache dir {d}: cannot stat ({exc.strerror})"
-            reason = _dir_problem(d, st)
-            if reason is not None:
-                return reason
-        return None
-
-    def check(self) -> None:
-        """Raise :class:`UntrustedCache` naming the reason when the cache cannot be trusted."""
-        reason = self.problem()
-        if reason is not None:
-            raise UntrustedCache(reason)
-
-    def secret(self) -> bytes:
-        """This node's capability secret (created 0600 on first use)."""
-        self.check()
-        return load_secret(self.dir)
-
-    def token(self, image_id: str) -> str:
-        """The capability token that ``serve`` expects for ``image_id``."""
-        return image_token(self.secret(), image_id)
-
-    def rotate_secret(self) -> None:
-        """A new secret: every capability URL made with the old one is refused from now on."""
-        self.check()
-        rotate_secret(self.dir)
-
-    # -- reading ------------------------------------------------------------------------------
-    def _paths(self, image_id: str) -> tuple[Path, Path]:
-        if not valid_image_id(image_id):
-            raise InputError(f"cache: {image_id!r} is not a valid image id")
-        return self.images / image_id, self.images / (image_id + _SIDECAR)
-
-    def entry(self, image_id: str) -> CacheEntry | None:
-        """The visible entry for ``image_id`` (complete data + agreeing sidecar), else None.
-
-        None also when the cache or the entry's files could have been planted by someone else.
-        """
-        if not valid_image_id(image_id) or self.problem() is not None:
-            return None
-        data, side = self._paths(image_id)
-        meta = _read_sidecar(side)
-        if meta is None:
-            return None
-        try:
-            st = os.lstat(data)
-        except OSError:
-            return None
-        return _entry_from(image_id, data, st, *meta)
-
-    def open_entry(self, image_id: str) -> tuple[int, CacheEntry] | None:
-        """(fd, entry) of a visible entry, opened with ``O_NOFOLLOW`` and checked on the fd.
-
-        The caller closes the fd. Serving or copying from the fd reads exactly the file that
-        was checked, whatever is renamed over the path meanwhile.
-        """
-        if not valid_image_id(image_id) or self.problem() is not None:
-            return None
-        data, side = self._paths(image_id)
-        meta = _read_sidecar(side)
-        if meta is None:
-            return None
-        try:
-            fd = os.open(data, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            return None
-        entry = _entry_from(image_id, data, os.fstat(fd), *meta)
-        if entry is None:
-            os.close(fd)
-            return None
-        return fd, entry
-
-    def fill_paths(self, image_id: str) -> tuple[Path, Path]:
-        """(data, record) of a copy of ``image_id`` still being filled: ``images/<id>.filling``
-        and its fill record ``images/<id>.fill`` (:mod:`locpick.fillstate`)."""
-        data = self._paths(image_id)[0]
-        return data.with_name(data.name + FILLING_SUFFIX), data.with_name(data.name + FILL_SUFFIX)
-
-    def open_filling(self, image_id: str) -> int | None:
-        """A read-only fd on the ``.filling`` data of ``image_id``, opened and checked as an
-        entry's data is (``O_NOFOLLOW``; regular, ours, one link, checked on the fd); else None.
-        """
-        if not valid_image_id(image_id) or self.problem() is not None:
-            return None
-        try:
-            fd = os.open(
-                self.fill_paths(image_id)[0],
-                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-            )
-        except OSError:
-            return None
-        reason = _file_problem(os.fstat(fd))
-        if reason is not None:
-            log.warning("cache: ignoring the filling copy of %s: %s", image_id, reason)
-            os.close(fd)
-            return None
-        return fd
-
-    def lookup(self, image: Image) -> CacheEntry | None:
-        """A cached copy proven to be ``image``: same size and the record's own hash."""
-        entry = self.entry(image.id)
-        if entry is None:
-            return None
-        expected = Expected.for_image(image.os_hash_algo, image.os_hash_value, image.checksum)
-        if expected.value is None:
-            return None
-        if (
-            entry.algo != expected.algo
-            or entry.digest != expected.value
-            or (image.size is not None and entry.size != image.size)
-        ):
-            log.info("cache: copy of %s does not match the current record; ignoring it", image.id)
-            return None
-        return entry
-
-    def entries(self) -> list[CacheEntry]:
-        """Every visible entry, least recently used first."""
-        found = []
-        for side in self.images.glob("*" + _SIDECAR):
-            entry = self.entry(side.name[: -len(_SIDECAR)])
-            if entry is not None:
-                found.append(entry)
-        return sorted(found, key=lambda e: (e.last_used, e.image_id))
-
-    def touch(self, image_id: str) -> None:
-        """Mark an entry as just used (LRU order)."""
-        with contextlib.suppress(OSError, InputError):
-            os.utime(self._paths(image_id)[1])
-
-    def total_bytes(self) -> int:
-        return sum(e.size for e in self.entries())
+class NodeCache(CacheView):
+    """A directory of verified images, safe to share between processes (filelock): reading
+    (:class:`~locpick.cacheview.CacheView`) plus adding and evicting under the lock."""
 
     # -- changing -----------------------------------------------------------------------------
     def add_file(self, image: Image, source: str | os.PathLike[str]) -> list[CacheEntry]:
@@ -292,7 +108,7 @@ class NodeCache:
         data = self._paths(image.id)[0]
         fd, tmp = self._copy_to_temp(source, data)
         try:
-            _crashpoint("copied")
+            crashpoint("copied")
             return self.install(image, tmp, size)
         finally:
             os.close(fd)
@@ -309,18 +125,18 @@ class NodeCache:
         expected = Expected.for_image(image.os_hash_algo, image.os_hash_value, image.checksum)
         data, side = self._paths(image.id)
         with self._lock:
-            _crashpoint("locked")
+            crashpoint("locked")
             self._sweep()
             evicted = self._make_room(size, keep=image.id)
             previous = self.entry(image.id)
             with contextlib.suppress(FileNotFoundError):
                 side.unlink()  # the old entry is invisible before its data is replaced
-            _crashpoint("hidden")
+            crashpoint("hidden")
             os.replace(tmp, data)
-            _crashpoint("replaced")
+            crashpoint("replaced")
             if registered_url is None and previous is not None:
                 registered_url = previous.registered_url
-            self._write_sidecar(
+            write_sidecar(
                 side,
                 {
                     "size": size,
@@ -331,7 +147,7 @@ class NodeCache:
                     "visibility": image.visibility,
                 },
             )
-            _crashpoint("visible")
+            crashpoint("visible")
         return evicted
 
     def recover(self) -> None:
@@ -345,7 +161,7 @@ class NodeCache:
         The lock tells a sweeper that the writer is alive: a killed writer's lock is released
         by the kernel, so its temp file can be removed at once, whatever its age."""
         while True:
-            fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=_TMP_SUFFIX, dir=self.images)
+            fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=TMP_SUFFIX, dir=self.images)
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 if os.stat(name).st_ino == os.fstat(fd).st_ino:
@@ -359,9 +175,9 @@ class NodeCache:
         fd, tmp = self._locked_temp(data.name)
         try:
             with open(source, "rb") as src:
-                while chunk := src.read(_COPY_CHUNK):
-                    _write_all(fd, chunk)
-                    _crashpoint("copying")
+                while chunk := src.read(COPY_CHUNK):
+                    write_all(fd, chunk)
+                    crashpoint("copying")
             os.fchmod(fd, 0o600)
             os.fsync(fd)
         except OSError as exc:
@@ -373,9 +189,6 @@ class NodeCache:
             ) from exc
         return fd, tmp
 
-    def _write_sidecar(self, side: Path, meta: dict[str, Any]) -> None:
-        replace_file(side, json.dumps(meta).encode(), mode=0o600, suffix=_TMP_SUFFIX)
-
     def set_registered(self, image_id: str, url: str | None) -> None:
         """Record (or clear) the Glance location URL this node published for an entry."""
         self.update_meta(image_id, registered_url=url)
@@ -384,14 +197,14 @@ class NodeCache:
         """Change sidecar fields of an entry (e.g. ``visibility``), keeping its LRU time."""
         side = self._paths(image_id)[1]
         with self._lock:
-            found = _read_sidecar(side)
+            found = read_sidecar(side)
             if found is None:
                 return
             meta, mtime = found
             if all(meta.get(k) == v for k, v in changes.items()):
                 return
             meta.update(changes)
-            self._write_sidecar(side, meta)
+            write_sidecar(side, meta)
             with contextlib.suppress(OSError):
                 os.utime(side, (mtime, mtime))
 
@@ -429,168 +242,5 @@ class NodeCache:
         return evicted
 
     def _sweep(self) -> None:
-        """Drop crash leftovers (caller holds the lock): data without sidecar, sidecars
-        without data, temp files whose writer is gone (their flock is free) and the files of
-        a fill whose downloader died (its record's flock is free)."""
-        for path in self.images.iterdir():
-            name = path.name
-            with contextlib.suppress(OSError):
-                image_id = fill_id(name)
-                if image_id is not None and valid_image_id(image_id):
-                    remove_if_dead(self.images, image_id)
-                elif name.endswith(_TMP_SUFFIX):
-                    _remove_if_abandoned(path)
-                elif name.endswith(_SIDECAR):
-                    if not (self.images / name[: -len(_SIDECAR)]).exists():
-                        path.unlink()
-                elif not (self.images / (name + _SIDECAR)).exists() and valid_image_id(name):
-                    path.unlink()
-
-
-def _dir_problem(path: Path, st: os.stat_result) -> str | None:
-    if not stat.S_ISDIR(st.st_mode):
-        return f"cache dir {path}: not a directory"
-    if st.st_uid != os.geteuid():
-        return f"cache dir {path}: owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})"
-    if st.st_mode & 0o022:
-        return (
-            f"cache dir {path}: group/world-writable (mode {stat.S_IMODE(st.st_mode):04o}); "
-            "others could plant images in it: chmod 700 it and evict what you do not trust"
-        )
-    return None
-
-
-def _file_problem(st: os.stat_result) -> str | None:
-    """Why a cache file cannot be trusted (shown in logs), else None."""
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
-    if st.st_uid != os.geteuid():
-        return f"owned by uid {st.st_uid}"
-    if st.st_nlink != 1:
-        return f"has {st.st_nlink} links"
-    if st.st_mode & 0o022:
-        return "group/world-writable"
-    return None
-
-
-def _read_sidecar(side: Path) -> tuple[dict[str, Any], float] | None:
-    """(metadata, mtime) of a trustworthy sidecar, else None."""
-    try:
-        fd = os.open(side, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        reason = _file_problem(st)
-        if reason is not None or st.st_size > 1 << 16:
-            if reason is not None:
-                log.warning("cache: ignoring sidecar %s: %s", side, reason)
-            return None
-        with os.fdopen(os.dup(fd), encoding="utf-8") as fh:
-            meta = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    finally:
-        os.close(fd)
-    return (meta, st.st_mtime) if isinstance(meta, dict) else None
-
-
-def _entry_from(
-    image_id: str, data: Path, st: os.stat_result, meta: dict[str, Any], last_used: float
-) -> CacheEntry | None:
-    reason = _file_problem(st)
-    if reason is not None:  # a symlink, device, hardlink or foreign file planted in the cache
-        log.warning("cache: ignoring %s: %s", data, reason)
-        return None
-    algo, digest = meta.get("algo"), meta.get("digest")
-    if meta.get("size") != st.st_size or not isinstance(algo, str) or not isinstance(digest, str):
-        return None
-    reg, vis = meta.get("registered_url"), meta.get("visibility")
-    return CacheEntry(
-        image_id=image_id,
-        path=data,
-        size=st.st_size,
-        algo=algo,
-        digest=digest,
-        last_used=last_used,
-        registered_url=reg if isinstance(reg, str) else None,
-        visibility=vis if isinstance(vis, str) else None,
-    )
-
-
-def _write_all(fd: int, chunk: bytes) -> None:
-    view = memoryview(chunk)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _remove_if_abandoned(path: Path) -> None:
-    """Unlink a temp file unless a live writer holds its flock (sidecar temps are written
-    under the cache lock, which the sweeper holds, so theirs is always free)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return
-    try:
-        if os.fstat(fd).st_ino == os.lstat(path).st_ino:
-            path.unlink()
-            log.info("cache: removed %s, left by a writer that died", path.name)
-    finally:
-        os.close(fd)
-
-
-def _crashpoint(name: str) -> None:
-    """Test hook for the crash-safety tests: ``LOCPICK_TEST_CRASH_AT=name`` makes this process
-    SIGKILL itself at that named step of :meth:`NodeCache.add_file` (a real kill -9)."""
-    if os.environ.get("LOCPICK_TEST_CRASH_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def copy_out(entry: CacheEntry, dest: str | os.PathLike[str], *, mode: int = 0o644) -> bool:
-    """Copy a cached image onto ``dest`` atomically (temp beside dest, fsync, rename).
-
-    False when the entry vanished meanwhile (evicted by another process) or its file no longer
-    passes the cache's trust checks (checked on the opened file): dest is untouched. True means
-    the bytes came from a file only this user could have written, verified when it was added,
-    so the caller may report the entry's hash as ``verified``.
-    """
-    target = Path(dest)
-    parent = target.parent
-    if not parent.is_dir():
-        raise InputError(f"dest {target}: directory {parent} does not exist")
-    if target.is_dir():
-        raise InputError(f"dest {target}: is a directory")
-    try:
-        src_fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return False
-    src = os.fdopen(src_fd, "rb")
-    st = os.fstat(src_fd)
-    reason = _file_problem(st)
-    if reason is not None or st.st_size != entry.size:
-        src.close()
-        log.warning("cache: not using %s: %s", entry.path, reason or "size changed")
-        return False
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=_TMP_SUFFIX, dir=parent)
-    try:
-        with src, os.fdopen(fd, "wb") as dst:
-            shutil.copyfileobj(src, dst, 4 << 20)
-            dst.flush()
-            if dst.tell() != entry.size:
-                raise DestinationError(
-                    f"dest {target}: cached copy of {entry.image_id} changed while copying"
-                )
-            os.fchmod(dst.fileno(), mode)
-            os.fsync(dst.fileno())
-        os.replace(name, target)
-        return True
-    except OSError as exc:
-        raise DestinationError(f"dest {target}: copy from cache failed ({exc.strerror})") from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
+        """Drop crash leftovers (caller holds the lock): see :func:`sweep_leftovers`."""
+        sweep_leftovers(self.images)
