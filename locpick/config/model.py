@@ -2,7 +2,8 @@
 
 Every knob that changes a decision lives here with its default and a one-line meaning, so that
 nothing is a magic constant buried in code. See the README's configuration section; reading a
-file is :mod:`locpick.config.load`, the environment :mod:`locpick.config.env`.
+file is :mod:`locpick.config.load`, the environment :mod:`locpick.config.env`. The connection
+and store sections live in :mod:`locpick.config.connection` and :mod:`locpick.config.stores`.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from typing import Any
 
 import attrs
 
+from locpick.config.connection import NetworkConfig, TLSConfig
+from locpick.config.stores import GlanceConfig, S3Config, SwiftConfig, SwiftRefConfig
 from locpick.errors import ConfigError
 
 __all__ = [
     "CacheConfig",
     "Config",
     "Filesystem",
+    "GlanceConfig",
     "Hint",
     "NetworkConfig",
     "Policy",
@@ -256,33 +260,6 @@ class ServeConfig:
 
 
 @attrs.frozen
-class TLSConfig:
-    """One trust store for every connection (Glance, Keystone, probes, bulk GETs, Swift, S3)."""
-
-    #: CA bundle (PEM) to verify servers against; wins over OS_CACERT, clouds.yaml ``cacert``,
-    #: SSL_CERT_FILE/SSL_CERT_DIR and the system store, in that order.
-    ca_file: str | None = None
-    #: False = ``--insecure`` (also OS_INSECURE): no verification, warned about on every use.
-    verify: bool = True
-    #: Client certificate (PEM) for servers that require mutual TLS; wins over OS_CERT.
-    cert_file: str | None = None
-    #: Its private key when not inside ``cert_file``; wins over OS_KEY.
-    key_file: str | None = None
-
-
-@attrs.frozen
-class NetworkConfig:
-    """How connections are routed; see the README's "Connection policy" table."""
-
-    #: Proxy for every http(s) connection (CONNECT for https), overriding http_proxy,
-    #: https_proxy and all_proxy; "" = no proxy whatever the environment says.
-    proxy: str | None = None
-    #: Hosts reached directly (curl's no_proxy syntax: ``*``, names, ``.domain`` suffixes,
-    #: IPs, CIDR networks), overriding the no_proxy environment variable.
-    no_proxy: str | None = None
-
-
-@attrs.frozen
 class TransferConfig:
     """Timeouts, retries and stall detection of a transfer."""
 
@@ -326,49 +303,6 @@ class TransferConfig:
     #: Seconds to wait for another process holding ``.DEST.locpick-lock`` (another download of
     #: the same DEST, or a local user holding the lock on purpose) before giving up with exit 3.
     lock_timeout: float = attrs.field(default=600.0, validator=_check_range(0, 1e7, "transfer"))
-
-
-@attrs.frozen
-class S3Config:
-    """s3:// locations. Credentials come from the standard AWS environment (env, profile, ...)."""
-
-    #: Endpoint of an S3-compatible store; None = $AWS_ENDPOINT_URL, else AWS itself.
-    endpoint_url: str | None = None
-    #: Region to sign for; None = from the AWS environment.
-    region: str | None = None
-    #: Named AWS profile; None = $AWS_PROFILE / default.
-    profile: str | None = None
-    #: Honour a location's own metadata ``endpoint_url`` (it then wins over the above). Off by
-    #: default: image locations may be tenant-controlled (OSSN-0065), and signed requests
-    #: should not be steered to a host the operator did not choose.
-    location_endpoint: bool = False
-
-
-@attrs.frozen
-class GlanceConfig:
-    prefer_stores: tuple[str, ...] = ()
-
-
-@attrs.frozen
-class SwiftRefConfig:
-    """Credentials of one ``swift+config://REF/...`` reference (Glance's glance-swift.conf)."""
-
-    name: str
-    #: The auth endpoint: Keystone v3 (``.../v3``) or Swift v1 (``.../auth/v1.0``).
-    auth_url: str
-    #: ``account:user`` (the project and user, as in Glance's swift store config).
-    user: str
-    key: str = attrs.field(repr=False)
-
-
-@attrs.frozen
-class SwiftConfig:
-    """``[swift.refs.REF]`` tables: what locpick knows of Glance's swift store references."""
-
-    refs: tuple[SwiftRefConfig, ...] = ()
-
-    def ref(self, name: str) -> SwiftRefConfig | None:
-        return next((r for r in self.refs if r.name == name), None)
 
 
 @attrs.frozen
