@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from locpick import journal
 from locpick.atomicfile import replace_file
 from locpick.errors import ConfigError, InputError
+from locpick.metricsfamilies import ServeCounts, serve_families
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -196,8 +196,6 @@ class ServeMetrics:
 
     def collect(self) -> Iterator[Any]:
         """Metric families, built at scrape time from the counters and the cache directory."""
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
         entries = self.cache.entries()
         cached = {e.image_id for e in entries}
         fills = self.fills()
@@ -205,96 +203,15 @@ class ServeMetrics:
         with self._lock:
             for key in [k for k in self._served if k[0] != NO_IMAGE and k[0] not in held]:
                 del self._served[key]
-            served = sorted(self._served.items())
-            refused = dict(self._refused)
-            renewals = dict(self._renewals)
-            leases = {i: t for i, t in self._leases.items() if i in cached}
-            active = len(self._transfers)
-
-        from locpick import __version__
-
-        info = GaugeMetricFamily("locpick_build_info", "locpick version", labels=["version"])
-        info.add_metric([__version__], 1)
-        yield info
-        up = GaugeMetricFamily("locpick_serve_start_time_seconds", "When this process started")
-        up.add_metric([], self.started_at)
-        yield up
-
-        requests = CounterMetricFamily(
-            "locpick_serve_requests",
-            "Responses by image (- = no cached image) and HTTP status (aborted = client left)",
-            labels=["image", "status"],
-        )
-        sent = CounterMetricFamily(
-            "locpick_serve_bytes",
-            "Body bytes of completed responses by image and status",
-            labels=["image", "status"],
-        )
-        for (image, status), (n, nbytes) in served:
-            requests.add_metric([image, status], n)
-            sent.add_metric([image, status], nbytes)
-        yield requests
-        yield sent
-        yield _gauge("locpick_serve_active_clients", "Responses being sent right now", active)
-        busy = CounterMetricFamily(
-            "locpick_serve_refused", "Clients turned away, by reason", labels=["reason"]
-        )
-        for reason in sorted({"busy", *refused}):
-            busy.add_metric([reason], refused.get(reason, 0))
-        yield busy
-
-        yield _gauge("locpick_cache_entries", "Verified images in the cache", len(entries))
-        yield _gauge(
-            "locpick_cache_bytes",
-            "Bytes of verified images in the cache",
-            sum(e.size for e in entries),
-        )
-        if self.cache.max_bytes is not None:
-            yield _gauge("locpick_cache_max_bytes", "[cache] max_bytes", self.cache.max_bytes)
-        stats = journal.read_stats(self.cache.dir)
-        for name, doc in (
-            ("hits", "Downloads served from a verified cached copy"),
-            ("misses", "Downloads that found no usable cached copy"),
-            ("evictions", "Cache entries removed (LRU or by request)"),
-            ("verify_failures", "Download attempts whose bytes failed size or hash verification"),
-            ("downloads_ok", "Downloads with this cache that delivered a verified image"),
-            ("downloads_failed", "Downloads with this cache that delivered nothing"),
-        ):
-            c = CounterMetricFamily(f"locpick_cache_{name}", doc)
-            c.add_metric([], stats[name])
-            yield c
-
-        registered = GaugeMetricFamily(
-            "locpick_cache_registered",
-            "1 when the cached image is registered as a Glance location",
-            labels=["image"],
-        )
-        for e in entries:
-            registered.add_metric([e.image_id], 1 if e.registered_url else 0)
-        yield registered
-        expiry = GaugeMetricFamily(
-            "locpick_cache_lease_expiry_timestamp_seconds",
-            "When the registration lease of a cached image ends",
-            labels=["image"],
-        )
-        cached = {e.image_id for e in entries}
-        for image, at in sorted(leases.items()):
-            if image in cached:  # an evicted image's series disappear
-                expiry.add_metric([image], at)
-        yield expiry
-        renew = CounterMetricFamily(
-            "locpick_cache_lease_renewals", "Lease renewal attempts by result", labels=["result"]
-        )
-        for result in ("ok", "failed"):
-            renew.add_metric([result], renewals[result])
-        yield renew
-        filling = GaugeMetricFamily(
-            "locpick_cache_filling_bytes", "Bytes so far of copies being filled", labels=["image"]
-        )
-        for f in fills:
-            filling.add_metric([f.image_id], f.done)
-        yield filling
-        yield _gauge("locpick_cache_filling", "Copies being filled into the cache", len(fills))
+            counts = ServeCounts(
+                started_at=self.started_at,
+                served=sorted(self._served.items()),
+                refused=dict(self._refused),
+                renewals=dict(self._renewals),
+                leases={i: t for i, t in self._leases.items() if i in cached},
+                active=len(self._transfers),
+            )
+        yield from serve_families(counts, self.cache, entries, fills)
 
 
 def _fill_records(cache: NodeCache) -> Iterator[Fill]:
@@ -324,12 +241,6 @@ class _Collector:
 
     def collect(self) -> Iterator[Any]:
         return self._metrics.collect()
-
-
-def _gauge(name: str, doc: str, value: float) -> Any:
-    from prometheus_client.core import GaugeMetricFamily
-
-    return GaugeMetricFamily(name, doc, value=value)
 
 
 # -- download --metrics-file ------------------------------------------------------------------
