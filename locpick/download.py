@@ -4,23 +4,24 @@ rounds → keep (and publish) the verified copy → journal the report.
 ``Download.run`` calls the steps in that order; each is one method (``load_image``,
 ``open_cache``, ``cache_hit``, ``require_hash``, ``transfer``, ``keep``, ``finished`` /
 ``failed``), so a change to one part of the flow goes into one method.
-:func:`fetch_in_rounds` is the fall-back loop over locations left ``not-probed``.
+:func:`fetch_in_rounds` is the fall-back loop over locations left ``not-probed``; the node
+cache's side (a hit copied out, a verified copy kept) is ``locpick.downloadcache``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable, Sequence
 
 import attrs
 
 from locpick import journal, storm
-from locpick.cache import NodeCache, copy_out
+from locpick.cache import NodeCache
 from locpick.cachefill import Fill, aborting, open_fill
-from locpick.cachesync import CacheSync, cache_error
+from locpick.cachesync import CacheSync
 from locpick.config import TransferConfig
+from locpick.downloadcache import from_cache, keep_in_cache
 from locpick.errors import AllLocationsFailed, ConfigError, LocpickError, UnverifiedImage
 from locpick.fetch import Progress, fetch
 from locpick.filltee import Tee
@@ -106,45 +107,19 @@ class Download:
         """Copy a verified cached copy out to ``dest``, counting the hit or miss."""
         if self.cache is None:
             return None
-        hit = self._from_cache(self.cache, image)
+        hit = from_cache(
+            self.cache,
+            image,
+            self.dest,
+            file_mode=self.config.security.file_mode,
+            sync=self.sync,
+            publish=self.publish,
+        )
         if hit is not None:
             journal.bump(self.cache.dir, hits=1)
         else:
             journal.bump(self.cache.dir, misses=1)
         return hit
-
-    def _from_cache(self, cache: NodeCache, image: Image) -> Result | None:
-        started = time.monotonic()
-        problem = cache.problem()
-        if problem is not None:
-            log.warning("cache: not used: %s", problem)
-            return None
-        entry = cache.lookup(image)
-        if entry is None or not copy_out(entry, self.dest, mode=self.config.security.file_mode):
-            return None
-        cache.touch(image.id)
-        step = CacheStep("hit")
-        try:
-            if image.visibility is not None:
-                cache.update_meta(image.id, visibility=image.visibility)
-            if self.publish:
-                self.sync.publish(cache, image, entry)
-        except (LocpickError, OSError) as exc:
-            error = cache_error(cache, exc)
-            log.warning("cache: %s (image delivered from the cache, not registered)", error)
-            step = CacheStep("failed", error)
-        url = entry.path.as_uri()
-        return Result(
-            image_id=image.id,
-            dest=str(self.dest),
-            source_url=url,
-            method="cache",
-            bytes=entry.size,
-            seconds=time.monotonic() - started,
-            verified=entry.algo,
-            attempts=(Attempt(url=url, outcome="ok", bytes=entry.size, note="node cache"),),
-            cache=step,
-        )
 
     def require_hash(self, image: Image) -> None:
         """Refuse an image without a hash unless ``allow_unverified`` (then warn)."""
@@ -206,23 +181,9 @@ class Download:
         )
 
     def keep(self, image: Image, fill: Fill | None = None) -> CacheStep:
-        """Keep a verified download in the node cache (its stream-through copy when whole,
-        else a copy of dest). The dest is already delivered, so any failure here (read-only
-        or full cache, a planted lock) is a warning, never an error."""
-        cache = self.cache
-        assert cache is not None
-        try:
-            evicted = fill.finish() if fill is not None else None
-            if evicted is None:
-                evicted = cache.add_file(image, self.dest)
-            self.sync.unpublish(evicted)
-            if self.publish:
-                self.sync.publish(cache, image)
-        except (LocpickError, OSError) as exc:
-            error = cache_error(cache, exc)
-            log.warning("cache: %s (image delivered and verified, not cached)", error)
-            return CacheStep("failed", error)
-        return CacheStep("stored" if cache.entry(image.id) is not None else "skipped")
+        """Keep a verified download in the node cache (see :func:`keep_in_cache`)."""
+        assert self.cache is not None
+        return keep_in_cache(self.cache, image, self.dest, fill, self.sync, self.publish)
 
     def failed(self, exc: LocpickError) -> None:
         """Journal the report of a download that did not deliver."""
