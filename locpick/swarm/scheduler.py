@@ -1,7 +1,8 @@
 """Pure decisions of a swarm fetch: which connection fetches which pieces, when a fast one
 takes over a slow one's untouched tail (work stealing), when the last pieces are duplicated
 (endgame), and when another location may join. No I/O and no clock of its own: callers pass
-``now`` (seconds, monotonic), so every rule is testable with made-up times and rates.
+``now`` (seconds, monotonic), so every rule is testable with made-up times and rates. The time
+arithmetic behind a claim's size, a steal and a duplicate is :mod:`locpick.swarm.takeover`.
 """
 
 from __future__ import annotations
@@ -13,17 +14,34 @@ import attrs
 from locpick.models import Score
 from locpick.score import CLASSES
 from locpick.swarm.pieces import Geometry
+from locpick.swarm.takeover import (
+    ENDGAME_MARGIN,
+    GRACE,
+    RUN_PER_LATENCY,
+    RUN_SECONDS,
+    claim_share,
+    duplicate_beats,
+    spared,
+    steal_gain,
+    untouched,
+    victim_bps,
+)
 
-#: A connection that has not delivered a byte for this long (and 4x the time the thief took
-#: to answer) is presumed dead for stealing.
-GRACE = 0.3
-#: A duplicate is started only if it is expected to finish in this fraction of the time the
-#: owner still needs for that piece.
-ENDGAME_MARGIN = 0.5
-#: A claim covers at most this many seconds of transfer at the connection's rate, or this
-#: many times its time to first byte when longer (so a request's latency costs <~12 %).
-RUN_SECONDS = 0.2
-RUN_PER_LATENCY = 8.0
+__all__ = [
+    "ENDGAME_MARGIN",
+    "GRACE",
+    "RISE",
+    "RUN_PER_LATENCY",
+    "RUN_SECONDS",
+    "Run",
+    "Scheduler",
+    "Worker",
+    "admit",
+    "may_join",
+    "rises",
+    "topology_class",
+]
+
 #: Another location joins only while the aggregate rate rose at least this much since the
 #: last one joined.
 RISE = 1.05
@@ -109,7 +127,8 @@ class Scheduler:
         free = [i for i in range(self.g.count) if not self.done[i] and self.owner[i] is None]
         if not free:
             return None
-        share = self._share(wid, len(free))
+        live = [w for w in self.workers.values() if w.live]
+        share = claim_share(self.workers[wid], live, len(free), self.g.piece)
         if self._from_tail(wid):
             return self._claim_tail(wid, free[-1], share, now)
         first = end = free[0]
@@ -130,11 +149,6 @@ class Scheduler:
             return False
         return any(w.live and w.filling for w in self.workers.values())
 
-    def _ahead(self, thief: Worker, run: Run) -> bool:
-        """A filling peer does not steal or duplicate a complete copy's pieces: they lie past
-        what it holds (it would only wait for them), and the complete copy has them now."""
-        return thief.filling and not self.workers[run.worker].filling
-
     def _claim_tail(self, wid: int, last: int, share: int, now: float) -> Run:
         first = last
         while (
@@ -149,32 +163,6 @@ class Scheduler:
             self.owner[i] = run
         return run
 
-    def _share(self, wid: int, free: int) -> int:
-        """Pieces for one claim: one to start with (the first piece is the probe), then in
-        proportion to the measured rate among the live connections, but no more than
-        RUN_SECONDS' worth (longer for a high latency): every connection stays near the
-        hash's frontier, so little is left to read back and hash once the last piece is in."""
-        me = self.workers[wid]
-        if me.rate() is None:
-            return 1
-        live = [w for w in self.workers.values() if w.live]
-        total = sum(w.expected_bps() for w in live)
-        share = max(1, round(free * me.expected_bps() / total)) if total > 0 else free
-        seconds = max(RUN_SECONDS, RUN_PER_LATENCY * me.latency)
-        boxed = max(1, int(seconds * me.expected_bps() / self.g.piece))
-        return min(share, boxed)
-
-    def _untouched(self, run: Run) -> int:
-        """First piece of ``run`` with no byte received yet."""
-        return run.first + 1 if run.pos > self.g.start(run.first) else run.first
-
-    def _victim_bps(self, run: Run, thief: Worker, now: float) -> float:
-        w = self.workers[run.worker]
-        if w.rate() is not None:
-            return w.rate() or 0.0
-        waited = now - (w.asked_at if w.asked_at is not None else run.started)
-        return 0.0 if waited > max(GRACE, 4 * thief.latency) else thief.expected_bps()
-
     def _rescue(self, wid: int, now: float) -> Run | None:
         """Take over, before anything else, the untouched pieces of a connection that has sent
         nothing for too long (a black hole must not hold the hash's frontier)."""
@@ -182,8 +170,8 @@ class Scheduler:
         for run in sorted(self.runs.values(), key=lambda r: r.first):
             if run.worker == wid or run.dup or run.cancelled:
                 continue
-            u = self._untouched(run)
-            if u < run.end and self._victim_bps(run, thief, now) <= 0:
+            u = untouched(self.g, run)
+            if u < run.end and victim_bps(self.workers[run.worker], run, thief, now) <= 0:
                 return self._split(run, u, wid, now)
         return None
 
@@ -197,28 +185,19 @@ class Scheduler:
 
     def _steal(self, wid: int, now: float) -> Run | None:
         thief = self.workers[wid]
-        rt, lat = thief.expected_bps(), thief.latency
         best: tuple[float, Run, int] | None = None
         for run in self.runs.values():
-            if run.worker == wid or run.dup or run.cancelled or self._ahead(thief, run):
+            owner = self.workers[run.worker]
+            if run.worker == wid or run.dup or run.cancelled or spared(thief, owner):
                 continue
-            u = self._untouched(run)
+            u = untouched(self.g, run)
             if u >= run.end:
                 continue
-            rv = self._victim_bps(run, thief, now)
-            end_b = self.g.end(run.end - 1)
-            if rv <= 0:
-                split_b = self.g.start(u)
-                stay = float("inf")
-            else:
-                split_b = int((end_b / rt + lat + run.pos / rv) / (1 / rv + 1 / rt))
-                stay = (end_b - run.pos) / rv
-            s = max(u, -(-split_b // self.g.piece))
-            if s >= run.end:
+            found = steal_gain(self.g, run, u, thief, victim_bps(owner, run, thief, now))
+            if found is None:
                 continue
-            go = lat + (end_b - self.g.start(s)) / rt
-            gain = stay - max(go, (self.g.start(s) - run.pos) / rv if rv > 0 else 0.0)
-            if gain > lat and (best is None or gain > best[0]):
+            gain, s = found
+            if gain > thief.latency and (best is None or gain > best[0]):
                 best = (gain, run, s)
         if best is None:
             return None
@@ -227,21 +206,18 @@ class Scheduler:
 
     def _endgame(self, wid: int, now: float) -> Run | None:
         thief = self.workers[wid]
-        rt, lat = thief.expected_bps(), thief.latency
         best: tuple[float, Run] | None = None
         for run in self.runs.values():
             if run.worker == wid or run.dup or run.cancelled or run.first >= run.end:
                 continue
-            if self._ahead(thief, run):
+            owner = self.workers[run.worker]
+            if spared(thief, owner):
                 continue
             p = run.first
             if self.done[p] or p in self.dups:
                 continue
-            rv = self._victim_bps(run, thief, now)
-            left = self.g.end(p) - max(run.pos, self.g.start(p))
-            owner_eta = left / rv if rv > 0 else float("inf")
-            mine = lat + self.g.length(p) / rt
-            if mine < ENDGAME_MARGIN * owner_eta and (best is None or owner_eta > best[0]):
+            owner_eta = duplicate_beats(self.g, run, thief, victim_bps(owner, run, thief, now))
+            if owner_eta is not None and (best is None or owner_eta > best[0]):
                 best = (owner_eta, run)
         if best is None:
             return None
