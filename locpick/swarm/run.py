@@ -22,7 +22,16 @@ from locpick.swarm.ordered_hash import OrderedHasher
 from locpick.swarm.partfile import SwarmSink
 from locpick.swarm.reader import Connection
 from locpick.swarm.scheduler import Scheduler, Worker, admit, may_join, rises
+from locpick.swarm.silence import (
+    HEADER_FACTOR,
+    MIN_HEADER_WAIT,
+    holding_slots,
+    overdue,
+    silent_limit,
+)
 from locpick.transports.base import Transport
+
+__all__ = ["HEADER_FACTOR", "JOIN_EVERY", "MIN_HEADER_WAIT", "TICK", "Source", "Swarm", "prior_bps"]
 
 log = logging.getLogger("locpick")
 
@@ -31,10 +40,6 @@ Observer = Callable[[Location, bool, int, float, str | None], None]
 
 #: How often the coordinator looks at rates (admission, silent locations).
 TICK = 0.1
-#: A location that sent no response headers this many times slower than the slowest that did
-#: (and at least MIN_HEADER_WAIT s) is given up when nothing else is left.
-HEADER_FACTOR = 4.0
-MIN_HEADER_WAIT = 1.0
 #: Seconds between two locations joining a running swarm.
 JOIN_EVERY = 0.25
 
@@ -187,7 +192,7 @@ class Swarm:
 
     def _admit_next(self) -> None:
         """A location dropped out: the next one in rank order takes its place."""
-        live = self._counting(self.clock())
+        live = holding_slots(self.workers, silent_limit(self.sources), self.clock())
         if len(live) < self.cfg.max_sources and not self.sched.finished:
             for src in self._reserve():
                 self._admit(src)
@@ -199,10 +204,11 @@ class Swarm:
         if now - self.last_join < JOIN_EVERY:
             return
         reserve = self._reserve()
-        if not reserve or len(self._counting(now)) >= self.cfg.max_sources:
+        limit = silent_limit(self.sources)
+        if not reserve or len(holding_slots(self.workers, limit, now)) >= self.cfg.max_sources:
             return
         last = self.admitted[-1] if self.admitted else None
-        if last is not None and last.ttfb is None and now - self.last_join < self._silent_limit():
+        if last is not None and last.ttfb is None and now - self.last_join < limit:
             return  # wait to see what the last one brings
         agg = self._aggregate()
         if last is not None and last.ttfb is not None and not rises(self.last_join_bps, agg):
@@ -213,19 +219,6 @@ class Swarm:
             return
         self._admit(cand)
 
-    def _silent_limit(self) -> float:
-        answered = [s.ttfb for s in self.sources if s.ttfb is not None]
-        return max(MIN_HEADER_WAIT, HEADER_FACTOR * max(answered, default=0.0))
-
-    def _counting(self, now: float) -> set[int]:
-        """Sources that hold a slot: live, and answered or still within the header deadline."""
-        limit = self._silent_limit()
-        return {
-            w.source
-            for w in self.workers
-            if w.live and (w.answered or w.asked_at is None or now - w.asked_at <= limit)
-        }
-
     def _aggregate(self) -> float:
         now = self.clock()
         total = sum(w.bytes for w in self.workers)
@@ -235,24 +228,8 @@ class Swarm:
 
     def _give_up_silent(self, now: float) -> None:
         """Locations that never answered get one header deadline scaled to those that did."""
-        answered = [s.ttfb for s in self.sources if s.ttfb is not None]
-        if not answered:
-            return
-        limit = max(MIN_HEADER_WAIT, HEADER_FACTOR * max(answered))
-        receiving = any(w.live and w.answered for w in self.workers)
-        for w in self.workers:
-            if not w.live or w.answered or w.asked_at is None:
-                continue
-            waited = now - w.asked_at
-            if waited > limit and (not receiving or waited > 3 * limit):
-                src = self.sources[w.source]
-                self.drop_source(
-                    src,
-                    f"no response headers within {limit:.1f}s (the others answered within "
-                    f"{max(answered):.2f}s)",
-                    0,
-                    now - w.asked_at,
-                )
+        for w, error, waited in overdue(self.sources, self.workers, now):
+            self.drop_source(self.sources[w.source], error, 0, waited)
 
     def drop_source(self, src: Source, error: str, got: int, secs: float) -> None:
         src.dead = True
