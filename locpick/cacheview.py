@@ -9,6 +9,7 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import filelock
 
@@ -93,17 +94,23 @@ class CacheView:
             raise InputError(f"cache: {image_id!r} is not a valid image id")
         return self.images / image_id, self.images / (image_id + SIDECAR)
 
+    def _recorded(self, image_id: str) -> tuple[Path, tuple[dict[str, Any], float]] | None:
+        """The data path and trusted sidecar record of ``image_id`` in a trusted cache."""
+        if not valid_image_id(image_id) or self.problem() is not None:
+            return None
+        data, side = self._paths(image_id)
+        meta = read_sidecar(side)
+        return None if meta is None else (data, meta)
+
     def entry(self, image_id: str) -> CacheEntry | None:
         """The visible entry for ``image_id`` (complete data + agreeing sidecar), else None.
 
         None also when the cache or the entry's files could have been planted by someone else.
         """
-        if not valid_image_id(image_id) or self.problem() is not None:
+        found = self._recorded(image_id)
+        if found is None:
             return None
-        data, side = self._paths(image_id)
-        meta = read_sidecar(side)
-        if meta is None:
-            return None
+        data, meta = found
         try:
             st = os.lstat(data)
         except OSError:
@@ -116,12 +123,10 @@ class CacheView:
         The caller closes the fd. Serving or copying from the fd reads exactly the file that
         was checked, whatever is renamed over the path meanwhile.
         """
-        if not valid_image_id(image_id) or self.problem() is not None:
+        found = self._recorded(image_id)
+        if found is None:
             return None
-        data, side = self._paths(image_id)
-        meta = read_sidecar(side)
-        if meta is None:
-            return None
+        data, meta = found
         try:
             fd = os.open(data, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
