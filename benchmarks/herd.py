@@ -138,8 +138,9 @@ class GlanceCounter:
         self.lock = threading.Lock()
         #: (node name, kind, status) -> requests
         self.counts: dict[tuple[str, str, int], int] = {}
-        #: (node name, kind, status, monotonic time): every request, for the bounds per node
-        self.log: list[tuple[str, str, int, float]] = []
+        #: (node name, kind, status, monotonic time, seconds to the response head): every
+        #: request, for the bounds per node and Glance's latency under the storm
+        self.log: list[tuple[str, str, int, float, float]] = []
         self.servers: list[ThreadingHTTPServer] = []
 
     def proxy(self, name: str) -> str:
@@ -158,10 +159,11 @@ class GlanceCounter:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 conn = http.client.HTTPConnection(counter.host, counter.port, timeout=300)
                 try:
+                    began = time.monotonic()
                     conn.request(self.command, self.path, body=body or None, headers=headers)
                     resp = conn.getresponse()
                     kind = _glance_kind(self.command, self.path, body)
-                    counter.count(name, kind, resp.status)
+                    counter.count(name, kind, resp.status, time.monotonic() - began)
                     out = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP]
                     known = any(k.lower() == "content-length" for k, _ in out)
                     data = b"" if known or self.command == "HEAD" else resp.read()
@@ -189,17 +191,17 @@ class GlanceCounter:
         self.servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}"
 
-    def count(self, name: str, kind: str, status: int) -> None:
+    def count(self, name: str, kind: str, status: int, seconds: float) -> None:
         with self.lock:
             key = (name, kind, status)
             self.counts[key] = self.counts.get(key, 0) + 1
-            self.log.append((name, kind, status, time.monotonic()))
+            self.log.append((name, kind, status, time.monotonic(), seconds))
 
     def snapshot(self) -> int:
         with self.lock:
             return len(self.log)
 
-    def since(self, mark: int) -> list[tuple[str, str, int, float]]:
+    def since(self, mark: int) -> list[tuple[str, str, int, float, float]]:
         with self.lock:
             return self.log[mark:]
 
@@ -209,13 +211,15 @@ class GlanceCounter:
             s.server_close()
 
 
-def _glance_summary(log: list[tuple[str, str, int, float]]) -> dict[str, Any]:
-    """Requests by kind (and status), and per kind the most any one node made."""
+def _glance_summary(log: list[tuple[str, str, int, float, float]]) -> dict[str, Any]:
+    """Requests by kind (and status), per kind the most any one node made, and latency."""
     by_kind: dict[str, int] = {}
     by_status: dict[str, int] = {}
     per_node: dict[tuple[str, str], int] = {}
     times: dict[tuple[str, str], list[float]] = {}
-    for name, kind, status, t in log:
+    latency: dict[str, list[float]] = {}
+    for name, kind, status, t, secs in log:
+        latency.setdefault(kind, []).append(secs)
         by_kind[kind] = by_kind.get(kind, 0) + 1
         key = f"{kind} {status}"
         by_status[key] = by_status.get(key, 0) + 1
@@ -236,6 +240,14 @@ def _glance_summary(log: list[tuple[str, str, int, float]]) -> dict[str, Any]:
         "by_kind_status": dict(sorted(by_status.items())),
         "most_by_one_node": dict(sorted(most.items())),
         "min_renew_gap_s": round(min(gaps), 2) if gaps else None,
+        "per_node": {
+            name: {k: n for (nm, k), n in sorted(per_node.items()) if nm == name}
+            for name in sorted({nm for nm, _ in per_node})
+        },
+        "latency_s_p50_max": {
+            k: [round(statistics.median(v), 3), round(max(v), 3)]
+            for k, v in sorted(latency.items())
+        },
     }
 
 
@@ -769,6 +781,7 @@ def run_phase(
                 "node": node.name,
                 "offset_s": round(node.offset, 3),
                 "seconds": round(node.seconds, 3),
+                "inproc_seconds": node.doc.get("seconds"),
                 "exit": node.returncode,
                 "killed_at_s": None if node.killed_at is None else round(node.killed_at, 2),
                 "verified_hash": ok,
@@ -784,6 +797,7 @@ def run_phase(
         )
     survivors = [r for r in rows if r["killed_at_s"] is None]
     times = [r["seconds"] for r in survivors]
+    inner = [float(n.doc.get("seconds") or 0) for n in nodes if n.killed_at is None]
     out.update(
         {
             "nodes": rows,
@@ -798,6 +812,9 @@ def run_phase(
             "p50_s": _pct(times, 50),
             "p95_s": _pct(times, 95),
             "max_s": max(times),
+            "inproc_p50_s": _pct(inner, 50),
+            "inproc_p95_s": _pct(inner, 95),
+            "load_after": os.getloadavg()[0],
             "all_verified": all(r["verified_hash"] for r in survivors),
             "origin_mibps_achieved": origin_bytes / span / MiB if span > 0 else 0.0,
             "registrations_refused": refused,
@@ -838,6 +855,8 @@ def run_mode(
     herd["alone_s"] = alone
     for key in ("p50", "p95", "max"):
         herd[f"{key}_vs_alone"] = herd[f"{key}_s"] / alone
+    herd["inproc_alone_s"] = out["alone"]["inproc_p50_s"]
+    herd["inproc_p95_vs_alone"] = herd["inproc_p95_s"] / max(herd["inproc_alone_s"], 1e-9)
     return out
 
 
@@ -897,11 +916,12 @@ def table(results: dict[str, Any]) -> str:
         f"config: {', '.join(cfg.get('set') or []) or 'defaults'}",
         "",
         "| mode | origin bytes / (N x size) | alone | p50 | p95 | max | p95 / alone "
-        "| max / alone | all verified | Glance requests: total; by kind (most by one node) "
+        "| max / alone | in-process p95 / alone (--json seconds) "
+        "| all verified | Glance requests: total; by kind (most by one node) "
         "| bytes sent by the nodes' serve | node bytes from origin / peers (--json) "
         "| cache locations: in Glance when done (filling) / left after serve stop "
         "| origin MiB/s achieved |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode in results["modes"]:
         h = mode["herd"]
@@ -918,11 +938,24 @@ def table(results: dict[str, Any]) -> str:
             f"| {mode['mode']} | {h['origin_share'] * 100:.0f} % ({h['origin_copies']:.2f} "
             f"copies) | {h['alone_s']:.1f} | {h['p50_s']:.1f} | {h['p95_s']:.1f} "
             f"| {h['max_s']:.1f} | {h['p95_vs_alone']:.2f}x | {h['max_vs_alone']:.2f}x "
+            f"| {h.get('inproc_p95_s', 0):.1f} / {h.get('inproc_alone_s', 0):.1f} = "
+            f"{h.get('inproc_p95_vs_alone', 0):.2f}x "
             f"| {'yes' if h['all_verified'] else 'NO'} "
             f"| {_glance_cell(h, cfg['nodes'])} | {served / MiB:.0f} MiB "
             f"| {frm_o / MiB:.0f} / {frm_p / MiB:.0f} MiB "
             f"| {regs} | {h['origin_mibps_achieved']:.1f} |"
         )
+    loads = [
+        f"{m['mode']} {m['herd']['load_after']:.1f}"
+        for m in results["modes"]
+        if "load_after" in m["herd"]
+    ]
+    lines += [
+        "",
+        f"Load average (1 min) before the run {cfg.get('load_before', 0):.1f}; after each herd: "
+        + ", ".join(loads)
+        + f"; {cfg.get('cpus')} CPUs shared with other work.",
+    ]
     lines += _phases(results)
     for mode in results["modes"]:
         k = mode.get("sigkill")
