@@ -311,6 +311,9 @@ class Node:
     socket_kinds: dict[str, int] = field(default_factory=dict)
     io_before: int = 0
     served_bytes: int = 0
+    #: CPU seconds of the download process (last sample) and of its serve (at the end)
+    cpu_download: float = 0.0
+    cpu_serve: float = 0.0
     image_id: str = ""
     size: int = 0
     doc: dict[str, Any] = field(default_factory=dict)
@@ -357,6 +360,18 @@ class Node:
             with contextlib.suppress(OSError):
                 best = max(best, p.stat().st_blocks * 512)
         return min(best, self.size)
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a live process has used (/proc/PID/stat), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def _wchar(pid: int) -> int:
@@ -547,6 +562,7 @@ def _run_nodes(
                     continue
                 got = n.progress()
                 n.samples.append((now, got))
+                n.cpu_download = _cpu_seconds(n.proc.pid) or n.cpu_download
                 delta: dict[str, int] = {}
                 for (pid, local, peer), b in received.items():
                     if pid != n.proc.pid:
@@ -715,6 +731,7 @@ def run_phase(
             _start_serve(node, args.set, lease)
             assert node.serve is not None
             node.io_before = _wchar(node.serve.proc.pid)
+            node.cpu_serve = _cpu_seconds(node.serve.proc.pid) or 0.0
             peers[node.serve.url + "/"] = node.name
         else:
             _write_config(node, mode, None, [], None)
@@ -729,6 +746,7 @@ def run_phase(
     for node in nodes:
         if node.serve is not None and node.serve.proc.poll() is None:
             node.served_bytes = _wchar(node.serve.proc.pid) - node.io_before
+            node.cpu_serve = (_cpu_seconds(node.serve.proc.pid) or 0.0) - node.cpu_serve
     registered = glance.cache_locations(image_id)
     out: dict[str, Any] = {"image_id": image_id}
     if phase == "sigkill":
@@ -790,6 +808,8 @@ def run_phase(
                 "bytes_from": got,
                 "kernel_bytes_from": node.socket_kinds,
                 "served_bytes": node.served_bytes,
+                "cpu_download_s": round(node.cpu_download, 2),
+                "cpu_serve_s": round(node.cpu_serve, 2),
                 "samples": _thin([(round(t, 2), b) for t, b in node.samples], 400),
                 "source_samples": _thin([(round(t, 2), k) for t, k in node.source_samples], 400),
                 "stderr_tail": (node.base / "stderr.txt").read_text(errors="replace")[-400:],
@@ -815,6 +835,8 @@ def run_phase(
             "inproc_p50_s": _pct(inner, 50),
             "inproc_p95_s": _pct(inner, 95),
             "load_after": os.getloadavg()[0],
+            "cpu_s": round(sum(r["cpu_download_s"] + r["cpu_serve_s"] for r in rows), 1),
+            "wall_s": round(max(n.ended for n in nodes) - t0, 1),
             "all_verified": all(r["verified_hash"] for r in survivors),
             "origin_mibps_achieved": origin_bytes / span / MiB if span > 0 else 0.0,
             "registrations_refused": refused,
@@ -950,7 +972,14 @@ def table(results: dict[str, Any]) -> str:
         for m in results["modes"]
         if "load_after" in m["herd"]
     ]
+    cpu = [
+        f"{m['mode']} {m['herd']['cpu_s']:.0f} CPU s in {m['herd']['wall_s']:.0f} s"
+        for m in results["modes"]
+        if "cpu_s" in m["herd"]
+    ]
     lines += [
+        "",
+        "CPU used by the herd's processes (download + serve): " + ", ".join(cpu) + ".",
         "",
         f"Load average (1 min) before the run {cfg.get('load_before', 0):.1f}; after each herd: "
         + ", ".join(loads)
