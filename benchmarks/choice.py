@@ -77,25 +77,37 @@ WORLDS: dict[str, tuple[str, dict[str, str], list[Origin]]] = {
 # ------------------------------------------------------------------------------ world server
 def serve_world(name: str, size: int) -> None:
     """Child process: start the world's origins, print their URLs as JSON, wait for stdin EOF."""
-    from locpick._demo.origin import BlackHole, Faults, Origin
+    from locpick._demo.origin import Faults
 
-    data = os.urandom(size)
     _desc, _topo, origins = WORLDS[name]
+    specs = [
+        (label, meta, None if label == "hole" else Faults(first_byte_delay=delay, bandwidth=bw))
+        for label, delay, bw, meta in origins
+    ]
+    serve_origins(name, os.urandom(size), specs, md5=True)
+
+
+def serve_origins(
+    name: str, data: bytes, specs: list[tuple[str, dict[str, str], Any]], *, md5: bool
+) -> None:
+    """Serve ``data`` from one origin per (label, metadata, Faults) at /LABEL/image.raw (Faults
+    None: a black hole), print the URLs and the image record as JSON, wait for stdin EOF."""
+    from locpick._demo.origin import BlackHole, Origin
+
     out = []
     with ExitStack() as stack:
-        for label, delay, bw, meta in origins:
-            if label == "hole":
-                hole = stack.enter_context(BlackHole(path="/hole/image.raw"))
+        for label, meta, faults in specs:
+            if faults is None:
+                hole = stack.enter_context(BlackHole(path=f"/{label}/image.raw"))
                 out.append({"label": label, "url": hole.url, "metadata": meta})
                 continue
-            faults = Faults(first_byte_delay=delay, bandwidth=bw)
             o = stack.enter_context(Origin(data, path=f"/{label}/image.raw", faults=faults))
             out.append({"label": label, "url": o.url, "metadata": meta})
-        record = {
+        record: dict[str, Any] = {
             "id": f"bench-{name}",
             "status": "active",
-            "size": size,
-            "checksum": hashlib.md5(data).hexdigest(),
+            "size": len(data),
+            **({"checksum": hashlib.md5(data).hexdigest()} if md5 else {}),
             "os_hash_algo": "sha512",
             "os_hash_value": hashlib.sha512(data).hexdigest(),
             "locations": [{"url": o["url"], "metadata": o["metadata"]} for o in out],

@@ -21,7 +21,6 @@ Writes benchmarks/results/swarm.json and swarm.png (matplotlib, the ``bench`` ex
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -29,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +37,7 @@ sys.path.insert(0, str(HERE))
 
 from choice import WORLDS as CHOICE  # noqa: E402 - the sibling benchmark's worlds, timing
 from choice import World as ChoiceWorld  # noqa: E402
-from choice import _timed  # noqa: E402
+from choice import _timed, serve_origins  # noqa: E402
 
 MB = 1e6
 
@@ -91,37 +89,24 @@ _choice_worlds()
 
 def serve_world(name: str, size: int) -> None:
     """Child process: start the origins, print URLs and the record as JSON, wait for EOF."""
-    from locpick._demo.origin import BlackHole, Faults, Origin
+    from locpick._demo.origin import Faults
 
-    data = os.urandom(size)
     _desc, _topo, origins = WORLDS[name]
-    out = []
-    with ExitStack() as stack:
-        for spec in origins:
-            label, meta = spec["label"], spec.get("metadata", {})
-            if label == "hole":
-                hole = stack.enter_context(BlackHole(path="/hole/image.raw"))
-                out.append({"label": label, "url": hole.url, "metadata": meta})
-                continue
-            faults = Faults(**{k: v for k, v in spec.items() if k not in ("label", "metadata")})
-            if label == "liar":
-                faults.corrupt_at = [size // 3]
-            if name == "corrupt1" and label == "copy2":
-                # a byte in each of the first 4 pieces (1 MiB at 64 MiB): copy2 serves exactly
-                # one of them, as the first piece every copy is asked for
-                faults.corrupt_at = [100 + k * (1 << 20) for k in range(4)]
-            o = stack.enter_context(Origin(data, path=f"/{label}/image.raw", faults=faults))
-            out.append({"label": label, "url": o.url, "metadata": meta})
-        record = {
-            "id": f"bench-{name}",
-            "status": "active",
-            "size": size,
-            "os_hash_algo": "sha512",
-            "os_hash_value": hashlib.sha512(data).hexdigest(),
-            "locations": [{"url": o["url"], "metadata": o["metadata"]} for o in out],
-        }
-        print(json.dumps({"origins": out, "record": record}), flush=True)
-        sys.stdin.read()
+    specs = []
+    for spec in origins:
+        label, meta = spec["label"], spec.get("metadata", {})
+        if label == "hole":
+            specs.append((label, meta, None))
+            continue
+        faults = Faults(**{k: v for k, v in spec.items() if k not in ("label", "metadata")})
+        if label == "liar":
+            faults.corrupt_at = [size // 3]
+        if name == "corrupt1" and label == "copy2":
+            # a byte in each of the first 4 pieces (1 MiB at 64 MiB): copy2 serves exactly
+            # one of them, as the first piece every copy is asked for
+            faults.corrupt_at = [100 + k * (1 << 20) for k in range(4)]
+        specs.append((label, meta, faults))
+    serve_origins(name, os.urandom(size), specs, md5=False)
 
 
 class World(ChoiceWorld):
@@ -129,7 +114,6 @@ class World(ChoiceWorld):
 
     def __init__(self, name: str, size: int) -> None:
         super().__init__(name, size, script=__file__)
-
 
 
 def curl_best(world: World, dest: Path, timeout: float) -> float:

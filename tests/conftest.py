@@ -10,9 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from fixtures_glance import glance_world_fixture  # noqa: F401
 from harness import venvs
 
 HERE = Path(__file__).resolve().parent
+
+# glance_world_fixture (imported above): one Glance world shared by test_auth.py and
+# test_sources_glance.py (one file until split by module); files that import the fixture
+# themselves keep a world of their own.
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,7 @@ Images seeded once (all by admin, 1.5 MB of random bytes unless said otherwise):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -189,3 +190,28 @@ def glance_world_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
         if glance is not None:
             glance.stop()
         keystone.stop()
+
+
+@contextlib.contextmanager
+def fresh_image(
+    w: GlanceWorld, base: Path, name: str, size: int
+) -> Iterator[tuple[str, bytes, Origin]]:
+    """A new public image in ``w``: fs1 (not usable by nodes) and an http origin of its own
+    (zone ``z-origin``), stopped on exit. Yields (image id, its bytes, the origin)."""
+    data = os.urandom(size)
+    src = base / "img.raw"
+    src.write_bytes(data)
+    origin = Origin(data).start()
+    try:
+        image_id = gh.seed_image(
+            w.endpoint,
+            src,
+            token=w.admin_token,
+            name=name,
+            visibility="public",
+            copy_to_stores=(),
+            http_locations=[(origin.url, {"zone": "z-origin"})],
+        )
+        yield image_id, data, origin
+    finally:
+        origin.stop()

@@ -6,9 +6,10 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
+
+from fixtures_net import Site
 
 
 class RawServer:
@@ -84,63 +85,15 @@ def endless_headers(server: RawServer, conn: socket.socket) -> None:
         server.count(len(line))
 
 
-class TLSOrigin:
+class TLSOrigin(Site):
     """An HTTPS origin on 127.0.0.1 serving ``data`` at /img.raw with a given server context."""
 
     def __init__(self, data: bytes, context: ssl.SSLContext) -> None:
-        body = data
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                start = 0
-                rng = self.headers.get("Range")
-                if rng and rng.startswith("bytes=") and "-" in rng:
-                    a, _, b = rng[6:].partition("-")
-                    start = int(a)
-                    end = min(int(b) + 1, len(body)) if b else len(body)
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(body)}")
-                else:
-                    end = len(body)
-                    self.send_response(200)
-                self.send_header("Content-Length", str(end - start))
-                self.end_headers()
-                self.wfile.write(body[start:end])
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def server_bind(self) -> None:
-                self.socket.bind(self.server_address)
-                self.server_address = self.socket.getsockname()
-
-            def get_request(self) -> tuple[socket.socket, Any]:
-                sock, addr = self.socket.accept()
-                return context.wrap_socket(sock, server_side=True), addr
-
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                pass  # failed handshakes are the point of some tests
-
-        self._server = Server(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__({"/img.raw": data}, context=context)
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self._server.server_address[1]}/img.raw"
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        return self.base + "/img.raw"
 
 
 def dripping_headers(server: RawServer, conn: socket.socket) -> None:

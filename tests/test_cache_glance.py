@@ -13,7 +13,7 @@ from pathlib import Path
 import glance_harness as gh
 import pytest
 from fixtures_cache import ServeProcess
-from fixtures_glance import DEMO, GlanceWorld, glance_world_fixture  # noqa: F401
+from fixtures_glance import DEMO, GlanceWorld, fresh_image, glance_world_fixture  # noqa: F401
 from helpers import run_cli
 
 from locpick._demo.origin import Origin
@@ -64,23 +64,8 @@ def nodes(glance_world: GlanceWorld, tmp_path: Path) -> Iterator[tuple[Node, Nod
 @pytest.fixture
 def image(glance_world: GlanceWorld, tmp_path: Path) -> Iterator[tuple[str, bytes, Origin]]:
     """A fresh image: fs1 (not usable here) and an http origin of its own, stoppable."""
-    data = os.urandom(SIZE)
-    src = tmp_path / "img.raw"
-    src.write_bytes(data)
-    origin = Origin(data).start()
-    try:
-        image_id = gh.seed_image(
-            glance_world.endpoint,
-            src,
-            token=glance_world.admin_token,
-            name="locpick-cache-test",
-            visibility="public",
-            copy_to_stores=(),
-            http_locations=[(origin.url, {"zone": "z-origin"})],
-        )
-        yield image_id, data, origin
-    finally:
-        origin.stop()
+    with fresh_image(glance_world, tmp_path, "locpick-cache-test", SIZE) as made:
+        yield made
 
 
 def _locations(w: GlanceWorld, image_id: str) -> list[str]:

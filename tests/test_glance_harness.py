@@ -16,6 +16,7 @@ import glance_harness as gh
 import pytest
 
 pytestmark = [
+    pytest.mark.testserver,
     pytest.mark.glance,
     pytest.mark.skipif(not gh.harness_available(), reason="glance harness not found"),
 ]

@@ -18,6 +18,8 @@ import pytest
 
 from tests.origin import BlackHole, ClosedPort, Faults, Origin, blackhole, closed_port_url
 
+pytestmark = pytest.mark.testserver
+
 DATA = bytes(range(256)) * 4096  # 1 MiB, position-dependent content
 
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.testserver
+
 ROOT = Path(__file__).resolve().parent.parent
 OUTSIDE = re.compile(r"/work/|\.\./shared|Path\(__file__\)[^\n]*\.parent\.parent\.parent")
 

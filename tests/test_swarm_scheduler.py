@@ -1,14 +1,8 @@
-"""The swarm's pure parts: piece claims, work stealing, endgame, admission and the ordered hash."""
+"""The swarm scheduler (pure): piece claims, work stealing, endgame, admission."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import random
-from pathlib import Path
-
-from locpick.swarm.ordered_hash import OrderedHasher
-from locpick.swarm.pieces import Geometry, PieceMap, auto_piece_size
+from locpick.swarm.pieces import Geometry
 from locpick.swarm.scheduler import Scheduler, Worker, admit, may_join, rises
 
 MiB = 1 << 20
@@ -85,47 +79,3 @@ def test_admission_keeps_the_nearest_class_unless_too_slow() -> None:
     assert admit([0, 0, 0, 0, 0], [1.0] * 5, 4, 0.2) == [0, 1, 2, 3]
     assert may_join(10e6, 10e6, 0.2) and not may_join(10e6, 2e6, 0.2)
     assert rises(0, 5) and rises(100, 110) and not rises(100, 101)
-
-
-def test_auto_piece_size() -> None:
-    assert auto_piece_size(64 * MiB, 0) == MiB
-    assert auto_piece_size(256 * MiB, 0) == 4 * MiB
-    assert auto_piece_size(100 << 30, 0) == 32 * MiB
-    assert auto_piece_size(64 * MiB, 123456) == 123456
-
-
-def test_ordered_hash_matches_whatever_the_arrival_order(tmp_path: Path) -> None:
-    """Buffers written in a random order hash like the file; out-of-order bytes are read back
-    once, in-order ones never."""
-    data = os.urandom(8 * MiB)
-    path = tmp_path / "f"
-    path.write_bytes(b"\0" * len(data))
-    fd = os.open(path, os.O_RDWR)
-    try:
-        chunks = [(o, data[o : o + 300_000]) for o in range(0, len(data), 300_000)]
-        random.Random(1).shuffle(chunks)
-        h = OrderedHasher(hashlib.sha512(), fd, 0)
-        for off, chunk in chunks:
-            os.pwrite(fd, chunk, off)
-            h.offer(off, bytearray(chunk), len(chunk), None)
-        assert h.wait_for(len(data), 30)
-        assert h.finish().hexdigest() == hashlib.sha512(data).hexdigest()
-        assert 0 < h.reread < len(data)
-        h2 = OrderedHasher(hashlib.sha512(), fd, 0)
-        for off, chunk in sorted(chunks):
-            h2.offer(off, bytearray(chunk), len(chunk), None)
-        assert h2.finish().hexdigest() == hashlib.sha512(data).hexdigest()
-        assert h2.reread == 0
-    finally:
-        os.close(fd)
-
-
-def test_piece_map_round_trip_and_identity(tmp_path: Path) -> None:
-    ident = {"image_id": "a", "size": G.size, "hash": "x"}
-    m = PieceMap(G, tmp_path / "p", ident)
-    m.done[0] = m.done[1] = m.done[5] = True
-    m.save()
-    again = PieceMap(G, tmp_path / "p", ident)
-    assert again.load() == 3 and again.prefix_bytes() == 2 * MiB
-    other = PieceMap(G, tmp_path / "p", {**ident, "hash": "y"})
-    assert other.load() == 0

@@ -31,7 +31,7 @@ from swift_harness import (
     v1_token,
 )
 
-pytestmark = pytest.mark.swift
+pytestmark = [pytest.mark.testserver, pytest.mark.swift]
 
 MiB = 1 << 20
 

@@ -3,3 +3,6 @@
 Not public API. It ships in the package only because the demo needs it at run time; the tests
 and benchmarks import the same server from here.
 """
+
+#: The address every demo and test server binds unless told otherwise.
+HOST = "127.0.0.1"

@@ -201,8 +201,4 @@ def start(
 
 def stop(workdir: Path) -> None:
     """Stop the Glance whose pid is in WORKDIR/glance.pid (its process group only)."""
-    pidfile = workdir / "glance.pid"
-    pid = procs.pid_in(pidfile)
-    if pid is not None:
-        procs.stop_group(pid, str(workdir))
-    pidfile.unlink(missing_ok=True)
+    procs.stop_pidfile(workdir / "glance.pid", workdir)

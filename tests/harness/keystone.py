@@ -154,8 +154,4 @@ def start(
 
 def stop(workdir: Path) -> None:
     """Stop the Keystone whose pid is in WORKDIR/keystone.pid (its process group only)."""
-    pidfile = workdir / "keystone.pid"
-    pid = procs.pid_in(pidfile)
-    if pid is not None:
-        procs.stop_group(pid, str(workdir))
-    pidfile.unlink(missing_ok=True)
+    procs.stop_pidfile(workdir / "keystone.pid", workdir)

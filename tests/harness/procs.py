@@ -143,6 +143,15 @@ def stop_group(pid: int, marker: str, grace: float = 15.0) -> None:
         time.sleep(0.1)
 
 
+def stop_pidfile(pidfile: Path, workdir: Path, grace: float = 15.0) -> None:
+    """Stop the process group whose leader's pid is in ``pidfile`` (see :func:`stop_group`;
+    ``workdir`` is the marker) and remove the pid file."""
+    pid = pid_in(pidfile)
+    if pid is not None:
+        stop_group(pid, str(workdir), grace=grace)
+    pidfile.unlink(missing_ok=True)
+
+
 def pid_in(pidfile: Path) -> int | None:
     """The pid written in ``pidfile``, alive or not."""
     try:

@@ -273,11 +273,7 @@ def start(workdir: Path, port: int, timeout: float = 120) -> tuple[str, bool]:
 def stop(workdir: Path) -> None:
     """Stop the servers whose pids are in WORKDIR/*.pid (each its own process group)."""
     for s in ("proxy", "object", "container", "account"):
-        pidfile = workdir / f"{s}.pid"
-        pid = procs.pid_in(pidfile)
-        if pid is not None:
-            procs.stop_group(pid, str(workdir), grace=10)
-        pidfile.unlink(missing_ok=True)
+        procs.stop_pidfile(workdir / f"{s}.pid", workdir, grace=10)
 
 
 # --------------------------------------------------------------------- uploads

@@ -195,7 +195,7 @@ def test_glance_only_schemes_listed_unsupported(moto_s3: MotoS3, tmp_path: Path)
         assert row["usable"] is False
         error = str(row["reasons"]["error"])  # type: ignore[index]
         if str(row["url"]).startswith("swift"):
-            # Swift has its own transport now (tests/test_swift.py); these hosts do not exist.
+            # Swift has its own transport (tests/test_transports_swift.py); no such hosts.
             assert error and "pw" not in error
         else:
             assert error.startswith("unsupported scheme") and "needs" in error

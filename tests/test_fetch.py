@@ -26,6 +26,7 @@ from locpick.errors import AllLocationsFailed
 from locpick.fetch import fetch
 from locpick.models import Image, Location, Reasons, Result, Score
 from locpick.transports import Context, Transports
+from tests.fixtures_sharedfs import mount_tmpfs, unmount
 from tests.helpers import ROOT, image_record, run_cli, temp_leftovers, write_record
 from tests.origin import BlackHole, Origin
 
@@ -322,19 +323,11 @@ def test_no_switch_when_the_other_is_not_much_faster(tmp_path: Path) -> None:
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    mount_tmpfs(mnt, size="3m")
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        unmount(mnt)
 
 
 def test_free_space_precheck_exit_3(tiny_fs: Path, tmp_path: Path, a: Origin) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import glance_harness as gh
 import httpx
 import pytest
 from fixtures_cache import ServeProcess
-from fixtures_glance import GlanceWorld, glance_world_fixture  # noqa: F401
+from fixtures_glance import GlanceWorld, fresh_image, glance_world_fixture  # noqa: F401
 from helpers import run_cli
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -78,23 +77,8 @@ class LeasedNode:
 @pytest.fixture
 def image(glance_world: GlanceWorld, tmp_path: Path) -> Iterator[tuple[str, bytes, Origin]]:
     """A fresh image: fs1 (not usable by the nodes) and an http origin of its own."""
-    data = os.urandom(SIZE)
-    src = tmp_path / "img.raw"
-    src.write_bytes(data)
-    origin = Origin(data).start()
-    try:
-        image_id = gh.seed_image(
-            glance_world.endpoint,
-            src,
-            token=glance_world.admin_token,
-            name="locpick-lease-test",
-            visibility="public",
-            copy_to_stores=(),
-            http_locations=[(origin.url, {"zone": "z-origin"})],
-        )
-        yield image_id, data, origin
-    finally:
-        origin.stop()
+    with fresh_image(glance_world, tmp_path, "locpick-lease-test", SIZE) as made:
+        yield made
 
 
 def _locations(w: GlanceWorld, image_id: str) -> dict[str, dict[str, Any]]:

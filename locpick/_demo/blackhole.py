@@ -1,0 +1,114 @@
+"""Addresses that never answer: a port that accepts and holds connections
+(:class:`BlackHole`) and one where nothing listens (:class:`ClosedPort`)."""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import threading
+from typing import Self
+
+from locpick._demo import HOST
+
+
+class BlackHole:
+    """Listens on 127.0.0.1, accepts TCP connections and holds them open, never answering."""
+
+    def __init__(self, path: str = "/img.raw") -> None:
+        self.path = path
+        self._sock: socket.socket | None = None
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> Self:
+        if self._sock is None:
+            self._stop.clear()
+            self._sock = socket.create_server((HOST, 0), backlog=128)
+            self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._sock, selectors.EVENT_READ)
+            while not self._stop.is_set():
+                if sel.select(0.05):
+                    with contextlib.suppress(OSError):
+                        conn, _ = self._sock.accept()
+                        with self._lock:
+                            self._held.append(conn)
+
+    def stop(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        sock.close()
+        with self._lock:
+            held, self._held = self._held, []
+        for c in held:
+            c.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def connections(self) -> int:
+        """Connections accepted (and held) so far."""
+        with self._lock:
+            return len(self._held)
+
+    @property
+    def port(self) -> int:
+        if self._sock is None:
+            raise RuntimeError("black hole not started")
+        return int(self._sock.getsockname()[1])
+
+    @property
+    def base(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return self.base + self.path
+
+
+def blackhole(path: str = "/img.raw") -> BlackHole:
+    """Return a started :class:`BlackHole` (use as a context manager to stop it)."""
+    return BlackHole(path).start()
+
+
+class ClosedPort:
+    """Reserves a 127.0.0.1 port that is bound but not listening: connects are refused (RST)."""
+
+    def __init__(self, path: str = "/img.raw") -> None:
+        self.path = path
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind((HOST, 0))
+        self.port: int = self._sock.getsockname()[1]
+        self.base = f"http://{HOST}:{self.port}"
+        self.url = self.base + path
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def closed_port_url(path: str = "/img.raw") -> str:
+    """URL on a port that was free a moment ago (nothing listens; tiny reuse race)."""
+    with ClosedPort(path) as cp:
+        return cp.url
