@@ -1017,6 +1017,14 @@ _COLOURS = {
 }
 
 
+def _kind_at(kinds: list[Any], t: float, window: float = 1.0) -> str:
+    """The source a node received from last within ``window`` s before ``t`` ("waiting" if
+    none): bytes reach the disk a buffer after they arrive, so the interval itself may show
+    none."""
+    recent = [k for tk, k in kinds if t - window <= tk <= t + 1e-6 and k != "waiting"]
+    return str(recent[-1]) if recent else "waiting"
+
+
 def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -1035,7 +1043,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
         for row in h["nodes"]:
             kinds = row.get("source_samples") or []
             for (t1, b1), (t2, b2) in itertools.pairwise(row["samples"]):
-                kind = next((k for t, k in kinds if t >= t2 - 1e-6), "waiting")
+                kind = _kind_at(kinds, t2)
                 seen.add(kind)
                 lines.append([(t1, b1 / MiB), (t2, b2 / MiB)])
                 line_colours.append(_COLOURS.get(kind, "tab:olive"))
