@@ -572,7 +572,7 @@ def _run_nodes(
                     kind = _source_kind(peer, origin, serve_ports, glance_ports)
                     delta[kind] = delta.get(kind, 0) + max(0, b - before)
                 big = max(delta.items(), key=lambda kv: kv[1], default=("", 0))
-                n.source_samples.append((now, big[0] if big[1] > 64 * 1024 else "waiting"))
+                n.source_samples.append((now, big[0] if big[1] > 64 * 1024 else "unattributed"))
                 if n.index in kill and n.killed_at is None and got >= n.size // 2:
                     n.killed_at = now
                     with contextlib.suppress(ProcessLookupError):
@@ -1012,17 +1012,18 @@ _COLOURS = {
     "origin": "tab:red",
     "peer": "tab:blue",
     "glance": "tab:purple",
-    "waiting": "tab:gray",
+    "unattributed": "tab:gray",
     "other": "tab:olive",
 }
 
 
 def _kind_at(kinds: list[Any], t: float, window: float = 1.0) -> str:
-    """The source a node received from last within ``window`` s before ``t`` ("waiting" if
-    none): bytes reach the disk a buffer after they arrive, so the interval itself may show
-    none."""
-    recent = [k for tk, k in kinds if t - window <= tk <= t + 1e-6 and k != "waiting"]
-    return str(recent[-1]) if recent else "waiting"
+    """The source a node received from last within ``window`` s before ``t``: bytes reach the
+    disk a buffer after they arrive, so the interval itself may show none. "unattributed": no
+    open socket of the node was seen receiving (idle, or connections shorter than a sample)."""
+    idle = ("waiting", "unattributed")
+    recent = [k for tk, k in kinds if t - window <= tk <= t + 1e-6 and k not in idle]
+    return str(recent[-1]) if recent else "unattributed"
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
