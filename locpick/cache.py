@@ -6,6 +6,8 @@ Layout of ``DIR`` (nothing else is ever read or served)::
     DIR/.secret               the key of this node's capability URLs (locpick.capability)
     DIR/images/<id>           the image bytes (complete and verified, or absent)
     DIR/images/<id>.json      the sidecar: size, hash algorithm and value, registered URL
+    DIR/images/<id>.filling   a copy still being downloaded (stream-through), with its fill
+    DIR/images/<id>.fill      record (locpick.fillstate); served only while a live writer fills it
     DIR/downloads.json, DIR/stats.json   operator records (locpick.journal), never served raw
 
 An entry is *visible* only when both files exist and agree (the data file's size equals the
@@ -60,6 +62,9 @@ log = logging.getLogger("locpick")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _SIDECAR = ".json"
 _TMP_SUFFIX = ".locpick-tmp"
+#: A copy still being filled (stream-through): its data and its fill record.
+FILLING_SUFFIX = ".filling"
+FILL_SUFFIX = ".fill"
 #: Bytes per write when copying into the cache.
 _COPY_CHUNK = 1 << 20
 
@@ -197,6 +202,32 @@ class NodeCache:
             os.close(fd)
             return None
         return fd, entry
+
+    def fill_paths(self, image_id: str) -> tuple[Path, Path]:
+        """(data, record) of a copy of ``image_id`` still being filled: ``images/<id>.filling``
+        and its fill record ``images/<id>.fill`` (:mod:`locpick.fillstate`)."""
+        data = self._paths(image_id)[0]
+        return data.with_name(data.name + FILLING_SUFFIX), data.with_name(data.name + FILL_SUFFIX)
+
+    def open_filling(self, image_id: str) -> int | None:
+        """A read-only fd on the ``.filling`` data of ``image_id``, opened and checked as an
+        entry's data is (``O_NOFOLLOW``; regular, ours, one link, checked on the fd); else None.
+        """
+        if not valid_image_id(image_id) or self.problem() is not None:
+            return None
+        try:
+            fd = os.open(
+                self.fill_paths(image_id)[0],
+                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+            )
+        except OSError:
+            return None
+        reason = _file_problem(os.fstat(fd))
+        if reason is not None:
+            log.warning("cache: ignoring the filling copy of %s: %s", image_id, reason)
+            os.close(fd)
+            return None
+        return fd
 
     def lookup(self, image: Image) -> CacheEntry | None:
         """A cached copy proven to be ``image``: same size and the record's own hash."""

@@ -242,6 +242,9 @@ class ServeConfig:
     keepalive_timeout: float = attrs.field(default=15.0, validator=_serve_range(0.05, 3600))
     #: Seconds a busy answer asks the client to wait.
     retry_after: int = attrs.field(default=2, validator=_serve_range(0, 3600))
+    #: Seconds an answer from a copy still being filled waits for bytes not yet written
+    #: (stream-through); nothing in time: ``503`` + ``Retry-After``; mid-answer: cut short.
+    fill_wait: float = attrs.field(default=30.0, validator=_serve_range(0.05, 3600))
 
 
 @attrs.frozen

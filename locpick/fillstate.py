@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 import struct
 import time
@@ -80,8 +81,10 @@ class FillBusy(LocpickError):
     """Another live writer is already filling this entry."""
 
 
+@functools.cache
 def boot_id() -> bytes:
-    """This boot's id (16 bytes), from ``/proc/sys/kernel/random/boot_id``."""
+    """This boot's id (16 bytes), from ``/proc/sys/kernel/random/boot_id`` (read once: a
+    process never outlives its boot, and ``serve`` reads a record per piece it waits for)."""
     try:
         text = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         return uuid.UUID(text).bytes

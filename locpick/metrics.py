@@ -200,15 +200,16 @@ class ServeMetrics:
 
         entries = self.cache.entries()
         cached = {e.image_id for e in entries}
+        fills = self.fills()
+        held = cached | {f.image_id for f in fills}  # copies being filled are served too
         with self._lock:
-            for key in [k for k in self._served if k[0] != NO_IMAGE and k[0] not in cached]:
+            for key in [k for k in self._served if k[0] != NO_IMAGE and k[0] not in held]:
                 del self._served[key]
             served = sorted(self._served.items())
             refused = dict(self._refused)
             renewals = dict(self._renewals)
             leases = {i: t for i, t in self._leases.items() if i in cached}
             active = len(self._transfers)
-        fills = self.fills()
 
         from locpick import __version__
 

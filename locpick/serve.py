@@ -12,12 +12,15 @@ Routes (built in one place, :func:`add_routes`):
 A wrong or missing token answers 403 whether or not the image is cached (no existence oracle).
 The entry is opened with ``O_NOFOLLOW`` and checked on the fd (regular, ours, one link); the
 bytes are sent from that very file through ``/proc/self/fd`` (aiohttp ``FileResponse``: Range,
-If-Range, ``sendfile(2)``), or through a rate-limited loop when ``[serve] max_rate`` is set.
+If-Range, ``sendfile(2)``), or through a rate-limited loop when ``[serve] max_rate`` is set
+(:mod:`locpick.serve_send`). An image not (yet) in the cache but being downloaded into it is
+answered from its filling copy when a live downloader fills it (:mod:`locpick.fillserve`).
 
-Defences against neighbours (:class:`ConnectionGuard`, below aiohttp): caps on connections in
-total and per client address, a deadline for each request head and for idle keep-alive; and
-(middleware) at most ``max_clients`` transfers at once, past which ``503`` + ``Retry-After``.
-Both kinds of refusal are counted in ``/metrics`` (``locpick_serve_refused_total``).
+Defences against neighbours (:class:`ConnectionGuard` in :mod:`locpick.serve_guard`, below
+aiohttp): caps on connections in total and per client address, a deadline for each request
+head and for idle keep-alive; and (middleware) at most ``max_clients`` transfers at once,
+past which ``503`` + ``Retry-After``. Both kinds of refusal are counted in ``/metrics``
+(``locpick_serve_refused_total``).
 """
 
 from __future__ import annotations
@@ -27,11 +30,8 @@ import ipaddress
 import logging
 import os
 import re
-import resource
 import signal
 import sys
-import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -39,26 +39,21 @@ from locpick.cache import CacheEntry, NodeCache, valid_image_id
 from locpick.capability import SecretFile, UntrustedCache, token_matches
 from locpick.config import ServeConfig
 from locpick.errors import ConfigError, InputError
+from locpick.serve_guard import BACKLOG, ConnectionGuard
+from locpick.serve_send import RateLimiter, send_limited
 
 if TYPE_CHECKING:
     from aiohttp import web
 
     from locpick.metrics import OpsOptions
 
+__all__ = ["DEFAULT_BIND", "ConnectionGuard", "RateLimiter", "announce", "make_app", "serve"]
+
 log = logging.getLogger("locpick")
 
 DEFAULT_BIND = "127.0.0.1:8470"
-#: File descriptors kept free of client connections (cache files, the listener, logging).
-_FD_RESERVE = 64
-#: Listen backlog, which asyncio also uses as the number of sockets accepted in one go (before
-#: the guard can refuse any): kept under the reserve so a connection flood never hits EMFILE.
-_BACKLOG = _FD_RESERVE // 2
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
 _ZERO_SUFFIX = re.compile(r"\s*bytes\s*=\s*-\s*0+\s*")
-_BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: %d\r\nContent-Length: 0\r\n"
-    b"Connection: close\r\n\r\n"
-)
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
@@ -92,203 +87,6 @@ def _aiohttp() -> Any:
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ConfigError("locpick serve needs aiohttp: pip install 'locpick[serve]'") from exc
     return aiohttp.web
-
-
-# -- connections ------------------------------------------------------------------------------
-class _Connection(asyncio.Protocol):
-    """One client connection: admitted or refused, timed while no request is in progress."""
-
-    def __init__(self, guard: ConnectionGuard, make_inner: Callable[[], asyncio.Protocol]):
-        self.guard = guard
-        self.make_inner = make_inner
-        self.inner: asyncio.Protocol | None = None
-        self.transport: asyncio.Transport | None = None
-        self.peer = "?"
-        self.busy = 0
-        self.timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer = str(peer[0]) if peer else "?"
-        if not self.guard.admit(self):
-            transport.write(_BUSY % self.guard.config.retry_after)
-            transport.close()
-            return
-        self.inner = self.make_inner()
-        self.guard.by_handler[self.inner] = self
-        self.inner.connection_made(transport)
-        self.arm(self.guard.config.header_timeout)
-
-    def arm(self, seconds: float) -> None:
-        """Close the connection in ``seconds`` unless a request head arrives first."""
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = asyncio.get_running_loop().call_later(seconds, self._expire)
-
-    def _expire(self) -> None:
-        if self.busy == 0 and self.transport is not None:
-            self.guard.timed_out += 1
-            self.transport.close()
-
-    def request_started(self) -> None:
-        self.busy += 1
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def request_done(self) -> None:
-        self.busy -= 1
-        if self.busy == 0:
-            self.arm(self.guard.config.keepalive_timeout)
-
-    def data_received(self, data: bytes) -> None:
-        if self.inner is not None:
-            self.inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self.inner.eof_received() if self.inner is not None else None
-
-    def pause_writing(self) -> None:
-        if self.inner is not None:
-            self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.inner is not None:
-            self.inner.resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.inner is not None:
-            self.guard.release(self)
-            self.guard.by_handler.pop(self.inner, None)
-            self.inner.connection_lost(exc)
-
-
-class ConnectionGuard:
-    """Caps on connections (total, per client address) and deadlines while none is busy.
-
-    Wraps aiohttp's protocol factory, so a slow or silent client costs one file descriptor for
-    at most ``header_timeout`` (then ``keepalive_timeout`` between requests), and one address
-    cannot take more than ``max_connections_per_client`` of them.
-    """
-
-    def __init__(self, config: ServeConfig) -> None:
-        self.config = config
-        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        room = config.max_connections
-        if soft != resource.RLIM_INFINITY:
-            room = min(room, max(8, soft - _FD_RESERVE))
-        self.max_total = room
-        self.open = 0
-        self.per_peer: Counter[str] = Counter()
-        self.by_handler: dict[object, _Connection] = {}
-        self.refused = 0
-        self.timed_out = 0
-        #: Told the reason of each refusal (``connections`` or ``per_client``), e.g. metrics.
-        self.on_refuse: Callable[[str], object] | None = None
-
-    def admit(self, conn: _Connection) -> bool:
-        reason = None
-        if self.open >= self.max_total:
-            reason = "connections"
-        elif self.per_peer[conn.peer] >= self.config.max_connections_per_client:
-            reason = "per_client"
-        if reason is not None:
-            self.refused += 1
-            if self.on_refuse is not None:
-                self.on_refuse(reason)
-            return False
-        self.open += 1
-        self.per_peer[conn.peer] += 1
-        return True
-
-    def release(self, conn: _Connection) -> None:
-        self.open -= 1
-        self.per_peer[conn.peer] -= 1
-        if self.per_peer[conn.peer] <= 0:
-            del self.per_peer[conn.peer]
-
-    def factory(self, make_inner: Callable[[], asyncio.Protocol]) -> Callable[[], _Connection]:
-        return lambda: _Connection(self, make_inner)
-
-
-# -- transfers --------------------------------------------------------------------------------
-class RateLimiter:
-    """One node-wide byte budget (``[serve] max_rate``): each chunk waits for its time slot."""
-
-    def __init__(self, rate: int, burst_seconds: float = 0.25) -> None:
-        self.rate = rate
-        self.burst = burst_seconds
-        self.next_free = time.monotonic()
-
-    async def take(self, n: int) -> None:
-        now = time.monotonic()
-        start = max(self.next_free, now - self.burst)
-        self.next_free = start + n / self.rate
-        if self.next_free > now + self.burst:
-            await asyncio.sleep(self.next_free - now - self.burst)
-
-
-def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """[start, stop) of a single ``bytes=`` range; None = whole file; ValueError = 416."""
-    if not header:
-        return None
-    m = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
-    if m is None or not (m.group(1) or m.group(2)):
-        raise ValueError(header)
-    if not m.group(1):
-        tail = int(m.group(2))
-        if tail == 0:
-            raise ValueError(header)
-        return max(0, size - tail), size
-    start = int(m.group(1))
-    stop = size if not m.group(2) else min(size, int(m.group(2)) + 1)
-    if start >= size or start >= stop:
-        raise ValueError(header)
-    return start, stop
-
-
-async def _send_limited(
-    request: web.Request,
-    fd: int,
-    entry: CacheEntry,
-    limiter: RateLimiter,
-    headers: dict[str, str],
-) -> web.StreamResponse:
-    """A single-range answer from ``fd``, paced by ``limiter`` (no sendfile)."""
-    from aiohttp import web
-
-    try:
-        span = _byte_range(request.headers.get("Range"), entry.size)
-    except ValueError:
-        raise web.HTTPRequestRangeNotSatisfiable(
-            headers={"Content-Range": f"bytes */{entry.size}"}
-        ) from None
-    start, stop = span if span is not None else (0, entry.size)
-    resp = web.StreamResponse(status=200 if span is None else 206, headers=headers)
-    resp.headers["Accept-Ranges"] = "bytes"
-    resp.content_length = stop - start
-    if span is not None:
-        resp.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{entry.size}"
-    await resp.prepare(request)
-    if request.method == "HEAD":
-        return resp
-    loop = asyncio.get_running_loop()
-    pos = start
-    step = min(256 << 10, max(16 << 10, limiter.rate // 8))  # ~1/8 s per chunk, at most 256 KiB
-    while pos < stop:
-        n = min(step, stop - pos)
-        await limiter.take(n)
-        chunk = await loop.run_in_executor(None, os.pread, fd, n, pos)
-        if not chunk:
-            break
-        await resp.write(chunk)
-        pos += len(chunk)
-    await resp.write_eof()
-    return resp
 
 
 # -- the application --------------------------------------------------------------------------
@@ -338,6 +136,7 @@ def add_routes(
     (``/metrics``, ``/status``) it has; default both."""
     from aiohttp import hdrs, web
 
+    from locpick.fillserve import FILL_HEADER, answer_filling, complete_header, open_filling
     from locpick.metrics import OpsOptions
     from locpick.serve_ops import install
 
@@ -368,21 +167,38 @@ def add_routes(
         if not allowed(image_id, request.match_info.get("token")):
             raise web.HTTPForbidden(text="a valid capability URL is needed for this image\n")
         opened = cache.open_entry(image_id)
-        if opened is None:
-            raise web.HTTPNotFound(text="no such image\n")
-        fd, entry = opened
+        if opened is not None:
+            return await complete(request, *opened)
+        with open_filling(cache, image_id) as copy:
+            if copy is not None:
+                return await answer_filling(
+                    request,
+                    cache,
+                    copy,
+                    fill_wait=config.fill_wait,
+                    retry_after=config.retry_after,
+                    limiter=limiter,
+                )
+        opened = cache.open_entry(image_id)  # the fill may have completed just now
+        if opened is not None:
+            return await complete(request, *opened)
+        raise web.HTTPNotFound(text="no such image\n")
+
+    async def complete(request: web.Request, fd: int, entry: CacheEntry) -> web.StreamResponse:
+        """A visible entry, from its open, checked ``fd`` (closed here)."""
         try:
             if _ZERO_SUFFIX.fullmatch(request.headers.get(hdrs.RANGE, "x")):
                 raise web.HTTPRequestRangeNotSatisfiable(
                     headers={hdrs.CONTENT_RANGE: f"bytes */{entry.size}"}
                 )
-            cache.touch(image_id)
+            cache.touch(entry.image_id)
             headers = {
                 hdrs.CACHE_CONTROL: "no-transform",
                 "X-Image-Meta-Hash": f"{entry.algo}:{entry.digest}",
+                FILL_HEADER: complete_header(entry.size),
             }
             if limiter is not None:
-                return await _send_limited(request, fd, entry, limiter, headers)
+                return await send_limited(request, fd, entry, limiter, headers)
             # The checked, open file itself, not the path (which may change meanwhile).
             response = OpenFileResponse(f"/proc/self/fd/{fd}", chunk_size=1 << 20)
             response.headers.update(headers)
@@ -467,7 +283,7 @@ def serve(
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(
-                guard.factory(runner.server), host, port, reuse_address=True, backlog=_BACKLOG
+                guard.factory(runner.server), host, port, reuse_address=True, backlog=BACKLOG
             )
         except OSError as exc:
             await runner.cleanup()

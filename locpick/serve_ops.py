@@ -5,9 +5,11 @@
 response (status, body bytes) and lists an ``/images/`` request as a client being served for
 as long as its handler runs, so the image handler sends the body itself (``await
 response.prepare(request)``) before returning. A ``503`` on ``/images/`` (locpick.serve's
-``max_clients`` admission) counts as a client refused as busy. The ``image`` label is the
-image id only when the image was answered (200/206/304/416), else ``-`` (no per-path or
-per-client labels: a capability token never reaches a metric).
+``max_clients`` admission) counts as a client refused as ``busy`` (``fill_wait``: a copy being
+filled had no bytes in time). A copy being filled (locpick.fillserve) reports the body bytes it
+really sent; an answer it cut short counts as ``aborted`` with those bytes. The ``image``
+label is the image id only when the image was answered (200/206/304/416), else ``-`` (no
+per-path or per-client labels: a capability token never reaches a metric).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from aiohttp import hdrs, web
 
 from locpick import journal
 from locpick.cache import NodeCache
+from locpick.fillserve import CUT, REFUSED, SENT
 from locpick.metrics import NO_IMAGE, OpsOptions, ServeMetrics
 from locpick.status import CSP
 
@@ -61,15 +64,19 @@ class Ops:
                 label = image
                 if request.method == hdrs.METH_GET and response.status in (200, 206):
                     nbytes = response.content_length or 0
+                if request.get(CUT):
+                    status = "aborted"
             return response
         except web.HTTPException as exc:
             status = str(exc.status)
             raise
         finally:
-            if status == "aborted" and self.cache.entry(image) is not None:
-                label = image
+            nbytes = request.get(SENT, nbytes)  # what a filling copy's answer really sent
+            if status == "aborted":
+                if SENT in request or self.cache.entry(image) is not None:
+                    label = image
             elif status == "503":
-                self.metrics.refused("busy")
+                self.metrics.refused(request.get(REFUSED, "busy"))
             self.metrics.request_done(key, label, status, nbytes)
 
     async def _metrics(self, request: web.Request) -> web.Response:
