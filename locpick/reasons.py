@@ -7,7 +7,8 @@ import enum
 
 import attrs
 
-from locpick.errors import LocationUnreachable, UnsupportedLocation
+from locpick.errors import LocationUnreachable, UnsupportedLocation, reason_of
+from locpick.redact import SCRUB
 
 __all__ = ["Code", "Reason", "code_of"]
 
@@ -46,6 +47,12 @@ class Reason:
 
     def __str__(self) -> str:
         return self.detail
+
+    @classmethod
+    def of(cls, exc: BaseException) -> Reason:
+        """What an exception says of the location it names: the code from its type, the text
+        without the location (its typed ``url``), since the row carries the URL already."""
+        return cls(code_of(exc), SCRUB(reason_of(exc)))
 
 
 def code_of(exc: BaseException) -> Code:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import urllib.parse
 from collections.abc import Mapping
@@ -184,10 +183,9 @@ def install_log_redaction() -> None:
     logging.setLogRecordFactory(factory)
 
 
-def register_env_secrets(environ: Mapping[str, str] | None = None) -> None:
-    """Teach ``SCRUB`` the secrets that the standard environment may hold."""
-    env = os.environ if environ is None else environ
-    SCRUB.add(*(env.get(name) for name in SECRET_ENV))
+def register_env_secrets(environ: Mapping[str, str]) -> None:
+    """Teach ``SCRUB`` the secrets that the standard environment (read at the edge) may hold."""
+    SCRUB.add(*(environ.get(name) for name in SECRET_ENV))
 
 
 #: Environment variables whose values are secrets (OpenStack, AWS).

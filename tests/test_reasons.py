@@ -46,3 +46,10 @@ def test_code_of_reads_the_type() -> None:
     assert code_of(LocationUnreachable("x: HTTP 503", status=503)) is Code.UNREACHABLE
     assert code_of(TransferError("x: broke")) is Code.ERROR
     assert str(Reason(Code.NOT_PROBED, "not-probed: a fallback")) == "not-probed: a fallback"
+
+
+def test_reason_of_strips_only_the_typed_location() -> None:
+    """The location comes off by the exception's ``url``, not by the first ``": "``."""
+    exc = UnsupportedLocation("s3://b/k: needs the s3 extra: pip install", url="s3://b/k")
+    assert Reason.of(exc) == Reason(Code.UNSUPPORTED, "needs the s3 extra: pip install")
+    assert Reason.of(ValueError("bad value: 3")) == Reason(Code.ERROR, "bad value: 3")

@@ -1,21 +1,18 @@
-"""Configuration: one frozen ``Config`` read once at the edge, from TOML, env and arguments.
+"""The configuration values: one frozen ``Config`` of frozen sections, with their defaults.
 
 Every knob that changes a decision lives here with its default and a one-line meaning, so that
-nothing is a magic constant buried in code. See the README's configuration section.
+nothing is a magic constant buried in code. See the README's configuration section; reading a
+file is :mod:`locpick.config.load`, the environment :mod:`locpick.config.env`.
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 
 from locpick.errors import ConfigError
-from locpick.redact import SCRUB
 
 __all__ = [
     "CacheConfig",
@@ -33,7 +30,6 @@ __all__ = [
     "TLSConfig",
     "Topology",
     "TransferConfig",
-    "load_config",
 ]
 
 
@@ -215,14 +211,6 @@ class SecurityConfig:
     max_image_bytes: int = attrs.field(default=1 << 40, validator=_check_range(1, 1 << 50))
 
 
-def _serve_range(lo: float, hi: float) -> Any:
-    def check(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
-        if not lo <= value <= hi:
-            raise ConfigError(f"config [serve] {attr.name}: {value!r} is not in {lo}..{hi}")
-
-    return check
-
-
 @attrs.frozen
 class ServeConfig:
     """``locpick serve``: who may read, and how much a neighbour can take from this node."""
@@ -230,21 +218,25 @@ class ServeConfig:
     #: Serve images whose Glance visibility is ``public`` without the capability token.
     open_public: bool = False
     #: Image transfers at once; past it ``503`` with ``Retry-After``.
-    max_clients: int = attrs.field(default=16, validator=_serve_range(1, 100_000))
+    max_clients: int = attrs.field(default=16, validator=_check_range(1, 100_000, "serve"))
     #: Bytes/s this node serves in total (0 = unlimited; limited transfers skip sendfile).
-    max_rate: int = attrs.field(default=0, validator=_serve_range(0, 1e13))
+    max_rate: int = attrs.field(default=0, validator=_check_range(0, 1e13, "serve"))
     #: Open connections in total and per client address (lowered to fit ``ulimit -n``).
-    max_connections: int = attrs.field(default=512, validator=_serve_range(1, 1_000_000))
-    max_connections_per_client: int = attrs.field(default=32, validator=_serve_range(1, 100_000))
+    max_connections: int = attrs.field(default=512, validator=_check_range(1, 1_000_000, "serve"))
+    max_connections_per_client: int = attrs.field(
+        default=32, validator=_check_range(1, 100_000, "serve")
+    )
     #: Seconds a new connection has to deliver a complete request head.
-    header_timeout: float = attrs.field(default=10.0, validator=_serve_range(0.05, 3600))
+    header_timeout: float = attrs.field(default=10.0, validator=_check_range(0.05, 3600, "serve"))
     #: Seconds an idle keep-alive connection is kept.
-    keepalive_timeout: float = attrs.field(default=15.0, validator=_serve_range(0.05, 3600))
+    keepalive_timeout: float = attrs.field(
+        default=15.0, validator=_check_range(0.05, 3600, "serve")
+    )
     #: Seconds a busy answer asks the client to wait.
-    retry_after: int = attrs.field(default=2, validator=_serve_range(0, 3600))
+    retry_after: int = attrs.field(default=2, validator=_check_range(0, 3600, "serve"))
     #: Seconds an answer from a copy still being filled waits for bytes not yet written
     #: (stream-through); nothing in time: ``503`` + ``Retry-After``; mid-answer: cut short.
-    fill_wait: float = attrs.field(default=30.0, validator=_serve_range(0.05, 3600))
+    fill_wait: float = attrs.field(default=30.0, validator=_check_range(0.05, 3600, "serve"))
 
 
 @attrs.frozen
@@ -388,52 +380,13 @@ class Config:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Config:
+        from locpick.config.load import load_config
+
         return load_config(path)
 
 
-T = TypeVar("T")
-
-
-def _build(cls: type[T], data: Any, where: str, *, exclude: tuple[str, ...] = ()) -> T:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"config [{where}]: expected a table, got {type(data).__name__}")
-    fields = {f.name: f for f in attrs.fields(cls) if f.name not in exclude}  # type: ignore[arg-type]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        f = fields.get(key)
-        if f is None:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"config [{where}]: unknown key {key!r} (known: {known})")
-        kwargs[key] = _coerce(value, f.default, f"{where}.{key}")
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"config [{where}]: {exc}") from exc
-
-
-def _coerce(value: Any, default: Any, where: str) -> Any:
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"config {where}: expected true/false, got {value!r}")
-        return value
-    if isinstance(default, int) and not isinstance(default, bool):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config {where}: expected an integer, got {value!r}")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"config {where}: expected a number, got {value!r}")
-        return float(value)
-    if isinstance(default, tuple):
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"config {where}: expected a list of strings, got {value!r}")
-        return tuple(value)
-    if value is not None and not isinstance(value, str | int | float):
-        raise ConfigError(f"config {where}: unexpected value {value!r}")
-    return value
-
-
-_SECTIONS: dict[str, type[Any]] = {
+#: The plain ``[section]`` tables of a config file and the value each one builds.
+SECTIONS: dict[str, type[Any]] = {
     "topology": Topology,
     "cache": CacheConfig,
     "serve": ServeConfig,
@@ -447,98 +400,3 @@ _SECTIONS: dict[str, type[Any]] = {
     "glance": GlanceConfig,
     "s3": S3Config,
 }
-
-
-def config_from_mapping(data: Mapping[str, Any], *, source: str | None = None) -> Config:
-    """Build a Config from parsed TOML, rejecting unknown keys and wrong types."""
-    kwargs: dict[str, Any] = {"source_path": source}
-    for key, value in data.items():
-        if key in _SECTIONS:
-            kwargs[key] = _build(_SECTIONS[key], value, key)
-        elif key == "filesystems":
-            if not isinstance(value, list):
-                raise ConfigError("config [[filesystems]]: expected an array of tables")
-            fss = tuple(
-                _build(Filesystem, v, f"filesystems[{i}]", exclude=("require_mount",))
-                for i, v in enumerate(value)
-            )
-            for fs in fss:
-                if not os.path.isabs(fs.mountpoint):
-                    raise ConfigError(
-                        f"config [[filesystems]] id={fs.id!r}: mountpoint must be absolute"
-                    )
-            kwargs["filesystems"] = fss
-        elif key == "hints":
-            if not isinstance(value, list):
-                raise ConfigError("config [[hints]]: expected an array of tables")
-            kwargs["hints"] = tuple(_build(Hint, v, f"hints[{i}]") for i, v in enumerate(value))
-        elif key == "swift":
-            kwargs["swift"] = _swift_config(value)
-        elif key == "history_file":
-            if not isinstance(value, str):
-                raise ConfigError("config history_file: expected a path string")
-            kwargs["history_file"] = value
-        else:
-            raise ConfigError(f"config: unknown section or key {key!r}")
-    return Config(**kwargs)
-
-
-def _swift_config(data: Any) -> SwiftConfig:
-    if not isinstance(data, Mapping):
-        raise ConfigError("config [swift]: expected a table")
-    unknown = set(data) - {"refs"}
-    if unknown:
-        raise ConfigError(f"config [swift]: unknown key {sorted(unknown)[0]!r} (known: refs)")
-    refs = data.get("refs", {})
-    if not isinstance(refs, Mapping):
-        raise ConfigError("config [swift.refs]: expected tables [swift.refs.REF]")
-    out = []
-    for name, table in refs.items():
-        where = f"swift.refs.{name}"
-        if not isinstance(table, Mapping):
-            raise ConfigError(f"config [{where}]: expected a table")
-        for k in ("auth_url", "user", "key"):
-            if not isinstance(table.get(k), str) or not table.get(k):
-                raise ConfigError(f"config [{where}]: {k} must be a non-empty string")
-        extra = set(table) - {"auth_url", "user", "key"}
-        if extra:
-            raise ConfigError(
-                f"config [{where}]: unknown key {sorted(extra)[0]!r} (known: auth_url, key, user)"
-            )
-        SCRUB.add(table["key"])
-        out.append(
-            SwiftRefConfig(
-                name=str(name), auth_url=table["auth_url"], user=table["user"], key=table["key"]
-            )
-        )
-    return SwiftConfig(refs=tuple(out))
-
-
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read a TOML config file; any problem is a ConfigError naming the file."""
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"config {path}: cannot read ({exc.strerror or exc})") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config {path}: not valid TOML ({exc})") from exc
-    try:
-        return config_from_mapping(data, source=str(path))
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-
-
-def resolve_config(config: Config | str | os.PathLike[str] | None) -> Config:
-    """The contract's lookup: explicit config, else $LOCPICK_CONFIG, else the user file."""
-    if isinstance(config, Config):
-        return config
-    if config is not None:
-        return load_config(config)
-    env = os.environ.get("LOCPICK_CONFIG")
-    if env:
-        return load_config(env)
-    user = Path.home() / ".config" / "locpick" / "config.toml"
-    if user.is_file():
-        return load_config(user)
-    return Config()

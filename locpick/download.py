@@ -1,0 +1,270 @@
+"""One download, as named steps: the image record → a node-cache hit → rank → fetch in probe
+rounds → keep (and publish) the verified copy → journal the report.
+
+``Download.run`` calls the steps in that order; each is one method (``load_image``,
+``open_cache``, ``cache_hit``, ``require_hash``, ``transfer``, ``keep``, ``finished`` /
+``failed``), so a change to one part of the flow goes into one method.
+:func:`fetch_in_rounds` is the fall-back loop over locations left ``not-probed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+
+import attrs
+
+from locpick import journal
+from locpick.cache import NodeCache, copy_out
+from locpick.cachesync import CacheSync, cache_error
+from locpick.errors import AllLocationsFailed, ConfigError, LocpickError, UnverifiedImage
+from locpick.fetch import Progress, fetch
+from locpick.models import Attempt, CacheStep, Image, Result, Score
+from locpick.ranking import Ranker, best_ttfb
+from locpick.report import DownloadReport, Recorder
+from locpick.session import Metadata, Session
+
+log = logging.getLogger("locpick")
+
+
+class Download:
+    """Fetch (or system-copy, or copy out of the node cache) one image to ``dest``, verified."""
+
+    def __init__(
+        self,
+        session: Session,
+        ranker: Ranker,
+        sync: CacheSync,
+        image_id: str,
+        dest: str | os.PathLike[str],
+        *,
+        metadata: Metadata | None = None,
+        allow_unverified: bool = False,
+        progress: Progress | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        register: bool | None = None,
+        recorder: Recorder | None = None,
+    ) -> None:
+        self.session, self.ranker, self.sync = session, ranker, sync
+        self.config = session.config
+        self.image_id, self.dest, self.metadata = image_id, dest, metadata
+        self.allow_unverified, self.progress = allow_unverified, progress
+        self.cache_dir, self.register = cache_dir, register
+        self.rec = recorder if recorder is not None else Recorder(image_id)
+        #: Set by ``open_cache``: the node cache (if any) and whether to publish into Glance.
+        self.cache: NodeCache | None = None
+        self.publish = False
+
+    def run(self) -> Result:
+        """Every step; the report is journalled delivered or not."""
+        try:
+            result = self.deliver()
+        except LocpickError as exc:
+            self.failed(exc)
+            raise
+        self.finished(result)
+        return result
+
+    def deliver(self) -> Result:
+        image = self.load_image()
+        self.open_cache()
+        hit = self.cache_hit(image)
+        if hit is not None:
+            return hit
+        self.require_hash(image)
+        result = self.transfer(image)
+        if self.cache is not None and result.verified:
+            return attrs.evolve(result, cache=self.keep(image))
+        return result
+
+    def load_image(self) -> Image:
+        """The image record (``metadata`` or Glance)."""
+        return self.session.image(self.image_id, metadata=self.metadata)
+
+    def open_cache(self) -> None:
+        """The node cache to use, and whether a copy kept there is registered in Glance."""
+        self.cache = self.session.node_cache(self.cache_dir, required=False)
+        self.publish = self.config.cache.register if self.register is None else self.register
+        if self.publish and self.cache is None:
+            raise ConfigError("--register needs a node cache: give --cache-dir or [cache] dir")
+        if self.publish and not self.config.cache.public_url:
+            raise ConfigError(
+                "--register needs [cache] public_url (how other nodes reach locpick serve here)"
+            )
+
+    def cache_hit(self, image: Image) -> Result | None:
+        """Copy a verified cached copy out to ``dest``, counting the hit or miss."""
+        if self.cache is None:
+            return None
+        hit = self._from_cache(self.cache, image)
+        if hit is not None:
+            journal.bump(self.cache.dir, hits=1)
+        else:
+            journal.bump(self.cache.dir, misses=1)
+        return hit
+
+    def _from_cache(self, cache: NodeCache, image: Image) -> Result | None:
+        started = time.monotonic()
+        problem = cache.problem()
+        if problem is not None:
+            log.warning("cache: not used: %s", problem)
+            return None
+        entry = cache.lookup(image)
+        if entry is None or not copy_out(entry, self.dest, mode=self.config.security.file_mode):
+            return None
+        cache.touch(image.id)
+        step = CacheStep("hit")
+        try:
+            if image.visibility is not None:
+                cache.update_meta(image.id, visibility=image.visibility)
+            if self.publish:
+                self.sync.publish(cache, image, entry)
+        except (LocpickError, OSError) as exc:
+            error = cache_error(cache, exc)
+            log.warning("cache: %s (image delivered from the cache, not registered)", error)
+            step = CacheStep("failed", error)
+        url = entry.path.as_uri()
+        return Result(
+            image_id=image.id,
+            dest=str(self.dest),
+            source_url=url,
+            method="cache",
+            bytes=entry.size,
+            seconds=time.monotonic() - started,
+            verified=entry.algo,
+            attempts=(Attempt(url=url, outcome="ok", bytes=entry.size, note="node cache"),),
+            cache=step,
+        )
+
+    def require_hash(self, image: Image) -> None:
+        """Refuse an image without a hash unless ``allow_unverified`` (then warn)."""
+        if image.has_hash:
+            return
+        if not self.allow_unverified:
+            raise UnverifiedImage(
+                f"image {image.id} has no checksum or os_hash_value; refusing to download "
+                "unverified bytes (pass --allow-unverified to accept a size-only check)"
+            )
+        log.warning("image %s has no hash: downloading UNVERIFIED (size check only)", image.id)
+
+    def transfer(self, image: Image) -> Result:
+        """Rank the locations, then fetch in rounds until one delivers a verified copy."""
+        ranking = self.ranker.rank_image(image, for_download=True, dest=self.dest)
+        self.rec.ranked(ranking)
+        return fetch_in_rounds(
+            image,
+            ranking.scores,
+            lambda scores: self.fetch_once(image, scores),
+            self.ranker,
+        )
+
+    def fetch_once(self, image: Image, scores: Sequence[Score]) -> Result:
+        """One pass of the fetcher over ``scores`` (in rank order)."""
+        return fetch(
+            image,
+            scores,
+            self.dest,
+            self.session.transports,
+            buffer_bytes=self.config.transfer.buffer_bytes,
+            file_mode=self.config.security.file_mode,
+            progress=self.rec.progress(self.progress),
+            transfer=self.config.transfer,
+            observer=self.rec.observer(self.session.history.record),
+            topology_tolerance=self.config.scoring.topology_tolerance,
+            max_bytes=self.config.security.max_image_bytes,
+        )
+
+    def keep(self, image: Image) -> CacheStep:
+        """Keep a verified download in the node cache. The dest is already delivered, so any
+        failure here (read-only or full cache, a planted lock) is a warning, never an error."""
+        cache = self.cache
+        assert cache is not None
+        try:
+            evicted = cache.add_file(image, self.dest)
+            self.sync.unpublish(evicted)
+            if self.publish:
+                self.sync.publish(cache, image)
+        except (LocpickError, OSError) as exc:
+            error = cache_error(cache, exc)
+            log.warning("cache: %s (image delivered and verified, not cached)", error)
+            return CacheStep("failed", error)
+        return CacheStep("stored" if cache.entry(image.id) is not None else "skipped")
+
+    def failed(self, exc: LocpickError) -> None:
+        """Journal the report of a download that did not deliver."""
+        self.journal(self.rec.fail(exc))
+
+    def finished(self, result: Result) -> None:
+        """Journal and log the report of a delivered download."""
+        report = self.rec.finish(result)
+        self.journal(report)
+        log.info(
+            "downloaded %s: %d bytes from %s in %.2fs",
+            self.image_id,
+            report.bytes,
+            report.chosen_host,
+            report.seconds,
+            extra={
+                "event": "download",
+                "image": self.image_id,
+                "host": report.chosen_host,
+                "bytes": report.bytes,
+                "seconds": round(report.seconds, 4),
+            },
+        )
+
+    def journal(self, report: DownloadReport) -> None:
+        """The report, into the node cache's journal (for ``locpick serve``'s ``/status``)."""
+        directory = self.cache_dir if self.cache_dir is not None else self.config.cache.dir
+        if directory and os.path.isdir(os.path.join(directory, "images")):
+            journal.record(directory, report)
+
+
+def fetch_in_rounds(
+    image: Image,
+    scores: Sequence[Score],
+    fetch_once: Callable[[Sequence[Score]], Result],
+    ranker: Ranker,
+) -> Result:
+    """Fetch from the probed locations; when every one has failed, probe the next round of
+    ``not-probed`` ones (over the probe budget) and fetch from those, and so on; Glance's
+    /file stays the last resort. So a download fails only when every location was really
+    tried or ruled out, and many silent locations cannot hide a good one."""
+    last = [s for s in scores if s.location.kind == "glance-file"]
+    scores = [s for s in scores if s.location.kind != "glance-file"]
+    earlier: list[Attempt] = []
+    best = best_ttfb(scores)
+    while True:
+        later = [s for s in scores if s.usable and s.reasons.not_probed]
+        now = [s for s in scores if not s.reasons.not_probed] + ([] if later else last)
+        try:
+            result = fetch_once(now)
+        except AllLocationsFailed as exc:
+            attempts = [*earlier, *exc.attempts]
+            if not later:
+                if not earlier:
+                    raise
+                raise _all_failed(image, attempts) from None
+            earlier = attempts
+        else:
+            return attrs.evolve(result, attempts=(*earlier, *result.attempts))
+        log.info(
+            "image %s: every probed location failed; probing %d more that were over the "
+            "probe budget",
+            image.id,
+            len(later),
+        )
+        scores = ranker.probe_round(image, [s.location for s in later], best)
+        if sum(s.reasons.not_probed for s in scores) >= len(later):  # no progress: give up
+            raise _all_failed(image, earlier)
+        best = min((b for b in (best, best_ttfb(scores)) if b is not None), default=None)
+
+
+def _all_failed(image: Image, attempts: Sequence[Attempt]) -> AllLocationsFailed:
+    failed = "; ".join(f"{a.url}: {a.error}" for a in attempts if a.outcome != "ok")
+    return AllLocationsFailed(
+        f"image {image.id}: no location delivered a verified image ({failed or 'no locations'})",
+        tuple(attempts),
+    )
