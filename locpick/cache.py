@@ -8,6 +8,8 @@ Layout of ``DIR`` (nothing else is ever read or served)::
     DIR/images/<id>.json      the sidecar: size, hash algorithm and value, registered URL
     DIR/images/<id>.filling   a copy still being downloaded (stream-through), with its fill
     DIR/images/<id>.fill      record (locpick.fillstate); served only while a live writer fills it
+    DIR/images/<id>.fill.json the URL registered for it (locpick.cachefill); all three are
+                              never an entry, and swept once their writer died
     DIR/downloads.json, DIR/stats.json   operator records (locpick.journal), never served raw
 
 An entry is *visible* only when both files exist and agree (the data file's size equals the
@@ -52,6 +54,7 @@ from locpick import journal
 from locpick.atomicfile import replace_file
 from locpick.capability import UntrustedCache, image_token, load_secret, rotate_secret
 from locpick.errors import DestinationError, InputError
+from locpick.filltee import fill_id, remove_if_dead
 from locpick.hashing import Expected
 from locpick.models import Image
 from locpick.redact import redact_url
@@ -286,36 +289,49 @@ class NodeCache:
                 self.max_bytes,
             )
             return []
-        data, side = self._paths(image.id)
+        data = self._paths(image.id)[0]
         fd, tmp = self._copy_to_temp(source, data)
         try:
             _crashpoint("copied")
-            with self._lock:
-                _crashpoint("locked")
-                self._sweep()
-                evicted = self._make_room(size, keep=image.id)
-                previous = self.entry(image.id)
-                with contextlib.suppress(FileNotFoundError):
-                    side.unlink()  # the old entry is invisible before its data is replaced
-                _crashpoint("hidden")
-                os.replace(tmp, data)
-                _crashpoint("replaced")
-                self._write_sidecar(
-                    side,
-                    {
-                        "size": size,
-                        "algo": expected.algo,
-                        "digest": expected.value,
-                        "stored_at": time.time(),
-                        "registered_url": previous.registered_url if previous else None,
-                        "visibility": image.visibility,
-                    },
-                )
-                _crashpoint("visible")
+            return self.install(image, tmp, size)
         finally:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+    def install(
+        self, image: Image, tmp: Path, size: int, *, registered_url: str | None = None
+    ) -> list[CacheEntry]:
+        """Make the complete, verified file ``tmp`` (in ``images``) the entry of ``image``:
+        under the lock, room is made, the old sidecar goes, ``tmp`` is renamed into place and
+        the sidecar written last. Returns the entries evicted. ``registered_url``: the URL
+        already registered for it (else the previous entry's is kept)."""
+        expected = Expected.for_image(image.os_hash_algo, image.os_hash_value, image.checksum)
+        data, side = self._paths(image.id)
+        with self._lock:
+            _crashpoint("locked")
+            self._sweep()
+            evicted = self._make_room(size, keep=image.id)
+            previous = self.entry(image.id)
+            with contextlib.suppress(FileNotFoundError):
+                side.unlink()  # the old entry is invisible before its data is replaced
+            _crashpoint("hidden")
+            os.replace(tmp, data)
+            _crashpoint("replaced")
+            if registered_url is None and previous is not None:
+                registered_url = previous.registered_url
+            self._write_sidecar(
+                side,
+                {
+                    "size": size,
+                    "algo": expected.algo,
+                    "digest": expected.value,
+                    "stored_at": time.time(),
+                    "registered_url": registered_url,
+                    "visibility": image.visibility,
+                },
+            )
+            _crashpoint("visible")
         return evicted
 
     def recover(self) -> None:
@@ -414,11 +430,15 @@ class NodeCache:
 
     def _sweep(self) -> None:
         """Drop crash leftovers (caller holds the lock): data without sidecar, sidecars
-        without data, and temp files whose writer is gone (their flock is free)."""
+        without data, temp files whose writer is gone (their flock is free) and the files of
+        a fill whose downloader died (its record's flock is free)."""
         for path in self.images.iterdir():
             name = path.name
             with contextlib.suppress(OSError):
-                if name.endswith(_TMP_SUFFIX):
+                image_id = fill_id(name)
+                if image_id is not None and valid_image_id(image_id):
+                    remove_if_dead(self.images, image_id)
+                elif name.endswith(_TMP_SUFFIX):
                     _remove_if_abandoned(path)
                 elif name.endswith(_SIDECAR):
                     if not (self.images / name[: -len(_SIDECAR)]).exists():

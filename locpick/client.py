@@ -201,7 +201,11 @@ class Client:
         return self._reaper.verify(image_id, metadata=metadata, quick=quick, prune=prune, yes=yes)
 
     def reap(
-        self, image_ids: Sequence[str] = (), *, dry_run: bool = False
+        self,
+        image_ids: Sequence[str] = (),
+        *,
+        dry_run: bool = False,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> list[tuple[str, PruneResult]]:
         """Remove expired and unreachable locpick cache locations from Glance.
 
@@ -209,5 +213,6 @@ class Client:
         own), and nothing of an image unless one verified copy (full hash) remains. Without
         ``image_ids`` every image the token can list is walked (Glance paging followed).
         Returns (image id, what was or would be removed) for each image with locpick copies.
+        With a node cache (``cache_dir`` or ``[cache] dir``) its dead fills go first (``-``).
         """
-        return self._reaper.reap(image_ids, dry_run=dry_run)
+        return self._reaper.reap(image_ids, dry_run=dry_run, cache_dir=cache_dir)

@@ -16,11 +16,14 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
-from locpick import journal
+from locpick import journal, storm
 from locpick.cache import NodeCache, copy_out
+from locpick.cachefill import Fill, aborting, open_fill
 from locpick.cachesync import CacheSync, cache_error
+from locpick.config import TransferConfig
 from locpick.errors import AllLocationsFailed, ConfigError, LocpickError, UnverifiedImage
 from locpick.fetch import Progress, fetch
+from locpick.filltee import Tee
 from locpick.models import Attempt, CacheStep, Image, Result, Score
 from locpick.ranking import Ranker, best_ttfb
 from locpick.report import DownloadReport, Recorder
@@ -74,13 +77,18 @@ class Download:
         if hit is not None:
             return hit
         self.require_hash(image)
-        result = self.transfer(image)
+        fill = open_fill(self.session, self.cache, image, self.publish)  # registered now
+        with aborting(fill):
+            result = self.transfer(image, fill)
         if self.cache is not None and result.verified:
-            return attrs.evolve(result, cache=self.keep(image))
+            return attrs.evolve(result, cache=self.keep(image, fill))
+        if fill is not None:
+            fill.abort("download not verified")
         return result
 
     def load_image(self) -> Image:
-        """The image record (``metadata`` or Glance)."""
+        """The image record (``metadata`` or Glance), after the storm start jitter."""
+        storm.wait_start(self.config.herd)
         return self.session.image(self.image_id, metadata=self.metadata)
 
     def open_cache(self) -> None:
@@ -149,18 +157,38 @@ class Download:
             )
         log.warning("image %s has no hash: downloading UNVERIFIED (size check only)", image.id)
 
-    def transfer(self, image: Image) -> Result:
-        """Rank the locations, then fetch in rounds until one delivers a verified copy."""
-        ranking = self.ranker.rank_image(image, for_download=True, dest=self.dest)
+    def transfer(self, image: Image, fill: Fill | None = None) -> Result:
+        """Rank the locations (in a boot storm, from this node's place among the filling
+        copies), then fetch in rounds until one delivers a verified copy (``fill``: every
+        write mirrored into the node cache's filling copy, registered as ``fill.url``)."""
+        tried = fill is not None and self.publish
+        reload = None
+        if tried and self.metadata is None:
+            reload = lambda: self.session.image(image.id)  # noqa: E731 - the one refresh
+        image, plan = storm.prepare(
+            image, self.config, mine=fill.url if fill is not None else None, reload=reload
+        )
+        ranking = self.ranker.rank_image(
+            image, for_download=True, dest=self.dest, probe=plan.parent is None
+        )
+        ranking = attrs.evolve(ranking, scores=storm.arrange(ranking.scores, plan))
         self.rec.ranked(ranking)
+        transfer = storm.transfer_for(self.config.transfer, plan)
+        tee = fill.tee if fill is not None else None
         return fetch_in_rounds(
             image,
             ranking.scores,
-            lambda scores: self.fetch_once(image, scores),
+            lambda scores: self.fetch_once(image, scores, tee, transfer),
             self.ranker,
         )
 
-    def fetch_once(self, image: Image, scores: Sequence[Score]) -> Result:
+    def fetch_once(
+        self,
+        image: Image,
+        scores: Sequence[Score],
+        tee: Tee | None = None,
+        transfer: TransferConfig | None = None,
+    ) -> Result:
         """One pass of the fetcher over ``scores`` (in rank order)."""
         return fetch(
             image,
@@ -170,19 +198,23 @@ class Download:
             buffer_bytes=self.config.transfer.buffer_bytes,
             file_mode=self.config.security.file_mode,
             progress=self.rec.progress(self.progress),
-            transfer=self.config.transfer,
+            transfer=transfer or self.config.transfer,
             observer=self.rec.observer(self.session.history.record),
             topology_tolerance=self.config.scoring.topology_tolerance,
             max_bytes=self.config.security.max_image_bytes,
+            tee=tee,
         )
 
-    def keep(self, image: Image) -> CacheStep:
-        """Keep a verified download in the node cache. The dest is already delivered, so any
-        failure here (read-only or full cache, a planted lock) is a warning, never an error."""
+    def keep(self, image: Image, fill: Fill | None = None) -> CacheStep:
+        """Keep a verified download in the node cache (its stream-through copy when whole,
+        else a copy of dest). The dest is already delivered, so any failure here (read-only
+        or full cache, a planted lock) is a warning, never an error."""
         cache = self.cache
         assert cache is not None
         try:
-            evicted = cache.add_file(image, self.dest)
+            evicted = fill.finish() if fill is not None else None
+            if evicted is None:
+                evicted = cache.add_file(image, self.dest)
             self.sync.unpublish(evicted)
             if self.publish:
                 self.sync.publish(cache, image)

@@ -1,7 +1,7 @@
 """The decisions of one download, pure: which location goes next and when, retry or drop after a
 failure (backoff with jitter, Retry-After, budget reset on progress), when to switch to a faster
 location, and the total deadline. Time and randomness come in as values or through ``Timing``,
-so tests drive every branch with a fake clock and rng; ``locpick.fetch`` does the I/O.
+so tests drive every branch with a fake clock and rng; ``locpick.fetchrun`` does the I/O.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Timing:
 
 
 class Slot(Protocol):
-    """A location as the policy sees it (``fetch._Candidate`` is one)."""
+    """A location as the policy sees it (``fetchstate.Candidate`` is one)."""
 
     @property
     def failures(self) -> int: ...

@@ -69,9 +69,17 @@ class BackgroundHasher:
     once it has been hashed, so callers can reuse it.
     """
 
-    def __init__(self, hasher: Any, release: Callable[[bytearray], None] | None = None) -> None:
+    def __init__(
+        self,
+        hasher: Any,
+        release: Callable[[bytearray], None] | None = None,
+        on_hashed: Callable[[int], None] | None = None,
+    ) -> None:
+        """``on_hashed(total)``: called with the bytes hashed so far after each buffer."""
         self._hasher = hasher
         self._release = release
+        self._on_hashed = on_hashed
+        self._count = 0
         self._queue: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="locpick-hash", daemon=True)
@@ -86,6 +94,9 @@ class BackgroundHasher:
             try:
                 if self._hasher is not None and self._error is None:
                     self._hasher.update(memoryview(buf)[:n])
+                    self._count += n
+                    if self._on_hashed is not None:
+                        self._on_hashed(self._count)
             except BaseException as exc:  # noqa: BLE001 - surfaced to the caller in hexdigest()
                 self._error = exc
             finally:

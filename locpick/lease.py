@@ -21,6 +21,10 @@ MARKER = "locpick_cache"
 REGISTERED = "locpick_registered"
 #: Seconds the registration is valid from ``REGISTERED``.
 LEASE = "locpick_lease"
+#: ``"filling"`` on a copy registered while its download runs (stream-through, issue 19).
+FILL = "locpick_fill"
+#: Unix time (seconds, float as str) when that download started.
+FILL_STARTED = "locpick_fill_started"
 #: The reason word clients and ``rank`` use for a copy whose lease ran out.
 EXPIRED = "lease-expired"
 

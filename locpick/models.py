@@ -88,6 +88,18 @@ class Image:
 
 
 @attrs.frozen
+class FillHeader:
+    """A peer's ``X-Locpick-Fill`` header: how much of a filling copy it holds and how fast."""
+
+    state: Literal["filling", "complete"]
+    #: Bytes held from offset 0 (the contiguous prefix).
+    held: int
+    size: int | None = None
+    #: Bytes/s the copy is filling at (None: not said, or complete).
+    rate: float | None = None
+
+
+@attrs.frozen
 class Probe:
     """What one measurement of one location found. Times are seconds; ``None`` = not measured."""
 
@@ -107,6 +119,10 @@ class Probe:
     note: str | None = None
     #: The HTTP status of a probe that was answered with a non-success status, else None.
     status: int | None = None
+    #: A peer's ``X-Locpick-Fill`` answer (a copy still filling, or complete), else None.
+    fill: FillHeader | None = None
+    #: Seconds of a ``Retry-After`` on a busy (503) answer.
+    retry_after: float | None = None
 
 
 @attrs.frozen
@@ -133,6 +149,8 @@ class Reasons:
     route: str | None = None
     #: Over the probe budget: ranked after every probed location, probed later if needed.
     not_probed: bool = False
+    #: A peer's copy still filling (boot storm): held bytes, fill rate, role in the fleet's tree.
+    fill: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -147,6 +165,7 @@ class Reasons:
             "icmp_note": self.icmp_note,
             "policy": self.policy,
             "route": self.route,
+            "fill": self.fill,
             "notes": [SCRUB(n) for n in self.notes],
         }
 

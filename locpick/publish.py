@@ -39,6 +39,8 @@ class PublishError(LocpickError):
     """Glance would not add or remove a location; the cache keeps working without it."""
 
     exit_code = 3
+    #: Glance's HTTP status when it answered one (500/409: concurrent changes, worth a retry).
+    status: int | None = None
 
 
 def cache_location_url(public_url: str, image_id: str, token: str) -> str:
@@ -136,7 +138,9 @@ class GlanceLocations:
                 "or Glance cannot reach the URL ([cache] public_url must be reachable from "
                 "Glance and pass its allowed hosts/ports filter)"
             )
-        raise PublishError(f"glance {self._shown}: {what}: HTTP {resp.status_code} ({body})")
+        err = PublishError(f"glance {self._shown}: {what}: HTTP {resp.status_code} ({body})")
+        err.status = resp.status_code
+        raise err
 
     def add(self, image_id: str, url: str, metadata: Mapping[str, Any]) -> bool:
         """Add ``url`` as a location unless it is already one; True when added."""

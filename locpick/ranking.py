@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import attrs
 import cachetools
 
+from locpick import storm
 from locpick.errors import InputError, LocationError
 from locpick.history import host_key
 from locpick.lease import lease_state
@@ -38,7 +39,9 @@ class Ranker:
 
     def explained(self, image: Image) -> Ranking:
         """The ranking of ``rank``: every location, best first, each with why (swarm shares)."""
+        image, plan = storm.prepare(image, self.session.config, mine=None)
         ranking = self.rank_image(image)
+        ranking = attrs.evolve(ranking, scores=storm.arrange(ranking.scores, plan))
         t = self.session.config.transfer
         scores = explain(
             image,
@@ -55,8 +58,11 @@ class Ranker:
         *,
         for_download: bool = False,
         dest: str | os.PathLike[str] | None = None,
+        probe: bool = True,
     ) -> Ranking:
-        """Score every location of an already-loaded image (:meth:`Client.rank_image`)."""
+        """Score every location of an already-loaded image (:meth:`Client.rank_image`);
+        ``probe=False``: nothing is probed (a storm node reading its parent decides from the
+        record alone)."""
         now = time.time()
         known = self.session.history.entries()
         candidates: list[Candidate] = []
@@ -85,8 +91,9 @@ class Ranker:
         candidates = self._bound_probing(image, candidates)
         to_probe = [c.location for c in candidates if c.unusable is None and not c.not_probed]
         # a swarm download probes by downloading: its first piece from each copy is the probe
-        skip = for_download and (
-            len(to_probe) <= 1 or swarm_probes(image, self.session.config.transfer)
+        skip = not probe or (
+            for_download
+            and (len(to_probe) <= 1 or swarm_probes(image, self.session.config.transfer))
         )
         probes = {} if skip else self._probe(image, to_probe)
         candidates = [

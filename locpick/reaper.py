@@ -4,11 +4,13 @@ or wrong (never the last verified copy), and reap expired or dead locpick cache 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 
 import attrs
 
+from locpick.cachefill import reap_dead_fills
 from locpick.errors import ImageNotActive, ImageNotFound, InputError
 from locpick.lease import is_locpick_copy
 from locpick.models import Image, PruneResult, VerifyReport
@@ -66,12 +68,20 @@ class Reaper:
         )
 
     def reap(
-        self, image_ids: Sequence[str] = (), *, dry_run: bool = False
+        self,
+        image_ids: Sequence[str] = (),
+        *,
+        dry_run: bool = False,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> list[tuple[str, PruneResult]]:
         """Remove expired and unreachable locpick copies from Glance (:meth:`Client.reap`)."""
+        done: list[tuple[str, PruneResult]] = []
+        cache = self.session.node_cache(cache_dir, required=False)
+        if cache is not None:  # this node's dead stream-through copies go first
+            for line in reap_dead_fills(cache, self.session, dry_run=dry_run):
+                done.append(("-", PruneResult(dry_run=dry_run, notes=(line,))))
         if not image_ids:
             image_ids = self.session.glance_locations().images_with_locpick_copies()
-        done: list[tuple[str, PruneResult]] = []
         for image_id in image_ids:
             try:
                 image = self.session.image(image_id)

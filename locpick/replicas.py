@@ -10,6 +10,7 @@ from locpick.errors import (
     LocationError,
     LocationUnreachable,
     UnsupportedLocation,
+    reason_of,
 )
 from locpick.hashing import Expected
 from locpick.lease import is_locpick_copy, lease_state
@@ -103,8 +104,8 @@ def _check_one(
 
 
 def _detail(exc: Exception) -> str:
-    text = SCRUB(str(exc))
-    return text.split(": ", 1)[1] if ": " in text else text
+    """The error's reason without the location it names (its ``url`` field)."""
+    return SCRUB(reason_of(exc))
 
 
 #: Statuses that prove a location is useless (unreachable may be transient: never pruned).

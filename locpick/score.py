@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import attrs
 
+from locpick import peerfill
 from locpick.config import Config, Hint, Topology
 from locpick.models import Image, Location, Probe, Reasons, Score
 from locpick.reasons import Code, Reason
@@ -141,7 +142,12 @@ def _error_of(cand: Candidate, config: Config) -> Reason | None:
     """Why a candidate cannot be used at all (refusal, policy, failed probe), else None."""
     error = cand.unusable or policy_reason(cand.location, config)
     probe = cand.probe
-    if error is None and probe is not None and not probe.ok:
+    if (
+        error is None
+        and probe is not None
+        and not probe.ok
+        and not peerfill.busy(probe, cand.location)
+    ):
         code = Code.HTTP_STATUS if probe.status is not None else Code.PROBE_FAILED
         error = Reason(code, probe.error or "probe failed")
     return error
@@ -182,7 +188,7 @@ def rank(
     for cand, cls, error in zip(candidates, classes, errors, strict=True):
         loc, probe = cand.location, cand.probe
         notes: list[str] = []
-        latency = probe.ttfb if probe is not None and probe.ok else None
+        latency = probe.ttfb if probe is not None and (probe.ok or probe.status) else None
         bps = probe.throughput_bps if probe is not None and probe.ok else None
         hist = cand.history
         if error is not None:
@@ -215,7 +221,8 @@ def rank(
         if bps is None:
             bps = sc.prior_copy_bps if cand.shared_fs else sc.prior_throughput_bps
             notes.append(f"throughput prior {bps / 1e6:.0f} MB/s")
-        expected = latency + size / bps
+        fill = peerfill.judge(loc, probe, size, latency, bps)
+        expected = latency + size / bps if fill is None else fill.expected
         weight = factor ** present.index(cls)
         effective = expected * weight
         if hist is not None and hist.demoted(sc.cooldown):
@@ -242,6 +249,7 @@ def rank(
             notes=tuple(notes),
             policy=policy,
             not_probed=not_probed,
+            fill=None if fill is None else fill.text,
         )
         reasons = _with_latency(reasons, probe)
         rows.append(((tier, effective, 0.0), expected, cand, reasons, cls))

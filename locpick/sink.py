@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from locpick.errors import (
     ChecksumMismatch,
@@ -27,6 +27,9 @@ from locpick.errors import (
     TransferError,
 )
 from locpick.hashing import BackgroundHasher, Expected
+
+if TYPE_CHECKING:
+    from locpick.filltee import Tee
 
 _POOL_BUFFERS = 4
 _PART_SUFFIX = ".locpick-part"
@@ -57,9 +60,14 @@ class _Writer:
     """
 
     def __init__(
-        self, fd: int, hasher: BackgroundHasher, release: queue.SimpleQueue[bytearray]
+        self,
+        fd: int,
+        hasher: BackgroundHasher,
+        release: queue.SimpleQueue[bytearray],
+        tee: Tee | None = None,
     ) -> None:
         self._fd = fd
+        self._tee = tee
         self._hasher = hasher
         self._release = release
         self._queue: queue.SimpleQueue[tuple[bytearray, int, int] | None] = queue.SimpleQueue()
@@ -77,6 +85,7 @@ class _Writer:
                 self._release.put(buf)
                 continue
             view = memoryview(buf)[:n]
+            start = offset
             try:
                 while view:
                     written = os.pwrite(self._fd, view, offset)
@@ -86,6 +95,8 @@ class _Writer:
                 self.error = exc
                 self._release.put(buf)
                 continue
+            if self._tee is not None:
+                self._tee.write(memoryview(buf)[:n], start)
             self._hasher.submit(buf, n)
 
     def submit(self, buf: bytearray, n: int, offset: int) -> None:
@@ -115,6 +126,7 @@ class AtomicSink:
         label: str = "",
         resume: Mapping[str, Any] | None = None,
         max_bytes: int | None = None,
+        tee: Tee | None = None,
     ) -> None:
         """``resume``: identity of the image (id, size, hash) -> write to a resumable
         ``.DEST.locpick-part`` with a JSON sidecar, reusing a matching part left by a crashed run
@@ -122,7 +134,8 @@ class AtomicSink:
 
         Writes never go past ``size``; without a size, past the first Content-Length of the
         bytes held (:meth:`learn_total`) nor ``max_bytes``, and a full disk is then blamed on
-        the location (an endless body), not on the destination."""
+        the location (an endless body), not on the destination. ``tee``: every write (and resumed
+        byte) is mirrored into the node cache's filling copy (``locpick.cachefill``)."""
         self.dest = Path(dest)
         self.size = size
         self.max_bytes = max_bytes
@@ -144,7 +157,8 @@ class AtomicSink:
         self.validators: dict[str, dict[str, str | None]] = {}
         self._pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._allocated = 0
-        self._hasher = BackgroundHasher(expected.new(), release=self._pool.put)
+        self.tee = tee
+        self._hasher = self._new_hasher(expected.new())
         self._writer: _Writer | None = None
         #: Set by ``adopt(..., verify=False)``: commit checks the size alone.
         self.size_only = False
@@ -160,10 +174,21 @@ class AtomicSink:
                 self.sidecar = parent / f".{self.dest.name}{_PART_SUFFIX}.json"
                 self.fd = self._open_part()
                 self._check_free_space(parent, self.offset)
-            self._writer = _Writer(self.fd, self._hasher, self._pool)
+            self._writer = _Writer(self.fd, self._hasher, self._pool, self.tee)
+            if self.tee is not None and self.reused:
+                self._tee_reused()
         except BaseException:
             self.abort()
             raise
+
+    def _new_hasher(self, hasher: Any) -> BackgroundHasher:
+        on_hashed = self.tee.hashed_to if self.tee is not None else None
+        return BackgroundHasher(hasher, release=self._pool.put, on_hashed=on_hashed)
+
+    def _tee_reused(self) -> None:
+        """The bytes taken over from an earlier run's part file go into the filling copy too."""
+        assert self.tee is not None and self.fd is not None
+        self.tee.copy_from(self.fd, 0, self.reused)
 
     def _open_temp(self, parent: Path) -> tuple[int, Path]:
         try:
@@ -227,7 +252,7 @@ class AtomicSink:
         except OSError:
             os.close(fd)
             self._hasher.stop()
-            self._hasher = BackgroundHasher(self.expected.new(), release=self._pool.put)
+            self._hasher = self._new_hasher(self.expected.new())
             return None
         os.lseek(fd, held, os.SEEK_SET)
         self.offset = self.reused = held
@@ -335,6 +360,8 @@ class AtomicSink:
         """
         assert self.fd is not None
         self._drain_writer()
+        if self.tee is not None:
+            self.tee.abandon("a system copy writes the file itself")
         hasher = self._hasher.detach()
         if not verify and self.offset == 0:
             hasher = None
@@ -360,8 +387,8 @@ class AtomicSink:
     def _start_pipeline(self, hasher: Any) -> None:
         """Fresh hash and write threads on the current fd (``hasher``: None = not hashing)."""
         assert self.fd is not None
-        self._hasher = BackgroundHasher(hasher, release=self._pool.put)
-        self._writer = _Writer(self.fd, self._hasher, self._pool)
+        self._hasher = self._new_hasher(hasher)
+        self._writer = _Writer(self.fd, self._hasher, self._pool, self.tee)
 
     def _drain_writer(self) -> None:
         """Wait for the queued writes; a failed write surfaces here as a DestinationError."""
@@ -413,6 +440,8 @@ class AtomicSink:
         """Drop everything written so far (after a mismatch) and start again at offset 0."""
         assert self._writer is not None
         self._writer.drain()
+        if self.tee is not None:  # peers may have read bytes that were wrong
+            self.tee.abandon("the bytes held were dropped (wrong or changed)")
         self._hasher.stop()
         assert self.fd is not None
         os.ftruncate(self.fd, 0)

@@ -92,7 +92,9 @@ def test_topology_never_beats_large_throughput_difference() -> None:
 def test_fifty_locations_ten_black_holes_rank_within_deadline() -> None:
     """50 locations, 10 black holes: the holes cost rank no more than the probe deadline on top
     of what the 40 good ones cost alone (measured here, so a loaded machine cannot fail it)."""
-    deadline = 1.5
+    # Long enough that 40 in-process origins all answer on a loaded 2-core box (at 1.5 s one
+    # sometimes missed it and ranked among the holes); the holes still cost one deadline.
+    deadline = 4.0
     with ExitStack() as stack:
         good = [stack.enter_context(Origin(ONE_MB)) for _ in range(40)]
         holes = [stack.enter_context(BlackHole()) for _ in range(10)]

@@ -15,7 +15,7 @@ from fixtures_sharedfs import mount_tmpfs, tmpfs, unmount
 from helpers import image_record, run_cli, temp_leftovers, write_record
 
 import locpick
-from locpick import sharedfs
+from locpick import sharedfs, syscopy
 from locpick._demo.origin import Faults, Origin
 from locpick.client import Client
 from locpick.config import Config, Filesystem, ProbeConfig, TransferConfig, config_from_mapping
@@ -452,7 +452,7 @@ def test_copy_stall_abandoned_falls_back(
         raise OSError(5, "Input/output error")
 
     for engine in ("copy_file_range", "sendfile"):
-        monkeypatch.setitem(sharedfs._ENGINES, engine, stalling)
+        monkeypatch.setitem(syscopy._ENGINES, engine, stalling)
     config = attrs.evolve(
         cfg(Filesystem(id="fs1", mountpoint=str(mnt))),
         transfer=TransferConfig(idle_timeout=0.5),

@@ -79,3 +79,41 @@ def test_admission_keeps_the_nearest_class_unless_too_slow() -> None:
     assert admit([0, 0, 0, 0, 0], [1.0] * 5, 4, 0.2) == [0, 1, 2, 3]
     assert may_join(10e6, 10e6, 0.2) and not may_join(10e6, 2e6, 0.2)
     assert rises(0, 5) and rises(100, 110) and not rises(100, 101)
+
+
+def test_origin_takes_the_tail_while_a_filling_peer_reads_the_front() -> None:
+    """Boot storm: a filling peer holds a growing prefix, so it reads from the front and the
+    complete copy (the origin) is asked for pieces from the end, nobody near holds those yet;
+    without a filling peer both claim from the front as before."""
+    s = _sched(20e6, 20e6)
+    s.workers[0].filling = True
+    peer, origin = s.next_task(0, 0.0), s.next_task(1, 0.0)
+    assert peer is not None and origin is not None
+    assert peer.first == 0 and origin.end == G.count and origin.first > peer.end
+    s.workers[0].live = False  # the peer died: the origin goes back to the front
+    again = _sched(20e6, 20e6)
+    assert again.next_task(0, 0.0).first == 0 and again.next_task(1, 0.0).first > 0  # type: ignore[union-attr]
+    s.release(origin)
+    nxt = s.next_task(1, 0.1)
+    assert nxt is not None and nxt.first == peer.end
+
+
+def test_a_filling_peer_never_steals_the_origins_tail() -> None:
+    """However fast the filling peer measured, the origin's pieces at the end are not taken
+    from it (the peer does not hold them yet); a complete copy still steals from a slow one."""
+    s = _sched(500e6, 1e6)
+    s.workers[0].filling = True
+    tail = s.next_task(1, 0.0)
+    assert tail is not None
+    tail.first = G.count - 6  # the slow origin holds the last six pieces
+    tail.pos = G.start(tail.first)
+    for i in range(tail.first, G.count):
+        s.owner[i] = tail
+    for i in range(G.count):
+        if s.owner[i] is None and i < tail.first:
+            s.done[i] = True
+    s.advance(tail, G.start(tail.first) + 1)
+    assert s.next_task(0, 1.0) is None
+    s.workers[0].filling = False
+    stolen = s.next_task(0, 1.0)
+    assert stolen is not None and stolen.worker == 0

@@ -212,7 +212,13 @@ def test_glance_only_schemes_listed_unsupported(moto_s3: MotoS3, tmp_path: Path)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     skipped = [a["url"] for a in result["attempts"] if a["outcome"] == "skipped"]
-    assert len(skipped) == len(GLANCE_ONLY)
+    # rbd/cinder/vsphere are refused by scheme, always. The swift rows fail inside their probe
+    # (no such Keystone): on a loaded box the s3 copy may deliver before that probe has ended,
+    # and then they are simply not attempted; either way they carry no bytes.
+    assert len([u for u in skipped if not u.startswith("swift")]) == len(GLANCE_ONLY) - 2
+    for attempt in result["attempts"]:
+        if str(attempt["url"]).startswith("swift"):
+            assert attempt["outcome"] in ("skipped", "failed") and not attempt.get("bytes")
     assert result["source_url"] == url
     assert (tmp_path / "out").read_bytes() == DATA
 

@@ -163,6 +163,22 @@ class ScoringConfig:
 
 
 @attrs.frozen
+class HerdConfig:
+    """Boot storms (issue 19): how nodes share the origin when peers' copies are still filling."""
+
+    #: Read filling peers' copies in registration order (a tree), protecting the origin.
+    enabled: bool = True
+    #: Fraction (0..1) of the nodes that have an earlier filling peer and still read the origin
+    #: at once as well; 0 = the origin is left to nodes with no live peer (a fallback for others).
+    origin_share: float = attrs.field(default=0.0, validator=_check_range(0, 1, "herd"))
+    #: Seconds: a download waits uniformly in [0, start_jitter) before reading the image record,
+    #: so simultaneous starts spread their registrations; 0 = no wait.
+    start_jitter: float = attrs.field(default=0.0, validator=_check_range(0, 60, "herd"))
+    #: Most readers one filling copy is given by the tree before later nodes use another.
+    fanout: int = attrs.field(default=4, validator=_check_range(1, 1024, "herd"))
+
+
+@attrs.frozen
 class Policy:
     """Operator pins and bans, applied before scoring and shown in reasons."""
 
@@ -366,6 +382,7 @@ class Config:
     hints: tuple[Hint, ...] = ()
     probe: ProbeConfig = ProbeConfig()
     scoring: ScoringConfig = ScoringConfig()
+    herd: HerdConfig = HerdConfig()
     policy: Policy = Policy()
     security: SecurityConfig = SecurityConfig()
     tls: TLSConfig = TLSConfig()
@@ -392,6 +409,7 @@ SECTIONS: dict[str, type[Any]] = {
     "serve": ServeConfig,
     "probe": ProbeConfig,
     "scoring": ScoringConfig,
+    "herd": HerdConfig,
     "policy": Policy,
     "security": SecurityConfig,
     "tls": TLSConfig,

@@ -22,8 +22,12 @@ Release = Callable[[bytearray], None]
 class OrderedHasher:
     """Feed ``offer(pos, buf, n)`` after each write at ``pos``; ``finish()`` returns the hash."""
 
-    def __init__(self, hasher: Any, fd: int, start: int) -> None:
+    def __init__(
+        self, hasher: Any, fd: int, start: int, on_advance: Callable[[int], None] | None = None
+    ) -> None:
+        """``on_advance(frontier)``: told each time the hashed prefix grows."""
         self._hasher = hasher
+        self._on_advance = on_advance
         self._fd = fd
         #: Every byte before this is in the hash.
         self.frontier = start
@@ -71,7 +75,10 @@ class OrderedHasher:
             pos, buf, n, release = item
             try:
                 if self._error is None:
+                    before = self.frontier
                     self._take(pos, buf, n)
+                    if self._on_advance is not None and self.frontier > before:
+                        self._on_advance(self.frontier)
             except BaseException as exc:  # noqa: BLE001 - surfaced in finish()
                 self._error = exc
             finally:

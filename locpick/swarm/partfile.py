@@ -49,6 +49,14 @@ class SwarmSink(AtomicSink):
         self._reused_map = True
         super()._rehash(fd, min(held, self.pieces.prefix_bytes()))
 
+    def _tee_reused(self) -> None:
+        """The pieces resumed from an earlier run go into the filling copy too."""
+        assert self.tee is not None and self.fd is not None
+        g = self.pieces.geometry
+        for i, done in enumerate(self.pieces.done):
+            if done:
+                self.tee.copy_from(self.fd, g.start(i), g.end(i))
+
     def fill(self, filler: Filler) -> None:
         """Let ``filler`` write every byte at fd level and return the hash of the whole file."""
         assert self.fd is not None and self.size is not None
@@ -63,6 +71,8 @@ class SwarmSink(AtomicSink):
     def truncate(self) -> Any:
         """Start over: empty file, no piece done; returns a fresh hash object."""
         assert self.fd is not None
+        if self.tee is not None:  # peers may have read bytes that were wrong
+            self.tee.abandon("every piece is fetched again (bad bytes not found)")
         os.ftruncate(self.fd, 0)
         self.offset = self.reused = 0
         self.pieces.clear()

@@ -112,6 +112,8 @@ class Connection:
                     sw.pool.put(buf)
                     return got
                 _pwrite(sw.fd, memoryview(buf)[:n], pos)
+                if sw.sink.tee is not None:  # marked when its pieces are complete (below)
+                    sw.sink.tee.write(memoryview(buf)[:n], pos, mark=False)
                 sw.hasher.offer(pos, buf, n, sw.pool.put)
             pos += n
             got += n
@@ -128,6 +130,8 @@ class Connection:
                 if run.first != first:
                     src.bytes += sw.g.start(run.first) - sw.g.start(first)
                     sw.save(now)
+                    if sw.sink.tee is not None:
+                        sw.sink.tee.mark(sw.g.start(first), sw.g.start(run.first))
             last = now
             if sw.progress is not None:
                 sw.progress(sw.g.size - sw.sched.missing_bytes(), sw.g.size)
@@ -164,6 +168,8 @@ class Connection:
             with sw.wlock:
                 if not sw.closed:
                     _pwrite(sw.fd, view, sw.g.start(run.first))
+                    if sw.sink.tee is not None:
+                        sw.sink.tee.write(view, sw.g.start(run.first))
                     sw.hasher.offer(sw.g.start(run.first), buf, length, None)
             log.info("%s: endgame duplicate of piece %d won", src.url, run.first)
             with sw.lock:

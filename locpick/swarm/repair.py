@@ -57,6 +57,8 @@ def check_and_repair(
             if os.pread(fd, len(fresh), start) == fresh:
                 continue
             os.pwrite(fd, fresh, start)
+            if swarm.sink.tee is not None:
+                swarm.sink.tee.write(fresh, start)
             bad.setdefault(src.index, []).append(p)
             h = _rehash(fd, swarm.g.size, expected)
             if h.hexdigest() == expected.value:

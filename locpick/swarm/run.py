@@ -16,6 +16,7 @@ import attrs
 from locpick.config import TransferConfig
 from locpick.errors import AllLocationsFailed
 from locpick.models import Attempt, Image, Location, Score, SourceShare
+from locpick.peerfill import filling_since
 from locpick.redact import SCRUB
 from locpick.swarm.ordered_hash import OrderedHasher
 from locpick.swarm.partfile import SwarmSink
@@ -108,7 +109,10 @@ class Swarm:
         self.fd = fd
         start = self.sink.offset
         with self.wlock:
-            self.hasher = OrderedHasher(prefix_hasher, fd, start)
+            tee = self.sink.tee
+            self.hasher = OrderedHasher(
+                prefix_hasher, fd, start, tee.hashed_to if tee is not None else None
+            )
         for i, done in enumerate(self.sched.done):
             if done and self.g.end(i) > start:
                 self.hasher.note(self.g.start(i), self.g.length(i))
@@ -172,6 +176,7 @@ class Swarm:
         self.last_join_bps = self._aggregate()
         for _ in range(max(1, self.cfg.connections_per_source)):
             w = Worker(len(self.workers), src.index, prior_bps(src.score), _latency(src.score))
+            w.filling = filling_since(src.score.location.metadata) is not None
             self.workers.append(w)
             self.sched.workers[w.id] = w
             conn = Connection(self, w, src)

@@ -45,6 +45,8 @@ class Worker:
     #: When the current request was sent, and whether any byte of it came back yet.
     asked_at: float | None = None
     answered: bool = False
+    #: Its location is a peer's copy still filling (boot storm): it holds a growing prefix.
+    filling: bool = False
 
     def rate(self) -> float | None:
         return self.bytes / self.busy if self.bytes and self.busy > 0 else None
@@ -108,6 +110,8 @@ class Scheduler:
         if not free:
             return None
         share = self._share(wid, len(free))
+        if self._from_tail(wid):
+            return self._claim_tail(wid, free[-1], share, now)
         first = end = free[0]
         while end < self.g.count and end - first < share:
             if self.done[end] or self.owner[end] is not None:
@@ -115,6 +119,33 @@ class Scheduler:
             end += 1
         run = Run(wid, first, end, self.g.start(first), now)
         for i in range(first, end):
+            self.owner[i] = run
+        return run
+
+    def _from_tail(self, wid: int) -> bool:
+        """A copy that is complete (the origin) takes pieces from the end while a filling peer
+        reads from the front: the peer holds the beginning first, so the origin is asked only
+        for pieces nobody near holds yet, and the two meet in the middle."""
+        if self.workers[wid].filling:
+            return False
+        return any(w.live and w.filling for w in self.workers.values())
+
+    def _ahead(self, thief: Worker, run: Run) -> bool:
+        """A filling peer does not steal or duplicate a complete copy's pieces: they lie past
+        what it holds (it would only wait for them), and the complete copy has them now."""
+        return thief.filling and not self.workers[run.worker].filling
+
+    def _claim_tail(self, wid: int, last: int, share: int, now: float) -> Run:
+        first = last
+        while (
+            first > 0
+            and last + 1 - first < share
+            and not self.done[first - 1]
+            and self.owner[first - 1] is None
+        ):
+            first -= 1
+        run = Run(wid, first, last + 1, self.g.start(first), now)
+        for i in range(first, last + 1):
             self.owner[i] = run
         return run
 
@@ -169,7 +200,7 @@ class Scheduler:
         rt, lat = thief.expected_bps(), thief.latency
         best: tuple[float, Run, int] | None = None
         for run in self.runs.values():
-            if run.worker == wid or run.dup or run.cancelled:
+            if run.worker == wid or run.dup or run.cancelled or self._ahead(thief, run):
                 continue
             u = self._untouched(run)
             if u >= run.end:
@@ -200,6 +231,8 @@ class Scheduler:
         best: tuple[float, Run] | None = None
         for run in self.runs.values():
             if run.worker == wid or run.dup or run.cancelled or run.first >= run.end:
+                continue
+            if self._ahead(thief, run):
                 continue
             p = run.first
             if self.done[p] or p in self.dups:

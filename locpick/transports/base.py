@@ -8,7 +8,6 @@ outside ``locpick.transports`` knows about schemes.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import threading
 from collections.abc import Callable, Iterable
@@ -20,7 +19,8 @@ import httpx
 
 from locpick.errors import UnsupportedLocation
 from locpick.models import Image, Location, Probe
-from locpick.netpolicy import AddressRefused, NetPolicy, parse_host
+from locpick.netaddr import parse_host, sockaddr_ip
+from locpick.netpolicy import NetPolicy
 
 if TYPE_CHECKING:
     from locpick import sharedfs
@@ -229,30 +229,17 @@ class GuardedBackend(httpcore.SyncBackend):
             infos = socket.getaddrinfo(parse_host(host), port, type=socket.SOCK_STREAM)
         except (OSError, ValueError) as exc:
             raise httpcore.ConnectError(f"{type(exc).__name__}: {exc}") from exc
-        refused: str | None = None
-        failure: Exception | None = None
-        for info in infos:
-            ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-            reason = self._net.check_ip(ip)
-            if reason:
-                refused = refused or reason
-                continue
-            try:
-                stream = super().connect_tcp(str(ip), port, timeout, local_address, socket_options)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failure = exc
-                continue
-            sock = stream.get_extra_info("socket")
-            try:
-                if isinstance(sock, socket.socket):
-                    self._net.check_peer(sock, host)
-            except BaseException:
-                stream.close()
-                raise
-            return stream
-        if refused:
-            raise AddressRefused(f"host {host}: {refused}")
-        raise failure or httpcore.ConnectError(f"no address for {host}")
+        connect = super().connect_tcp
+
+        def dial(info: tuple[Any, ...]) -> httpcore.NetworkStream:
+            return connect(str(sockaddr_ip(info[4])), port, timeout, local_address, socket_options)
+
+        return self._net.dial_checked(
+            host, infos, dial,
+            lambda stream: stream.get_extra_info("socket"), lambda stream: stream.close(),
+            (httpcore.ConnectError, httpcore.ConnectTimeout),
+            lambda: httpcore.ConnectError(f"no address for {host}"),
+        )  # fmt: skip
 
 
 class RoutingTransport(httpx.BaseTransport):

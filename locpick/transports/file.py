@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from locpick import sharedfs
+from locpick import sharedfs, syscopy
 from locpick.config import Filesystem
 from locpick.errors import LocationUnreachable, UnsupportedLocation, reason_of
 from locpick.models import Image, Location, Probe
@@ -133,7 +133,7 @@ class FileTransport(TransportDefaults):
                 if progress is not None:
                     progress(sink.offset, sink.size)
 
-            return sharedfs.guarded_copy(
+            return syscopy.guarded_copy(
                 fd, dst, offset, end, hasher, step, label=shown, idle_timeout=idle
             )
 

@@ -1,11 +1,13 @@
 """Checks every transport applies to what a server answers, written once: Content-Range,
-Retry-After, and which HTTP statuses are worth retrying."""
+Retry-After, which HTTP statuses are worth retrying, and the resource's size against the
+image's."""
 
 from __future__ import annotations
 
 import re
 
-from locpick.errors import LocationUnreachable
+from locpick.errors import LocationUnreachable, TransferError
+from locpick.models import Probe
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
 
@@ -46,4 +48,28 @@ def status_error(
         permanent=permanent_status(status),
         status=status,
         retry_after=parse_retry_after(retry_after),
+    )
+
+
+def check_total(url: str, image_size: int | None, total: int | None) -> None:
+    """TransferError (permanent) when the resource's announced size is not the image's."""
+    if image_size is not None and total is not None and total != image_size:
+        raise TransferError(
+            f"{url}: size {total} differs from the image's {image_size}", url=url, permanent=True
+        )
+
+
+def probe_size_mismatch(
+    url: str, image_size: int | None, size: int | None, *, ttfb: float, final_url: str
+) -> Probe | None:
+    """The failed probe of a location whose size is not the image's; None when it matches."""
+    if image_size is None or size is None or size == image_size:
+        return None
+    return Probe(
+        url=url,
+        ok=False,
+        ttfb=ttfb,
+        size=size,
+        final_url=final_url,
+        error=f"size mismatch: location has {size} bytes, image {image_size}",
     )
