@@ -8,7 +8,8 @@ origin; once Glance lists A's copy as filling and A holds part of the image, nod
 reads from A while A is still filling. Then A fails in one of the two ways the issue names:
 
 * its download is SIGKILLed mid-way: B finishes from the origin, verified; A's copy answers 404
-  and its location leaves Glance (A's own clean-up, or ``cache reap`` from any node);
+  and its location leaves Glance (``cache reap`` from any node: A's serve, still running, does
+  not deregister a dead fill by itself);
 * its bytes are corrupt (the origin flips a byte every 64 KiB of A's answer, not of later
   ones): A's final hash fails, A removes its location at once, and B, which took corrupt pieces
   from A, repairs them from the origin and delivers the verified image.
@@ -257,8 +258,8 @@ def test_filling_node_killed_midway_peers_finish_and_its_location_goes(
     assert _status(a.url(image_id)) == 404
     assert a.cache.entry(image_id) is None
 
-    # its location leaves Glance: A cleans up itself, or any node's `cache reap` removes it
-    # (its URL answers 404; the origin still verifies, so reap may remove it)
+    # its location leaves Glance: A's serve does not deregister a dead fill by itself (today),
+    # so any node's `cache reap` removes it (its URL answers 404; the origin still verifies)
     if a.url(image_id) in _cache_locations(w, image_id):
         r = subprocess.run(
             [
@@ -326,7 +327,7 @@ def test_filling_node_with_corrupt_bytes_is_removed_and_peers_repair(
     assert doc["verified"] == "sha512"  # the algorithm it was verified with
     assert b.dest.read_bytes() == data
     # B took corrupt pieces from A (A sent B over a MiB, all of it corrupt every 64 KiB) and
-    # still delivered the image: they were caught and fetched again from the good origin
+    # still delivered the image: they were caught and fetched again from the origin
     good_bytes = sum(s["bytes"] for s in doc["sources"] if s["url"] == origin.url)
     assert good_bytes > 0, doc["sources"]
     assert doc.get("verify_failures", 0) >= 1 or any(
