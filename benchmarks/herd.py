@@ -506,6 +506,7 @@ def _run_nodes(
     origin: Origin,
     glance: Glance,
     kill: Collection[int] = (),
+    verbose: bool = False,
 ) -> float:
     """Start every node at its offset, sample progress until all exit; returns t0.
 
@@ -539,6 +540,8 @@ def _run_nodes(
         ]
         if mode != "origin":
             cmd += ["--cache-dir", str(node.cache_dir), "--register"]
+        if verbose:
+            cmd += ["--verbose", "--log-format", "json"]
         with (
             (node.base / "stdout.json").open("wb") as out,
             (node.base / "stderr.txt").open("wb") as err,
@@ -740,7 +743,7 @@ def run_phase(
     access_before = len(glance.requests())
     mark = glance.counter.snapshot()
     print(f"[{mode}/{phase}] {count} node(s) on image {image_id}", flush=True)
-    t0 = _run_nodes(nodes, mode, args.sample, origin, glance, kill)
+    t0 = _run_nodes(nodes, mode, args.sample, origin, glance, kill, args.verbose_nodes)
     origin_bytes = origin.bytes_sent
     origin_requests = len(origin.requests)
     for node in nodes:
@@ -1094,6 +1097,9 @@ def main() -> int:
     ap.add_argument("--sample", type=float, default=0.2, help="progress sampling period (s)")
     ap.add_argument("--name", default="herd", help="results file stem in benchmarks/results")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument(
+        "--verbose-nodes", action="store_true", help="nodes log (JSON lines) to their stderr.txt"
+    )
     ap.add_argument("--from-json", metavar="FILE", help="only redraw .md and .png from FILE")
     args = ap.parse_args()
     if args.from_json:
