@@ -225,6 +225,7 @@ def start_glance(
     tmpfs_size: str = "512m",
     env: Mapping[str, str] | None = None,
     timeout: float = 600,
+    location_quota: int | None = None,
 ) -> GlanceHandle:
     """Start Glance in WORKDIR and return a handle.
 
@@ -234,7 +235,8 @@ def start_glance(
     store dirs first (raises if not permitted; check :func:`tmpfs_supported`). ``env``:
     ``GLANCE_ALLOWED_PORTS`` (comma list of ports Glance may contact, default any), or
     variables for the Glance process (``GLANCE_NOAUTH_PROJECT_ID``, ...). ``timeout``
-    covers a cold venv build."""
+    covers a cold venv build. ``location_quota``: Glance's ``image_location_quota`` (default
+    Glance's own, 10 per image), for benchmarks where many nodes register one image."""
     if auth not in ("noauth", "keystone"):
         raise ValueError(f"auth must be 'noauth' or 'keystone', not {auth!r}")
     if auth == "keystone" and not keystone_url:
@@ -262,7 +264,13 @@ def start_glance(
     try:
         endpoint, use_port, pid = _start_on_free_port(
             lambda p: glance_service.start(
-                workdir, p, auth=auth, keystone_url=keystone_url, env=env, timeout=timeout
+                workdir,
+                p,
+                auth=auth,
+                keystone_url=keystone_url,
+                env=env,
+                timeout=timeout,
+                location_quota=location_quota,
             ),
             port,
         )

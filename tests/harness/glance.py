@@ -27,8 +27,12 @@ def write_config(
     auth: str,
     keystone_url: str | None,
     allowed_ports: str = "",
+    location_quota: int | None = None,
 ) -> Path:
-    """Write glance-api.conf (+ paste ini, store metadata, policy); returns the conf."""
+    """Write glance-api.conf (+ paste ini, store metadata, policy); returns the conf.
+
+    ``location_quota``: Glance's ``image_location_quota`` (None: Glance's default, 10), raised
+    by benchmarks whose nodes all register a copy of one image."""
     endpoint = f"http://{procs.HOST}:{port}"
     for sub in ("stores/fs1", "stores/fs2", "staging", "tasks", "log", "lock"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
@@ -54,6 +58,7 @@ enabled_backends = fs1:file, fs2:file, web:http
 # deprecated, but still what exposes and allows PATCHing locations in Glance 33
 show_multiple_locations = True
 show_image_direct_url = True
+{"" if location_quota is None else f"image_location_quota = {location_quota}"}
 enabled_import_methods = [glance-direct,web-download,copy-image]
 log_file = {workdir}/log/glance-api.log
 
@@ -144,6 +149,7 @@ def start(
     keystone_url: str | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float = 120,
+    location_quota: int | None = None,
 ) -> tuple[str, int]:
     """Start Glance in WORKDIR on PORT (idempotent for a running one); (endpoint, pid)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -156,7 +162,13 @@ def start(
         return f"http://{procs.HOST}:{port}", pid
     venv, _ = link_venv("glance", workdir)
     conf = write_config(
-        workdir, venv, port, auth, keystone_url, env.pop("GLANCE_ALLOWED_PORTS", "")
+        workdir,
+        venv,
+        port,
+        auth,
+        keystone_url,
+        env.pop("GLANCE_ALLOWED_PORTS", ""),
+        location_quota=location_quota,
     )
     procs.run_logged(
         [str(venv / "bin" / "glance-manage"), "--config-file", str(conf), "db_sync"],
