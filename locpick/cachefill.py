@@ -207,29 +207,38 @@ def aborting(fill: Fill | None) -> Iterator[None]:
 
 def reap_dead_fills(cache: NodeCache, client: Registrar, *, dry_run: bool = False) -> list[str]:
     """Fills whose downloader died (kill -9): their Glance location (from ``<id>.fill.json``)
-    is removed at once, not at the end of its lease, then their files. Returns what was done."""
+    is removed at once, not at the end of its lease, then their files. Returns what was done.
+
+    Each fill is judged and removed under the cache lock, where a new downloader of the same
+    image creates its record: a record that comes alive meanwhile (same image, same URL) is
+    never deregistered by mistake. A fill that completed into a visible entry keeps its
+    location (the entry's sidecar holds it; ``serve`` renews it)."""
     done = []
     for meta in sorted(cache.images.glob("*" + META)):
         image_id = fill_id(meta.name)
-        if image_id is None or not valid_image_id(image_id):
+        if image_id is None or not valid_image_id(image_id) or not _dead(cache, image_id):
             continue
-        try:
-            snap = read_fill(cache.images / (image_id + RECORD))
-        except FillStateError:
-            snap = None
-        if snap is not None and snap.writer_alive:
-            continue
-        raw = read_private(meta, 1 << 16)
-        try:
-            url = json.loads(raw or b"{}").get("registered_url")
-        except (ValueError, AttributeError):
-            url = None
         if dry_run:
             done.append(f"would remove the dead fill of {image_id}")
             continue
-        if isinstance(url, str):
-            remove_once(client.glance_locations, image_id, url)
         with cache._lock:
+            if not _dead(cache, image_id):
+                continue
+            raw = read_private(meta, 1 << 16)
+            try:
+                url = json.loads(raw or b"{}").get("registered_url")
+            except (ValueError, AttributeError):
+                url = None
+            if isinstance(url, str) and cache.entry(image_id) is None:
+                remove_once(client.glance_locations, image_id, url)
             remove_if_dead(cache.images, image_id)
         done.append(f"removed the dead fill of {image_id}")
     return done
+
+
+def _dead(cache: NodeCache, image_id: str) -> bool:
+    try:
+        snap = read_fill(cache.images / (image_id + RECORD))
+    except FillStateError:
+        return True
+    return snap is None or not snap.writer_alive

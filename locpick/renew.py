@@ -3,9 +3,11 @@
 ``locpick serve`` runs one :class:`Renewer`: a daemon thread that re-registers every cached
 copy this node has published (and, with ``[cache] register``, every cached copy) with a fresh
 lease, once at start and then every ``lease / 3`` seconds, so a copy stays valid through two
-missed renewals. ``deregister`` removes them when the node stops on SIGTERM/SIGINT. A node
-that dies without stopping (SIGKILL, power loss) simply stops renewing: its leases run out,
-clients skip its copies and ``cache reap`` removes them.
+missed renewals. Every few seconds it also deregisters copies still filling whose downloader
+died (kill -9), at once rather than at the end of their lease. ``deregister`` removes them when
+the node stops on SIGTERM/SIGINT. A node that dies without stopping (SIGKILL, power loss)
+simply stops renewing: its leases run out, clients skip its copies and ``cache reap`` removes
+them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ if TYPE_CHECKING:
     from locpick.client import Client
 
 log = logging.getLogger("locpick")
+
+#: Seconds between looks for fills whose downloader died: their location leaves Glance then,
+#: not at the end of its lease (a glob of the cache dir; Glance is called only for dead ones).
+DEAD_FILL_EVERY = 5.0
 
 
 class RenewalObserver(Protocol):
@@ -97,13 +103,30 @@ class Renewer:
         self.rounds += 1
         return done
 
+    def reap_dead_fills(self) -> list[str]:
+        """Deregister and remove fills whose downloader died (its record says so at once)."""
+        from locpick.cachefill import reap_dead_fills
+
+        done = reap_dead_fills(self.cache, self.client)
+        for line in done:
+            log.info("%s", line)
+        return done
+
     def _run(self) -> None:
+        due = 0.0
         while True:
+            if time.monotonic() >= due:
+                try:
+                    self.renew_once()
+                except Exception:  # a renewal bug must not kill the serving node
+                    log.exception("lease renewal failed")
+                due = time.monotonic() + self.interval
             try:
-                self.renew_once()
-            except Exception:  # a renewal bug must not kill the serving node
-                log.exception("lease renewal failed")
-            if self._stop.wait(self.interval):
+                self.reap_dead_fills()
+            except Exception:
+                log.exception("dead fills not reaped")
+            wait = min(DEAD_FILL_EVERY, max(0.0, due - time.monotonic()))
+            if self._stop.wait(wait):
                 return
 
     def start(self) -> None:
