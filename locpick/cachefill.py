@@ -122,7 +122,8 @@ class Fill:
         def meta() -> dict[str, str]:
             return filling_metadata(cfg.topology, lease, started)
 
-        if not add_filling(client.glance_locations, self.image.id, url, meta()):
+        listed = [loc.url for loc in self.image.locations]
+        if not add_filling(client.glance_locations, self.image.id, url, meta(), listed=listed):
             return
         self.url = url
         with contextlib.suppress(OSError):

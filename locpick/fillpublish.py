@@ -5,7 +5,7 @@ Concurrent adds to one image make Glance 33 answer 500 (or 409) for some of them
 the same add is retried with jittered backoff, a bounded number of times; it is still one add
 (``GlanceLocations.add`` looks first, so an add that did land is not made twice). Glance also
 loses some concurrent adds that it answered 200 (each PATCH rewrites the whole list; measured
-with 4 nodes): the add is confirmed about 1 s and 3 s later (jittered) and made again if lost.
+with 4 nodes): the add is confirmed once about 2 s later (jittered, 1-3 s) and made again if lost.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from locpick.config import Topology
 from locpick.errors import InputError
@@ -30,7 +30,7 @@ _BACKOFF = 0.25
 _BACKOFF_MAX = 4.0
 _RETRYABLE = (409, 500, 503)
 #: Seconds after the add at which it is confirmed (times 0.5-1.5, jitter).
-CONFIRM_AFTER = (1.0, 3.0)
+CONFIRM_AFTER = (2.0,)
 #: Backoff jitter (not crypto).
 _RNG = random.Random()  # noqa: S311
 
@@ -52,12 +52,16 @@ def add_filling(
     *,
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random = _RNG,
+    listed: Collection[str] | None = None,
 ) -> bool:
     """Add ``url`` as a location of ``image_id``; True when it is listed. A refusal is logged
-    (the cache keeps working; it registers after the download instead), never raised."""
+    (the cache keeps working; it registers after the download instead), never raised.
+
+    ``listed``: the location URLs of the image record just fetched, so the first try makes no
+    GET of its own; a retry after a 500 looks again (the failed add may have landed)."""
     for attempt in range(ADD_TRIES):
         try:
-            api().add(image_id, url, metadata)
+            api().add(image_id, url, metadata, listed=listed if attempt == 0 else None)
             return True
         except PublishError as exc:
             last = exc

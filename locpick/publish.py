@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -142,9 +142,21 @@ class GlanceLocations:
         err.status = resp.status_code
         raise err
 
-    def add(self, image_id: str, url: str, metadata: Mapping[str, Any]) -> bool:
-        """Add ``url`` as a location unless it is already one; True when added."""
-        if any(loc.get("url") == url for loc in self.locations(image_id)):
+    def add(
+        self,
+        image_id: str,
+        url: str,
+        metadata: Mapping[str, Any],
+        *,
+        listed: Collection[str] | None = None,
+    ) -> bool:
+        """Add ``url`` as a location unless it is already one; True when added.
+
+        ``listed``: the location URLs of a record the caller fetched just now, which saves
+        the GET that would otherwise check for a duplicate."""
+        if listed is None:
+            listed = [str(loc.get("url")) for loc in self.locations(image_id)]
+        if url in listed:
             return False
         op = {"op": "add", "path": "/locations/-", "value": {"url": url, "metadata": metadata}}
         self._patch(image_id, [op], f"add location {redact_url(url)} to image {image_id}")
