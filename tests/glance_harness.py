@@ -31,6 +31,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -403,18 +404,25 @@ def add_http_location(
     metadata: Mapping[str, Any] | None = None,
     token: str | None = None,
 ) -> dict[str, Any]:
-    return patch_locations(
-        endpoint,
-        image_id,
-        [
-            {
-                "op": "add",
-                "path": "/locations/-",
-                "value": {"url": url, "metadata": dict(metadata or {})},
-            }
-        ],
-        token=token,
-    )
+    """Add one http location. Glance 33 answers 500 to a location PATCH racing another on
+    the same image (a serving node renewing its lease): the add is made again unless it
+    landed."""
+    op = {
+        "op": "add",
+        "path": "/locations/-",
+        "value": {"url": url, "metadata": dict(metadata or {})},
+    }
+    for attempt in range(4):
+        try:
+            return patch_locations(endpoint, image_id, [op], token=token)
+        except GlanceHarnessError as e:
+            if "HTTP 500" not in str(e) or attempt == 3:
+                raise
+            time.sleep(0.2 * 2**attempt)
+            img = get_image(endpoint, image_id, token=token)
+            if any(loc.get("url") == url for loc in img.get("locations") or []):
+                return img
+    raise AssertionError("unreachable")
 
 
 def create_image(
