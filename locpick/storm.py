@@ -25,6 +25,7 @@ from locpick.config import Config, HerdConfig, Topology, TransferConfig
 from locpick.lease import is_locpick_copy
 from locpick.models import Image, Score
 from locpick.peerfill import filling_since
+from locpick.score import topology_class
 
 __all__ = [
     "Plan",
@@ -51,15 +52,6 @@ def _place(metadata: Mapping[str, Any]) -> Topology:
     return Topology(**found)
 
 
-def _distance(a: Topology, b: Topology) -> int:
-    """0 same host ... 3 same region, 4 unknown (as ``score.topology_class``)."""
-    for i, level in enumerate(_LEVELS):
-        mine, theirs = getattr(a, level), getattr(b, level)
-        if mine and theirs and mine == theirs:
-            return i
-    return len(_LEVELS)
-
-
 def parents(places: Sequence[Topology], fanout: int) -> list[int | None]:
     """The tree of registrants in registration order: the parent index of each, None for the
     first (it takes the origin). Registrant ``i`` picks among ``0..i-1`` one with fewer than
@@ -80,7 +72,7 @@ def parents(places: Sequence[Topology], fanout: int) -> list[int | None]:
                 range(i),
                 key=lambda j: (
                     kids[j] >= fanout,
-                    _distance(me, places[j]),
+                    topology_class(me, places[j]),
                     depth[j] if kids[j] < fanout else kids[j],
                     j,
                 ),
@@ -157,7 +149,7 @@ def plan(
         parent = _spread(tree, places, me, config.fanout, rng)
     order = sorted(
         range(len(earlier)),
-        key=lambda j: (j != parent, _distance(node, places[j]), tree.count(j), j),
+        key=lambda j: (j != parent, topology_class(node, places[j]), tree.count(j), j),
     )
     origin = position is not None and takes_origin(position, config.origin_share)
     who = f"filling copy #{position + 1}" if position is not None else "not registered"
@@ -209,8 +201,8 @@ def _spread(
     (many such nodes would otherwise all pick the same one)."""
     kids = [tree[:me].count(j) for j in range(me)]
     room = [j for j in range(me) if kids[j] < fanout] or list(range(me))
-    near = min(_distance(places[me], places[j]) for j in room)
-    return rng.choice([j for j in room if _distance(places[me], places[j]) == near])
+    near = min(topology_class(places[me], places[j]) for j in room)
+    return rng.choice([j for j in room if topology_class(places[me], places[j]) == near])
 
 
 def arrange(scores: Sequence[Score], plan: Plan) -> tuple[Score, ...]:
