@@ -24,8 +24,8 @@ import filelock
 
 from locpick.cache import CacheEntry, NodeCache, valid_image_id
 from locpick.fillpublish import FillRenewal, add_filling, filling_metadata, remove_once
-from locpick.fillstate import FillBusy, FillStateError, FillWriter, default_piece_size, read_fill
-from locpick.filltee import META, RECORD, Tee, fill_id, fill_paths, remove_if_dead
+from locpick.fillstate import FillBusy, FillWriter, default_piece_size
+from locpick.filltee import META, RECORD, Tee, fill_id, fill_paths, remove_if_dead, writer_gone
 from locpick.hashing import Expected
 from locpick.models import Image
 from locpick.publish import cache_location_url
@@ -217,13 +217,16 @@ def reap_dead_fills(cache: NodeCache, client: Registrar, *, dry_run: bool = Fals
     done = []
     for meta in sorted(cache.images.glob("*" + META)):
         image_id = fill_id(meta.name)
-        if image_id is None or not valid_image_id(image_id) or not _dead(cache, image_id):
+        if image_id is None or not valid_image_id(image_id):
+            continue
+        record = cache.images / (image_id + RECORD)
+        if not writer_gone(record):
             continue
         if dry_run:
             done.append(f"would remove the dead fill of {image_id}")
             continue
         with cache._lock:
-            if not _dead(cache, image_id):
+            if not writer_gone(record):
                 continue
             raw = read_private(meta, 1 << 16)
             try:
@@ -235,11 +238,3 @@ def reap_dead_fills(cache: NodeCache, client: Registrar, *, dry_run: bool = Fals
             remove_if_dead(cache.images, image_id)
         done.append(f"removed the dead fill of {image_id}")
     return done
-
-
-def _dead(cache: NodeCache, image_id: str) -> bool:
-    try:
-        snap = read_fill(cache.images / (image_id + RECORD))
-    except FillStateError:
-        return True
-    return snap is None or not snap.writer_alive

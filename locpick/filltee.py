@@ -34,17 +34,22 @@ def fill_id(name: str) -> str | None:
     return None
 
 
+def writer_gone(record: Path) -> bool:
+    """The fill record's writer is gone (dead, or the record missing or unreadable)."""
+    try:
+        snap = read_fill(record)
+    except FillStateError:
+        return True
+    return snap is None or not snap.writer_alive
+
+
 def remove_if_dead(images: Path, image_id: str) -> bool:
     """Remove a fill's files unless its writer lives (it cleans up itself); True if removed.
 
     The caller holds the cache lock: a writer creates both files under it, so a ``.filling``
     without a live record is a leftover (killed, or crashed between the two)."""
     filling, record, meta = fill_paths(images, image_id)
-    try:
-        snap = read_fill(record)
-    except FillStateError:
-        snap = None
-    if snap is not None and snap.writer_alive:
+    if not writer_gone(record):
         return False
     removed = False
     for path in (filling, meta, record):
