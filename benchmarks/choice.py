@@ -77,7 +77,7 @@ WORLDS: dict[str, tuple[str, dict[str, str], list[Origin]]] = {
 # ------------------------------------------------------------------------------ world server
 def serve_world(name: str, size: int) -> None:
     """Child process: start the world's origins, print their URLs as JSON, wait for stdin EOF."""
-    from locpick._demo.origin import Faults
+    from locpick._demo.faults import Faults
 
     _desc, _topo, origins = WORLDS[name]
     specs = [
@@ -92,7 +92,8 @@ def serve_origins(
 ) -> None:
     """Serve ``data`` from one origin per (label, metadata, Faults) at /LABEL/image.raw (Faults
     None: a black hole), print the URLs and the image record as JSON, wait for stdin EOF."""
-    from locpick._demo.origin import BlackHole, Origin
+    from locpick._demo.blackhole import BlackHole
+    from locpick._demo.origin import Origin
 
     out = []
     with ExitStack() as stack:
@@ -172,7 +173,7 @@ def aria2c(urls: list[str], dest: Path, timeout: float) -> tuple[float, bool]:
 
 def run_locpick(world: World, topo: dict[str, str], dest: Path) -> tuple[float, bool, str]:
     import locpick
-    from locpick.config import Config, Topology
+    from locpick.config.model import Config, Topology
 
     cfg = Config(topology=Topology(**topo), history_file="")
     t0 = time.monotonic()

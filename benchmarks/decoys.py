@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import locpick  # noqa: E402
-from locpick._demo.origin import BlackHole, Origin  # noqa: E402
+from locpick._demo.blackhole import BlackHole  # noqa: E402
+from locpick._demo.origin import Origin  # noqa: E402
 
 
 def _record(data: bytes, urls: list[str]) -> dict[str, object]:

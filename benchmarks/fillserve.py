@@ -3,7 +3,7 @@
 
     python benchmarks/fillserve.py [--size-mib 256] [--peers 10] [--fill-mibps 64] [--rounds 2]
 
-A writer (this process, locpick.fillstate.FillWriter, 1 MiB pwrite + mark steps paced to
+A writer (this process, locpick.cache.fill.state.FillWriter, 1 MiB pwrite + mark steps paced to
 --fill-mibps) fills ``images/<id>.filling`` in a node cache while `locpick serve` answers P
 curl peers, all started with the fill, each fetching the whole image. Rows:
 
@@ -33,8 +33,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from locpick.cache import NodeCache  # noqa: E402
-from locpick.fillstate import FillWriter  # noqa: E402
+from locpick.cache.fill.writer import FillWriter  # noqa: E402
+from locpick.cache.store import NodeCache  # noqa: E402
 
 MiB = 1 << 20
 IMAGE_ID = "bench-fill-img"

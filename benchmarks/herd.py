@@ -76,8 +76,7 @@ from fixtures_cache import ServeProcess  # noqa: E402
 from helpers import cli_env  # noqa: E402
 
 from locpick._demo.origin import Origin  # noqa: E402
-from locpick.lease import lease_state  # noqa: E402
-from locpick.publish import MARKER  # noqa: E402
+from locpick.glance.lease import MARKER, lease_state  # noqa: E402
 
 RESULTS = HERE / "results"
 MiB = 1 << 20
@@ -89,7 +88,7 @@ def _has_max_sources() -> bool:
     """True when the tree under test knows ``[transfer] max_sources`` (the swarm fetch)."""
     import attrs
 
-    from locpick.config import TransferConfig
+    from locpick.config.model import TransferConfig
 
     return "max_sources" in attrs.fields_dict(TransferConfig)
 
@@ -344,7 +343,7 @@ class Node:
         images = self.cache_dir / "images"
         fill = images / f"{self.image_id}.fill"
         if fill.exists():
-            from locpick.fillstate import FillStateError, read_fill
+            from locpick.cache.fill.record import FillStateError, read_fill
 
             with contextlib.suppress(FillStateError, OSError):
                 snap = read_fill(fill)

@@ -3,7 +3,7 @@
 
     python benchmarks/serve.py [--size-mib 512] [--rounds 5] [--peers 32] [--max-clients 8]
 
-Puts a random N-MiB image into a node cache (locpick.cache.NodeCache), then serves that one
+Puts a random N-MiB image into a node cache (locpick.cache.store.NodeCache), then serves that one
 file both ways: `locpick serve --cache-dir` (aiohttp, sendfile) and a private nginx (sendfile
 on, 2 workers, access_log off; the config of benchmarks/throughput.py) whose root is the
 cache's images directory. Timed, interleaved per round, best of R kept:
@@ -46,7 +46,7 @@ sys.path.insert(0, str(HERE))
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from throughput import MiB, Nginx, make_image  # noqa: E402
 
-from locpick.cache import NodeCache  # noqa: E402
+from locpick.cache.store import NodeCache  # noqa: E402
 from locpick.models import Image  # noqa: E402
 
 RESULTS = HERE / "results" / "serve.json"

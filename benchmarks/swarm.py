@@ -89,7 +89,7 @@ _choice_worlds()
 
 def serve_world(name: str, size: int) -> None:
     """Child process: start the origins, print URLs and the record as JSON, wait for EOF."""
-    from locpick._demo.origin import Faults
+    from locpick._demo.faults import Faults
 
     _desc, _topo, origins = WORLDS[name]
     specs = []
@@ -147,7 +147,7 @@ def run_locpick(
     world: World, topo: dict[str, str], dest: Path, max_sources: int
 ) -> tuple[float, dict[str, Any]]:
     import locpick
-    from locpick.config import Config, Topology, TransferConfig
+    from locpick.config.model import Config, Topology, TransferConfig
 
     cfg = Config(
         topology=Topology(**topo), history_file="", transfer=TransferConfig(max_sources=max_sources)

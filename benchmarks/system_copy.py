@@ -52,8 +52,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import locpick
-from locpick import sharedfs
-from locpick.config import Config, Filesystem
+from locpick.config.model import Config, Filesystem
+from locpick.transports.file import sharedfs
 
 MiB = 1 << 20
 #: copy_file_range, else sendfile (copy_file_range refuses to cross filesystems: EXDEV).

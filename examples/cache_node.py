@@ -30,9 +30,9 @@ from pathlib import Path
 import attrs
 
 import locpick
-from locpick.cache import NodeCache
-from locpick.config import CacheConfig, Topology
-from locpick.publish import cache_location_url
+from locpick.cache.store import NodeCache
+from locpick.config.model import CacheConfig, Topology
+from locpick.glance.locations import cache_location_url
 from locpick.redact import redact_url
 
 
@@ -81,7 +81,7 @@ def node(args: argparse.Namespace) -> int:
 
 
 def demo() -> int:
-    from locpick.demo import DEMO_IMAGE_ID, build_world
+    from locpick.cli.demo import DEMO_IMAGE_ID, build_world
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -46,7 +46,7 @@ def main() -> int:
     if args.image_id and args.dest:
         return fetch(args.image_id, args.dest, args.metadata)
 
-    from locpick.demo import DEMO_IMAGE_ID, build_world
+    from locpick.cli.demo import DEMO_IMAGE_ID, build_world
 
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         metadata, _config, _data = build_world(stack, Path(tmp), size=8 << 20)

@@ -21,7 +21,8 @@ from collections import Counter
 from pathlib import Path
 
 import locpick
-from locpick._demo.origin import Faults, Origin
+from locpick._demo.faults import Faults
+from locpick._demo.origin import Origin
 
 STATUSES = ("ok", "mismatch", "missing", "unreachable", "unsupported")
 

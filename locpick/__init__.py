@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 
-from locpick.client import Client, Metadata
-from locpick.config import Config
+from locpick.client import Client
+from locpick.config.model import Config
 from locpick.errors import (
     AllLocationsFailed,
     ChecksumMismatch,
@@ -20,6 +20,7 @@ from locpick.errors import (
     LocationError,
     LocpickError,
 )
+from locpick.jobs.session import Metadata
 from locpick.models import Ranking, Result, VerifyReport
 
 

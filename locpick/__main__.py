@@ -1,5 +1,5 @@
 import sys
 
-from locpick.cli import main
+from locpick.cli.main import main
 
 sys.exit(main())

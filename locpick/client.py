@@ -3,12 +3,12 @@
 A thin facade; each part has one job:
 
 - :mod:`locpick.config` (``Environment``, ``Config``): the edge, environment and files read once;
-- :mod:`locpick.session`: what the parts share (pool, transports, Keystone, history) and the
+- :mod:`locpick.jobs.session`: what the parts share (pool, transports, Keystone, history) and the
   image record;
-- :mod:`locpick.ranking`: judge, probe (cached) and score an image's locations;
+- :mod:`locpick.choose.ranking`: judge, probe (cached) and score an image's locations;
 - :mod:`locpick.download`: one download as named steps (cache hit, rank, rounds, keep, journal);
-- :mod:`locpick.cachesync`: the node cache ↔ Glance (publish, evict, reconcile, rotate);
-- :mod:`locpick.reaper`: verify, prune and reap locations in Glance.
+- :mod:`locpick.jobs.cachesync`: the node cache ↔ Glance (publish, evict, reconcile, rotate);
+- :mod:`locpick.jobs.reaper`: verify, prune and reap locations in Glance.
 """
 
 from __future__ import annotations
@@ -16,20 +16,22 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from locpick.cache import CacheEntry, NodeCache
-from locpick.cachesync import CacheSync
-from locpick.config import Config, Environment, resolve_config
-from locpick.download import Download
-from locpick.fetch import Progress
-from locpick.history import History
+from locpick.cache.files import CacheEntry
+from locpick.cache.store import NodeCache
+from locpick.choose.history import History
+from locpick.choose.ranking import Ranker
+from locpick.config.env import Environment, resolve_config
+from locpick.config.model import Config
+from locpick.fetch.pump import Progress
+from locpick.glance.locations import GlanceLocations
+from locpick.jobs.cachesync import CacheSync
+from locpick.jobs.download import Download
+from locpick.jobs.reaper import Reaper
+from locpick.jobs.session import Metadata, Session
 from locpick.models import Image, PruneResult, Ranking, Result, VerifyReport
-from locpick.netpolicy import NetPolicy
-from locpick.publish import GlanceLocations
-from locpick.ranking import Ranker
-from locpick.reaper import Reaper
+from locpick.net.policy import NetPolicy
 from locpick.report import Recorder
-from locpick.session import Metadata, Session
-from locpick.transports import Context
+from locpick.transports.base import Context
 
 __all__ = ["Client", "Metadata"]
 

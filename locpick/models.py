@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 import attrs
 
+from locpick.glance.s3url import ALL_S3_SCHEMES, display_s3_url, register_s3_secrets
 from locpick.redact import SCRUB, redact_url
-from locpick.s3url import ALL_S3_SCHEMES, display_s3_url, register_s3_secrets
 
 Outcome = Literal["ok", "failed", "skipped"]
 Method = Literal["download", "copy", "cache"]

@@ -44,7 +44,7 @@ def _redact_url(url: str) -> str:
 
 # Every pattern starts only where a run of its characters starts (a lookbehind) and decides
 # "is this key secret?" in Python: linear time on hostile text (no nested backtracking).
-#: A cache capability token (locpick.capability) wherever it appears, e.g. in a URL path.
+#: A cache capability token (locpick.cache.capability) wherever it appears, e.g. in a URL path.
 _CAPABILITY = re.compile(r"\blpc1_[A-Za-z0-9_-]{20,}")
 _USERINFO = re.compile(r"(?<![a-zA-Z0-9+.-])(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 #: ``key=value``: query strings (in URLs or not), fields of signed Authorization headers.

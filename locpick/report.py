@@ -17,7 +17,8 @@ from typing import Any, Literal
 import attrs
 
 from locpick.errors import IntegrityError, LocpickError
-from locpick.fetch import Observer, Progress
+from locpick.fetch.pump import Progress
+from locpick.fetch.single import Observer
 from locpick.models import Attempt, Location, Ranking, Result, Score
 from locpick.redact import SCRUB, redact_url
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from helpers import cli_env
 
-from locpick.cache import NodeCache
+from locpick.cache.store import NodeCache
 
 
 class ServeProcess:

@@ -16,8 +16,8 @@ from fixtures_glance import ADMIN, DEMO, GlanceWorld
 from helpers import ROOT, run_cli
 
 import locpick
-from locpick._demo.origin import ClosedPort
-from locpick.auth import auth_from_environment, unversioned_endpoint
+from locpick._demo.blackhole import ClosedPort
+from locpick.glance.auth import auth_from_environment, unversioned_endpoint
 from locpick.redact import SCRUB
 
 pytestmark = pytest.mark.glance

@@ -14,10 +14,11 @@ from helpers import ROOT, image_record, run_cli, temp_leftovers, write_record
 
 import locpick
 from locpick._demo.origin import Origin
-from locpick.cache import NodeCache, valid_image_id
+from locpick.cache.files import valid_image_id
+from locpick.cache.store import NodeCache
+from locpick.glance.images import parse_image
+from locpick.glance.replicas import plan_prune
 from locpick.models import Image, Location, ReplicaStatus, VerifyReport
-from locpick.replicas import plan_prune
-from locpick.sources import parse_image
 
 IMG = "11111111-2222-3333-4444-555555555555"
 
@@ -145,7 +146,8 @@ def test_concurrent_processes_share_one_cache(tmp_path: Path) -> None:
     """Four processes caching the same and other images at once leave only whole entries."""
     datas = [os.urandom(200_000) for _ in range(2)]
     script = (
-        "import sys; from locpick.cache import NodeCache; from locpick.sources import parse_image;"
+        "import sys; from locpick.cache.store import NodeCache;"
+        "from locpick.glance.images import parse_image;"
         "import json; rec=json.load(open(sys.argv[2]));"
         "img=parse_image(rec, rec['id']);"
         "NodeCache(sys.argv[1], max_bytes=10**7).add_file(img, sys.argv[3])"

@@ -14,8 +14,8 @@ import filelock
 import pytest
 from helpers import cli_env, image_record, write_record
 
-from locpick.cache import NodeCache
-from locpick.sources import parse_image
+from locpick.cache.store import NodeCache
+from locpick.glance.images import parse_image
 
 IMG = "11111111-2222-3333-4444-555555555555"
 OTHER = "99999999-2222-3333-4444-555555555555"
@@ -23,8 +23,8 @@ OTHER = "99999999-2222-3333-4444-555555555555"
 #: Adds one image to a cache in a separate process: argv = cache dir, record, source file.
 _ADD = (
     "import json, sys\n"
-    "from locpick.cache import NodeCache\n"
-    "from locpick.sources import parse_image\n"
+    "from locpick.cache.store import NodeCache\n"
+    "from locpick.glance.images import parse_image\n"
     "rec = json.load(open(sys.argv[2]))\n"
     "NodeCache(sys.argv[1]).add_file(parse_image(rec, rec['id']), sys.argv[3])\n"
 )
@@ -123,7 +123,8 @@ def test_a_live_writers_temp_file_is_not_swept(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-c",
-                "import sys; from locpick.cache import NodeCache; NodeCache(sys.argv[1]).recover()",
+                "import sys; from locpick.cache.store import NodeCache;"
+                "NodeCache(sys.argv[1]).recover()",
                 str(tmp_path / "cache"),
             ],
             env=cli_env(),

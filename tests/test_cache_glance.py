@@ -17,7 +17,7 @@ from fixtures_glance import DEMO, GlanceWorld, fresh_image, glance_world_fixture
 from helpers import run_cli
 
 from locpick._demo.origin import Origin
-from locpick.cache import NodeCache
+from locpick.cache.store import NodeCache
 from locpick.redact import redact_url
 
 pytestmark = pytest.mark.glance

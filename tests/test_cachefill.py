@@ -26,13 +26,13 @@ from fixtures_glance import GlanceWorld, glance_world_fixture  # noqa: F401
 from helpers import cli_env, image_record, write_record
 
 import locpick
-from locpick import cachefill
 from locpick._demo.origin import Origin
-from locpick.cache import NodeCache
+from locpick.cache.fill import fill as cachefill
+from locpick.cache.fill.record import FillSnapshot, read_fill
+from locpick.cache.store import NodeCache
 from locpick.errors import AllLocationsFailed
-from locpick.fillstate import FillSnapshot, read_fill
-from locpick.lease import FILL, FILL_STARTED, MARKER
-from locpick.swarm.pieces import auto_piece_size
+from locpick.fetch.swarm.pieces import auto_piece_size
+from locpick.glance.lease import FILL, FILL_STARTED, MARKER
 
 IMG = "img-fill"
 T = TypeVar("T")
@@ -333,7 +333,7 @@ def test_registered_while_filling_then_kept_one_add(
 
 
 def gh_remove(w: GlanceWorld, image_id: str, url: str, http: httpx.Client) -> None:
-    from locpick.publish import GlanceLocations
+    from locpick.glance.locations import GlanceLocations
 
     GlanceLocations(http, w.endpoint, w.admin_token).remove(image_id, url)
 

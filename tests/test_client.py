@@ -11,8 +11,10 @@ import pytest
 from helpers import image_record, run_cli, temp_leftovers, write_record
 
 import locpick
-from locpick._demo.origin import BlackHole, Faults, Origin
-from locpick.config import Config, ProbeConfig
+from locpick._demo.blackhole import BlackHole
+from locpick._demo.faults import Faults
+from locpick._demo.origin import Origin
+from locpick.config.model import Config, ProbeConfig
 
 DATA = os.urandom(4 * 1024 * 1024 + 123)
 CFG = Config(probe=ProbeConfig(deadline=1.5))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from locpick.client import Client
-from locpick.config import Environment, resolve_config
+from locpick.config.env import Environment, resolve_config
 
 
 def test_client_takes_contract_variables_from_its_environment(

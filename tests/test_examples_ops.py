@@ -13,9 +13,9 @@ import yaml
 from helpers import ROOT
 from prometheus_client.parser import text_string_to_metric_families
 
-from locpick.cache import NodeCache
-from locpick.metrics import ServeMetrics, download_exposition
+from locpick.cache.store import NodeCache
 from locpick.report import DownloadReport
+from locpick.serve.metrics import ServeMetrics, download_exposition
 
 UNIT = ROOT / "examples" / "systemd" / "locpick-serve.service"
 PROM = ROOT / "examples" / "prometheus"

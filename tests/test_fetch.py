@@ -1,6 +1,7 @@
 """Resilient transfer against real loopback origins with injected faults (issue 5).
 
-The fault matrix calls ``locpick.fetch.fetch`` directly with hand-made rankings (so a fault can
+The fault matrix calls ``locpick.fetch.transfer.fetch`` directly with hand-made rankings (so a
+fault can
 hit the best location without the probe phase filtering it out); the crash, ENOSPC and
 concurrency tests run the real CLI in subprocesses.
 """
@@ -21,11 +22,12 @@ from typing import Any
 
 import pytest
 
-from locpick.config import Config, TransferConfig
+from locpick.config.model import Config, TransferConfig
 from locpick.errors import AllLocationsFailed
-from locpick.fetch import fetch
+from locpick.fetch.transfer import fetch
 from locpick.models import Image, Location, Reasons, Result, Score
-from locpick.transports import Context, Transports
+from locpick.transports import Transports
+from locpick.transports.base import Context
 from tests.fixtures_sharedfs import mount_tmpfs, unmount
 from tests.helpers import ROOT, image_record, run_cli, temp_leftovers, write_record
 from tests.origin import BlackHole, Origin

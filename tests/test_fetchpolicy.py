@@ -1,4 +1,4 @@
-"""The pure policy of a download (``locpick.fetchpolicy``) with a fake clock and rng, then the
+"""The pure policy of a download (``locpick.fetch.policy``) with a fake clock and rng, then the
 total deadline (``[transfer] total_timeout``) against real loopback origins."""
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ from pathlib import Path
 import attrs
 import pytest
 
-from locpick.config import Config, ConfigError, TransferConfig, config_from_mapping
-from locpick.errors import AllLocationsFailed
-from locpick.fetch import fetch
-from locpick.fetchpolicy import FetchPolicy, Timing, Verdict
+from locpick.config.load import config_from_mapping
+from locpick.config.model import Config, TransferConfig
+from locpick.errors import AllLocationsFailed, ConfigError
+from locpick.fetch.policy import FetchPolicy, Timing, Verdict
+from locpick.fetch.transfer import fetch
 from locpick.models import Image, Location, Reasons, Score
-from locpick.transports import Context, Transports
+from locpick.transports import Transports
+from locpick.transports.base import Context
 from tests.helpers import image_record, run_cli, temp_leftovers, write_record
 from tests.origin import Origin
 

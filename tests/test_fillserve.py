@@ -21,12 +21,12 @@ from origin import Faults, Origin
 from prometheus_client.parser import text_string_to_metric_families
 
 import locpick
-from locpick.cache import NodeCache
-from locpick.config import Config, ProbeConfig, TransferConfig
-from locpick.fillserve import _wait, open_filling
-from locpick.fillstate import FillWriter
+from locpick.cache.fill.writer import FillWriter
+from locpick.cache.store import NodeCache
+from locpick.config.model import Config, ProbeConfig, TransferConfig
+from locpick.glance.images import parse_image
 from locpick.redact import redact_url
-from locpick.sources import parse_image
+from locpick.serve.fill import _wait, open_filling
 
 IMG = "f111f111-aaaa-bbbb-cccc-000000000001"
 PIECE = 1 << 20
@@ -200,7 +200,7 @@ def test_writer_that_fails_mid_answer_cuts_it_and_then_404(
 
 _WRITER = """
 import os, sys
-from locpick.fillstate import FillWriter
+from locpick.cache.fill.state import FillWriter
 from locpick.redact import redact_url
 data_path, record, src, size, piece = sys.argv[1:6]
 data = open(src, "rb").read()

@@ -15,14 +15,9 @@ from typing import Any
 import pytest
 from helpers import cli_env
 
-from locpick.fillstate import (
-    FillBusy,
-    FillStateError,
-    FillWriter,
-    await_range,
-    read_fill,
-    wait_for_range,
-)
+from locpick.cache.fill.record import FillBusy, FillStateError, read_fill
+from locpick.cache.fill.state import await_range, wait_for_range
+from locpick.cache.fill.writer import FillWriter
 
 PIECE = 1 << 20
 SIZE = 10 * PIECE + 12345  # 11 pieces, the last one short
@@ -31,7 +26,7 @@ SIZE = 10 * PIECE + 12345  # 11 pieces, the last one short
 # "complete", "fail", "close"; it answers "ok" to each, so the test knows the record is written.
 _WRITER = """
 import sys
-from locpick.fillstate import FillWriter
+from locpick.cache.fill.state import FillWriter
 path = sys.argv[1]
 w = None
 for line in sys.stdin:
@@ -55,7 +50,7 @@ for line in sys.stdin:
 # A reader process: prints the snapshot, then (with A B T) waits for bytes [A, B) up to T s.
 _READER = """
 import json, sys
-from locpick.fillstate import read_fill, wait_for_range
+from locpick.cache.fill.state import read_fill, wait_for_range
 path = sys.argv[1]
 s = read_fill(path)
 print(json.dumps(None if s is None else {

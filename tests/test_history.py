@@ -7,7 +7,7 @@ import multiprocessing
 import os
 from pathlib import Path
 
-from locpick.history import History, HistorySettings, default_history_path, host_key
+from locpick.choose.history import History, HistorySettings, default_history_path, host_key
 from locpick.models import Location
 
 

@@ -11,12 +11,12 @@ import pytest
 from helpers import image_record, run_cli, write_record
 
 from locpick._demo.origin import Origin
-from locpick.config import Topology
-from locpick.lease import MARKER, lease_state
+from locpick.config.model import Topology
+from locpick.glance.images import parse_image
+from locpick.glance.lease import MARKER, lease_state
+from locpick.glance.locations import cache_metadata
+from locpick.glance.replicas import plan_prune
 from locpick.models import ReplicaStatus, VerifyReport
-from locpick.publish import cache_metadata
-from locpick.replicas import plan_prune
-from locpick.sources import parse_image
 
 IMG = "11111111-2222-3333-4444-555555555555"
 

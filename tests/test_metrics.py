@@ -13,10 +13,11 @@ from fixtures_cache import ServeProcess
 from helpers import image_record, run_cli, write_record
 from prometheus_client.parser import text_string_to_metric_families
 
-from locpick._demo.origin import Faults, Origin
-from locpick.cache import NodeCache
-from locpick.metrics import ServeMetrics, download_exposition, write_textfile
+from locpick._demo.faults import Faults
+from locpick._demo.origin import Origin
+from locpick.cache.store import NodeCache
 from locpick.report import DownloadReport, SourceUse
+from locpick.serve.metrics import ServeMetrics, download_exposition, write_textfile
 
 IMG = "0c0c0c0c-1111-2222-3333-444444444444"
 
@@ -125,7 +126,7 @@ def test_fleet_and_busy_hooks_are_exported_per_app(tmp_path: Path) -> None:
     cache = NodeCache(tmp_path / "cache")
     src = tmp_path / "src"
     src.write_bytes(b"x" * 1000)
-    from locpick.sources import parse_image
+    from locpick.glance.images import parse_image
 
     cache.add_file(parse_image(image_record(IMG, b"x" * 1000, []), IMG), src)
     a, b = ServeMetrics(cache), ServeMetrics(cache)
@@ -152,7 +153,7 @@ def test_fleet_and_busy_hooks_are_exported_per_app(tmp_path: Path) -> None:
 
 def test_fill_records_in_the_cache_dir_show_as_filling(tmp_path: Path) -> None:
     """A live fillstate record (a downloader writing a copy) is a copy being filled."""
-    from locpick.fillstate import FillWriter
+    from locpick.cache.fill.writer import FillWriter
 
     cache = NodeCache(tmp_path / "cache")
     metrics = ServeMetrics(cache)
@@ -300,10 +301,10 @@ def test_busy_clients_are_refused_with_503_and_counted(tmp_path: Path) -> None:
     import aiohttp
     from aiohttp import web
 
-    from locpick.config import ServeConfig
-    from locpick.serve import make_app
-    from locpick.serve_ops import OPS
-    from locpick.sources import parse_image
+    from locpick.config.model import ServeConfig
+    from locpick.glance.images import parse_image
+    from locpick.serve.ops import OPS
+    from locpick.serve.server import make_app
 
     cache = NodeCache(tmp_path / "cache")
     data = os.urandom(2_000_000)
@@ -348,7 +349,7 @@ def test_a_client_that_leaves_mid_transfer_counts_as_aborted(tmp_path: Path) -> 
     import socket
     import time
 
-    from locpick.sources import parse_image
+    from locpick.glance.images import parse_image
 
     cache = NodeCache(tmp_path / "cache")
     big = tmp_path / "big"
@@ -386,7 +387,7 @@ def test_metrics_file_without_prometheus_client_names_the_extra(tmp_path: Path) 
     meta = write_record(tmp_path / "m.json", image_record(IMG, b"z" * 100, ["http://x/y"]))
     code = (
         "import sys; sys.modules['prometheus_client'] = None\n"
-        "from locpick.cli import main\n"
+        "from locpick.cli.main import main\n"
         f"sys.exit(main(['download', {IMG!r}, {str(tmp_path / 'out')!r}, '--metadata', "
         f"{str(meta)!r}, '--metrics-file', {str(tmp_path / 'x.prom')!r}]))"
     )

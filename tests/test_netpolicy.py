@@ -11,15 +11,12 @@ import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
-from locpick.config import Config, NetworkConfig, TLSConfig
+from locpick.config.connection import NetworkConfig, TLSConfig
+from locpick.config.model import Config
 from locpick.errors import ConfigError
-from locpick.netpolicy import (
-    NoProxy,
-    forbidden_reason,
-    host_port,
-    proxies_from,
-    trust_from,
-)
+from locpick.net.addr import forbidden_reason, host_port
+from locpick.net.proxy import NoProxy, proxies_from
+from locpick.net.trust import trust_from
 
 FORBIDDEN = [
     ipaddress.ip_network(n)

@@ -16,8 +16,9 @@ from pathlib import Path
 from helpers import image_record
 
 import locpick
-from locpick._demo.origin import BlackHole, Origin
-from locpick.config import Config, ProbeConfig
+from locpick._demo.blackhole import BlackHole
+from locpick._demo.origin import Origin
+from locpick.config.model import Config, ProbeConfig
 
 DATA = os.urandom(300_000)
 

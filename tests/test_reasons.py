@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from locpick.config import Config, Policy
+from locpick.choose.score import Candidate, rank
+from locpick.config.model import Config, Policy
 from locpick.errors import LocationUnreachable, TransferError, UnsupportedLocation
 from locpick.models import Image, Location, Probe
 from locpick.reasons import Code, Reason, code_of
-from locpick.score import Candidate, rank
 
 IMG = Image(id="i", size=1000, checksum="0" * 32)
 

@@ -18,8 +18,8 @@ from helpers import run_cli
 from prometheus_client.parser import text_string_to_metric_families
 
 from locpick._demo.origin import Origin
-from locpick.cache import NodeCache
-from locpick.publish import GlanceLocations, cache_location_url
+from locpick.cache.store import NodeCache
+from locpick.glance.locations import GlanceLocations, cache_location_url
 from locpick.redact import redact_url
 
 pytestmark = pytest.mark.glance

@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from locpick import probe as probe_mod
-from locpick.config import Config, ScoringConfig, Topology
+from locpick.choose import probe as probe_mod
+from locpick.choose.score import Candidate, HistoryInfo, rank
+from locpick.config.model import Config, ScoringConfig, Topology
 from locpick.models import Image, Location, Probe
-from locpick.score import Candidate, HistoryInfo, rank
 
 
 def _cand(url: str, ttfb: float, bps: float | None, **meta: str) -> Candidate:

@@ -12,8 +12,10 @@ from pathlib import Path
 from helpers import image_record, run_cli, write_record
 
 import locpick
-from locpick._demo.origin import BlackHole, Faults, Origin
-from locpick.config import Config, Hint, Policy, ProbeConfig, ScoringConfig, Topology
+from locpick._demo.blackhole import BlackHole
+from locpick._demo.faults import Faults
+from locpick._demo.origin import Origin
+from locpick.config.model import Config, Hint, Policy, ProbeConfig, ScoringConfig, Topology
 
 BIG = os.urandom(24 << 20)
 SMALL = os.urandom(64 << 10)

@@ -19,8 +19,9 @@ from fixtures_cache import ServeProcess
 from helpers import image_record, run_cli
 from prometheus_client.parser import text_string_to_metric_families
 
-from locpick.cache import NodeCache, valid_image_id
-from locpick.sources import parse_image
+from locpick.cache.files import valid_image_id
+from locpick.cache.store import NodeCache
+from locpick.glance.images import parse_image
 
 IMG = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 DATA = os.urandom(3_000_000)

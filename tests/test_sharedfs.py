@@ -15,11 +15,13 @@ from fixtures_sharedfs import mount_tmpfs, tmpfs, unmount
 from helpers import image_record, run_cli, temp_leftovers, write_record
 
 import locpick
-from locpick import sharedfs, syscopy
-from locpick._demo.origin import Faults, Origin
+from locpick._demo.faults import Faults
+from locpick._demo.origin import Origin
 from locpick.client import Client
-from locpick.config import Config, Filesystem, ProbeConfig, TransferConfig, config_from_mapping
+from locpick.config.load import config_from_mapping
+from locpick.config.model import Config, Filesystem, ProbeConfig, TransferConfig
 from locpick.errors import ConfigError, TransferError
+from locpick.transports.file import sharedfs, syscopy
 
 __all__ = ["tmpfs"]  # the fixture is used by name
 

@@ -9,8 +9,8 @@ import stat
 import pytest
 
 from locpick.errors import ChecksumMismatch, InputError, SizeMismatch
-from locpick.hashing import Expected
-from locpick.sink import AtomicSink
+from locpick.sink.atomic import AtomicSink
+from locpick.sink.hashing import Expected
 
 DATA = os.urandom(3 * 1024 * 1024 + 17)
 

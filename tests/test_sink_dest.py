@@ -16,7 +16,7 @@ from helpers import image_record, run_cli, temp_leftovers, write_record
 from origin import Origin
 
 import locpick
-from locpick.config import Config, SecurityConfig
+from locpick.config.model import Config, SecurityConfig
 from locpick.errors import InputError
 
 DATA = os.urandom(64 * 1024)

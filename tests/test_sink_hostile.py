@@ -21,13 +21,14 @@ from fixtures_sharedfs import mount_tmpfs, unmount
 from helpers import cli_env, image_record, run_cli, temp_leftovers, write_record
 
 from locpick._demo.origin import Origin
-from locpick.config import Config, TransferConfig
+from locpick.config.model import Config, TransferConfig
 from locpick.errors import SizeMismatch
-from locpick.fetch import fetch
-from locpick.hashing import Expected
+from locpick.fetch.transfer import fetch
 from locpick.models import Image, Location, Reasons, Result, Score
-from locpick.sink import AtomicSink
-from locpick.transports import Context, Transports
+from locpick.sink.atomic import AtomicSink
+from locpick.sink.hashing import Expected
+from locpick.transports import Transports
+from locpick.transports.base import Context
 
 IMG = "18181818-0000-4000-8000-000000000008"
 

@@ -8,7 +8,7 @@ import pytest
 from helpers import image_record, run_cli
 
 from locpick.errors import MetadataError
-from locpick.sources import load_metadata, parse_image
+from locpick.glance.images import load_metadata, parse_image
 
 DATA = b"x" * 1000
 

@@ -11,13 +11,14 @@ from helpers import image_record, run_cli, write_record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from locpick import cli
-from locpick.config import Config
+from locpick.cli import main as cli
+from locpick.config.model import Config
 from locpick.errors import LocpickError, MetadataError
+from locpick.glance.images import MAX_RECORD_BYTES, load_metadata, parse_image
 from locpick.models import Image, Location
 from locpick.redact import redact_url
-from locpick.sources import MAX_RECORD_BYTES, load_metadata, parse_image
-from locpick.transports import Context, Transports
+from locpick.transports import Transports
+from locpick.transports.base import Context
 
 DATA = b"hostile" * 100
 

@@ -14,10 +14,11 @@ from fixtures_cache import ServeProcess
 from helpers import ROOT, image_record, run_cli, write_record
 from playwright.sync_api import Browser, sync_playwright
 
-from locpick._demo.origin import Faults, Origin
-from locpick.cache import NodeCache
-from locpick.fillstate import FillWriter
-from locpick.sources import parse_image
+from locpick._demo.faults import Faults
+from locpick._demo.origin import Origin
+from locpick.cache.fill.writer import FillWriter
+from locpick.cache.store import NodeCache
+from locpick.glance.images import parse_image
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

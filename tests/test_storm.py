@@ -17,12 +17,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from locpick.config import Config, HerdConfig, Topology, TransferConfig
-from locpick.lease import FILL, FILL_STARTED, MARKER
-from locpick.models import FillHeader, Image, Location, Probe
-from locpick.peerfill import judge, parse_fill_header
-from locpick.score import Candidate, rank
-from locpick.storm import (
+from locpick.choose.peer import judge, parse_fill_header
+from locpick.choose.score import Candidate, rank
+from locpick.choose.storm import (
     arrange,
     parents,
     plan,
@@ -31,6 +28,9 @@ from locpick.storm import (
     transfer_for,
     wait_start,
 )
+from locpick.config.model import Config, HerdConfig, Topology, TransferConfig
+from locpick.glance.lease import FILL, FILL_STARTED, MARKER
+from locpick.models import FillHeader, Image, Location, Probe
 from tests.helpers import image_record, run_cli, write_record
 from tests.origin import Faults, Origin
 
@@ -294,7 +294,7 @@ def peer() -> Iterator[str]:
 
 def test_probe_records_the_fill_header_from_a_real_server(peer: str) -> None:
     from locpick.transports.base import Context
-    from locpick.transports.http import HttpTransport
+    from locpick.transports.http.transport import HttpTransport
 
     image = Image(id="img", size=len(DATA))
     ctx = Context(Config())

@@ -39,9 +39,10 @@ from fixtures_cache import ServeProcess
 from fixtures_glance import GlanceWorld, glance_world_fixture  # noqa: F401
 from helpers import cli_env
 
-from locpick._demo.origin import Faults, Origin
-from locpick.cache import NodeCache
-from locpick.fillstate import read_fill
+from locpick._demo.faults import Faults
+from locpick._demo.origin import Origin
+from locpick.cache.fill.record import read_fill
+from locpick.cache.store import NodeCache
 
 pytestmark = pytest.mark.glance
 

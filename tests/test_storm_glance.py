@@ -12,9 +12,9 @@ from fixtures_glance import GlanceWorld, glance_world_fixture  # noqa: F401
 
 import locpick
 from locpick._demo.origin import Origin
-from locpick.config import CacheConfig, Config, HerdConfig
-from locpick.lease import FILL, FILL_STARTED, MARKER
-from locpick.storm import prepare
+from locpick.choose.storm import prepare
+from locpick.config.model import CacheConfig, Config, HerdConfig
+from locpick.glance.lease import FILL, FILL_STARTED, MARKER
 
 pytestmark = pytest.mark.glance
 

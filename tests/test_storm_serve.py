@@ -11,8 +11,8 @@ import pytest
 from helpers import image_record, run_cli, write_record
 from test_fillserve import DATA, IMG, PIECE, SIZE, Filling, _serve
 
-from locpick.cache import NodeCache
-from locpick.lease import FILL, FILL_STARTED, MARKER
+from locpick.cache.store import NodeCache
+from locpick.glance.lease import FILL, FILL_STARTED, MARKER
 
 META = {MARKER: "true", FILL: "filling", FILL_STARTED: "1000.0"}
 

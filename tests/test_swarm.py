@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from locpick.config import Config, TransferConfig
+from locpick.config.model import Config, TransferConfig
 from locpick.errors import AllLocationsFailed
-from locpick.fetch import fetch
+from locpick.fetch.transfer import fetch
 from locpick.models import Image, Location, Reasons, Result, Score
-from locpick.transports import Context, Transports
+from locpick.transports import Transports
+from locpick.transports.base import Context
 from tests.helpers import cli_env, image_record, run_cli, temp_leftovers, write_record
 from tests.origin import BlackHole, Origin
 
@@ -276,7 +277,7 @@ def test_connections_per_source_opens_parallel_ranges(tmp_path: Path) -> None:
 def test_farther_copy_stays_out_while_near_ones_suffice(tmp_path: Path) -> None:
     """Topology: two same-zone copies with a measured rate; an other-region copy of similar
     speed adds less than topology_tolerance and is not drawn on; rank says why."""
-    from locpick.swarm.explain import explain
+    from locpick.fetch.swarm.explain import explain
 
     with Origin(DATA) as a, Origin(DATA) as b, Origin(DATA) as far:
         urls = [a.url, b.url, far.url]

@@ -7,7 +7,7 @@ import os
 import random
 from pathlib import Path
 
-from locpick.swarm.ordered_hash import OrderedHasher
+from locpick.fetch.swarm.ordered_hash import OrderedHasher
 
 MiB = 1 << 20
 

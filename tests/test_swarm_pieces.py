@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from locpick.swarm.pieces import Geometry, PieceMap, auto_piece_size
+from locpick.fetch.swarm.pieces import Geometry, PieceMap, auto_piece_size
 
 MiB = 1 << 20
 G = Geometry(16 * MiB, MiB)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from locpick.swarm.pieces import Geometry
-from locpick.swarm.scheduler import Scheduler, Worker, admit, may_join, rises
+from locpick.fetch.swarm.pieces import Geometry
+from locpick.fetch.swarm.scheduler import Scheduler, Worker, admit, may_join, rises
 
 MiB = 1 << 20
 G = Geometry(16 * MiB, MiB)

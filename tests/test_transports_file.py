@@ -13,12 +13,12 @@ import pytest
 from helpers import image_record
 
 import locpick
-from locpick import sharedfs
-from locpick.config import Config, Filesystem, SecurityConfig
+from locpick.config.model import Config, Filesystem, SecurityConfig
 from locpick.errors import AllLocationsFailed, UnsupportedLocation
 from locpick.models import Image, Location
-from locpick.transports import Context
-from locpick.transports.file import FileTransport
+from locpick.transports.base import Context
+from locpick.transports.file import sharedfs
+from locpick.transports.file.transport import FileTransport
 
 DATA = os.urandom(64 * 1024)
 

@@ -18,13 +18,15 @@ from fixtures_s3 import BUCKET, REGION, MotoS3
 from helpers import image_record, run_cli, temp_leftovers, write_record
 
 import locpick
-from locpick._demo.origin import Faults, Origin
-from locpick.config import Config, Policy, ProbeConfig, S3Config, SecurityConfig
+from locpick._demo.faults import Faults
+from locpick._demo.origin import Origin
+from locpick.config.model import Config, Policy, ProbeConfig, SecurityConfig
+from locpick.config.stores import S3Config
 from locpick.errors import ConfigError
+from locpick.glance.s3url import parse_s3_url
 from locpick.models import Image, Location
-from locpick.s3url import parse_s3_url
-from locpick.transports import Context
-from locpick.transports.fsspec import FsspecTransport
+from locpick.transports.base import Context
+from locpick.transports.fsspec.transport import FsspecTransport
 
 DATA = os.urandom(3 * 1024 * 1024 + 321)
 CFG = Config(probe=ProbeConfig(deadline=5.0))

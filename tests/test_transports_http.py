@@ -22,12 +22,12 @@ from fixtures_security import (
 from helpers import image_record, run_cli, temp_leftovers, write_record
 from origin import Origin
 
-from locpick.config import Config, TransferConfig
+from locpick.config.model import Config, TransferConfig
 from locpick.errors import LocationUnreachable, LocpickError, TransferError
 from locpick.models import Image, Location
 from locpick.redact import SCRUB
-from locpick.transports import Context
-from locpick.transports.http import HttpTransport
+from locpick.transports.base import Context
+from locpick.transports.http.transport import HttpTransport
 
 DATA = os.urandom(96 * 1024)
 TOKEN = "gAAAAA-very-secret-token-4242"

@@ -24,9 +24,10 @@ from swift_harness import (
 import locpick
 import locpick.errors
 from locpick._demo.origin import Origin
-from locpick.config import Config, SecurityConfig, SwiftConfig, SwiftRefConfig
+from locpick.config.model import Config, SecurityConfig
+from locpick.config.stores import SwiftConfig, SwiftRefConfig
 from locpick.models import Location
-from locpick.transports.swift import SwiftTransport
+from locpick.transports.swift.transport import SwiftTransport
 
 __all__ = ["swift_large", "swift_server", "swift_small"]  # fixtures used by name
 
@@ -354,7 +355,7 @@ def test_config_swift_refs_parse_and_hide_key(tmp_path: Path) -> None:
     ],
 )
 def test_parse_forms(url: str, form: str, auth_or_object: str | None) -> None:
-    from locpick.transports.swift import parse_swift_location
+    from locpick.transports.swift.urls import parse_swift_location
 
     target = parse_swift_location(Location(url))
     assert (target.form, target.container, target.obj) == (form, "c", "o")

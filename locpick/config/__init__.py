@@ -7,28 +7,24 @@
 
 from __future__ import annotations
 
+from locpick.config.connection import NetworkConfig, TLSConfig
 from locpick.config.env import Environment, resolve_config
 from locpick.config.load import config_from_mapping, load_config
 from locpick.config.model import (
     CacheConfig,
     Config,
     Filesystem,
-    GlanceConfig,
     HerdConfig,
     Hint,
-    NetworkConfig,
     Policy,
     ProbeConfig,
-    S3Config,
     ScoringConfig,
     SecurityConfig,
     ServeConfig,
-    SwiftConfig,
-    SwiftRefConfig,
-    TLSConfig,
     Topology,
     TransferConfig,
 )
+from locpick.config.stores import GlanceConfig, S3Config, SwiftConfig, SwiftRefConfig
 from locpick.errors import ConfigError
 
 __all__ = [

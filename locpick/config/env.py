@@ -4,7 +4,7 @@ The CLI and :class:`~locpick.client.Client` take one snapshot (``Environment.fro
 its values down (``Config``, ``Context``, credentials); nothing below them reads ``os.environ``.
 The contract's variables (``OS_IMAGE_URL``, ``OS_AUTH_TOKEN``, ``LOCPICK_CONFIG``, the Keystone
 ``OS_*`` and proxy/TLS variables) keep their meaning. The one exception is the test-only crash
-hook ``LOCPICK_TEST_CRASH_AT`` (``locpick.cache``), read where it fires.
+hook ``LOCPICK_TEST_CRASH_AT`` (``locpick.cache.store``), read where it fires.
 """
 
 from __future__ import annotations

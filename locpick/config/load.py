@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 import attrs
 
-from locpick.config.model import SECTIONS, Config, Filesystem, Hint, SwiftConfig, SwiftRefConfig
+from locpick.config.model import SECTIONS, Config, Filesystem, Hint
+from locpick.config.stores import SwiftConfig, SwiftRefConfig
 from locpick.errors import ConfigError
 from locpick.redact import SCRUB
 

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from locpick.errors import UnsupportedLocation
 from locpick.models import Location
 from locpick.transports.base import Context, Stream, Transport
-from locpick.transports.file import FileTransport
-from locpick.transports.fsspec import SCHEMES as FSSPEC_SCHEMES
-from locpick.transports.fsspec import FsspecTransport
-from locpick.transports.http import HttpTransport
-from locpick.transports.swift import SwiftTransport
+from locpick.transports.file.transport import FileTransport
+from locpick.transports.fsspec.transport import SCHEMES as FSSPEC_SCHEMES
+from locpick.transports.fsspec.transport import FsspecTransport
+from locpick.transports.http.transport import HttpTransport
+from locpick.transports.swift.transport import SwiftTransport
 
 __all__ = ["REGISTRY", "UNSUPPORTED", "Context", "Stream", "Transport", "Transports"]
 

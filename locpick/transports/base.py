@@ -19,13 +19,13 @@ import httpx
 
 from locpick.errors import UnsupportedLocation
 from locpick.models import Image, Location, Probe
-from locpick.netaddr import parse_host, sockaddr_ip
-from locpick.netpolicy import NetPolicy
+from locpick.net.addr import parse_host, sockaddr_ip
+from locpick.net.policy import NetPolicy
 
 if TYPE_CHECKING:
-    from locpick import sharedfs
-    from locpick.config import Config
-    from locpick.sink import AtomicSink
+    from locpick.config.model import Config
+    from locpick.sink.atomic import AtomicSink
+    from locpick.transports.file import sharedfs
 
 #: Called with (bytes held, total or None) while a transport copies.
 Progress = Callable[[int, int | None], None]

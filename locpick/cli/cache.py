@@ -1,0 +1,125 @@
+"""The node-cache commands of ``locpick``: ``serve`` (the cache over HTTP, leases renewed)
+and ``cache`` (list, evict, reconcile, reap, rotate-secret)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from locpick.cli.args import client_for
+from locpick.cli.format import print_json
+from locpick.redact import redact_url
+
+if TYPE_CHECKING:
+    from locpick.client import Client
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    from locpick.cache.store import NodeCache
+    from locpick.config.env import resolve_config
+    from locpick.errors import ConfigError
+    from locpick.serve.server import DEFAULT_BIND, announce, serve
+
+    config = resolve_config(args.config)
+    directory = args.cache_dir or config.cache.dir
+    if not directory:
+        raise ConfigError("serve: no node cache: give --cache-dir DIR or set [cache] dir")
+    from locpick.serve.metrics import OpsOptions
+    from locpick.serve.ops import Ops
+
+    cache = NodeCache(directory, config.cache.max_bytes)
+    ops = OpsOptions(metrics=not args.no_metrics, status=not args.no_status)
+    cache.recover()
+    if args.no_renew:
+        return serve(cache, args.bind or DEFAULT_BIND, config=config.serve, ready=announce, ops=ops)
+    from locpick.client import Client
+    from locpick.serve.renew import Renewer
+
+    with Client(config=config, glance_url=args.glance_url, token=args.token) as client:
+        renewer = Renewer(client, cache)
+
+        def ready(url: str) -> None:
+            announce(url)
+            renewer.start()
+
+        def report_renewals(app_ops: Ops) -> None:
+            renewer.observer = app_ops.metrics  # leases and renewals in /metrics and /status
+
+        try:
+            return serve(
+                cache,
+                args.bind or DEFAULT_BIND,
+                config=config.serve,
+                ready=ready,
+                stopping=renewer.deregister,
+                ops=ops,
+                started=report_renewals,
+            )
+        finally:
+            renewer.stop()
+
+
+def cache_command(args: argparse.Namespace) -> int:
+    from locpick.errors import InputError
+
+    with client_for(args) as client:
+        if args.action == "list":
+            cache = client.node_cache(args.cache_dir)
+            assert cache is not None
+            entries = cache.entries()
+            if args.json:
+                print_json([e.to_json() for e in reversed(entries)])
+            else:
+                for e in reversed(entries):
+                    reg = redact_url(e.registered_url) if e.registered_url else "-"
+                    print(f"{e.image_id}  {e.size:>14}  {e.algo}  registered: {reg}")
+            return 0
+        if args.action == "evict":
+            if not args.image_ids and not args.all:
+                raise InputError("cache evict: name IMAGE_IDs or give --all")
+            cache = client.node_cache(args.cache_dir)
+            assert cache is not None
+            ids = [e.image_id for e in cache.entries()] if args.all else args.image_ids
+            evicted, problems = client.evict(ids, cache_dir=args.cache_dir)
+            gone = {e.image_id for e in evicted}
+            for image_id in ids:
+                if image_id not in gone:
+                    print(f"locpick: {image_id}: not in the cache", file=sys.stderr)
+            if args.json:
+                print_json({"evicted": sorted(gone), "warnings": problems})
+            else:
+                for image_id in sorted(gone):
+                    print(f"evicted {image_id}")
+            return 3 if problems else 0
+        if args.action == "reap":
+            return _reap(args, client)
+        if args.action == "rotate-secret":
+            done = client.rotate_secret(cache_dir=args.cache_dir)
+        else:
+            done = client.reconcile(cache_dir=args.cache_dir)
+        if args.json:
+            print_json({"actions": done})
+        else:
+            print("\n".join(done) if done else "cache and Glance agree")
+        return 0
+
+
+def _reap(args: argparse.Namespace, client: Client) -> int:
+    """``cache reap``: one line per image (or JSON), exit 3 when a removal failed."""
+    results = client.reap(args.image_ids, dry_run=args.dry_run, cache_dir=args.cache_dir)
+    if args.json:
+        print_json({"images": [{"image_id": i, **p.to_json()} for i, p in results]})
+    else:
+        for image_id, p in results:
+            verb = "would remove" if p.dry_run else "removed"
+            done = p.remove if p.dry_run else p.removed
+            print(f"{image_id}: {verb} {len(done)}")
+            for url in done:
+                print(f"  - {url}")
+            for note in p.notes:
+                print(f"  note: {note}")
+        if not results:
+            print("no locpick cache locations found")
+    failed = any(not p.dry_run and len(p.removed) < len(p.remove) for _i, p in results)
+    return 3 if failed else 0

@@ -1,0 +1,279 @@
+"""The threads of a swarm fetch: one per connection, each reading its runs of pieces into the
+part file with pwrite, a hash following the written prefix, and a coordinator that admits
+locations, gives up on silent ones and ends the fetch. Decisions come from ``scheduler``."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from locpick.choose.peer import filling_since
+from locpick.config.model import TransferConfig
+from locpick.errors import AllLocationsFailed
+from locpick.fetch.swarm.ordered_hash import OrderedHasher
+from locpick.fetch.swarm.partfile import SwarmSink
+from locpick.fetch.swarm.reader import Connection
+from locpick.fetch.swarm.scheduler import Scheduler, Worker, admit, may_join, rises
+from locpick.fetch.swarm.silence import (
+    HEADER_FACTOR,
+    MIN_HEADER_WAIT,
+    holding_slots,
+    overdue,
+    silent_limit,
+)
+from locpick.models import Attempt, Image, Location, Score, SourceShare
+from locpick.redact import SCRUB
+from locpick.transports.base import Transport
+
+__all__ = ["HEADER_FACTOR", "JOIN_EVERY", "MIN_HEADER_WAIT", "TICK", "Source", "Swarm", "prior_bps"]
+
+log = logging.getLogger("locpick")
+
+Progress = Callable[[int, int | None], None]
+Observer = Callable[[Location, bool, int, float, str | None], None]
+
+#: How often the coordinator looks at rates (admission, silent locations).
+TICK = 0.1
+#: Seconds between two locations joining a running swarm.
+JOIN_EVERY = 0.25
+
+
+@attrs.define(eq=False)
+class Source:
+    """One location taking part, and its outcome so far."""
+
+    index: int
+    score: Score
+    #: Declares ``capabilities.bounded_ranges``: ``open(..., end=)`` asks for a piece only.
+    transport: Transport
+    topology: int
+    failures: int = 0
+    not_before: float = 0.0
+    dead: bool = False
+    #: Bytes of the pieces it completed (that are in the file), and all bytes it sent.
+    bytes: int = 0
+    received: int = 0
+    busy: float = 0.0
+    #: Seconds to the response headers, when it ever answered.
+    ttfb: float | None = None
+    why: str | None = None
+
+    @property
+    def url(self) -> str:
+        return self.score.url
+
+
+class Swarm:
+    """One swarm fetch into ``sink`` from ``sources`` (ranked, best first)."""
+
+    def __init__(
+        self,
+        image: Image,
+        sources: Sequence[Source],
+        sink: SwarmSink,
+        cfg: TransferConfig,
+        tolerance: float,
+        progress: Progress | None,
+        observer: Observer | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.image = image
+        self.sources = list(sources)
+        self.sink = sink
+        self.cfg = cfg
+        self.tolerance = tolerance
+        self.progress = progress
+        self.observer = observer
+        self.clock = clock
+        self.g = sink.pieces.geometry
+        self.lock = threading.Condition()
+        self.wlock = threading.Lock()
+        self.closed = False
+        self.attempts: list[Attempt] = []
+        self.workers: list[Worker] = []
+        self.sched = Scheduler(self.g, sink.pieces.done, [])
+        self.admitted: list[Source] = []
+        self.last_join_bps = 0.0
+        self.last_join = clock()
+        self.sample: tuple[float, int] = (clock(), 0)
+        self.pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self.allocated = 0
+        self.hasher: OrderedHasher | None = None
+        self.fd = -1
+
+    # -- the whole fetch ----------------------------------------------------------------------
+    def fill(self, fd: int, prefix_hasher: Any) -> Any:
+        """SwarmSink filler: fetch every missing piece; returns the hash of the whole file.
+        Called again after ``restart`` (the connections stay, a silent one keeps waiting)."""
+        self.fd = fd
+        start = self.sink.offset
+        with self.wlock:
+            tee = self.sink.tee
+            self.hasher = OrderedHasher(
+                prefix_hasher, fd, start, tee.hashed_to if tee is not None else None
+            )
+        for i, done in enumerate(self.sched.done):
+            if done and self.g.end(i) > start:
+                self.hasher.note(self.g.start(i), self.g.length(i))
+        if not self.admitted:
+            live = [s for s in self.sources if not s.dead]
+            bps = [prior_bps(s.score) for s in live]
+            first = admit([s.topology for s in live], bps, self.cfg.max_sources, self.tolerance)
+            with self.lock:
+                for i in first:
+                    self._admit(live[i])
+        self._coordinate()
+        return self.hasher.finish()
+
+    def restart(self) -> None:
+        """Every piece again (after the file was truncated): runs in flight are cut off."""
+        with self.lock, self.wlock:
+            for run in self.sched.runs.values():
+                run.cancelled = True
+            self.sched.reopen(range(self.g.count))
+            for src in self.sources:
+                src.bytes = 0
+            self.lock.notify_all()
+
+    def close(self) -> None:
+        """No byte is written any more; the connections end as soon as they notice."""
+        with self.wlock:
+            self.closed = True
+        with self.lock:
+            self.lock.notify_all()
+
+    def _coordinate(self) -> None:
+        with self.lock:
+            while not self.sched.finished:
+                self.lock.wait(TICK)
+                now = self.clock()
+                self._give_up_silent(now)
+                self._maybe_join(now)
+                if not any(w.live for w in self.workers):
+                    self._admit_next()
+                    if not any(w.live for w in self.workers):
+                        raise self.all_failed()
+        assert self.hasher is not None
+        log.debug("swarm: last piece in (hash at %d)", self.hasher.frontier)
+        self.hasher.wait_for(self.g.size)
+
+    def all_failed(self) -> AllLocationsFailed:
+        failed = "; ".join(f"{a.url}: {a.error}" for a in self.attempts if a.outcome != "ok")
+        return AllLocationsFailed(
+            SCRUB(
+                f"image {self.image.id}: no location delivered a verified image "
+                f"({failed or 'no locations'})"
+            ),
+            self.attempts,
+        )
+
+    # -- admission ----------------------------------------------------------------------------
+    def _admit(self, src: Source) -> None:
+        log.debug("swarm: %s joins", src.url)
+        self.admitted.append(src)
+        self.last_join = self.clock()
+        self.last_join_bps = self._aggregate()
+        for _ in range(max(1, self.cfg.connections_per_source)):
+            w = Worker(len(self.workers), src.index, prior_bps(src.score), _latency(src.score))
+            w.filling = filling_since(src.score.location.metadata) is not None
+            self.workers.append(w)
+            self.sched.workers[w.id] = w
+            conn = Connection(self, w, src)
+            threading.Thread(target=conn.run, name=f"locpick-swarm-{w.id}", daemon=True).start()
+
+    def _reserve(self) -> list[Source]:
+        return [s for s in self.sources if s not in self.admitted and not s.dead]
+
+    def _admit_next(self) -> None:
+        """A location dropped out: the next one in rank order takes its place."""
+        live = holding_slots(self.workers, silent_limit(self.sources), self.clock())
+        if len(live) < self.cfg.max_sources and not self.sched.finished:
+            for src in self._reserve():
+                self._admit(src)
+                return
+
+    def _maybe_join(self, now: float) -> None:
+        """Another location joins while the aggregate rate still rises and topology allows;
+        a copy that has not answered within the scaled header deadline does not hold a slot."""
+        if now - self.last_join < JOIN_EVERY:
+            return
+        reserve = self._reserve()
+        limit = silent_limit(self.sources)
+        if not reserve or len(holding_slots(self.workers, limit, now)) >= self.cfg.max_sources:
+            return
+        last = self.admitted[-1] if self.admitted else None
+        if last is not None and last.ttfb is None and now - self.last_join < limit:
+            return  # wait to see what the last one brings
+        agg = self._aggregate()
+        if last is not None and last.ttfb is not None and not rises(self.last_join_bps, agg):
+            return
+        cand = reserve[0]
+        near = min((s.topology for s in self.admitted if not s.dead), default=cand.topology)
+        if cand.topology > near and not may_join(agg, prior_bps(cand.score), self.tolerance):
+            return
+        self._admit(cand)
+
+    def _aggregate(self) -> float:
+        now = self.clock()
+        total = sum(w.bytes for w in self.workers)
+        t0, b0 = self.sample
+        self.sample = (now, total)
+        return (total - b0) / (now - t0) if now > t0 else 0.0
+
+    def _give_up_silent(self, now: float) -> None:
+        """Locations that never answered get one header deadline scaled to those that did."""
+        for w, error, waited in overdue(self.sources, self.workers, now):
+            self.drop_source(self.sources[w.source], error, 0, waited)
+
+    def drop_source(self, src: Source, error: str, got: int, secs: float) -> None:
+        src.dead = True
+        src.why = error
+        for w in self.workers:
+            if w.source == src.index:
+                w.live = False
+        self.attempts.append(Attempt(url=src.url, outcome="failed", error=error, bytes=got))
+        if self.observer is not None:
+            self.observer(src.score.location, False, got, secs, error)
+        log.info("%s: dropped (%s)", src.url, error)
+        self._admit_next()
+
+    # -- one connection -----------------------------------------------------------------------
+    def save(self, now: float) -> None:
+        """Persist the piece map (throttled); called under the lock when pieces completed."""
+        self.sink.pieces.done = list(self.sched.done)
+        self.sink.pieces.save(now)
+        self.lock.notify_all()
+
+    def buffer(self) -> bytearray:
+        try:
+            return self.pool.get_nowait()
+        except queue.Empty:
+            with self.lock:
+                grow = self.allocated < 2 * len(self.workers) + 2
+                if grow:
+                    self.allocated += 1
+            return bytearray(self.cfg.buffer_bytes) if grow else self.pool.get()
+
+    # -- result -------------------------------------------------------------------------------
+    def shares(self) -> tuple[SourceShare, ...]:
+        out = [
+            SourceShare(url=s.url, bytes=s.bytes, rate_bps=s.received / s.busy if s.busy else None)
+            for s in self.sources
+            if s.bytes
+        ]
+        return tuple(sorted(out, key=lambda s: -s.bytes))
+
+
+def prior_bps(score: Score) -> float:
+    return score.reasons.throughput_bps or 50e6
+
+
+def _latency(score: Score) -> float:
+    ms = score.reasons.latency_ms
+    return ms / 1000 if ms is not None else 0.05

@@ -1,0 +1,329 @@
+"""Pure decisions of a swarm fetch: which connection fetches which pieces, when a fast one
+takes over a slow one's untouched tail (work stealing), when the last pieces are duplicated
+(endgame), and when another location may join. No I/O and no clock of its own: callers pass
+``now`` (seconds, monotonic), so every rule is testable with made-up times and rates. The time
+arithmetic behind a claim's size, a steal and a duplicate is :mod:`locpick.fetch.swarm.takeover`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+from locpick.choose.score import CLASSES
+from locpick.fetch.swarm.pieces import Geometry
+from locpick.fetch.swarm.takeover import (
+    ENDGAME_MARGIN,
+    GRACE,
+    RUN_PER_LATENCY,
+    RUN_SECONDS,
+    claim_share,
+    duplicate_beats,
+    spared,
+    steal_gain,
+    untouched,
+    victim_bps,
+)
+from locpick.models import Score
+
+__all__ = [
+    "ENDGAME_MARGIN",
+    "GRACE",
+    "RISE",
+    "RUN_PER_LATENCY",
+    "RUN_SECONDS",
+    "Run",
+    "Scheduler",
+    "Worker",
+    "admit",
+    "may_join",
+    "rises",
+    "topology_class",
+]
+
+#: Another location joins only while the aggregate rate rose at least this much since the
+#: last one joined.
+RISE = 1.05
+
+
+@attrs.define
+class Worker:
+    """One connection to one location, and what the fetch learnt about it."""
+
+    id: int
+    source: int
+    #: Expected bytes/s before any measurement (ranking: probe, history or prior).
+    prior_bps: float
+    latency: float = 0.05
+    bytes: int = 0
+    #: Seconds spent receiving (from request to last byte), summed over its runs.
+    busy: float = 0.0
+    live: bool = True
+    #: When the current request was sent, and whether any byte of it came back yet.
+    asked_at: float | None = None
+    answered: bool = False
+    #: Its location is a peer's copy still filling (boot storm): it holds a growing prefix.
+    filling: bool = False
+
+    def rate(self) -> float | None:
+        return self.bytes / self.busy if self.bytes and self.busy > 0 else None
+
+    def expected_bps(self) -> float:
+        return self.rate() or self.prior_bps
+
+
+@attrs.define(eq=False)
+class Run:
+    """Consecutive pieces ``[first, end)`` a worker reads with one request, at byte ``pos``."""
+
+    worker: int
+    first: int
+    end: int
+    pos: int
+    started: float
+    #: An endgame duplicate of piece ``first`` (read to memory; written only if it wins).
+    dup: bool = False
+    cancelled: bool = False
+
+
+class Scheduler:
+    """Owner of the piece states; every method is called under the caller's lock."""
+
+    def __init__(self, geometry: Geometry, done: Sequence[bool], workers: Sequence[Worker]):
+        self.g = geometry
+        self.done = list(done)
+        self.owner: list[Run | None] = [None] * geometry.count
+        self.dups: dict[int, Run] = {}
+        self.workers = {w.id: w for w in workers}
+        self.runs: dict[int, Run] = {}
+        #: Who delivered each done piece (worker id; -1 = an earlier run).
+        self.by = [-1] * geometry.count
+
+    # -- queries --------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return all(self.done)
+
+    def missing_bytes(self) -> int:
+        return sum(self.g.length(i) for i, d in enumerate(self.done) if not d)
+
+    # -- decisions ------------------------------------------------------------------------
+    def next_task(self, wid: int, now: float) -> Run | None:
+        """The next run for worker ``wid``: unclaimed pieces, else a steal, else a duplicate."""
+        if self.finished:
+            return None
+        run = (
+            self._rescue(wid, now)
+            or self._claim(wid, now)
+            or self._steal(wid, now)
+            or self._endgame(wid, now)
+        )
+        if run is not None:
+            self.runs[wid] = run
+        return run
+
+    def _claim(self, wid: int, now: float) -> Run | None:
+        free = [i for i in range(self.g.count) if not self.done[i] and self.owner[i] is None]
+        if not free:
+            return None
+        live = [w for w in self.workers.values() if w.live]
+        share = claim_share(self.workers[wid], live, len(free), self.g.piece)
+        if self._from_tail(wid):
+            return self._claim_tail(wid, free[-1], share, now)
+        first = end = free[0]
+        while end < self.g.count and end - first < share:
+            if self.done[end] or self.owner[end] is not None:
+                break
+            end += 1
+        run = Run(wid, first, end, self.g.start(first), now)
+        for i in range(first, end):
+            self.owner[i] = run
+        return run
+
+    def _from_tail(self, wid: int) -> bool:
+        """A copy that is complete (the origin) takes pieces from the end while a filling peer
+        reads from the front: the peer holds the beginning first, so the origin is asked only
+        for pieces nobody near holds yet, and the two meet in the middle."""
+        if self.workers[wid].filling:
+            return False
+        return any(w.live and w.filling for w in self.workers.values())
+
+    def _claim_tail(self, wid: int, last: int, share: int, now: float) -> Run:
+        first = last
+        while (
+            first > 0
+            and last + 1 - first < share
+            and not self.done[first - 1]
+            and self.owner[first - 1] is None
+        ):
+            first -= 1
+        run = Run(wid, first, last + 1, self.g.start(first), now)
+        for i in range(first, last + 1):
+            self.owner[i] = run
+        return run
+
+    def _rescue(self, wid: int, now: float) -> Run | None:
+        """Take over, before anything else, the untouched pieces of a connection that has sent
+        nothing for too long (a black hole must not hold the hash's frontier)."""
+        thief = self.workers[wid]
+        for run in sorted(self.runs.values(), key=lambda r: r.first):
+            if run.worker == wid or run.dup or run.cancelled:
+                continue
+            u = untouched(self.g, run)
+            if u < run.end and victim_bps(self.workers[run.worker], run, thief, now) <= 0:
+                return self._split(run, u, wid, now)
+        return None
+
+    def _split(self, victim: Run, s: int, wid: int, now: float) -> Run:
+        """Pieces ``[s, victim.end)`` move from ``victim`` to a new run of ``wid``."""
+        run = Run(wid, s, victim.end, self.g.start(s), now)
+        victim.end = s
+        for i in range(s, run.end):
+            self.owner[i] = run
+        return run
+
+    def _steal(self, wid: int, now: float) -> Run | None:
+        thief = self.workers[wid]
+        best: tuple[float, Run, int] | None = None
+        for run in self.runs.values():
+            owner = self.workers[run.worker]
+            if run.worker == wid or run.dup or run.cancelled or spared(thief, owner):
+                continue
+            u = untouched(self.g, run)
+            if u >= run.end:
+                continue
+            found = steal_gain(self.g, run, u, thief, victim_bps(owner, run, thief, now))
+            if found is None:
+                continue
+            gain, s = found
+            if gain > thief.latency and (best is None or gain > best[0]):
+                best = (gain, run, s)
+        if best is None:
+            return None
+        _, victim, s = best
+        return self._split(victim, s, wid, now)
+
+    def _endgame(self, wid: int, now: float) -> Run | None:
+        thief = self.workers[wid]
+        best: tuple[float, Run] | None = None
+        for run in self.runs.values():
+            if run.worker == wid or run.dup or run.cancelled or run.first >= run.end:
+                continue
+            owner = self.workers[run.worker]
+            if spared(thief, owner):
+                continue
+            p = run.first
+            if self.done[p] or p in self.dups:
+                continue
+            owner_eta = duplicate_beats(self.g, run, thief, victim_bps(owner, run, thief, now))
+            if owner_eta is not None and (best is None or owner_eta > best[0]):
+                best = (owner_eta, run)
+        if best is None:
+            return None
+        p = best[1].first
+        run = Run(wid, p, p + 1, self.g.start(p), now, dup=True)
+        self.dups[p] = run
+        return run
+
+    # -- progress -------------------------------------------------------------------------
+    def advance(self, run: Run, pos: int) -> bool:
+        """``run`` wrote up to byte ``pos``; pieces it completed are done. Returns whether the
+        run should go on (False: over, cancelled, or its current piece finished elsewhere)."""
+        if run.cancelled:
+            return False
+        run.pos = pos
+        while run.first < run.end and self.g.end(run.first) <= pos:
+            self._complete(run.first, run)
+            run.first += 1
+        if run.first >= run.end:
+            return False
+        return not self.done[run.first]
+
+    def _complete(self, p: int, run: Run) -> None:
+        if not self.done[p]:
+            self.done[p] = True
+            self.by[p] = run.worker
+        self.owner[p] = None
+        dup = self.dups.pop(p, None)
+        if dup is not None and dup is not run:
+            dup.cancelled = True
+
+    def won(self, run: Run) -> bool:
+        """A duplicate finished its piece: True if it was first (the owner is then cut off)."""
+        p = run.first
+        self.dups.pop(p, None)
+        if self.done[p]:
+            return False
+        owner = self.owner[p]
+        self.done[p] = True
+        self.by[p] = run.worker
+        self.owner[p] = None
+        if owner is not None:
+            owner.cancelled = True
+            self._free(owner, p + 1)
+        return True
+
+    def release(self, run: Run) -> None:
+        """The run ended (failed, cancelled, or done): its unfinished pieces are free again."""
+        if self.runs.get(run.worker) is run:
+            del self.runs[run.worker]
+        if run.dup:
+            if self.dups.get(run.first) is run:
+                del self.dups[run.first]
+            return
+        self._free(run, run.first)
+
+    def _free(self, run: Run, start: int) -> None:
+        for i in range(start, run.end):
+            if self.owner[i] is run:
+                self.owner[i] = None
+        run.end = min(run.end, start)
+
+    def reopen(self, pieces: Sequence[int]) -> None:
+        """Pieces found bad after the fact: fetch them again."""
+        for p in pieces:
+            self.done[p] = False
+            self.by[p] = -1
+            self.owner[p] = None
+
+
+def admit(
+    classes: Sequence[int], bps: Sequence[float], max_sources: int, tolerance: float
+) -> list[int]:
+    """Which candidates (ranked, best first) start at once: the nearest topology class up to
+    ``max_sources``; a farther one joins only when the nearer copies together are expected to be
+    slower by more than ``tolerance`` than with it."""
+    if not classes:
+        return []
+    chosen: list[int] = []
+    near = min(classes)
+    for i, c in enumerate(classes):
+        if len(chosen) >= max_sources:
+            break
+        if c == near:
+            chosen.append(i)
+            continue
+        agg = sum(bps[j] for j in chosen)
+        if not chosen or may_join(agg, bps[i], tolerance):
+            chosen.append(i)
+    return chosen
+
+
+def may_join(near_bps: float, far_bps: float, tolerance: float) -> bool:
+    """A farther copy joins when the nearer ones alone would take longer than with it by more
+    than ``tolerance``: ``1/near > (1/(near + far)) / (1 - tolerance)``."""
+    if near_bps <= 0:
+        return True
+    return (near_bps + far_bps) * (1 - tolerance) > near_bps
+
+
+def rises(before_bps: float, now_bps: float) -> bool:
+    """The aggregate rate rose since the last source joined (so another may be worth it)."""
+    return before_bps <= 0 or now_bps >= RISE * before_bps
+
+
+def topology_class(score: Score) -> int:
+    """The topology class index (``score.CLASSES``) a ranked location was put in."""
+    name = (score.reasons.topology or "unknown").split(" ")[0]
+    return CLASSES.index(name) if name in CLASSES else len(CLASSES) - 1

@@ -1,0 +1,96 @@
+"""Replica upkeep in Glance: verify every location of an image, prune the ones that are gone
+or wrong (never the last verified copy), and reap expired or dead locpick cache locations.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+
+import attrs
+
+from locpick.cache.fill.fill import reap_dead_fills
+from locpick.errors import ImageNotActive, ImageNotFound, InputError
+from locpick.glance.lease import is_locpick_copy
+from locpick.glance.locations import PublishError
+from locpick.glance.replicas import plan_prune, verify_replicas
+from locpick.jobs.session import Metadata, Session
+from locpick.models import Image, PruneResult, VerifyReport
+from locpick.redact import SCRUB
+
+
+class Reaper:
+    """Verifies and prunes an image's locations; reaps stale locpick copies."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def verify(
+        self,
+        image_id: str,
+        *,
+        metadata: Metadata | None = None,
+        quick: bool = False,
+        prune: bool = False,
+        yes: bool = False,
+    ) -> VerifyReport:
+        """Check every location, and plan or carry out a prune (:meth:`Client.verify`)."""
+        if prune and quick:
+            raise InputError("--prune needs the full hash check: drop --quick")
+        if prune and metadata is not None:
+            raise InputError("--prune changes Glance: give --glance-url, not --metadata")
+        image = self.session.image(image_id, metadata=metadata)
+        report = verify_replicas(image, image.locations, self.session.transports, quick=quick)
+        if not prune:
+            return report
+        return attrs.evolve(report, prune=self.prune(image, report, act=yes))
+
+    def prune(
+        self, image: Image, report: VerifyReport, *, act: bool, locpick_only: bool = False
+    ) -> PruneResult:
+        """Plan (and with ``act`` carry out) removing the locations the report condemns."""
+        remove, notes = plan_prune(image, report, now=time.time(), locpick_only=locpick_only)
+        removed: list[str] = []
+        if act and remove:
+            api = self.session.glance_locations()
+            for loc in remove:
+                try:
+                    if api.remove(image.id, loc.url):
+                        removed.append(loc.display_url)
+                except PublishError as exc:
+                    notes.append(f"not removed: {loc.display_url}: {SCRUB(str(exc))}")
+        return PruneResult(
+            dry_run=not act,
+            remove=tuple(loc.display_url for loc in remove),
+            removed=tuple(removed),
+            notes=tuple(notes),
+        )
+
+    def reap(
+        self,
+        image_ids: Sequence[str] = (),
+        *,
+        dry_run: bool = False,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> list[tuple[str, PruneResult]]:
+        """Remove expired and unreachable locpick copies from Glance (:meth:`Client.reap`)."""
+        done: list[tuple[str, PruneResult]] = []
+        cache = self.session.node_cache(cache_dir, required=False)
+        if cache is not None:  # this node's dead stream-through copies go first
+            for line in reap_dead_fills(cache, self.session, dry_run=dry_run):
+                done.append(("-", PruneResult(dry_run=dry_run, notes=(line,))))
+        if not image_ids:
+            image_ids = self.session.glance_locations().images_with_locpick_copies()
+        for image_id in image_ids:
+            try:
+                image = self.session.image(image_id)
+            except (ImageNotFound, ImageNotActive) as exc:  # deleted or deactivated meanwhile
+                note = f"skipped: {SCRUB(str(exc))}"
+                done.append((image_id, PruneResult(dry_run=dry_run, notes=(note,))))
+                continue
+            if not any(is_locpick_copy(loc.metadata) for loc in image.locations):
+                continue
+            report = verify_replicas(image, image.locations, self.session.transports)
+            done.append((image_id, self.prune(image, report, act=not dry_run, locpick_only=True)))
+        return done

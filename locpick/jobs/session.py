@@ -1,0 +1,140 @@
+"""What one client shares between its parts: config, credentials, connection policy, pool.
+
+Built once at the edge (:class:`~locpick.client.Client`) from the ``Config`` and the
+``Environment``; the ranking, download and cache-sync parts take their values from it and read
+no environment themselves. It is also where the image record and Glance's endpoint come from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from locpick.cache.store import NodeCache
+from locpick.choose.history import History
+from locpick.config.env import Environment
+from locpick.config.model import Config
+from locpick.errors import ConfigError, ImageNotFound, InputError
+from locpick.glance.auth import OpenStackAuth, auth_from_environment
+from locpick.glance.images import fetch_glance_image, load_metadata
+from locpick.glance.locations import GlanceLocations
+from locpick.models import Image
+from locpick.net.policy import NetPolicy
+from locpick.redact import SCRUB, register_env_secrets
+from locpick.transports import Transports
+from locpick.transports.base import Context
+
+log = logging.getLogger("locpick")
+
+Metadata = str | os.PathLike[str] | Mapping[str, Any]
+
+
+class Session:
+    """Pooled connections, transports, Keystone credentials and history; thread-safe."""
+
+    def __init__(
+        self,
+        config: Config,
+        env: Environment,
+        *,
+        glance_url: str | None,
+        token: str | None,
+        insecure: bool,
+    ) -> None:
+        register_env_secrets(env.vars)
+        SCRUB.add(token)
+        self.config = config
+        glance_url = glance_url if glance_url is not None else env.glance_url
+        token = token if token is not None else env.token
+        SCRUB.add(token)
+        self.glance_url = glance_url
+        #: Keystone (OS_AUTH_URL / OS_CLOUD) when the token or the endpoint must come from it.
+        self.auth: OpenStackAuth | None = None
+        if not (token and glance_url):
+            self.auth = auth_from_environment(
+                env.vars, token=token, timeout=max(30.0, config.transfer.connect_timeout)
+            )
+        # Proxies, trust and forbidden networks, from config + environment. A bad CA file,
+        # proxy URL or no_proxy is a config error now, before anything is fetched.
+        self.net = NetPolicy.from_environment(
+            config,
+            env.vars,
+            cloud_cacert=self.auth.cacert if self.auth is not None else None,
+            insecure=insecure or (self.auth is not None and self.auth.insecure),
+        )
+        if not self.net.trust.verify:
+            self.config = attrs.evolve(config, tls=attrs.evolve(config.tls, verify=False))
+            log.warning(
+                "TLS certificate verification is OFF (--insecure / OS_INSECURE / [tls] verify = "
+                "false): any host on the path can impersonate image locations and Glance"
+            )
+        if self.auth is not None:
+            self.auth.use_policy(self.net)
+        self.ctx = Context(self.config, glance_url=glance_url, token=token, net=self.net)
+        self.transports = Transports(self.ctx)
+        self.lock = threading.Lock()
+        #: Per-host outcomes persisted across runs (``history_file``; "" disables).
+        self.history = History.from_config(self.config.history_file)
+
+    def close(self) -> None:
+        self.transports.close()
+        self.ctx.close()
+
+    def image(self, image_id: str, *, metadata: Metadata | None = None) -> Image:
+        """The validated image record, from ``metadata`` if given, else from Glance."""
+        limit = self.config.security.max_locations
+        if metadata is not None:
+            image = load_metadata(metadata, image_id, max_locations=limit)
+            if image.status != "active":
+                raise InputError(f"image {image_id} is {image.status!r}, not 'active'")
+            return image
+        glance_url, token = self.glance()
+        try:
+            return fetch_glance_image(
+                self.ctx.http,
+                glance_url,
+                image_id,
+                token=token,
+                max_locations=limit,
+                prefer_stores=self.config.glance.prefer_stores,
+            )
+        except ImageNotFound as exc:
+            if self.auth is None:
+                raise
+            raise ImageNotFound(f"{exc}, as {self.auth.who}") from exc
+
+    def glance(self) -> tuple[str, str | None]:
+        """Glance endpoint and token; from Keystone (catalog, renewed token) when configured."""
+        if self.auth is not None:
+            token = self.auth.token()
+            endpoint = self.glance_url or self.auth.image_endpoint()
+            with self.lock:
+                self.glance_url = self.ctx.glance_url = endpoint
+                self.ctx.token = token
+        if not self.glance_url:
+            raise InputError(
+                "no image source: give --metadata FILE or --glance-url URL (or set OS_IMAGE_URL,"
+                " or OS_AUTH_URL/OS_CLOUD to find it in the service catalog)"
+            )
+        return self.glance_url, self.ctx.token
+
+    def glance_locations(self) -> GlanceLocations:
+        """The Glance locations API of this endpoint (token renewed if Keystone)."""
+        endpoint, token = self.glance()
+        return GlanceLocations(self.ctx.http, endpoint, token)
+
+    def node_cache(
+        self, cache_dir: str | os.PathLike[str] | None = None, *, required: bool = True
+    ) -> NodeCache | None:
+        """The node cache at ``cache_dir``, else ``[cache] dir``; None (or an error) if neither."""
+        directory = cache_dir if cache_dir is not None else self.config.cache.dir
+        if not directory:
+            if required:
+                raise ConfigError("no node cache: give --cache-dir DIR or set [cache] dir")
+            return None
+        return NodeCache(directory, self.config.cache.max_bytes)

@@ -1,0 +1,148 @@
+"""``locpick serve``'s defence below aiohttp: caps on connections and deadlines while idle.
+
+:class:`ConnectionGuard` wraps aiohttp's protocol factory: a connection over the total cap
+(``[serve] max_connections``, lowered to fit ``ulimit -n``) or over the per-address cap gets a
+one-line ``503`` and is closed; a connection that has not sent a complete request head within
+``header_timeout``, or sits idle between requests for ``keepalive_timeout``, is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from collections import Counter
+from collections.abc import Callable
+
+from locpick.config.model import ServeConfig
+
+__all__ = ["BACKLOG", "ConnectionGuard"]
+
+#: File descriptors kept free of client connections (cache files, the listener, logging).
+_FD_RESERVE = 64
+#: Listen backlog, which asyncio also uses as the number of sockets accepted in one go (before
+#: the guard can refuse any): kept under the reserve so a connection flood never hits EMFILE.
+BACKLOG = _FD_RESERVE // 2
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: %d\r\nContent-Length: 0\r\n"
+    b"Connection: close\r\n\r\n"
+)
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: admitted or refused, timed while no request is in progress."""
+
+    def __init__(self, guard: ConnectionGuard, make_inner: Callable[[], asyncio.Protocol]):
+        self.guard = guard
+        self.make_inner = make_inner
+        self.inner: asyncio.Protocol | None = None
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.busy = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if peer else "?"
+        if not self.guard.admit(self):
+            transport.write(_BUSY % self.guard.config.retry_after)
+            transport.close()
+            return
+        self.inner = self.make_inner()
+        self.guard.by_handler[self.inner] = self
+        self.inner.connection_made(transport)
+        self.arm(self.guard.config.header_timeout)
+
+    def arm(self, seconds: float) -> None:
+        """Close the connection in ``seconds`` unless a request head arrives first."""
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(seconds, self._expire)
+
+    def _expire(self) -> None:
+        if self.busy == 0 and self.transport is not None:
+            self.guard.timed_out += 1
+            self.transport.close()
+
+    def request_started(self) -> None:
+        self.busy += 1
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def request_done(self) -> None:
+        self.busy -= 1
+        if self.busy == 0:
+            self.arm(self.guard.config.keepalive_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.inner is not None:
+            self.guard.release(self)
+            self.guard.by_handler.pop(self.inner, None)
+            self.inner.connection_lost(exc)
+
+
+class ConnectionGuard:
+    """Caps on connections (total, per client address) and deadlines while none is busy.
+
+    Wraps aiohttp's protocol factory, so a slow or silent client costs one file descriptor for
+    at most ``header_timeout`` (then ``keepalive_timeout`` between requests), and one address
+    cannot take more than ``max_connections_per_client`` of them.
+    """
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        room = config.max_connections
+        if soft != resource.RLIM_INFINITY:
+            room = min(room, max(8, soft - _FD_RESERVE))
+        self.max_total = room
+        self.open = 0
+        self.per_peer: Counter[str] = Counter()
+        self.by_handler: dict[object, _Connection] = {}
+        self.refused = 0
+        self.timed_out = 0
+        #: Told the reason of each refusal (``connections`` or ``per_client``), e.g. metrics.
+        self.on_refuse: Callable[[str], object] | None = None
+
+    def admit(self, conn: _Connection) -> bool:
+        reason = None
+        if self.open >= self.max_total:
+            reason = "connections"
+        elif self.per_peer[conn.peer] >= self.config.max_connections_per_client:
+            reason = "per_client"
+        if reason is not None:
+            self.refused += 1
+            if self.on_refuse is not None:
+                self.on_refuse(reason)
+            return False
+        self.open += 1
+        self.per_peer[conn.peer] += 1
+        return True
+
+    def release(self, conn: _Connection) -> None:
+        self.open -= 1
+        self.per_peer[conn.peer] -= 1
+        if self.per_peer[conn.peer] <= 0:
+            del self.per_peer[conn.peer]
+
+    def factory(self, make_inner: Callable[[], asyncio.Protocol]) -> Callable[[], _Connection]:
+        return lambda: _Connection(self, make_inner)

@@ -1,0 +1,2 @@
+"""Object stores through fsspec: ``s3://`` (s3fs) and any installed fsspec protocol; Glance's S3
+URL forms."""
