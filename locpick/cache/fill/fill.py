@@ -5,9 +5,9 @@ record ``<id>.fill`` under the cache lock; the download's sink mirrors every wri
 (:class:`locpick.cache.fill.tee.Tee`). With registration, the copy becomes a Glance location at
 once, marked filling (:mod:`locpick.cache.fill.register`), before any peer is chosen. A verified
 download ends with :meth:`Fill.finish`: record ``complete``, the file renamed into place as the
-entry (sidecar last, with the registered URL, so ``serve``'s renewer takes over): no second
-copy of the bytes. Any failure ends with :meth:`Fill.abort`: record ``failed`` first, then the location removed,
-then the files. A killed downloader leaves a dead record that the cache's sweep removes.
+entry (sidecar last, with the registered URL, so ``serve``'s renewer takes over): no second copy of
+the bytes. Any failure ends with :meth:`Fill.abort`: record ``failed`` first, then the location
+removed, then the files. A killed downloader leaves a dead record that the cache's sweep removes.
 """
 
 from __future__ import annotations
