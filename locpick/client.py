@@ -33,7 +33,7 @@ from locpick.net.policy import NetPolicy
 from locpick.report import Recorder
 from locpick.transports.base import Context
 
-__all__ = ["Client", "Metadata"]
+__all__ = ["Client"]
 
 
 class Client:

@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from locpick._demo.blackhole import BlackHole
+from locpick._demo.origin import Origin
 from locpick.config.model import Config, TransferConfig
 from locpick.errors import AllLocationsFailed
 from locpick.fetch.transfer import fetch
@@ -30,7 +32,6 @@ from locpick.transports import Transports
 from locpick.transports.base import Context
 from tests.fixtures_sharedfs import mount_tmpfs, unmount
 from tests.helpers import ROOT, image_record, run_cli, temp_leftovers, write_record
-from tests.origin import BlackHole, Origin
 
 SIZE = 2 << 20
 DATA = os.urandom(SIZE)

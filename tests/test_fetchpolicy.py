@@ -10,6 +10,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from locpick._demo.origin import Origin
 from locpick.config.load import config_from_mapping
 from locpick.config.model import Config, TransferConfig
 from locpick.errors import AllLocationsFailed, ConfigError
@@ -19,7 +20,6 @@ from locpick.models import Image, Location, Reasons, Score
 from locpick.transports import Transports
 from locpick.transports.base import Context
 from tests.helpers import image_record, run_cli, temp_leftovers, write_record
-from tests.origin import Origin
 
 CFG = TransferConfig(
     retries=2, backoff=1.0, backoff_max=4.0, retry_after_max=30.0, progress_bytes=1000

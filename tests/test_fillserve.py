@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 from fixtures_cache import ServeProcess
 from helpers import cli_env, image_record
-from origin import Faults, Origin
 from prometheus_client.parser import text_string_to_metric_families
 
 import locpick
+from locpick._demo.faults import Faults
+from locpick._demo.origin import Origin
 from locpick.cache.fill.writer import FillWriter
 from locpick.cache.store import NodeCache
 from locpick.config.model import Config, ProbeConfig, TransferConfig

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.origin import BlackHole, ClosedPort, Faults, Origin, blackhole, closed_port_url
+from locpick._demo.blackhole import BlackHole, ClosedPort, blackhole, closed_port_url
+from locpick._demo.faults import Faults
+from locpick._demo.origin import Origin
 
 pytestmark = pytest.mark.testserver
 

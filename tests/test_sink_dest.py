@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from helpers import image_record, run_cli, temp_leftovers, write_record
-from origin import Origin
 
 import locpick
+from locpick._demo.origin import Origin
 from locpick.config.model import Config, SecurityConfig
 from locpick.errors import InputError
 

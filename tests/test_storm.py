@@ -17,6 +17,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from locpick._demo.faults import Faults
+from locpick._demo.origin import Origin
 from locpick.choose.peer import judge, parse_fill_header
 from locpick.choose.score import Candidate, rank
 from locpick.choose.storm import (
@@ -32,7 +34,6 @@ from locpick.config.model import Config, HerdConfig, Topology, TransferConfig
 from locpick.glance.lease import FILL, FILL_STARTED, MARKER
 from locpick.models import FillHeader, Image, Location, Probe
 from tests.helpers import image_record, run_cli, write_record
-from tests.origin import Faults, Origin
 
 MiB = 1 << 20
 ORIGIN = "http://origin.example/img"

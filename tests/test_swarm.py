@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from locpick._demo.blackhole import BlackHole
+from locpick._demo.origin import Origin
 from locpick.config.model import Config, TransferConfig
 from locpick.errors import AllLocationsFailed
 from locpick.fetch.transfer import fetch
@@ -22,7 +24,6 @@ from locpick.models import Image, Location, Reasons, Result, Score
 from locpick.transports import Transports
 from locpick.transports.base import Context
 from tests.helpers import cli_env, image_record, run_cli, temp_leftovers, write_record
-from tests.origin import BlackHole, Origin
 
 MiB = 1 << 20
 SIZE = 16 * MiB

@@ -9,13 +9,13 @@ from collections.abc import Iterator
 import attrs
 import pytest
 
+from locpick._demo.origin import Origin
 from locpick.config.model import Config
 from locpick.errors import LocationUnreachable
 from locpick.models import Image, Location
 from locpick.transports import REGISTRY, Transports, guards
 from locpick.transports.base import Capabilities, Context, Stream, Transport
 from locpick.transports.http.transport import HttpTransport
-from tests.origin import Origin
 
 DATA = os.urandom(64 << 10)
 

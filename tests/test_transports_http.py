@@ -20,8 +20,8 @@ from fixtures_security import (
     endless_headers,
 )
 from helpers import image_record, run_cli, temp_leftovers, write_record
-from origin import Origin
 
+from locpick._demo.origin import Origin
 from locpick.config.model import Config, TransferConfig
 from locpick.errors import LocationUnreachable, LocpickError, TransferError
 from locpick.models import Image, Location

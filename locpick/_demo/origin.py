@@ -34,21 +34,12 @@ from types import TracebackType
 from typing import Self
 
 from locpick._demo import HOST
-from locpick._demo.blackhole import BlackHole, ClosedPort, blackhole, closed_port_url
 from locpick._demo.content import BytesSource, FileSource, Source
 from locpick._demo.faults import Faults, RequestRecord
 from locpick._demo.handler import Server
 from locpick._demo.traffic import Traffic
 
-__all__ = [
-    "BlackHole",
-    "ClosedPort",
-    "Faults",
-    "Origin",
-    "RequestRecord",
-    "blackhole",
-    "closed_port_url",
-]
+__all__ = ["Origin"]
 
 
 class Origin:

@@ -48,17 +48,13 @@ from pathlib import Path
 from typing import Any
 
 from locpick.cache import journal
-from locpick.cache.copy import copy_out
 from locpick.cache.files import (
     COPY_CHUNK,
-    FILL_SUFFIX,
-    FILLING_SUFFIX,
     TMP_SUFFIX,
     CacheEntry,
     crashpoint,
     read_sidecar,
     sweep_leftovers,
-    valid_image_id,
     write_all,
     write_sidecar,
 )
@@ -67,14 +63,7 @@ from locpick.errors import DestinationError
 from locpick.models import Image
 from locpick.sink.hashing import Expected
 
-__all__ = [
-    "FILLING_SUFFIX",
-    "FILL_SUFFIX",
-    "CacheEntry",
-    "NodeCache",
-    "copy_out",
-    "valid_image_id",
-]
+__all__ = ["NodeCache"]
 
 log = logging.getLogger("locpick")
 

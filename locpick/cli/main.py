@@ -24,7 +24,7 @@ from locpick.cli.format import (
 from locpick.errors import LocpickError
 from locpick.redact import SCRUB, RedactingFilter
 
-__all__ = ["build_parser", "format_ranking", "format_report", "format_result", "main"]
+__all__ = ["main"]
 
 if TYPE_CHECKING:
     from locpick.report import DownloadReport

@@ -14,24 +14,18 @@ from typing import Any
 import attrs
 
 from locpick.config.connection import NetworkConfig, TLSConfig
-from locpick.config.stores import GlanceConfig, S3Config, SwiftConfig, SwiftRefConfig
+from locpick.config.stores import GlanceConfig, S3Config, SwiftConfig
 from locpick.errors import ConfigError
 
 __all__ = [
     "CacheConfig",
     "Config",
     "Filesystem",
-    "GlanceConfig",
     "Hint",
-    "NetworkConfig",
     "Policy",
     "ProbeConfig",
-    "S3Config",
     "ScoringConfig",
     "SecurityConfig",
-    "SwiftConfig",
-    "SwiftRefConfig",
-    "TLSConfig",
     "Topology",
     "TransferConfig",
 ]

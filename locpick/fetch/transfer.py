@@ -24,6 +24,7 @@ from locpick.fetch import swarm
 from locpick.fetch.policy import Timing
 from locpick.fetch.pump import Progress
 from locpick.fetch.single import Download, Observer
+from locpick.fetch.swarm.partfile import discard_pieced_part
 from locpick.models import Image, Result, Score
 from locpick.sink.atomic import AtomicSink
 from locpick.sink.hashing import Expected
@@ -33,7 +34,7 @@ from locpick.transports import Transports
 
 log = logging.getLogger("locpick")
 
-__all__ = ["Observer", "Progress", "fetch"]
+__all__ = ["fetch"]
 
 
 def fetch(
@@ -89,7 +90,7 @@ def fetch(
                 image, sources, dest, sink_args, cfg, tolerance=topology_tolerance,
                 progress=progress, observer=observer, started=started,
             )  # fmt: skip
-        swarm.discard_pieced_part(dest)
+        discard_pieced_part(dest)
         with AtomicSink(dest, **sink_args) as sink:
             run = Download(
                 image, ranked, sink, transports, cfg, progress, observer, started,

@@ -26,7 +26,7 @@ from locpick.redact import SCRUB, redact_url
 log = logging.getLogger("locpick")
 
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
-__all__ = ["MARKER", "GlanceLocations", "PublishError", "cache_location_url", "cache_metadata"]
+__all__ = ["GlanceLocations", "PublishError", "cache_location_url", "cache_metadata"]
 
 _FORBIDDEN_HELP = (
     "Glance refused to change the image's locations; it needs show_multiple_locations = True "

@@ -24,29 +24,15 @@ from locpick.net.addr import (
     DEFAULT_PORTS,
     IPAddress,
     IPNetwork,
-    embedded_ipv4,
     forbidden_reason,
-    host_port,
     ip_literal,
     parse_host,
     sockaddr_ip,
 )
-from locpick.net.proxy import NoProxy, Proxies, proxies_from
+from locpick.net.proxy import Proxies, proxies_from
 from locpick.net.trust import Trust, trust_from
 
-__all__ = [
-    "AddressRefused",
-    "NetPolicy",
-    "NoProxy",
-    "Proxies",
-    "Trust",
-    "embedded_ipv4",
-    "forbidden_reason",
-    "host_port",
-    "parse_host",
-    "proxies_from",
-    "trust_from",
-]
+__all__ = ["AddressRefused", "NetPolicy"]
 
 log = logging.getLogger("locpick")
 

@@ -26,7 +26,7 @@ from locpick.serve.fill import CUT, REFUSED, SENT
 from locpick.serve.metrics import NO_IMAGE, OpsOptions, ServeMetrics
 from locpick.serve.status import CSP
 
-__all__ = ["OPS", "Ops", "OpsOptions", "install"]
+__all__ = ["OPS", "Ops", "install"]
 
 #: Statuses that mean "this cached image was answered": the image id is a fair label.
 _ANSWERED = frozenset({200, 206, 304, 412, 416})

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
     from locpick.serve.metrics import OpsOptions
 
-__all__ = ["DEFAULT_BIND", "ConnectionGuard", "RateLimiter", "announce", "make_app", "serve"]
+__all__ = ["DEFAULT_BIND", "announce", "make_app", "serve"]
 
 log = logging.getLogger("locpick")
 

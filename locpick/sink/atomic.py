@@ -15,20 +15,8 @@ from typing import Any
 from locpick.errors import SizeMismatch, TransferError
 from locpick.sink.check import over_limit, verify
 from locpick.sink.file import SinkFile
-from locpick.sink.lock import dest_lock, lock_holder
-from locpick.sink.privfile import is_private, open_private, read_private, write_json_atomic
 
-__all__ = [
-    "AtomicSink",
-    "CopyEngine",
-    "EngineAbandoned",
-    "dest_lock",
-    "is_private",
-    "lock_holder",
-    "open_private",
-    "read_private",
-    "write_json_atomic",
-]
+__all__ = ["AtomicSink", "CopyEngine", "EngineAbandoned"]
 
 
 class EngineAbandoned(TransferError):

@@ -10,14 +10,14 @@ from collections.abc import Callable
 
 from locpick.errors import UnsupportedLocation
 from locpick.models import Location
-from locpick.transports.base import Context, Stream, Transport
+from locpick.transports.base import Context, Transport
 from locpick.transports.file.transport import FileTransport
 from locpick.transports.fsspec.transport import SCHEMES as FSSPEC_SCHEMES
 from locpick.transports.fsspec.transport import FsspecTransport
 from locpick.transports.http.transport import HttpTransport
 from locpick.transports.swift.transport import SwiftTransport
 
-__all__ = ["REGISTRY", "UNSUPPORTED", "Context", "Stream", "Transport", "Transports"]
+__all__ = ["REGISTRY", "UNSUPPORTED", "Transports"]
 
 REGISTRY: dict[str, Callable[[Context], Transport]] = {
     "http": HttpTransport,

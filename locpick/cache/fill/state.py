@@ -42,27 +42,11 @@ from typing import Literal
 import attrs
 
 from locpick.cache.fill.record import (
-    FillBusy,
     FillSnapshot,
-    FillStateError,
-    boot_id,
-    default_piece_size,
     read_fill,
 )
-from locpick.cache.fill.writer import FillWriter
 
-__all__ = [
-    "FillBusy",
-    "FillSnapshot",
-    "FillStateError",
-    "FillWriter",
-    "RangeWait",
-    "await_range",
-    "boot_id",
-    "default_piece_size",
-    "read_fill",
-    "wait_for_range",
-]
+__all__ = ["RangeWait", "await_range", "wait_for_range"]
 
 Outcome = Literal["ready", "timeout", "dead", "failed", "gone"]
 

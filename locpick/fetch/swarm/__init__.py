@@ -15,7 +15,7 @@ from typing import Any
 
 from locpick.config.model import TransferConfig
 from locpick.errors import LocationError
-from locpick.fetch.swarm.partfile import SwarmSink, discard_pieced_part
+from locpick.fetch.swarm.partfile import SwarmSink
 from locpick.fetch.swarm.pieces import Geometry, PieceMap, auto_piece_size
 from locpick.fetch.swarm.repair import check_and_repair
 from locpick.fetch.swarm.run import Source, Swarm
@@ -26,7 +26,7 @@ from locpick.transports import Transports
 
 log = logging.getLogger("locpick")
 
-__all__ = ["MIN_SWARM_BYTES", "discard_pieced_part", "fetch", "plan", "swarm_probes"]
+__all__ = ["MIN_SWARM_BYTES", "fetch", "plan", "swarm_probes"]
 
 #: Smaller images go to one location at a time (which switches when slow): a swarm's extra
 #: connections cost more than they bring on a few MiB.

@@ -21,8 +21,6 @@ from locpick.fetch.swarm.partfile import SwarmSink
 from locpick.fetch.swarm.reader import Connection
 from locpick.fetch.swarm.scheduler import Scheduler, Worker, admit, may_join, rises
 from locpick.fetch.swarm.silence import (
-    HEADER_FACTOR,
-    MIN_HEADER_WAIT,
     holding_slots,
     overdue,
     silent_limit,
@@ -31,7 +29,7 @@ from locpick.models import Attempt, Image, Location, Score, SourceShare
 from locpick.redact import SCRUB
 from locpick.transports.base import Transport
 
-__all__ = ["HEADER_FACTOR", "JOIN_EVERY", "MIN_HEADER_WAIT", "TICK", "Source", "Swarm", "prior_bps"]
+__all__ = ["JOIN_EVERY", "TICK", "Source", "Swarm", "prior_bps"]
 
 log = logging.getLogger("locpick")
 

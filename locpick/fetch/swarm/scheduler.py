@@ -14,10 +14,6 @@ import attrs
 from locpick.choose.score import CLASSES
 from locpick.fetch.swarm.pieces import Geometry
 from locpick.fetch.swarm.takeover import (
-    ENDGAME_MARGIN,
-    GRACE,
-    RUN_PER_LATENCY,
-    RUN_SECONDS,
     claim_share,
     duplicate_beats,
     spared,
@@ -27,20 +23,7 @@ from locpick.fetch.swarm.takeover import (
 )
 from locpick.models import Score
 
-__all__ = [
-    "ENDGAME_MARGIN",
-    "GRACE",
-    "RISE",
-    "RUN_PER_LATENCY",
-    "RUN_SECONDS",
-    "Run",
-    "Scheduler",
-    "Worker",
-    "admit",
-    "may_join",
-    "rises",
-    "topology_class",
-]
+__all__ = ["RISE", "Run", "Scheduler", "Worker", "admit", "may_join", "rises", "topology_class"]
 
 #: Another location joins only while the aggregate rate rose at least this much since the
 #: last one joined.

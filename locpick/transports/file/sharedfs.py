@@ -31,26 +31,9 @@ import attrs
 
 from locpick.config.model import Filesystem
 from locpick.errors import LocationError, LocationUnreachable, UnsupportedLocation
-from locpick.transports.file.mounts import MOUNTINFO, Mount, mount_at, parse_mountinfo, read_mounts
-from locpick.transports.file.syscopy import COPY_CHUNK, guarded_copy, system_copy
+from locpick.transports.file.mounts import MOUNTINFO, Mount, mount_at, read_mounts
 
-__all__ = [
-    "COPY_CHUNK",
-    "MOUNTINFO",
-    "FsReport",
-    "Mount",
-    "check",
-    "guarded_copy",
-    "inspect",
-    "map_location",
-    "mount_at",
-    "open_checked",
-    "open_confined",
-    "parse_mountinfo",
-    "read_mounts",
-    "system_copy",
-    "under",
-]
+__all__ = ["FsReport", "check", "inspect", "map_location", "open_checked", "open_confined", "under"]
 
 NOT_ON_FS = "not-on-configured-filesystem"
 NOT_MOUNTED = "not-mounted"

@@ -30,7 +30,7 @@ from locpick.transports.fsspec.fs import Filesystems
 from locpick.transports.fsspec.stream import FsspecStream, S3Stream
 from locpick.transports.guards import check_total, parse_content_range, probe_size_mismatch
 
-__all__ = ["S3_SCHEMES", "SCHEMES", "FsspecTransport", "convert", "needs"]
+__all__ = ["SCHEMES", "FsspecTransport"]
 
 
 #: Remote protocols fsspec knows that can hold an image; served when the package is installed.

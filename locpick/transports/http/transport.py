@@ -25,7 +25,7 @@ from locpick.transports.guards import (
 from locpick.transports.http.send import SCHEMES, HeaderView, Proxied, Requester
 from locpick.transports.http.stream import HttpStream, RawHttpStream
 
-__all__ = ["HttpStream", "HttpTransport", "RawHttpStream"]
+__all__ = ["HttpTransport"]
 
 
 class HttpTransport(TransportDefaults):

@@ -44,7 +44,7 @@ from locpick.transports.swift.auth import Auth, Key, SwiftAuth
 from locpick.transports.swift.token import TokenHosts
 from locpick.transports.swift.urls import SwiftTarget, parse_swift_location
 
-__all__ = ["SwiftTarget", "SwiftTransport", "parse_swift_location"]
+__all__ = ["SwiftTransport"]
 
 _TOKEN_KEY = "locpick.swift.token"  # noqa: S105 - a metadata key, not a secret
 
