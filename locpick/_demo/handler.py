@@ -9,15 +9,12 @@ import socketserver
 import struct
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from locpick._demo.content import parse_range
 from locpick._demo.faults import RequestRecord
-from locpick._demo.pump import Abort, BodyPump
-
-if TYPE_CHECKING:
-    from locpick._demo.origin import Origin
+from locpick._demo.pump import Abort, BodyPump, OriginView
 
 
 class Server(ThreadingHTTPServer):
@@ -25,7 +22,7 @@ class Server(ThreadingHTTPServer):
     block_on_close = True
     request_queue_size = 128
 
-    def __init__(self, origin: Origin) -> None:
+    def __init__(self, origin: OriginView) -> None:
         self.origin = origin
         if ":" in origin.host:
             self.address_family = socket.AF_INET6

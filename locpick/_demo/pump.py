@@ -6,15 +6,30 @@ from __future__ import annotations
 import bisect
 import functools
 import socket
+import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from locpick._demo.content import BytesSource, Source
 from locpick._demo.faults import Faults
+from locpick._demo.traffic import Traffic
 
-if TYPE_CHECKING:
-    from locpick._demo.origin import Origin
+
+class OriginView(Protocol):
+    """What the server side reads of its origin (``locpick._demo.origin.Origin`` is one)."""
+
+    host: str
+    bind_port: int
+    path: str
+    faults: Faults
+    traffic: Traffic
+    stopped: threading.Event
+
+    def snapshot(self) -> Faults: ...
+
+    def current(self) -> tuple[Source, str, str]: ...
+
 
 _CHUNK = 1 << 20  # fast-path send size; bytes_sent is updated after each chunk
 _EXTRA_FILL = b"X"
@@ -31,7 +46,9 @@ class BodyPump:
     early with :class:`Abort` when the origin stops.
     """
 
-    def __init__(self, origin: Origin, sock: socket.socket, drop: Callable[[bool], None]) -> None:
+    def __init__(
+        self, origin: OriginView, sock: socket.socket, drop: Callable[[bool], None]
+    ) -> None:
         self.origin = origin
         self.sock = sock
         self.drop = drop

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -18,7 +19,6 @@ from locpick._demo.blackhole import BlackHole
 from locpick._demo.faults import Faults
 from locpick._demo.origin import Origin
 from locpick.cli.format import format_result
-from locpick.cli.main import main as cli_main
 from locpick.client import Client
 from locpick.errors import LocpickError
 
@@ -70,8 +70,11 @@ fallback, the broken origin (HTTP 500) and the refused locations were never trie
 download was checked against the record's sha512 before it was renamed onto dest."""
 
 
-def run_demo() -> int:
-    """Run the demo; returns the exit code of the download (0, or the error's exit code)."""
+def run_demo(cli_main: Callable[[Sequence[str]], int]) -> int:
+    """Run the demo; returns the exit code of the download (0, or the error's exit code).
+
+    ``cli_main`` is the command's own entry point (passed in, so the demo shows ``locpick rank``
+    exactly as the command prints it without importing the command module back)."""
     with tempfile.TemporaryDirectory(prefix="locpick-demo-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
         print(f"locpick demo: starting origins on 127.0.0.1 ({_SIZE >> 20} MiB image)...")

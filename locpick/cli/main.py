@@ -152,7 +152,7 @@ def _cache(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from locpick.cli.demo import run_demo
 
-    return run_demo()
+    return run_demo(main)
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -8,7 +8,6 @@ and store sections live in :mod:`locpick.config.connection` and :mod:`locpick.co
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import attrs
@@ -322,12 +321,6 @@ class Config:
     #: Persisted per-location history; None = the user's cache dir; "" = disabled.
     history_file: str | None = None
     source_path: str | None = None
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> Config:
-        from locpick.config.load import load_config
-
-        return load_config(path)
 
 
 #: The plain ``[section]`` tables of a config file and the value each one builds.

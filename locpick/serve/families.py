@@ -3,6 +3,7 @@ consistent copy of the process's counters, the cache directory and its shared jo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,6 @@ from locpick.cache import journal
 if TYPE_CHECKING:
     from locpick.cache.files import CacheEntry
     from locpick.cache.store import NodeCache
-    from locpick.serve.metrics import Fill
 
 
 @attrs.frozen
@@ -27,6 +27,17 @@ class ServeCounts:
     renewals: dict[str, int]
     leases: dict[str, float]
     active: int
+
+
+@attrs.define
+class Fill:
+    """A copy being filled into the cache (set by the code that fills it)."""
+
+    image_id: str
+    done: int
+    total: int | None
+    source: str | None = None
+    updated_at: float = attrs.field(factory=time.time)
 
 
 def serve_families(

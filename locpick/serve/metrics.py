@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from locpick.errors import ConfigError, InputError
-from locpick.serve.families import ServeCounts, serve_families
+from locpick.serve.families import Fill, ServeCounts, serve_families
 from locpick.sink.atomicfile import replace_file
 
 if TYPE_CHECKING:
@@ -61,17 +61,6 @@ class Transfer:
     peer: str
     range: str | None
     started_at: float
-
-
-@attrs.define
-class Fill:
-    """A copy being filled into the cache (set by the code that fills it)."""
-
-    image_id: str
-    done: int
-    total: int | None
-    source: str | None = None
-    updated_at: float = attrs.field(factory=time.time)
 
 
 class ServeMetrics:

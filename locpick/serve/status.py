@@ -18,7 +18,8 @@ import attrs
 from locpick.cache.files import CacheEntry
 from locpick.redact import redact_url
 from locpick.report import DownloadReport
-from locpick.serve.metrics import Fill, Transfer
+from locpick.serve.families import Fill
+from locpick.serve.metrics import Transfer
 
 #: What ``/status`` is sent with: no script, no fetch, no frame; inline styles only.
 CSP = (

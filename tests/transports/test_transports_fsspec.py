@@ -20,6 +20,7 @@ from helpers import image_record, run_cli, temp_leftovers, write_record
 import locpick
 from locpick._demo.faults import Faults
 from locpick._demo.origin import Origin
+from locpick.config.load import load_config
 from locpick.config.model import Config, Policy, ProbeConfig, SecurityConfig
 from locpick.config.stores import S3Config
 from locpick.errors import ConfigError
@@ -271,12 +272,12 @@ def test_s3_config_section_parsed_and_checked(tmp_path: Path) -> None:
     """[s3] keys load into Config; an unknown key is a config error (exit 2)."""
     good = tmp_path / "good.toml"
     good.write_text('[s3]\nendpoint_url = "http://127.0.0.1:9000"\nregion = "eu-1"\n')
-    cfg = Config.from_file(good)
+    cfg = load_config(good)
     assert cfg.s3 == S3Config(endpoint_url="http://127.0.0.1:9000", region="eu-1")
     bad = tmp_path / "bad.toml"
     bad.write_text('[s3]\nendpoint = "x"\n')
     with pytest.raises(ConfigError, match="endpoint"):
-        Config.from_file(bad)
+        load_config(bad)
     meta = write_record(tmp_path / "m.json", image_record("img", DATA, ["s3://b/k"]))
     out = run_cli("rank", "img", "--metadata", str(meta), "--config", str(bad))
     assert out.returncode == 2
