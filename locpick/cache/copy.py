@@ -12,7 +12,7 @@ from pathlib import Path
 from locpick.cache.files import TMP_SUFFIX, CacheEntry, file_problem
 from locpick.errors import DestinationError, InputError
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 
 def copy_out(entry: CacheEntry, dest: str | os.PathLike[str], *, mode: int = 0o644) -> bool:

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import signal
 import stat
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from locpick.cache.fill.tee import fill_id, remove_if_dead
 from locpick.redact import redact_url
 from locpick.sink.atomicfile import replace_file
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 #: Image ids a cache accepts: Glance ids are UUIDs; anything path-like is refused.
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
@@ -163,13 +162,6 @@ def remove_if_abandoned(path: Path) -> None:
             log.info("cache: removed %s, left by a writer that died", path.name)
     finally:
         os.close(fd)
-
-
-def crashpoint(name: str) -> None:
-    """Test hook for the crash-safety tests: ``LOCPICK_TEST_CRASH_AT=name`` makes this process
-    SIGKILL itself at that named step of :meth:`NodeCache.add_file` (a real kill -9)."""
-    if os.environ.get("LOCPICK_TEST_CRASH_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def sweep_leftovers(images: Path) -> None:

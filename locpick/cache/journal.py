@@ -27,7 +27,7 @@ from locpick.sink.atomicfile import replace_file
 if TYPE_CHECKING:
     from locpick.report import DownloadReport
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 MAX_RECORDS = 32
 MAX_FILE_BYTES = 1 << 20

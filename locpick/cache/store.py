@@ -52,7 +52,6 @@ from locpick.cache.files import (
     COPY_CHUNK,
     TMP_SUFFIX,
     CacheEntry,
-    crashpoint,
     read_sidecar,
     sweep_leftovers,
     write_all,
@@ -65,12 +64,16 @@ from locpick.sink.hashing import Expected
 
 __all__ = ["NodeCache"]
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 
 class NodeCache(CacheView):
     """A directory of verified images, safe to share between processes (filelock): reading
     (:class:`~locpick.cache.view.CacheView`) plus adding and evicting under the lock."""
+
+    def _step(self, name: str) -> None:
+        """Marks each named step of an add (``copying``, ``copied``, ``locked``, ``hidden``,
+        ``replaced``, ``visible``); a no-op, the seam where crash-safety tests kill the process."""
 
     # -- changing -----------------------------------------------------------------------------
     def add_file(self, image: Image, source: str | os.PathLike[str]) -> list[CacheEntry]:
@@ -98,7 +101,7 @@ class NodeCache(CacheView):
         data = self._paths(image.id)[0]
         fd, tmp = self._copy_to_temp(source, data)
         try:
-            crashpoint("copied")
+            self._step("copied")
             return self.install(image, tmp, size)
         finally:
             os.close(fd)
@@ -115,15 +118,15 @@ class NodeCache(CacheView):
         expected = Expected.for_image(image.os_hash_algo, image.os_hash_value, image.checksum)
         data, side = self._paths(image.id)
         with self._lock:
-            crashpoint("locked")
+            self._step("locked")
             self._sweep()
             evicted = self._make_room(size, keep=image.id)
             previous = self.entry(image.id)
             with contextlib.suppress(FileNotFoundError):
                 side.unlink()  # the old entry is invisible before its data is replaced
-            crashpoint("hidden")
+            self._step("hidden")
             os.replace(tmp, data)
-            crashpoint("replaced")
+            self._step("replaced")
             if registered_url is None and previous is not None:
                 registered_url = previous.registered_url
             write_sidecar(
@@ -137,7 +140,7 @@ class NodeCache(CacheView):
                     "visibility": image.visibility,
                 },
             )
-            crashpoint("visible")
+            self._step("visible")
         return evicted
 
     def recover(self) -> None:
@@ -167,7 +170,7 @@ class NodeCache(CacheView):
             with open(source, "rb") as src:
                 while chunk := src.read(COPY_CHUNK):
                     write_all(fd, chunk)
-                    crashpoint("copying")
+                    self._step("copying")
             os.fchmod(fd, 0o600)
             os.fsync(fd)
         except OSError as exc:

@@ -29,7 +29,7 @@ from locpick.errors import InputError
 from locpick.models import Image
 from locpick.sink.hashing import Expected
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 
 class CacheView:

@@ -43,7 +43,7 @@ from locpick.models import Location
 from locpick.redact import SCRUB
 from locpick.sink.atomicfile import replace_file
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 _VERSION = 1
 _URLISH = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"]+")

@@ -39,7 +39,7 @@ __all__ = [
     "wait_start",
 ]
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 #: Registrants beyond this many are placed in a plain heap order (``(i - 1) // fanout``):
 #: the tree's cost stays O(n x this).

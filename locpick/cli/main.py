@@ -29,7 +29,7 @@ __all__ = ["main"]
 if TYPE_CHECKING:
     from locpick.report import DownloadReport
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from locpick.sink.atomic import AtomicSink
 from locpick.transports import Transports
 from locpick.transports.base import Stream, Transport
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 #: Called after each attempt: (location, ok, bytes, seconds, error) — feeds history.
 Observer = Callable[[Location, bool, int, float, str | None], None]

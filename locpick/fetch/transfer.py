@@ -32,7 +32,7 @@ from locpick.sink.lock import dest_lock
 from locpick.sink.privfile import open_private
 from locpick.transports import Transports
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 __all__ = ["fetch"]
 

@@ -33,7 +33,7 @@ from locpick.redact import SCRUB, redact_url
 
 __all__ = ["OpenStackAuth", "auth_from_environment", "unversioned_endpoint"]
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 _EXTRA = "install locpick[openstack]"
 _VERSION_SUFFIX = re.compile(r"/v\d+(\.\d+)?$")

@@ -23,7 +23,7 @@ from locpick.errors import LocpickError
 from locpick.glance.lease import MARKER, lease_metadata
 from locpick.redact import SCRUB, redact_url
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
 __all__ = ["GlanceLocations", "PublishError", "cache_location_url", "cache_metadata"]

@@ -14,7 +14,7 @@ from locpick.errors import LocpickError
 from locpick.jobs.cachesync import CacheSync, cache_error
 from locpick.models import Attempt, CacheStep, Image, Result
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 
 def from_cache(

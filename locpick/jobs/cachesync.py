@@ -19,7 +19,7 @@ from locpick.jobs.session import Session
 from locpick.models import Image
 from locpick.redact import SCRUB, redact_url
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 
 class CacheSync:

@@ -32,7 +32,7 @@ from locpick.jobs.session import Metadata, Session
 from locpick.models import Attempt, CacheStep, Image, Result, Score
 from locpick.report import DownloadReport, Recorder
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 
 class Download:

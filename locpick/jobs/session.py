@@ -29,7 +29,7 @@ from locpick.redact import SCRUB, register_env_secrets
 from locpick.transports import Transports
 from locpick.transports.base import Context
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 Metadata = str | os.PathLike[str] | Mapping[str, Any]
 
@@ -75,7 +75,9 @@ class Session:
             )
         if self.auth is not None:
             self.auth.use_policy(self.net)
-        self.ctx = Context(self.config, glance_url=glance_url, token=token, net=self.net)
+        self.ctx = Context(
+            self.config, glance_url=glance_url, token=token, net=self.net, env=env.vars
+        )
         self.transports = Transports(self.ctx)
         self.lock = threading.Lock()
         #: Per-host outcomes persisted across runs (``history_file``; "" disables).

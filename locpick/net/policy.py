@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import socket
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
@@ -34,7 +33,7 @@ from locpick.net.trust import Trust, trust_from
 
 __all__ = ["AddressRefused", "NetPolicy"]
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 C = TypeVar("C")
 AddrInfo = tuple[Any, ...]
@@ -70,8 +69,9 @@ class NetPolicy:
         cloud_cacert: str | None = None,
         insecure: bool = False,
     ) -> NetPolicy:
-        """The policy of ``config`` plus the standard environment, read once here."""
-        environ = os.environ if env is None else env
+        """The policy of ``config`` plus ``env``, the edge's snapshot of the standard environment
+        (proxy and CA variables); none given means none set."""
+        environ: Mapping[str, str] = {} if env is None else env
         return cls(
             forbid=config.security.forbid_networks,
             proxies=proxies_from(config, environ),

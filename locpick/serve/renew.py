@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from locpick.cache.store import NodeCache
     from locpick.client import Client
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 #: Seconds between looks for fills whose downloader died: their location leaves Glance then,
 #: not at the end of its lease (a glob of the cache dir; Glance is called only for dead ones).

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_BIND", "announce", "make_app", "serve"]
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 DEFAULT_BIND = "127.0.0.1:8470"
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")

@@ -23,7 +23,7 @@ from locpick.sink.privfile import fsync_dir
 if TYPE_CHECKING:
     from locpick.cache.fill.tee import Tee
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 
 class SinkFile:

@@ -15,7 +15,7 @@ from pathlib import Path
 from locpick.errors import DestinationError
 from locpick.sink.privfile import SAFE_OPEN
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager

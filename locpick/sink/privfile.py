@@ -14,7 +14,7 @@ from pathlib import Path
 #: (a FIFO opens at once instead of waiting for a writer), never leak into children.
 SAFE_OPEN = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 
 def is_private(st: os.stat_result) -> bool:

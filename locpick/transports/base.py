@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
@@ -169,12 +169,15 @@ class Context:
         glance_url: str | None = None,
         token: str | None = None,
         net: NetPolicy | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self.glance_url = glance_url
         self.token = token
-        #: Routes, forbidden networks and trust (read from the environment when not given).
-        self.net = net if net is not None else NetPolicy.from_environment(config)
+        #: The environment snapshot taken at the edge (``Environment.vars``); empty when none.
+        self.env: Mapping[str, str] = dict(env or {})
+        #: Routes, forbidden networks and trust (from ``config`` and ``env`` when not given).
+        self.net = net if net is not None else NetPolicy.from_environment(config, self.env)
         self._http: httpx.Client | None = None
         self._lock = threading.Lock()
 

@@ -20,11 +20,16 @@ from locpick.glance.images import parse_image
 IMG = "11111111-2222-3333-4444-555555555555"
 OTHER = "99999999-2222-3333-4444-555555555555"
 
-#: Adds one image to a cache in a separate process: argv = cache dir, record, source file.
+#: Adds one image to a cache in a separate process: argv = cache dir, record, source file and
+#: the step of the add at which the process SIGKILLs itself ("" = none).
 _ADD = (
-    "import json, sys\n"
+    "import json, os, signal, sys\n"
     "from locpick.cache.store import NodeCache\n"
     "from locpick.glance.images import parse_image\n"
+    "def step(self, name):\n"
+    "    if name == sys.argv[4]:\n"
+    "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    "NodeCache._step = step\n"
     "rec = json.load(open(sys.argv[2]))\n"
     "NodeCache(sys.argv[1]).add_file(parse_image(rec, rec['id']), sys.argv[3])\n"
 )
@@ -47,9 +52,9 @@ def _setup(tmp_path: Path, size: int) -> tuple[Path, bytes, Path, Path]:
 def _add(
     cache_dir: Path, rec: Path, src: Path, crash_at: str | None = None
 ) -> subprocess.Popen[bytes]:
-    env = {"LOCPICK_TEST_CRASH_AT": crash_at} if crash_at else {"LOCPICK_TEST_CRASH_AT": ""}
     return subprocess.Popen(
-        [sys.executable, "-c", _ADD, str(cache_dir), str(rec), str(src)], env=cli_env(env)
+        [sys.executable, "-c", _ADD, str(cache_dir), str(rec), str(src), crash_at or ""],
+        env=cli_env(),
     )
 
 

@@ -26,7 +26,7 @@ SIZE = 10 * PIECE + 12345  # 11 pieces, the last one short
 # "complete", "fail", "close"; it answers "ok" to each, so the test knows the record is written.
 _WRITER = """
 import sys
-from locpick.cache.fill.state import FillWriter
+from locpick.cache.fill.writer import FillWriter
 path = sys.argv[1]
 w = None
 for line in sys.stdin:

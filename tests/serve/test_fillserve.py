@@ -201,7 +201,7 @@ def test_writer_that_fails_mid_answer_cuts_it_and_then_404(
 
 _WRITER = """
 import os, sys
-from locpick.cache.fill.state import FillWriter
+from locpick.cache.fill.writer import FillWriter
 from locpick.redact import redact_url
 data_path, record, src, size, piece = sys.argv[1:6]
 data = open(src, "rb").read()

@@ -57,7 +57,7 @@ class Registrar(Protocol):
     def glance_locations(self) -> GlanceLocations: ...
 
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 
 class Fill:

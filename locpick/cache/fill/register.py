@@ -22,7 +22,7 @@ from locpick.glance.lease import FILL, FILL_STARTED
 from locpick.glance.locations import GlanceLocations, PublishError, cache_metadata
 from locpick.redact import SCRUB, redact_url
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 #: Tries of one add when Glance answers 500/409 (concurrent adds to the image), and the backoff.
 ADD_TRIES = 5

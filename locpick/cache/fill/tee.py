@@ -13,7 +13,7 @@ from pathlib import Path
 from locpick.cache.fill.record import FillStateError, read_fill
 from locpick.cache.fill.writer import FillWriter
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 #: ``images/<id>.filling``: the bytes; ``<id>.fill``: the record; ``<id>.fill.json``: its URL.
 FILLING = ".filling"

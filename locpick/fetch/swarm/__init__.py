@@ -24,7 +24,7 @@ from locpick.models import Attempt, Image, Location, Result, Score
 from locpick.sink.hashing import Expected
 from locpick.transports import Transports
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 __all__ = ["MIN_SWARM_BYTES", "fetch", "plan", "swarm_probes"]
 

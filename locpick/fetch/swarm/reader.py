@@ -19,7 +19,7 @@ from locpick.transports.base import Stream
 if TYPE_CHECKING:
     from locpick.fetch.swarm.run import Source, Swarm
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 #: Backoff jitter (not crypto).
 _RNG = random.Random()  # noqa: S311
 

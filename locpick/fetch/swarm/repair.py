@@ -18,7 +18,7 @@ from locpick.sink.hashing import Expected
 if TYPE_CHECKING:
     from locpick.fetch.swarm.run import Source, Swarm
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 
 def check_and_repair(

@@ -31,7 +31,7 @@ from locpick.transports.base import Transport
 
 __all__ = ["JOIN_EVERY", "TICK", "Source", "Swarm", "prior_bps"]
 
-log = logging.getLogger("locpick")
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int | None], None]
 Observer = Callable[[Location, bool, int, float, str | None], None]

@@ -17,7 +17,6 @@ The parts: ``fsspecerrors`` (what to install, exceptions -> LocationError), ``fs
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -65,7 +64,7 @@ class FsspecTransport(TransportDefaults):
         self.ctx = ctx
         self._fs = Filesystems(ctx)
         # Credentials locpick never prints: keep them out of every message and log line.
-        SCRUB.add(*(os.environ.get(name) for name in _AWS_SECRETS))
+        SCRUB.add(*(ctx.env.get(name) for name in _AWS_SECRETS))
 
     def endpoint(self, location: Location) -> str | None:
         """The S3 endpoint for ``location`` (see ``Filesystems.endpoint``)."""

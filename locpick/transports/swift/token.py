@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import urllib.parse
 from typing import Any
@@ -49,7 +48,7 @@ class TokenHosts:
     def _catalog_hosts(self) -> frozenset[tuple[str, int]]:
         """Object-store endpoint hosts of the caller's token (Keystone v3 token validation)."""
         token = self.ctx.token
-        keystone = os.environ.get("OS_AUTH_URL", "").rstrip("/")
+        keystone = self.ctx.env.get("OS_AUTH_URL", "").rstrip("/")
         if not token or not keystone:
             return frozenset()
         with self._catalog_lock:
