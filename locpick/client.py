@@ -5,7 +5,7 @@ A thin facade; each part has one job:
 - :mod:`locpick.config` (``Environment``, ``Config``): the edge, environment and files read once;
 - :mod:`locpick.jobs.session`: what the parts share (pool, transports, Keystone, history) and the
   image record;
-- :mod:`locpick.choose.ranking`: judge, probe (cached) and score an image's locations;
+- :mod:`locpick.jobs.ranking`: judge, probe (cached) and score an image's locations;
 - :mod:`locpick.download`: one download as named steps (cache hit, rank, rounds, keep, journal);
 - :mod:`locpick.jobs.cachesync`: the node cache ↔ Glance (publish, evict, reconcile, rotate);
 - :mod:`locpick.jobs.reaper`: verify, prune and reap locations in Glance.
@@ -19,13 +19,13 @@ from collections.abc import Sequence
 from locpick.cache.files import CacheEntry
 from locpick.cache.store import NodeCache
 from locpick.choose.history import History
-from locpick.choose.ranking import Ranker
 from locpick.config.env import Environment, resolve_config
 from locpick.config.model import Config
 from locpick.fetch.pump import Progress
 from locpick.glance.locations import GlanceLocations
 from locpick.jobs.cachesync import CacheSync
 from locpick.jobs.download import Download
+from locpick.jobs.ranking import Ranker
 from locpick.jobs.reaper import Reaper
 from locpick.jobs.session import Metadata, Session
 from locpick.models import Image, PruneResult, Ranking, Result, VerifyReport

@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 import attrs
 
-from locpick.glance.s3url import ALL_S3_SCHEMES, display_s3_url, register_s3_secrets
 from locpick.redact import SCRUB, redact_url
+from locpick.s3url import ALL_S3_SCHEMES, display_s3_url, register_s3_secrets
 
 Outcome = Literal["ok", "failed", "skipped"]
 Method = Literal["download", "copy", "cache"]
@@ -97,6 +97,45 @@ class FillHeader:
     size: int | None = None
     #: Bytes/s the copy is filling at (None: not said, or complete).
     rate: float | None = None
+
+
+#: Longest header value read (a peer's header is advice, bounded like any hostile input).
+MAX_FILL_HEADER = 512
+#: The response header a peer's ``serve`` describes a filling (or complete) copy with.
+FILL_HEADER = "X-Locpick-Fill"
+
+
+def parse_fill_header(value: str | None) -> FillHeader | None:
+    """``state=filling; held=N; size=N; rate=N`` as a FillHeader; None when absent or malformed
+    (a peer's header is advice: a bad one is ignored, never an error). Unknown keys are skipped."""
+    if not value or len(value) > MAX_FILL_HEADER:
+        return None
+    fields: dict[str, str] = {}
+    for part in value.split(";"):
+        key, sep, val = part.partition("=")
+        if sep:
+            fields[key.strip().lower()] = val.strip()
+    held = _count(fields.get("held"))
+    if held is None or fields.get("state") not in ("filling", "complete"):
+        return None
+    state: Literal["filling", "complete"] = (
+        "filling" if fields.get("state") == "filling" else "complete"
+    )
+    size = _count(fields.get("size"))
+    if size is not None and held > size:
+        return None
+    rate = _count(fields.get("rate"))
+    return FillHeader(state=state, held=held, size=size, rate=None if rate is None else float(rate))
+
+
+def _count(text: str | None) -> int | None:
+    """A non-negative integer written in decimal digits (a float's integer part accepted)."""
+    if text is None:
+        return None
+    head = text.split(".", 1)[0]
+    if not head.isdigit() or len(head) > 20:
+        return None
+    return int(head)
 
 
 @attrs.frozen

@@ -1,5 +1,7 @@
-"""The node cache: verified images kept by id (LRU, crash-safe), its trust checks, capability
-URLs, the operator journal, and (``cache.fill``) copies still being filled.
+"""The node cache: verified images kept by id (LRU, crash-safe: ``store``, ``view``, ``files``,
+``copy``), capability URLs (``capability``), the operator journal (``journal``), and copies still
+being filled (``cache.fill``).
 
-May import: ``models``, ``config``, ``sink``, ``glance`` (location writes), ``fetch`` values.
+Layer: may import ``fetch``, ``choose``, ``transports``, ``glance``, ``sink``, ``config``,
+``report`` and the values; never a job, ``serve`` or the CLI.
 """

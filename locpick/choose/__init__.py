@@ -1,8 +1,8 @@
-"""How the best copy is chosen: probes (measurement, no scoring), the pure score with its reasons,
-learned per-host history, and the boot-storm choice among peers' filling copies.
+"""How the best copy is chosen: probes measure (``probe``, no scoring), :mod:`locpick.choose.score`
+decides the order with its reasons (pure: the one place the order is decided), ``history`` learns
+per host, and ``storm``/``peer`` choose among peers' copies still filling in a boot storm.
+:mod:`locpick.jobs.ranking` runs all of it for one image.
 
-:mod:`locpick.choose.ranking` is the one place that judges, probes and orders an image's
-locations. May import: ``models``, ``reasons``, ``config``, ``net``, ``transports``,
-``glance.lease``.
-Nothing here writes bytes to a destination.
+Layer: may import ``transports``, ``glance``, ``net``, ``sink``, ``config`` and the values; never
+the engine, the cache or a job.
 """

@@ -6,52 +6,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 
 from locpick.glance.lease import FILL, FILL_STARTED, is_locpick_copy
-from locpick.models import FillHeader, Location, Probe
+from locpick.models import Location, Probe
 
-__all__ = ["HEADER", "Judgement", "busy", "filling_since", "judge", "parse_fill_header"]
-
-#: Longest header value read (a peer's header is advice, bounded like any hostile input).
-MAX_HEADER = 512
-#: The response header a peer's ``serve`` describes a filling (or complete) copy with.
-HEADER = "X-Locpick-Fill"
-
-
-def parse_fill_header(value: str | None) -> FillHeader | None:
-    """``state=filling; held=N; size=N; rate=N`` as a FillHeader; None when absent or malformed
-    (a peer's header is advice: a bad one is ignored, never an error). Unknown keys are skipped."""
-    if not value or len(value) > MAX_HEADER:
-        return None
-    fields: dict[str, str] = {}
-    for part in value.split(";"):
-        key, sep, val = part.partition("=")
-        if sep:
-            fields[key.strip().lower()] = val.strip()
-    held = _count(fields.get("held"))
-    if held is None or fields.get("state") not in ("filling", "complete"):
-        return None
-    state: Literal["filling", "complete"] = (
-        "filling" if fields.get("state") == "filling" else "complete"
-    )
-    size = _count(fields.get("size"))
-    if size is not None and held > size:
-        return None
-    rate = _count(fields.get("rate"))
-    return FillHeader(state=state, held=held, size=size, rate=None if rate is None else float(rate))
-
-
-def _count(text: str | None) -> int | None:
-    """A non-negative integer written in decimal digits (a float's integer part accepted)."""
-    if text is None:
-        return None
-    head = text.split(".", 1)[0]
-    if not head.isdigit() or len(head) > 20:
-        return None
-    return int(head)
+__all__ = ["Judgement", "busy", "filling_since", "judge"]
 
 
 def filling_since(metadata: Mapping[str, Any]) -> float | None:

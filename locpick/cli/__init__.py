@@ -1,4 +1,5 @@
-"""The ``locpick`` command: parse, call the public API, print, exit with the contract's code.
+"""The ``locpick`` command: parse (``args``), call the public API, print (``format``, ``logfmt``),
+exit with the contract's code; the ``serve``/``cache`` commands (``cache``) and the demo.
 
-The top of the tree: imports anything, imported by nothing but ``__main__``.
+Layer: the top; imported by nothing but ``locpick.__main__``.
 """

@@ -1,7 +1,7 @@
-"""Moving bytes from ranked locations into a sink: the transfer entry, its pure policy (retry,
-backoff, switch, deadlines) and the swarm (several copies at once, in pieces).
+"""Moving bytes from ranked locations into a sink: the entry (``transfer``), its pure policy
+(``policy``: retry, backoff, switch, deadlines) and the swarm (``swarm``: several copies at once,
+in pieces, verified and repaired).
 
-May import: ``models``, ``config``, ``choose`` (values only), ``transports``, ``sink``. Knows
-nothing
-of the node cache, Glance writes or the CLI.
+Layer: may import ``choose`` (values and the topology class), ``transports``, ``sink``, ``config``
+and the values. It knows nothing of the node cache: a filling copy is a ``sink.pipe.Mirror``.
 """

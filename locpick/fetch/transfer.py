@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from locpick.cache.fill.tee import Tee
 from locpick.config.model import TransferConfig
 from locpick.errors import InputError
 from locpick.fetch import swarm
@@ -29,6 +28,7 @@ from locpick.models import Image, Result, Score
 from locpick.sink.atomic import AtomicSink
 from locpick.sink.hashing import Expected
 from locpick.sink.lock import dest_lock
+from locpick.sink.pipe import Mirror
 from locpick.sink.privfile import open_private
 from locpick.transports import Transports
 
@@ -51,7 +51,7 @@ def fetch(
     topology_tolerance: float = 0.2,
     max_bytes: int | None = None,
     timing: Timing | None = None,
-    tee: Tee | None = None,
+    tee: Mirror | None = None,
 ) -> Result:
     """Deliver ``image`` to ``dest`` from the first location in ``ranked`` that can (or, with
     ``[transfer] max_sources`` > 1, in pieces from several at once: ``locpick.fetch.swarm``).

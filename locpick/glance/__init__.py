@@ -1,7 +1,7 @@
-"""Glance, the shared registry: image records and their locations (read), Keystone credentials,
-the location writes of this node's own copies, leases, and replica checks.
+"""Glance, the shared registry: image records and their locations (``images``), Keystone
+credentials (``auth``), the location writes of this node's own copies (``locations``) and the
+lease marks they carry (``lease``).
 
-May import: ``locpick.models``, ``errors``, ``redact``, ``reasons``, ``config``, ``net``, ``sink``
-(hashing),
-``transports``. Nothing here knows of the cache, the fetch engine or the CLI.
+Layer: above ``net``, ``sink``, ``config`` and the values (``models``, ``errors``, ``redact``...),
+which it may import; it knows nothing of transports, the choice, the engine or the cache.
 """

@@ -19,9 +19,9 @@ from locpick.errors import (
     LocationUnreachable,
     MetadataError,
 )
-from locpick.glance.s3url import ALL_S3_SCHEMES
 from locpick.models import Image, Location
 from locpick.redact import SCRUB, redact_url
+from locpick.s3url import ALL_S3_SCHEMES
 from locpick.sink.hashing import hex_length, is_hex
 
 #: Longest location URL accepted; longer ones are rejected as hostile.

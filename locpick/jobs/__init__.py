@@ -1,7 +1,8 @@
-"""What one :class:`locpick.client.Client` call does, one module per job: the shared session
-(pool, transports, credentials), a download as named steps, the cache step of a download,
-the cache ↔ Glance sync, and replica upkeep (verify, prune, reap).
+"""What one :class:`locpick.client.Client` call does, one module per job: the shared ``session``
+(pool, transports, credentials, history), ``ranking`` (judge, probe with a cache, score),
+``download`` as named steps with its cache step (``cachestep``), the node cache and Glance kept in
+agreement (``cachesync``), replica checks (``replicas``) and upkeep (``reaper``).
 
-May import everything below it (``choose``, ``fetch``, ``cache``, ``glance``, ``sink``); only
-``locpick.client`` imports ``jobs``.
+Layer: below ``client``; may import ``cache``, ``fetch``, ``choose``, ``transports``, ``glance``
+and everything under them.
 """

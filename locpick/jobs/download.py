@@ -21,13 +21,13 @@ from locpick.cache.fill.fill import Fill, aborting, open_fill
 from locpick.cache.fill.tee import Tee
 from locpick.cache.store import NodeCache
 from locpick.choose import storm
-from locpick.choose.ranking import Ranker, best_ttfb
 from locpick.config.model import TransferConfig
 from locpick.errors import AllLocationsFailed, ConfigError, LocpickError, UnverifiedImage
 from locpick.fetch.pump import Progress
 from locpick.fetch.transfer import fetch
 from locpick.jobs.cachestep import from_cache, keep_in_cache
 from locpick.jobs.cachesync import CacheSync
+from locpick.jobs.ranking import Ranker, best_ttfb
 from locpick.jobs.session import Metadata, Session
 from locpick.models import Attempt, CacheStep, Image, Result, Score
 from locpick.report import DownloadReport, Recorder

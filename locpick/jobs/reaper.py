@@ -14,7 +14,7 @@ from locpick.cache.fill.fill import reap_dead_fills
 from locpick.errors import ImageNotActive, ImageNotFound, InputError
 from locpick.glance.lease import is_locpick_copy
 from locpick.glance.locations import PublishError
-from locpick.glance.replicas import plan_prune, verify_replicas
+from locpick.jobs.replicas import plan_prune, verify_replicas
 from locpick.jobs.session import Metadata, Session
 from locpick.models import Image, PruneResult, VerifyReport
 from locpick.redact import SCRUB

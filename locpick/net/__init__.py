@@ -1,5 +1,6 @@
-"""How locpick connects: the address guard (SSRF), proxies and the one trust store.
+"""How locpick connects: the address guard against SSRF (``addr``), proxies (``proxy``), the one
+trust store (``trust``), combined in :mod:`locpick.net.policy`, which every connection goes
+through.
 
-May import: ``locpick.config``, ``errors``, ``redact``. Everything that opens a connection goes
-through :mod:`locpick.net.policy`.
+Layer: imports only ``config`` and the values.
 """

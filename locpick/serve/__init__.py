@@ -1,6 +1,6 @@
-"""``locpick serve``: the node cache read-only over HTTP (aiohttp), copies still filling,
-lease renewal, ``/metrics`` and ``/status``.
+"""``locpick serve``: the node cache read-only over HTTP (aiohttp; ``server``, ``guard``, ``send``),
+copies still filling (``fill``), lease renewal (``renew``), ``/metrics`` and ``/status`` (``ops``,
+``metrics``, ``families``, ``status``).
 
-May import: ``cache``, ``glance``, ``config``, ``models``, ``report``. Nothing imports ``serve``
-but the CLI.
+Layer: below the CLI only; may import ``client`` and everything under it.
 """

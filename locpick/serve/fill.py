@@ -35,11 +35,11 @@ from aiohttp import hdrs, web
 from locpick.cache.fill.record import FillSnapshot, FillStateError, read_fill
 from locpick.cache.fill.state import RangeWait, await_range
 from locpick.cache.store import NodeCache
+from locpick.models import FILL_HEADER
 from locpick.serve.send import RateLimiter, range_response, send_span
 
-__all__ = ["CUT", "FILL_HEADER", "REFUSED", "SENT", "answer_filling", "complete_header"]
+__all__ = ["CUT", "REFUSED", "SENT", "answer_filling", "complete_header"]
 
-FILL_HEADER = "X-Locpick-Fill"
 #: Request keys the metrics middleware reads (locpick.serve.ops): body bytes actually sent,
 #: the answer was cut short, the reason a 503 was given.
 SENT = "locpick_sent"

@@ -137,7 +137,8 @@ def add_routes(
     (``/metrics``, ``/status``) it has; default both."""
     from aiohttp import hdrs, web
 
-    from locpick.serve.fill import FILL_HEADER, answer_filling, complete_header, open_filling
+    from locpick.models import FILL_HEADER
+    from locpick.serve.fill import answer_filling, complete_header, open_filling
     from locpick.serve.metrics import OpsOptions
     from locpick.serve.ops import install
 

@@ -11,17 +11,14 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from locpick.errors import DestinationError, InputError
 from locpick.sink.check import check_free_space, disk_error
 from locpick.sink.hashing import BackgroundHasher, Expected
 from locpick.sink.part import ResumePart, Validators
-from locpick.sink.pipe import Pipeline
+from locpick.sink.pipe import Mirror, Pipeline
 from locpick.sink.privfile import fsync_dir
-
-if TYPE_CHECKING:
-    from locpick.cache.fill.tee import Tee
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +37,7 @@ class SinkFile:
         label: str = "",
         resume: Mapping[str, Any] | None = None,
         max_bytes: int | None = None,
-        tee: Tee | None = None,
+        tee: Mirror | None = None,
     ) -> None:
         """See :class:`locpick.sink.atomic.AtomicSink` for the arguments."""
         self.dest = Path(dest)

@@ -6,12 +6,32 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from locpick.sink.hashing import BackgroundHasher
 
-if TYPE_CHECKING:
-    from locpick.cache.fill.tee import Tee
+
+class Mirror(Protocol):
+    """Where a sink mirrors the bytes it writes, e.g. the node cache's copy still being filled
+    (``locpick.cache.fill.tee.Tee``). The sink and the fetch engine know only this interface."""
+
+    def write(
+        self, data: bytes | bytearray | memoryview, offset: int, *, mark: bool = True
+    ) -> None:
+        """``data`` was written at ``offset``; ``mark``: its bytes are done."""
+
+    def copy_from(self, fd: int, start: int, end: int) -> None:
+        """Bytes [start, end) already in the download file ``fd`` (resumed): copy and mark."""
+
+    def mark(self, start: int, end: int) -> None:
+        """Bytes [start, end) are done (a whole piece, written earlier unmarked)."""
+
+    def hashed_to(self, offset: int) -> None:
+        """The download's in-order hash has verified every byte before ``offset``."""
+
+    def abandon(self, why: str) -> None:
+        """Stop mirroring: bytes already mirrored may be wrong."""
+
 
 _POOL_BUFFERS = 4
 
@@ -28,7 +48,7 @@ class Writer:
         fd: int,
         hasher: BackgroundHasher,
         release: queue.SimpleQueue[bytearray],
-        tee: Tee | None = None,
+        tee: Mirror | None = None,
     ) -> None:
         self._fd = fd
         self._tee = tee
@@ -79,7 +99,7 @@ class Pipeline:
     the pool outlives them, so buffers are allocated at most ``_POOL_BUFFERS`` times.
     """
 
-    def __init__(self, buffer_bytes: int, tee: Tee | None, hasher: Any) -> None:
+    def __init__(self, buffer_bytes: int, tee: Mirror | None, hasher: Any) -> None:
         self.buffer_bytes = buffer_bytes
         self.tee = tee
         self.pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()

@@ -17,7 +17,7 @@ from locpick._demo.origin import Origin
 from locpick.cache.files import valid_image_id
 from locpick.cache.store import NodeCache
 from locpick.glance.images import parse_image
-from locpick.glance.replicas import plan_prune
+from locpick.jobs.replicas import plan_prune
 from locpick.models import Image, Location, ReplicaStatus, VerifyReport
 
 IMG = "11111111-2222-3333-4444-555555555555"

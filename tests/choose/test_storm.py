@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from locpick._demo.faults import Faults
 from locpick._demo.origin import Origin
-from locpick.choose.peer import judge, parse_fill_header
+from locpick.choose.peer import judge
 from locpick.choose.score import Candidate, rank
 from locpick.choose.storm import (
     arrange,
@@ -32,7 +32,7 @@ from locpick.choose.storm import (
 )
 from locpick.config.model import Config, HerdConfig, Topology, TransferConfig
 from locpick.glance.lease import FILL, FILL_STARTED, MARKER
-from locpick.models import FillHeader, Image, Location, Probe
+from locpick.models import FillHeader, Image, Location, Probe, parse_fill_header
 from tests.helpers import image_record, run_cli, write_record
 
 MiB = 1 << 20

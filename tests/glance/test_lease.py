@@ -15,7 +15,7 @@ from locpick.config.model import Topology
 from locpick.glance.images import parse_image
 from locpick.glance.lease import MARKER, lease_state
 from locpick.glance.locations import cache_metadata
-from locpick.glance.replicas import plan_prune
+from locpick.jobs.replicas import plan_prune
 from locpick.models import ReplicaStatus, VerifyReport
 
 IMG = "11111111-2222-3333-4444-555555555555"

@@ -24,8 +24,8 @@ from locpick.config.load import load_config
 from locpick.config.model import Config, Policy, ProbeConfig, SecurityConfig
 from locpick.config.stores import S3Config
 from locpick.errors import ConfigError
-from locpick.glance.s3url import parse_s3_url
 from locpick.models import Image, Location
+from locpick.s3url import parse_s3_url
 from locpick.transports.base import Context
 from locpick.transports.fsspec.transport import FsspecTransport
 

@@ -4,8 +4,8 @@ into a :class:`~locpick.errors.LocationError` at this one boundary, scrubbed of 
 from __future__ import annotations
 
 from locpick.errors import LocationError, LocationUnreachable, TransferError
-from locpick.glance.s3url import GLANCE_S3_SCHEMES
 from locpick.redact import SCRUB
+from locpick.s3url import GLANCE_S3_SCHEMES
 
 S3_SCHEMES = ("s3", "s3a", *GLANCE_S3_SCHEMES)
 _TIMEOUTS = frozenset(

@@ -9,9 +9,9 @@ import threading
 import urllib.parse
 from typing import Any
 
-from locpick.glance.s3url import S3Target, parse_s3_url
 from locpick.models import Location
 from locpick.redact import SCRUB, redact_url
+from locpick.s3url import S3Target, parse_s3_url
 from locpick.transports.base import Context
 from locpick.transports.fsspec.errors import S3_SCHEMES
 

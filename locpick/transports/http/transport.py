@@ -9,10 +9,8 @@ from collections.abc import Mapping
 
 import httpx
 
-from locpick.choose.peer import HEADER as FILL_HEADER
-from locpick.choose.peer import parse_fill_header
 from locpick.errors import LocationError, TransferError, reason_of
-from locpick.models import Image, Location, Probe
+from locpick.models import FILL_HEADER, Image, Location, Probe, parse_fill_header
 from locpick.net.addr import host_port
 from locpick.transports.base import Capabilities, Context, TransportDefaults
 from locpick.transports.guards import (
