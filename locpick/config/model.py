@@ -14,7 +14,13 @@ from typing import Any
 import attrs
 
 from locpick.config.connection import NetworkConfig, TLSConfig
-from locpick.config.stores import GlanceConfig, S3Config, SwiftConfig, SwiftRefConfig
+from locpick.config.stores import (
+    GlanceConfig,
+    RbdConfig,
+    S3Config,
+    SwiftConfig,
+    SwiftRefConfig,
+)
 from locpick.errors import ConfigError
 
 __all__ = [
@@ -26,6 +32,7 @@ __all__ = [
     "NetworkConfig",
     "Policy",
     "ProbeConfig",
+    "RbdConfig",
     "S3Config",
     "ScoringConfig",
     "SecurityConfig",
@@ -324,6 +331,7 @@ class Config:
     transfer: TransferConfig = TransferConfig()
     glance: GlanceConfig = GlanceConfig()
     s3: S3Config = S3Config()
+    rbd: RbdConfig = RbdConfig()
     swift: SwiftConfig = SwiftConfig()
     #: Persisted per-location history; None = the user's cache dir; "" = disabled.
     history_file: str | None = None
@@ -351,4 +359,5 @@ SECTIONS: dict[str, type[Any]] = {
     "transfer": TransferConfig,
     "glance": GlanceConfig,
     "s3": S3Config,
+    "rbd": RbdConfig,
 }
