@@ -47,8 +47,8 @@ def _need_ceph() -> None:
 def _bindings_importable() -> bool:
     """Debian's rados/rbd in this (non-Debian) interpreter: the venv's .pth, else added here."""
     try:
-        import rados  # noqa: F401
-        import rbd  # noqa: F401
+        import rados
+        import rbd
     except ImportError:
         if not ceph.binding_files():
             return False
@@ -88,7 +88,7 @@ class RbdWorld:
         )
         return path
 
-    def keys(self) -> list[str]:
+    def secret_keys(self) -> list[str]:
         return [self.cluster.key(u) for u in ("admin", "glance", ceph.READER)]
 
     def record(self, *urls: str) -> dict[str, Any]:
@@ -139,7 +139,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RbdWorld]:
 
 
 def _no_key(world: RbdWorld, *texts: str) -> None:
-    for key in world.keys():
+    for key in world.secret_keys():
         for text in texts:
             assert key not in text
 
@@ -231,7 +231,10 @@ def test_other_cluster_skipped_never_read(world: RbdWorld, conf_has_fsid: bool) 
         conf.write_text("\n".join(x for x in lines if not x.startswith("fsid")) + "\n")
     dest = world.tmp / f"dl-other-{conf_has_fsid}"
     result = locpick.download(
-        "img", dest, metadata=world.record(other, world.origin_url), config=world.config(conf=str(conf))
+        "img",
+        dest,
+        metadata=world.record(other, world.origin_url),
+        config=world.config(conf=str(conf)),
     )
     assert result.source_url == world.origin_url and dest.read_bytes() == DATA
     rbd = [a for a in result.attempts if a.url == other]
