@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from locpick.config.connection import NetworkConfig, TLSConfig
-from locpick.config.stores import GlanceConfig, S3Config, SwiftConfig
+from locpick.config.stores import GlanceConfig, RbdConfig, S3Config, SwiftConfig
 from locpick.errors import ConfigError
 
 __all__ = [
@@ -317,6 +317,7 @@ class Config:
     transfer: TransferConfig = TransferConfig()
     glance: GlanceConfig = GlanceConfig()
     s3: S3Config = S3Config()
+    rbd: RbdConfig = RbdConfig()
     swift: SwiftConfig = SwiftConfig()
     #: Persisted per-location history; None = the user's cache dir; "" = disabled.
     history_file: str | None = None
@@ -338,4 +339,5 @@ SECTIONS: dict[str, type[Any]] = {
     "transfer": TransferConfig,
     "glance": GlanceConfig,
     "s3": S3Config,
+    "rbd": RbdConfig,
 }

@@ -48,6 +48,8 @@ class Session:
     ) -> None:
         register_env_secrets(env.vars)
         SCRUB.add(token)
+        # [rbd]: what Ceph's own CEPH_ARGS / CEPH_CONF say fills what the config leaves unset
+        config = attrs.evolve(config, rbd=config.rbd.with_environment(env.vars))
         self.config = config
         glance_url = glance_url if glance_url is not None else env.glance_url
         token = token if token is not None else env.token

@@ -15,6 +15,7 @@ from locpick.transports.file.transport import FileTransport
 from locpick.transports.fsspec.transport import SCHEMES as FSSPEC_SCHEMES
 from locpick.transports.fsspec.transport import FsspecTransport
 from locpick.transports.http.transport import HttpTransport
+from locpick.transports.rbd import RbdTransport
 from locpick.transports.swift.transport import SwiftTransport
 
 __all__ = ["REGISTRY", "UNSUPPORTED", "Transports"]
@@ -29,10 +30,11 @@ REGISTRY: dict[str, Callable[[Context], Transport]] = {
     "swift+http": SwiftTransport,
     "swift+https": SwiftTransport,
     "swift+config": SwiftTransport,
+    # Ceph RBD (Glance's rbd store): librbd bindings or the rbd command, found at first use
+    "rbd": RbdTransport,
 }
 
 UNSUPPORTED: dict[str, str] = {
-    "rbd": "a Ceph RBD client on this node",
     "cinder": "a Cinder volume attachment",
     "vsphere": "a vSphere datastore client",
     "sheepdog": "a Sheepdog client",

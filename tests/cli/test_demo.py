@@ -16,7 +16,8 @@ def test_demo_runs_and_verifies() -> None:
     assert "verified: sha512" in proc.stdout
     assert "matches the origin's bytes: True" in proc.stdout
     assert "not-on-configured-filesystem" in proc.stdout
-    assert "unsupported scheme 'rbd'" in proc.stdout
+    # the demo's rbd:// copy is unusable: no Ceph client here, or no cluster config for it
+    assert "unsupported scheme 'rbd'" in proc.stdout or "Ceph config" in proc.stdout
 
 
 def test_download_example_against_demo_world() -> None:

@@ -1,7 +1,8 @@
 """Glance 33 API under gunicorn: config files, ``db_sync``, start and stop, per WORKDIR.
 
-Stores: ``fs1`` (file, default), ``fs2`` (file), ``web`` (http, read-only). The quirks
-that decide whether http locations on loopback work at all are in :func:`write_config`.
+Stores: ``fs1`` (file, default), ``fs2`` (file), ``web`` (http, read-only), and ``ceph`` (rbd)
+when started with a Ceph cluster (``harness.ceph``). The quirks that decide whether http
+locations on loopback work at all are in :func:`write_config`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from harness import procs
+from harness import ceph, procs
 from harness.venvs import HarnessError, link_venv
 
 WSGI_DIR = Path(__file__).resolve().parent / "wsgi"
@@ -28,11 +29,13 @@ def write_config(
     keystone_url: str | None,
     allowed_ports: str = "",
     location_quota: int | None = None,
+    ceph_conf: Path | None = None,
 ) -> Path:
     """Write glance-api.conf (+ paste ini, store metadata, policy); returns the conf.
 
     ``location_quota``: Glance's ``image_location_quota`` (None: Glance's default, 10), raised
-    by benchmarks whose nodes all register a copy of one image."""
+    by benchmarks whose nodes all register a copy of one image. ``ceph_conf``: add the store
+    ``ceph`` (rbd, pool ``images``, user ``glance``) of that cluster."""
     endpoint = f"http://{procs.HOST}:{port}"
     for sub in ("stores/fs1", "stores/fs2", "staging", "tasks", "log", "lock"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
@@ -54,7 +57,7 @@ bind_host = {procs.HOST}
 bind_port = {port}
 public_endpoint = {endpoint}
 worker_self_reference_url = {endpoint}
-enabled_backends = fs1:file, fs2:file, web:http
+enabled_backends = fs1:file, fs2:file, web:http{", ceph:rbd" if ceph_conf else ""}
 # deprecated, but still what exposes and allows PATCHing locations in Glance 33
 show_multiple_locations = True
 show_image_direct_url = True
@@ -83,6 +86,7 @@ filesystem_store_metadata_file = {workdir}/fs2-metadata.json
 [web]
 store_description = read-only http store
 
+{_ceph_section(ceph_conf)}
 [os_glance_staging_store]
 filesystem_store_datadir = {workdir}/staging
 
@@ -126,6 +130,21 @@ service_token_roles_required = True
     return path
 
 
+def _ceph_section(ceph_conf: Path | None) -> str:
+    """glance_store's rbd store on the harness's Ceph: it imports each upload into
+    ``images/<id>``, snapshots it as ``snap``, protects the snapshot, and records
+    ``rbd://<fsid>/images/<id>/snap``."""
+    if ceph_conf is None:
+        return ""
+    return f"""[ceph]
+rbd_store_pool = images
+rbd_store_user = glance
+rbd_store_ceph_conf = {ceph_conf}
+rbd_store_chunk_size = 4
+rados_connect_timeout = 30
+"""
+
+
 def running(workdir: Path) -> tuple[int, int, str] | None:
     """(pid, port, auth mode) of the Glance this WORKDIR runs, if it answers."""
     pid = procs.read_pid(workdir / "glance.pid")
@@ -150,8 +169,12 @@ def start(
     env: Mapping[str, str] | None = None,
     timeout: float = 120,
     location_quota: int | None = None,
+    ceph_conf: Path | None = None,
 ) -> tuple[str, int]:
-    """Start Glance in WORKDIR on PORT (idempotent for a running one); (endpoint, pid)."""
+    """Start Glance in WORKDIR on PORT (idempotent for a running one); (endpoint, pid).
+
+    ``ceph_conf``: also a store ``ceph`` (rbd) on that cluster; the venv gets Debian's
+    ``rados``/``rbd`` bindings (``harness.ceph.ensure_bindings``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = dict(env or {})
     live = running(workdir)
@@ -161,6 +184,8 @@ def start(
             raise HarnessError(f"{workdir} already runs a Glance ({mode}, port {live_port})")
         return f"http://{procs.HOST}:{port}", pid
     venv, _ = link_venv("glance", workdir)
+    if ceph_conf is not None and not ceph.ensure_bindings(venv / "bin" / "python"):
+        raise HarnessError(f"the rados/rbd Python bindings are missing: {ceph.INSTALL_HINT}")
     conf = write_config(
         workdir,
         venv,
@@ -169,6 +194,7 @@ def start(
         keystone_url,
         env.pop("GLANCE_ALLOWED_PORTS", ""),
         location_quota=location_quota,
+        ceph_conf=ceph_conf,
     )
     procs.run_logged(
         [str(venv / "bin" / "glance-manage"), "--config-file", str(conf), "db_sync"],
