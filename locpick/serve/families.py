@@ -30,7 +30,7 @@ class ServeCounts:
 
 
 @attrs.define
-class Fill:
+class FillStatus:
     """A copy being filled into the cache (set by the code that fills it)."""
 
     image_id: str
@@ -41,7 +41,7 @@ class Fill:
 
 
 def serve_families(
-    counts: ServeCounts, cache: NodeCache, entries: list[CacheEntry], fills: list[Fill]
+    counts: ServeCounts, cache: NodeCache, entries: list[CacheEntry], fills: list[FillStatus]
 ) -> Iterator[Any]:
     """Every metric family of ``/metrics``, from ``counts`` and the cache's state."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from locpick.errors import ConfigError, InputError
-from locpick.serve.families import Fill, ServeCounts, serve_families
+from locpick.serve.families import FillStatus, ServeCounts, serve_families
 from locpick.sink.atomicfile import replace_file
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class ServeMetrics:
         self._refused: dict[str, int] = {}
         self._renewals = {"ok": 0, "failed": 0}
         self._leases: dict[str, float] = {}
-        self._fills: dict[str, Fill] = {}
+        self._fills: dict[str, FillStatus] = {}
         self._transfers: dict[int, tuple[str, Callable[[], tuple[str, str | None]], float]] = {}
         self._ids = itertools.count()
         self._registry: CollectorRegistry | None = None
@@ -140,7 +140,7 @@ class ServeMetrics:
     ) -> None:
         """A copy of ``image_id`` is being filled into the cache: ``done`` of ``total`` bytes."""
         with self._lock:
-            self._fills[image_id] = Fill(image_id, done, total, source)
+            self._fills[image_id] = FillStatus(image_id, done, total, source)
 
     def filled(self, image_id: str) -> None:
         """The fill of ``image_id`` ended (complete or abandoned)."""
@@ -157,7 +157,7 @@ class ServeMetrics:
         with self._lock:
             return dict(self._leases)
 
-    def fills(self) -> list[Fill]:
+    def fills(self) -> list[FillStatus]:
         """Copies being filled: reported by ``filling``, and fill records in the cache dir."""
         with self._lock:
             found = {f.image_id: attrs.evolve(f) for f in self._fills.values()}
@@ -203,7 +203,7 @@ class ServeMetrics:
         yield from serve_families(counts, self.cache, entries, fills)
 
 
-def _fill_records(cache: NodeCache) -> Iterator[Fill]:
+def _fill_records(cache: NodeCache) -> Iterator[FillStatus]:
     """``images/<id>.fill`` records (locpick.cache.fill.state) of copies still being filled."""
     from locpick.cache.files import valid_image_id
     from locpick.cache.fill.record import FillStateError, read_fill
@@ -219,7 +219,7 @@ def _fill_records(cache: NodeCache) -> Iterator[Fill]:
         if snap is None or snap.state != "filling":
             continue
         who = f"writer pid {snap.pid}" + ("" if snap.writer_alive else " (gone)")
-        yield Fill(image_id, snap.written, snap.size, who, snap.updated)
+        yield FillStatus(image_id, snap.written, snap.size, who, snap.updated)
 
 
 class _Collector:

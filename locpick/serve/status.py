@@ -18,7 +18,7 @@ import attrs
 from locpick.cache.files import CacheEntry
 from locpick.redact import redact_url
 from locpick.report import DownloadReport
-from locpick.serve.families import Fill
+from locpick.serve.families import FillStatus
 from locpick.serve.metrics import Transfer
 
 #: What ``/status`` is sent with: no script, no fetch, no frame; inline styles only.
@@ -39,7 +39,7 @@ class NodeStatus:
     max_bytes: int | None
     leases: dict[str, float]
     transfers: Sequence[Transfer]
-    fills: Sequence[Fill]
+    fills: Sequence[FillStatus]
     downloads: Sequence[DownloadReport]
     started_at: float
     version: str

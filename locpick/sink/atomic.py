@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from locpick.errors import SizeMismatch, TransferError
-from locpick.sink.check import over_limit, verify
+from locpick.sink.check import check_image, over_limit
 from locpick.sink.file import SinkFile
 
 __all__ = ["AtomicSink", "CopyEngine", "EngineAbandoned"]
@@ -139,7 +139,7 @@ class AtomicSink(SinkFile):
         """Verify size and hash, fsync, and rename onto dest. Returns the verified algorithm."""
         self._drain_writer()
         digest = self._pipe.hasher.hexdigest()
-        verify(
+        check_image(
             self.label,
             self.expected,
             self.size,

@@ -57,7 +57,9 @@ def disk_error(
     return DestinationError(f"dest {dest}: write failed ({exc.strerror}){need}")
 
 
-def verify(label: str, expected: Expected, size: int | None, got: int, digest: str | None) -> None:
+def check_image(
+    label: str, expected: Expected, size: int | None, got: int, digest: str | None
+) -> None:
     """Raise unless ``got`` bytes hashing to ``digest`` are the image the record describes."""
     if size is not None and got != size:
         raise SizeMismatch(f"{label}: got {got} bytes, expected {size}")

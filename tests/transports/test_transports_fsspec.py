@@ -195,7 +195,7 @@ def test_glance_only_schemes_listed_unsupported(moto_s3: MotoS3, tmp_path: Path)
     ordered = sorted(rows.values(), key=lambda r: int(r["rank"]))  # type: ignore[call-overload]
     assert ordered[0]["url"] == url
     for row in ordered[1:]:
-        assert row["usable"] is False, row
+        assert row["usable"] is False, json.dumps(row)
         error = str(row["reasons"]["error"])  # type: ignore[index]
         if str(row["url"]).startswith("swift"):
             # Swift has its own transport (tests/test_transports_swift.py); no such hosts.

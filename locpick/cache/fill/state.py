@@ -48,14 +48,14 @@ from locpick.cache.fill.record import (
 
 __all__ = ["RangeWait", "await_range", "wait_for_range"]
 
-Outcome = Literal["ready", "timeout", "dead", "failed", "gone"]
+WaitOutcome = Literal["ready", "timeout", "dead", "failed", "gone"]
 
 
 @attrs.frozen
 class RangeWait:
     """How a wait for bytes from ``start`` ended, and the last state seen (None: no record)."""
 
-    outcome: Outcome
+    outcome: WaitOutcome
     snapshot: FillSnapshot | None
     start: int
 
