@@ -288,10 +288,29 @@ def test_log_format_json_one_object_per_line_without_secrets(tmp_path: Path) -> 
 
 @pytest.mark.parametrize("value", ["json", "text"])
 def test_log_format_choices(tmp_path: Path, value: str) -> None:
-    """Only text and json are accepted; an unknown format is a usage error (exit 2)."""
-    r = run_cli("rank", IMG, "--metadata", str(tmp_path / "none.json"), "--log-format", value)
-    assert r.returncode == 2  # the metadata file does not exist: bad input, not a crash
-    assert run_cli("rank", IMG, "--log-format", "xml").returncode == 2
+    """text and json are accepted and shape the log lines; an unknown format is a usage error
+    (exit 2) that names the option, before anything runs."""
+    data = os.urandom(20_000)
+    with Origin(data) as origin:
+        meta = write_record(tmp_path / "m.json", image_record(IMG, data, [origin.url]))
+        r = run_cli("download", IMG, str(tmp_path / "out"), "--metadata", str(meta),
+                    "-v", "--log-format", value)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert lines
+    parsed = []
+    for line in lines:
+        try:
+            parsed.append(json.loads(line))
+        except ValueError:
+            parsed.append(None)
+    if value == "json":
+        assert all(isinstance(doc, dict) for doc in parsed), r.stderr
+    else:
+        assert all(doc is None for doc in parsed), r.stderr
+        assert all(line.startswith("locpick: ") for line in lines), r.stderr
+    bad = run_cli("rank", IMG, "--metadata", str(meta), "--log-format", "xml")
+    assert bad.returncode == 2 and "--log-format" in bad.stderr and "xml" in bad.stderr
 
 
 def test_busy_clients_are_refused_with_503_and_counted(tmp_path: Path) -> None:
