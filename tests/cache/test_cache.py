@@ -240,11 +240,17 @@ def test_prune_never_removes_when_no_location_is_verified() -> None:
     assert any("last verified" in n for n in notes)
 
 
-@pytest.mark.parametrize("argv", [["--quick"], ["--metadata", "x.json"]])
-def test_prune_refuses_quick_or_metadata(tmp_path: Path, argv: list[str]) -> None:
-    """--prune needs a full hash check and a Glance source: exit 2."""
+@pytest.mark.parametrize(
+    ("argv", "why"),
+    [(["--quick"], "drop --quick"), (["--metadata", "x.json"], "give --glance-url")],
+)
+def test_prune_refuses_quick_or_metadata(tmp_path: Path, argv: list[str], why: str) -> None:
+    """--prune needs a full hash check and a Glance source: exit 2 saying which, before any
+    location is read (the record is real, so the refusal is the prune rule, not a bad file)."""
+    write_record(tmp_path / "x.json", image_record(IMG, b"data", []))
     r = run_cli("verify", IMG, "--prune", *argv, "--glance-url", "http://127.0.0.1:9", cwd=tmp_path)
     assert r.returncode == 2, r.stderr
+    assert "--prune" in r.stderr and why in r.stderr, r.stderr
 
 
 def test_python_api_cache_dir(tmp_path: Path) -> None:
