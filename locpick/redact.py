@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
@@ -93,25 +94,48 @@ def redact_text(text: str) -> str:
 
 class Redactor:
     """Scrubs known secret strings (tokens, passwords, keys) and secret-shaped text (URL
-    userinfo, secret-keyed query values and fields, Authorization credentials)."""
+    userinfo, secret-keyed query values and fields, Authorization credentials).
 
-    def __init__(self) -> None:
-        self._secrets: set[str] = set()
+    Bounded: it remembers the ``limit`` secrets learned last (a long-lived ``serve`` sees a new
+    token per renewal); an older one forgotten is still caught by the shapes above wherever it
+    appears as a credential."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self.limit = limit
+        self._secrets: dict[str, None] = {}
+        self._lock = threading.Lock()
+        self._longest_first: list[str] = []
 
     def add(self, *secrets: str | None) -> None:
-        for secret in secrets:
-            if secret and len(secret) >= 4:
-                self._secrets.add(secret)
-                quoted = urllib.parse.quote(secret, safe="")
-                if quoted != secret:
-                    self._secrets.add(quoted)
+        with self._lock:
+            for secret in secrets:
+                if secret and len(secret) >= 4:
+                    for form in {secret, urllib.parse.quote(secret, safe="")}:
+                        self._secrets.pop(form, None)
+                        self._secrets[form] = None
+            while len(self._secrets) > self.limit:
+                del self._secrets[next(iter(self._secrets))]
+            self._longest_first = sorted(self._secrets, key=len, reverse=True)
+
+    def known(self) -> tuple[str, ...]:
+        """The secrets remembered now, oldest first."""
+        with self._lock:
+            return tuple(self._secrets)
+
+    def reset(self, secrets: tuple[str, ...] = ()) -> None:
+        """Forget every secret but ``secrets`` (e.g. what :meth:`known` returned earlier)."""
+        with self._lock:
+            self._secrets.clear()
+            self._longest_first = []
+        self.add(*secrets)
 
     def __call__(self, text: str) -> str:
         text = redact_text(text)
         if "lpc1_" in text:
             text = _CAPABILITY.sub("lpc1_" + REDACTED, text)
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            text = text.replace(secret, REDACTED)
+        for secret in self._longest_first:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
         return text
 
 
@@ -164,7 +188,10 @@ def _covered(name: str) -> bool:
 def install_log_redaction() -> None:
     """Scrub every record of ``REDACTED_LOGGERS`` (and their children), whatever handlers the
     application installs: a filter on each logger, and a record factory that scrubs records of
-    child loggers as they are created (chained to the factory in place; installed once)."""
+    child loggers as they are created (chained to the factory in place; installed once).
+
+    Nothing is installed at import: the edges call this (a ``Client``'s session, the CLI), so
+    a program that only imports locpick keeps its logging exactly as it set it up."""
     for name in REDACTED_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactingFilter) for f in logger.filters):
@@ -198,5 +225,3 @@ SECRET_ENV = (
     "AWS_SESSION_TOKEN",
     "AWS_SECURITY_TOKEN",
 )
-
-install_log_redaction()

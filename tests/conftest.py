@@ -42,10 +42,9 @@ def _isolated_scrubber() -> Iterator[None]:
     Property tests feed arbitrary URLs to the transports, which register the passwords and
     keys in them; Hypothesis draws words from locpick's own source ('swift', 'system'), and
     a later test then saw 'not-on-configured-file***' (seen in CI, order-dependent)."""
-    saved = set(SCRUB._secrets)
+    saved = SCRUB.known()
     yield
-    SCRUB._secrets.clear()
-    SCRUB._secrets.update(saved)
+    SCRUB.reset(saved)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -11,6 +11,8 @@ import io
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +27,7 @@ import locpick
 from locpick._demo.origin import Origin
 from locpick.errors import LocationUnreachable
 from locpick.models import Attempt, Location, Reasons, Score
-from locpick.redact import REDACTED, redact_text, redact_url
+from locpick.redact import REDACTED, Redactor, redact_text, redact_url
 
 WORDS = ("token", "sig", "key", "secret", "password", "credential", "session", "auth")
 #: Loggers of the libraries locpick drives; the children are where most of them really log.
@@ -202,3 +204,36 @@ def test_cli_verbose_download_and_rank_json_leak_no_secret(tmp_path: Path) -> No
     for secret in secrets:
         assert secret not in down.stdout + down.stderr + rank.stdout + rank.stderr
     assert all("access_token=***" in row["url"] for row in json.loads(rank.stdout))
+
+
+def test_importing_locpick_installs_nothing_in_logging() -> None:
+    """A program that imports locpick (every module) keeps its logging as it set it up: the
+    record factory and the libraries' loggers are untouched until a Client or the CLI runs."""
+    script = (
+        "import logging, pkgutil, importlib, sys\n"
+        "factory = logging.getLogRecordFactory()\n"
+        "import locpick\n"
+        "for m in pkgutil.walk_packages(locpick.__path__, 'locpick.'):\n"
+        "    if m.name != 'locpick.__main__':\n"
+        "        importlib.import_module(m.name)\n"
+        "assert logging.getLogRecordFactory() is factory, 'record factory replaced at import'\n"
+        "for name in ('locpick', 'httpx', 'httpcore'):\n"
+        "    assert not logging.getLogger(name).filters, name\n"
+        "import locpick.client, locpick.config.env\n"
+        "locpick.client.Client(env=locpick.config.env.Environment.from_os()).close()\n"
+        "assert logging.getLogRecordFactory() is not factory, 'a Client installs redaction'\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_the_scrubber_is_bounded_and_keeps_the_newest() -> None:
+    """A long-lived process learns a new token per renewal: the scrubber keeps the last
+    ``limit`` secrets, and the newest is always scrubbed."""
+    scrub = Redactor(limit=8)
+    for i in range(100):
+        scrub.add(f"token-{i:04d}-value")
+    assert len(scrub._secrets) <= 8
+    assert scrub("x token-0099-value y") == "x *** y"
+    assert scrub("x token-0000-value y") == "x token-0000-value y"

@@ -22,7 +22,7 @@ from locpick.cli.format import (
     progress_bar,
 )
 from locpick.errors import LocpickError
-from locpick.redact import SCRUB, RedactingFilter
+from locpick.redact import SCRUB, RedactingFilter, install_log_redaction
 
 __all__ = ["main"]
 
@@ -37,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.INFO if getattr(args, "verbose", False) else logging.WARNING
     logging.basicConfig(level=level, format="locpick: %(message)s", stream=sys.stderr)
+    install_log_redaction()
     for h in logging.getLogger().handlers:
         h.addFilter(RedactingFilter())
         if getattr(args, "log_format", "text") == "json":

@@ -25,7 +25,7 @@ from locpick.glance.images import fetch_glance_image, load_metadata
 from locpick.glance.locations import GlanceLocations
 from locpick.models import Image
 from locpick.net.policy import NetPolicy
-from locpick.redact import SCRUB, register_env_secrets
+from locpick.redact import SCRUB, install_log_redaction, register_env_secrets
 from locpick.transports import Transports
 from locpick.transports.base import Context
 
@@ -46,6 +46,7 @@ class Session:
         token: str | None,
         insecure: bool,
     ) -> None:
+        install_log_redaction()
         register_env_secrets(env.vars)
         SCRUB.add(token)
         # [rbd]: what Ceph's own CEPH_ARGS / CEPH_CONF say fills what the config leaves unset
