@@ -149,7 +149,8 @@ class RedactingFilter(logging.Filter):
 
     Attached to the loggers in ``REDACTED_LOGGERS`` and to the CLI's handler. Logger filters
     do not apply to records of child loggers (``httpcore.http11``, ``botocore.endpoint``), so
-    :func:`_scrubbing_factory` scrubs those records as they are created.
+    the record factory that :func:`install_log_redaction` installs scrubs those as they are
+    created.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
