@@ -10,7 +10,7 @@ same run, interleaved, best of R rounds, to a dest on the SAME filesystem and to
   cp+fsync           cp SRC DST && sync DST        (what locpick's atomic commit also does)
   cp+sha512sum       cp SRC DST && sha512sum DST
   sha512             hashlib.sha512 over the cached source bytes (mmap, in-process)
-  crf+pread          sharedfs.system_copy: copy_file_range, hash follower reads dst by pread
+  crf+pread          syscopy.system_copy: copy_file_range, hash follower reads dst by pread
   crf+mmap           ... hash follower maps dst windows (no copy into a buffer)
   sendfile+pread     sendfile instead of copy_file_range
   pipeline           read -> write -> hash the same buffer in a second thread
@@ -53,7 +53,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import locpick
 from locpick.config.model import Config, Filesystem
-from locpick.transports.file import sharedfs
+from locpick.transports.file import syscopy
 
 MiB = 1 << 20
 #: copy_file_range, else sendfile (copy_file_range refuses to cross filesystems: EXDEV).
@@ -98,7 +98,7 @@ def engine_copy(src: Path, dst: Path, engines: tuple[str, ...], follow: str, ver
     s = os.open(src, os.O_RDONLY)
     d = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        used = sharedfs.system_copy(
+        used = syscopy.system_copy(
             s, d, 0, size, h, lambda n: None, label="bench", engines=engines, follow=follow
         )
     finally:

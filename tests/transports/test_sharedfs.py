@@ -22,6 +22,7 @@ from locpick.config.load import config_from_mapping
 from locpick.config.model import Config, Filesystem, ProbeConfig, TransferConfig
 from locpick.errors import ConfigError, TransferError
 from locpick.transports.file import sharedfs, syscopy
+from locpick.transports.file.mounts import mount_at, parse_mountinfo
 
 __all__ = ["tmpfs"]  # the fixture is used by name
 
@@ -56,10 +57,10 @@ def test_parse_mountinfo_escapes_and_optional_fields() -> None:
         "garbage line\n"
         "40 36 0:42 / /mnt/x rw - tmpfs lpk rw\n"
     )
-    mounts = sharedfs.parse_mountinfo(text)
+    mounts = parse_mountinfo(text)
     assert [m.mountpoint for m in mounts] == ["/mnt/my images", "/mnt/x"]
     assert (mounts[0].fstype, mounts[0].source, mounts[0].dev) == ("nfs4", "srv:/exp", "98:0")
-    assert sharedfs.mount_at("/mnt/x", mounts) == mounts[1]
+    assert mount_at("/mnt/x", mounts) == mounts[1]
 
 
 def test_map_location_reroots_by_id() -> None:
@@ -286,14 +287,14 @@ def test_trusted_filesystem_checks_size_only(tmp_path: Path, tmpfs: tuple[Path, 
 def test_source_shrinks_midway_falls_back(tmp_path: Path, tmpfs: tuple[Path, str]) -> None:
     """The file shrinks during the copy: that location fails, HTTP resumes, nothing left."""
     mnt, _src = tmpfs
-    data = os.urandom(3 * sharedfs.COPY_CHUNK + 5)
+    data = os.urandom(3 * syscopy.COPY_CHUNK + 5)
     path = place(mnt, data=data)
     cut = threading.Event()
 
     def progress(done: int, total: int | None) -> None:
         if not cut.is_set():
             cut.set()
-            os.truncate(path, sharedfs.COPY_CHUNK + 100)
+            os.truncate(path, syscopy.COPY_CHUNK + 100)
 
     # The HTTP copy is capped so the system copy ranks first on any box (loopback HTTP can
     # measure faster than the shared-filesystem prior); it is the fallback under test.
@@ -366,7 +367,7 @@ def test_hung_mount_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 )
 def test_engines_copy_and_hash_from_offset(tmp_path: Path, engine: str, follow: str) -> None:
     """Every engine copies the tail from an offset and hashes exactly the copied bytes."""
-    data = os.urandom(2 * sharedfs.COPY_CHUNK + 999)
+    data = os.urandom(2 * syscopy.COPY_CHUNK + 999)
     src = tmp_path / "src"
     src.write_bytes(data)
     off = 4096 + 3
@@ -375,7 +376,7 @@ def test_engines_copy_and_hash_from_offset(tmp_path: Path, engine: str, follow: 
         d.flush()
         h = hashlib.sha256()
         seen: list[int] = []
-        used = sharedfs.system_copy(
+        used = syscopy.system_copy(
             s.fileno(),
             d.fileno(),
             off,
@@ -399,7 +400,7 @@ def test_default_engines_fall_back_from_reflink(tmpfs: tuple[Path, str]) -> None
     (mnt / "src").write_bytes(data)
     with open(mnt / "src", "rb") as s, open(mnt / "dst", "w+b") as d:
         h = hashlib.sha512()
-        used = sharedfs.system_copy(
+        used = syscopy.system_copy(
             s.fileno(), d.fileno(), 0, len(data), h, lambda n: None, label="t"
         )
     assert used == "copy_file_range"
@@ -416,7 +417,7 @@ def test_engine_shrunk_source_raises(tmp_path: Path) -> None:
         open(tmp_path / "dst", "w+b") as d,
         pytest.raises(TransferError, match="source ended at byte 1000 of 2000"),
     ):
-        sharedfs.system_copy(
+        syscopy.system_copy(
             s.fileno(), d.fileno(), 0, 2000, hashlib.md5(), lambda n: None, label="t"
         )
 
