@@ -21,6 +21,7 @@ from locpick.client import Client
 from locpick.config.load import config_from_mapping
 from locpick.config.model import Config, Filesystem, ProbeConfig, TransferConfig
 from locpick.errors import ConfigError, TransferError
+from locpick.models import Progress
 from locpick.transports.file import sharedfs, syscopy
 
 __all__ = ["tmpfs"]  # the fixture is used by name
@@ -290,7 +291,7 @@ def test_source_shrinks_midway_falls_back(tmp_path: Path, tmpfs: tuple[Path, str
     path = place(mnt, data=data)
     cut = threading.Event()
 
-    def progress(done: int, total: int | None) -> None:
+    def progress(p: Progress) -> None:
         if not cut.is_set():
             cut.set()
             os.truncate(path, sharedfs.COPY_CHUNK + 100)

@@ -25,7 +25,7 @@ from locpick.fetch.swarm.silence import (
     overdue,
     silent_limit,
 )
-from locpick.models import Attempt, Image, Location, Score, SourceShare
+from locpick.models import Attempt, ByteProgress, Image, Location, Score, SourceShare
 from locpick.redact import SCRUB
 from locpick.transports.base import Transport
 
@@ -33,7 +33,6 @@ __all__ = ["JOIN_EVERY", "TICK", "Source", "Swarm", "prior_bps"]
 
 log = logging.getLogger("locpick")
 
-Progress = Callable[[int, int | None], None]
 Observer = Callable[[Location, bool, int, float, str | None], None]
 
 #: How often the coordinator looks at rates (admission, silent locations).
@@ -77,7 +76,7 @@ class Swarm:
         sink: SwarmSink,
         cfg: TransferConfig,
         tolerance: float,
-        progress: Progress | None,
+        progress: ByteProgress | None,
         observer: Observer | None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
