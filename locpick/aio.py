@@ -71,7 +71,8 @@ async def run_in_thread(call: Call[T], progress: ProgressCallback | None = None)
         else:
             _post(loop, settle, result, None)
 
-    threading.Thread(target=work, name="locpick-async", daemon=True).start()
+    thread = threading.Thread(target=work, name="locpick-async", daemon=True)
+    thread.start()
     try:
         result = await asyncio.shield(done)
     except asyncio.CancelledError:
@@ -85,11 +86,13 @@ async def run_in_thread(call: Call[T], progress: ProgressCallback | None = None)
                 break
         if done.done() and not done.cancelled():
             done.exception()  # retrieved: no "never retrieved" warning
+            thread.join()  # it has handed over its outcome: only its return is left
         raise
     except BaseException:
         if failed:
             raise failed[0] from None
         raise
+    thread.join()
     return result  # a callback that raised after the last byte: the image is delivered anyway
 
 
