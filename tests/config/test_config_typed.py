@@ -43,7 +43,7 @@ def test_units_accepted(tmp_path: Path) -> None:
 
 
 WRONG = {
-    "wrong type": ("[transfer]\nretries = \"two\"\n", "[transfer] retries", "expected an integer"),
+    "wrong type": ('[transfer]\nretries = "two"\n', "[transfer] retries", "expected an integer"),
     "wrong type (size)": ("[cache]\nmax_bytes = true\n", "[cache] max_bytes", "expected a size"),
     "bad unit": ('[cache]\nmax_bytes = "ten"\n', "[cache] max_bytes", "is not a size"),
     "bad duration unit": (
