@@ -16,6 +16,8 @@ from locpick.cache.files import CacheEntry
 from locpick.client import Connected
 from locpick.config.env import Environment
 from locpick.config.model import Config
+from locpick.errors import ConfigError
+from locpick.glance.locations import cache_location_url
 from locpick.models import CacheAction, EvictResult, ReapResult
 
 __all__ = ["Cache", "Fleet"]
@@ -48,6 +50,17 @@ class Cache(Connected):
         cache = self.node_cache(self.cache_dir)
         assert cache is not None
         return tuple(cache.entries())
+
+    def location_url(self, image_id: str, *, base: str | None = None) -> str:
+        """The capability URL at which ``locpick serve`` offers the cached image here:
+        ``{base or [cache] public_url}/images/{id}/{token}``. It is a secret (whoever holds
+        it may read the image): never log it."""
+        cache = self.node_cache(self.cache_dir)
+        assert cache is not None
+        public_url = base or self.config.cache.public_url
+        if not public_url:
+            raise ConfigError("no [cache] public_url: give base= (how other nodes reach serve)")
+        return cache_location_url(public_url, image_id, cache.token(image_id))
 
     def evict(self, image_ids: Sequence[str]) -> EvictResult:
         """Remove these images from the cache and their locations from Glance.

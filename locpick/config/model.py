@@ -9,6 +9,7 @@ and store sections live in :mod:`locpick.config.connection` and :mod:`locpick.co
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import attrs
@@ -338,9 +339,18 @@ class Config:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Config:
+        """Read a TOML file: every key checked (units parsed), else a ConfigError naming it."""
         from locpick.config.load import load_config
 
         return load_config(path)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Config:
+        """Build from a mapping shaped like the TOML file (``{"cache": {"max_bytes": "10G"}}``),
+        checked exactly as a file is."""
+        from locpick.config.load import config_from_mapping
+
+        return config_from_mapping(data)
 
 
 #: The plain ``[section]`` tables of a config file and the value each one builds.
