@@ -255,3 +255,22 @@ def test_public_names_exported_and_documented() -> None:
         assert name in locpick.__all__
     for name in ("Environment", "Progress", "Cancelled", "AsyncClient", "Cache", "Fleet"):
         assert name in locpick.__all__
+
+
+def test_client_keeps_probe_cache_across_calls(tmp_path: Path) -> None:
+    """One Client keeps its probe results across calls (``[probe] cache_ttl``): ranking twice
+    measures once, where one-shot ``locpick.rank`` calls measure every time."""
+    with Origin(DATA) as a, Origin(DATA) as b:
+        rec = image_record("img", DATA, [a.url, b.url])
+        with locpick.Client(config=ONE) as client:
+            client.rank("img", metadata=rec)
+            first = len(a.requests) + len(b.requests)
+            client.rank("img", metadata=rec)
+            kept = len(a.requests) + len(b.requests) - first
+        before = len(a.requests) + len(b.requests)
+        locpick.rank("img", metadata=rec, config=ONE)
+        locpick.rank("img", metadata=rec, config=ONE)
+        one_shot = len(a.requests) + len(b.requests) - before
+    assert first >= 2
+    assert kept == 0
+    assert one_shot == 2 * first
