@@ -14,6 +14,9 @@ image's locations with this node's topology; Ctrl-C stops serving (the location 
 With no IMAGE_ID it shows the idea on 127.0.0.1 without Glance: node A downloads the demo
 image into its cache and serves it; every origin is then stopped, and node B, given a record
 that lists A's cache URL beside the dead origins, still gets the verified image, from A.
+
+Only the public API is used (``import locpick``); the demo world (loopback origins) comes from
+``locpick.cli.demo``, which has no public equivalent: it is a test fixture, not an API.
 """
 
 from __future__ import annotations
@@ -27,13 +30,7 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-import attrs
-
 import locpick
-from locpick.cache.store import NodeCache
-from locpick.config.model import CacheConfig, Topology
-from locpick.glance.locations import cache_location_url
-from locpick.redact import redact_url
 
 
 def start_serve(cache_dir: str, bind: str) -> tuple[subprocess.Popen[str], str]:
@@ -53,23 +50,23 @@ def start_serve(cache_dir: str, bind: str) -> tuple[subprocess.Popen[str], str]:
 def node(args: argparse.Namespace) -> int:
     serve, url = start_serve(args.cache_dir, args.bind)
     public_url = args.public_url or url
-    config = attrs.evolve(
-        locpick.Config(),
-        topology=Topology(region=args.region, zone=args.zone, rack=args.rack, host=args.host),
-        cache=CacheConfig(dir=args.cache_dir, register=True, public_url=public_url),
+    topology = {"region": args.region, "zone": args.zone, "rack": args.rack, "host": args.host}
+    config = locpick.config_from_mapping(
+        {
+            "topology": {k: v for k, v in topology.items() if v},
+            "cache": {"dir": args.cache_dir, "register": True, "public_url": public_url},
+        }
     )
     try:
         with locpick.Client(config=config) as client:
             dest = args.dest or os.path.join(args.cache_dir, f"{args.image_id}.out")
             result = client.download(args.image_id, dest, register=True)
             print(f"{result.method}: {result.bytes} bytes from {result.source_url}")
-            cache = client.node_cache()
-            assert cache is not None
-            entry = cache.entry(args.image_id)
-            where = redact_url(entry.registered_url) if entry and entry.registered_url else None
-            mine = cache_location_url(public_url, args.image_id, cache.token(args.image_id))
-            print(f"serving {redact_url(mine)}")
-            print(f"registered in Glance: {where or 'no (see the warning above)'}")
+        with locpick.Cache(config=config) as cache:
+            entry = next((e for e in cache.entries() if e.image_id == args.image_id), None)
+            registered = entry is not None and entry.registered_url is not None
+            print(f"serving {args.image_id} at {public_url}/images/{args.image_id}/<token>")
+            print(f"registered in Glance: {'yes' if registered else 'no (see the warning above)'}")
         print("Ctrl-C to stop serving")
         serve.wait()
     except KeyboardInterrupt:
@@ -88,7 +85,7 @@ def demo() -> int:
         cache_dir = str(work / "cache-a")
         with ExitStack() as origins:
             metadata, _config, data = build_world(origins, work, size=8 << 20)
-            a = attrs.evolve(locpick.Config(), cache=CacheConfig(dir=cache_dir))
+            a = locpick.config_from_mapping({"cache": {"dir": cache_dir}})
             with locpick.Client(config=a) as client:
                 r = client.download(DEMO_IMAGE_ID, work / "a.img", metadata=metadata)
             print(f"node A: {r.method} from {r.source_url}, kept in its cache")
@@ -96,8 +93,8 @@ def demo() -> int:
         serve, url = start_serve(cache_dir, "127.0.0.1:0")
         try:
             record = json.loads(metadata.read_text())
-            token = NodeCache(cache_dir).token(DEMO_IMAGE_ID)
-            a_url = cache_location_url(url, DEMO_IMAGE_ID, token)
+            with locpick.Cache(cache_dir) as cache:
+                a_url = cache.location_url(DEMO_IMAGE_ID, base=url)
             meta = {"host": "node-a", "locpick_cache": "true"}
             record["locations"].append({"url": a_url, "metadata": meta})
             with locpick.Client() as client:
@@ -107,7 +104,8 @@ def demo() -> int:
             for attempt in r.attempts:
                 if attempt.outcome != "ok":
                     print(f"  {attempt.outcome}: {attempt.url}: {attempt.error}")
-            return 0 if same and r.source_url == redact_url(a_url) else 3
+            from_a = r.source_url.startswith(f"{url}/images/{DEMO_IMAGE_ID}/")
+            return 0 if same and from_a else 3
         finally:
             serve.terminate()
             serve.wait()

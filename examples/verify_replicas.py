@@ -7,6 +7,9 @@ Against Glance (token mode or the OS_* Keystone variables)::
 With no image ids it builds a small world of its own: one image with a good copy, a copy whose
 bytes were changed, and a copy that is gone. Exit status 3 when any replica is not ok (as
 ``locpick verify``). To remove the bad ones: ``locpick verify ID --prune --yes``.
+
+Only ``import locpick`` is used for the sweep; the small world's loopback origins come from
+``locpick._demo`` (the demo's fault-injecting origin), which has no public equivalent.
 """
 
 from __future__ import annotations

@@ -6,38 +6,45 @@ A thin facade; each part has one job:
 - :mod:`locpick.jobs.session`: what the parts share (pool, transports, Keystone, history) and the
   image record;
 - :mod:`locpick.jobs.ranking`: judge, probe (cached) and score an image's locations;
-- :mod:`locpick.download`: one download as named steps (cache hit, rank, rounds, keep, journal);
+- :mod:`locpick.jobs.download`: one download as named steps (cache hit, rank, rounds, keep,
+  journal);
 - :mod:`locpick.jobs.cachesync`: the node cache ↔ Glance (publish, evict, reconcile, rotate);
 - :mod:`locpick.jobs.reaper`: verify, prune and reap locations in Glance.
+
+A consumer's calls (download, rank, verify) are :class:`Client`'s; an operator's (evict,
+reconcile, rotate the node secret, reap) are :class:`locpick.admin.Cache`'s and
+:class:`locpick.admin.Fleet`'s, built on the same :class:`Connected` base.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import threading
+from typing import Self
 
-from locpick.cache.files import CacheEntry
 from locpick.cache.store import NodeCache
 from locpick.choose.history import History
 from locpick.config.env import Environment, resolve_config
 from locpick.config.model import Config
-from locpick.fetch.pump import Progress
 from locpick.glance.locations import GlanceLocations
 from locpick.jobs.cachesync import CacheSync
 from locpick.jobs.download import Download
+from locpick.jobs.progress import ProgressCallback
 from locpick.jobs.ranking import Ranker
 from locpick.jobs.reaper import Reaper
 from locpick.jobs.session import Metadata, Session
-from locpick.models import Image, PruneResult, Ranking, Result, VerifyReport
+from locpick.models import Image, Ranking, Result, VerifyReport
 from locpick.net.policy import NetPolicy
 from locpick.report import Recorder
 from locpick.transports.base import Context
 
-__all__ = ["Client"]
+__all__ = ["Client", "Connected"]
 
 
-class Client:
-    """Pooled connections, cached probes and tokens; safe to share between threads."""
+class Connected:
+    """What every long-lived locpick object holds: the config, the environment read once, and
+    one session (HTTP pool, transports, Keystone token, probe history); closed by ``with`` or
+    :meth:`close`. Safe to share between threads."""
 
     def __init__(
         self,
@@ -64,18 +71,22 @@ class Client:
 
     @property
     def config(self) -> Config:
+        """The configuration in use (after ``--insecure`` and the environment)."""
         return self._session.config
 
     @property
     def net(self) -> NetPolicy:
+        """The connection policy: proxies, trust, forbidden networks."""
         return self._session.net
 
     @property
     def history(self) -> History:
+        """Per-host outcomes that bias the ranking (persisted in ``history_file``)."""
         return self._session.history
 
     @property
     def glance_url(self) -> str | None:
+        """The Glance endpoint (given, ``OS_IMAGE_URL``, or found in the Keystone catalog)."""
         return self._session.glance_url
 
     @property
@@ -83,14 +94,32 @@ class Client:
         return self._session.ctx
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
+        """Close the pooled connections; the object is not used afterwards."""
         self._session.close()
+
+    # -- the node cache and Glance ------------------------------------------------------------
+    def node_cache(
+        self, cache_dir: str | os.PathLike[str] | None = None, *, required: bool = True
+    ) -> NodeCache | None:
+        """The node cache at ``cache_dir``, else ``[cache] dir``; None (or an error) if neither."""
+        return self._session.node_cache(cache_dir, required=required)
+
+    def glance_locations(self) -> GlanceLocations:
+        """The Glance locations API of this endpoint (token renewed if Keystone)."""
+        return self._session.glance_locations()
+
+
+class Client(Connected):
+    """A consumer's calls: download, rank, verify. Keeps its pooled connections, probe results
+    and tokens across calls (use one per process, as with ``httpx.Client``); safe to share
+    between threads; closed by ``with`` or :meth:`close`."""
 
     # -- sources and decisions ----------------------------------------------------------------
     def image(self, image_id: str, *, metadata: Metadata | None = None) -> Image:
@@ -124,12 +153,22 @@ class Client:
         *,
         metadata: Metadata | None = None,
         allow_unverified: bool = False,
-        progress: Progress | None = None,
+        progress: ProgressCallback | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         register: bool | None = None,
         recorder: Recorder | None = None,
+        timeout: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> Result:
         """Fetch (or system-copy) the image to ``dest``, verified, atomically.
+
+        ``progress``: called with a :class:`~locpick.models.Progress` as bytes arrive, from one
+        thread, never going backwards, the last call (all bytes) made before this returns (the
+        contract is :class:`~locpick.models.Progress`'s); if it raises, the download is aborted
+        and that exception raised here. ``timeout``: seconds the whole download may take
+        (``[transfer] total_timeout`` for this call); past it :class:`AllLocationsFailed`.
+        ``cancel``: set it (from any thread) to stop the download: :class:`Cancelled` is
+        raised, ``dest`` is untouched and the bytes fetched so far are kept for the next run.
 
         With a node cache (``cache_dir`` or ``[cache] dir``) a verified cached copy is copied
         out without any network transfer (``method="cache"``), and a fresh download is kept
@@ -150,42 +189,11 @@ class Client:
             cache_dir=cache_dir,
             register=register,
             recorder=recorder,
+            timeout=timeout,
+            cancel=cancel,
         ).run()
 
-    # -- the node cache and Glance ------------------------------------------------------------
-    def node_cache(
-        self, cache_dir: str | os.PathLike[str] | None = None, *, required: bool = True
-    ) -> NodeCache | None:
-        """The node cache at ``cache_dir``, else ``[cache] dir``; None (or an error) if neither."""
-        return self._session.node_cache(cache_dir, required=required)
-
-    def glance_locations(self) -> GlanceLocations:
-        """The Glance locations API of this client's endpoint (token renewed if Keystone)."""
-        return self._session.glance_locations()
-
-    def evict(
-        self, image_ids: Sequence[str], *, cache_dir: str | os.PathLike[str] | None = None
-    ) -> tuple[list[CacheEntry], list[str]]:
-        """Evict entries (and unregister their locations); returns (evicted, warnings)."""
-        return self._sync.evict(image_ids, cache_dir=cache_dir)
-
-    def reconcile(self, *, cache_dir: str | os.PathLike[str] | None = None) -> list[str]:
-        """Make Glance agree with the cache, both ways; returns what was done, one line each.
-
-        Registered but not (validly) cached: the location is removed. Cached but not
-        registered (with ``[cache] register``): it is added. A cached copy whose hash no
-        longer matches Glance's record is evicted.
-        """
-        return self._sync.reconcile(cache_dir=cache_dir)
-
-    def rotate_secret(self, *, cache_dir: str | os.PathLike[str] | None = None) -> list[str]:
-        """New node secret (every old capability URL refused at once), then re-register.
-
-        Every entry that was registered gets its new URL in Glance and loses the old one
-        (through :meth:`reconcile`); returns what was done, one line each.
-        """
-        return self._sync.rotate_secret(cache_dir=cache_dir)
-
+    # -- replicas -------------------------------------------------------------------------------
     def verify(
         self,
         image_id: str,
@@ -201,20 +209,3 @@ class Client:
         verified one); ``yes`` carries it out, otherwise it is a dry run.
         """
         return self._reaper.verify(image_id, metadata=metadata, quick=quick, prune=prune, yes=yes)
-
-    def reap(
-        self,
-        image_ids: Sequence[str] = (),
-        *,
-        dry_run: bool = False,
-        cache_dir: str | os.PathLike[str] | None = None,
-    ) -> list[tuple[str, PruneResult]]:
-        """Remove expired and unreachable locpick cache locations from Glance.
-
-        Only locations carrying the locpick marker are ever removed (never the operator's
-        own), and nothing of an image unless one verified copy (full hash) remains. Without
-        ``image_ids`` every image the token can list is walked (Glance paging followed).
-        Returns (image id, what was or would be removed) for each image with locpick copies.
-        With a node cache (``cache_dir`` or ``[cache] dir``) its dead fills go first (``-``).
-        """
-        return self._reaper.reap(image_ids, dry_run=dry_run, cache_dir=cache_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -16,6 +16,11 @@ from locpick.s3url import ALL_S3_SCHEMES, display_s3_url, register_s3_secrets
 Outcome = Literal["ok", "failed", "skipped"]
 Method = Literal["download", "copy", "cache"]
 LocationKind = Literal["location", "direct_url", "glance-file", "cache"]
+
+#: What the transfer engine reports as bytes arrive: (bytes held, total or None), from any of
+#: its threads. Callers never see it: :class:`locpick.jobs.progress.ProgressRelay` turns it into
+#: :class:`Progress` values delivered from one thread.
+ByteProgress = Callable[[int, int | None], None]
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -393,3 +398,98 @@ class PruneResult:
             "removed": list(self.removed),
             "notes": list(self.notes),
         }
+
+
+@attrs.frozen
+class Progress:
+    """How far one download is: the value a ``progress`` callback receives.
+
+    The contract (``Client.download``, ``locpick.download``, ``AsyncClient.download``):
+
+    - calls come from one thread, never two at once (with ``AsyncClient``: the event loop's
+      thread), and each has returned before the next is made;
+    - ``done`` never decreases (bytes fetched again after a restart are not counted twice);
+    - ``total`` is the image size, or None while no size is known;
+    - a download that delivers ends with a call where ``done`` is the bytes at ``dest``
+      (``== total`` when the size is known), made before ``download`` returns;
+    - a callback that raises aborts the download: ``download`` raises that exception.
+    """
+
+    image_id: str
+    #: Bytes verified-bound for ``dest`` so far (held in the part file or the node cache copy).
+    done: int
+    #: The image size in bytes, or None when the record has none and no source announced it.
+    total: int | None
+    #: Seconds since the download started.
+    seconds: float
+
+    @property
+    def fraction(self) -> float | None:
+        """``done / total`` in 0..1, or None without a total."""
+        if not self.total:
+            return None
+        return min(self.done / self.total, 1.0)
+
+
+CacheActionKind = Literal["registered", "unregistered", "evicted", "rotated"]
+
+
+@attrs.frozen
+class CacheAction:
+    """One change an operator call made to the node cache or to Glance's locations."""
+
+    #: "registered"/"unregistered": a location added to / removed from Glance; "evicted": a
+    #: cached copy removed; "rotated": a new node secret (every old capability URL refused).
+    kind: CacheActionKind
+    #: The image concerned (None for "rotated", which concerns the node).
+    image_id: str | None = None
+    #: The location URL concerned (secrets masked), if any.
+    url: str | None = None
+    #: Why, in a few words ("not in the cache", "its hash no longer matches Glance's").
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "image_id": self.image_id,
+            "url": self.url,
+            "reason": self.reason,
+        }
+
+    def __str__(self) -> str:
+        """One line for people: ``unregistered IMAGE: URL (why)``."""
+        if self.kind == "rotated":
+            return "rotated the node secret"
+        text = f"{self.kind} {self.image_id}"
+        if self.url:
+            text += f": {self.url}"
+        if self.reason:
+            text += f" ({self.reason})" if self.url else f": {self.reason}"
+        return text
+
+
+@attrs.frozen
+class EvictResult:
+    """What ``Cache.evict`` did: the entries removed, and the locations Glance still lists."""
+
+    #: Image ids evicted from the node cache.
+    evicted: tuple[str, ...] = ()
+    #: Ids asked for that were not in the cache.
+    missing: tuple[str, ...] = ()
+    #: Evicted copies whose location could not be removed from Glance (run ``reconcile``).
+    warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"evicted": list(self.evicted), "warnings": list(self.warnings)}
+
+
+@attrs.frozen
+class ReapResult:
+    """What ``Fleet.reap`` did (or would do) to one image's locpick copies in Glance."""
+
+    #: The image, or "-" for this node's own dead stream-through copies.
+    image_id: str
+    prune: PruneResult
+
+    def to_json(self) -> dict[str, Any]:
+        return {"image_id": self.image_id, **self.prune.to_json()}

@@ -17,9 +17,8 @@ from typing import Any, Literal
 import attrs
 
 from locpick.errors import IntegrityError, LocpickError
-from locpick.fetch.pump import Progress
 from locpick.fetch.single import Observer
-from locpick.models import Attempt, Location, Ranking, Result, Score
+from locpick.models import Attempt, ByteProgress, Location, Ranking, Result, Score
 from locpick.redact import SCRUB, redact_url
 
 #: Samples kept per download (downsampled evenly when there are more): enough for a sparkline.
@@ -161,7 +160,7 @@ class Recorder:
         #: Set by ``finish`` or ``fail``.
         self.report: DownloadReport | None = None
 
-    def progress(self, inner: Progress | None = None) -> Progress:
+    def progress(self, inner: ByteProgress | None = None) -> ByteProgress:
         """A progress callback that samples (time, bytes) and then calls ``inner``."""
 
         def update(done: int, total: int | None) -> None:

@@ -7,12 +7,11 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from locpick.cli.args import client_for
 from locpick.cli.format import print_json
 from locpick.redact import redact_url
 
 if TYPE_CHECKING:
-    from locpick.client import Client
+    from locpick.admin import Fleet
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -61,12 +60,20 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def cache_command(args: argparse.Namespace) -> int:
+    from locpick.admin import Cache, Fleet
     from locpick.errors import InputError
 
-    with client_for(args) as client:
+    common = {
+        "config": args.config,
+        "glance_url": args.glance_url,
+        "token": args.token,
+        "insecure": getattr(args, "insecure", False),
+    }
+    if args.action == "reap":
+        with Fleet(**common) as fleet:
+            return _reap(args, fleet)
+    with Cache(args.cache_dir, **common) as cache:
         if args.action == "list":
-            cache = client.node_cache(args.cache_dir)
-            assert cache is not None
             entries = cache.entries()
             if args.json:
                 print_json([e.to_json() for e in reversed(entries)])
@@ -78,48 +85,42 @@ def cache_command(args: argparse.Namespace) -> int:
         if args.action == "evict":
             if not args.image_ids and not args.all:
                 raise InputError("cache evict: name IMAGE_IDs or give --all")
-            cache = client.node_cache(args.cache_dir)
-            assert cache is not None
             ids = [e.image_id for e in cache.entries()] if args.all else args.image_ids
-            evicted, problems = client.evict(ids, cache_dir=args.cache_dir)
-            gone = {e.image_id for e in evicted}
-            for image_id in ids:
-                if image_id not in gone:
-                    print(f"locpick: {image_id}: not in the cache", file=sys.stderr)
+            result = cache.evict(ids)
+            for image_id in result.missing:
+                print(f"locpick: {image_id}: not in the cache", file=sys.stderr)
             if args.json:
-                print_json({"evicted": sorted(gone), "warnings": problems})
+                print_json(result.to_json())
             else:
-                for image_id in sorted(gone):
+                for image_id in result.evicted:
                     print(f"evicted {image_id}")
-            return 3 if problems else 0
-        if args.action == "reap":
-            return _reap(args, client)
-        if args.action == "rotate-secret":
-            done = client.rotate_secret(cache_dir=args.cache_dir)
+            return 3 if result.warnings else 0
+        done = cache.rotate_secret() if args.action == "rotate-secret" else cache.reconcile()
+        if args.json:  # "actions": one line each (as before); "changes": the values
+            print_json({"actions": [str(a) for a in done], "changes": [a.to_json() for a in done]})
         else:
-            done = client.reconcile(cache_dir=args.cache_dir)
-        if args.json:
-            print_json({"actions": done})
-        else:
-            print("\n".join(done) if done else "cache and Glance agree")
+            print("\n".join(str(a) for a in done) if done else "cache and Glance agree")
         return 0
 
 
-def _reap(args: argparse.Namespace, client: Client) -> int:
+def _reap(args: argparse.Namespace, fleet: Fleet) -> int:
     """``cache reap``: one line per image (or JSON), exit 3 when a removal failed."""
-    results = client.reap(args.image_ids, dry_run=args.dry_run, cache_dir=args.cache_dir)
+    results = fleet.reap(args.image_ids, dry_run=args.dry_run, cache_dir=args.cache_dir)
     if args.json:
-        print_json({"images": [{"image_id": i, **p.to_json()} for i, p in results]})
+        print_json({"images": [r.to_json() for r in results]})
     else:
-        for image_id, p in results:
+        for r in results:
+            p = r.prune
             verb = "would remove" if p.dry_run else "removed"
             done = p.remove if p.dry_run else p.removed
-            print(f"{image_id}: {verb} {len(done)}")
+            print(f"{r.image_id}: {verb} {len(done)}")
             for url in done:
                 print(f"  - {url}")
             for note in p.notes:
                 print(f"  note: {note}")
         if not results:
             print("no locpick cache locations found")
-    failed = any(not p.dry_run and len(p.removed) < len(p.remove) for _i, p in results)
+    failed = any(
+        not r.prune.dry_run and len(r.prune.removed) < len(r.prune.remove) for r in results
+    )
     return 3 if failed else 0

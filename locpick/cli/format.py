@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from locpick.redact import SCRUB
 
 if TYPE_CHECKING:
-    from locpick.models import Ranking, Result, VerifyReport
+    from locpick.models import Progress, Ranking, Result, VerifyReport
 
 
 def emit(args: argparse.Namespace, value: Any, text: Callable[[Any], str]) -> None:
@@ -52,20 +53,44 @@ def _shares(result: Result) -> str:
     return f"; pieces from {len(parts)} locations: " + ", ".join(parts)
 
 
+def progress_mode(setting: str, *, requested: bool, tty: bool) -> str:
+    """How ``download`` shows progress: "bar" (rich, on a terminal), "lines" (plain lines on
+    stderr: without rich, or ``[cli] progress = "lines"`` for logs) or "none".
+
+    ``setting``: ``[cli] progress``; ``requested``: no ``--json``/``--no-progress``."""
+    if not requested or setting == "none":
+        return "none"
+    if setting == "auto" and not tty:
+        return "none"
+    if setting == "lines":
+        return "lines"
+    try:
+        import rich  # noqa: F401 - only whether the cli extra is installed
+    except ImportError:
+        return "lines"
+    return "bar"
+
+
 @contextmanager
-def progress_bar(show: bool) -> Iterator[Callable[[int, int | None], None] | None]:
-    if not show:
+def progress_bar(
+    mode: str, *, stream: TextIO | None = None, every: float = 1.0
+) -> Iterator[Callable[[Progress], None] | None]:
+    """The ``progress`` callback of a CLI download for ``mode`` (see :func:`progress_mode`)."""
+    if mode == "none":
         yield None
+        return
+    if mode == "lines":
+        yield _lines(stream if stream is not None else sys.stderr, every)
         return
     from rich.progress import (
         BarColumn,
         DownloadColumn,
-        Progress,
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
+    from rich.progress import Progress as Bar
 
-    with Progress(
+    with Bar(
         "[progress.description]{task.description}",
         BarColumn(),
         DownloadColumn(),
@@ -75,10 +100,29 @@ def progress_bar(show: bool) -> Iterator[Callable[[int, int | None], None] | Non
     ) as bar:
         task = bar.add_task("locpick", total=None)
 
-        def update(done: int, total: int | None) -> None:
-            bar.update(task, completed=done, total=total)
+        def update(p: Progress) -> None:
+            bar.update(task, completed=p.done, total=p.total)
 
         yield update
+
+
+def _lines(stream: TextIO, every: float) -> Callable[[Progress], None]:
+    """Plain progress lines (no rich): one per ``every`` seconds, and the last one."""
+    last = [-every]
+
+    def update(p: Progress) -> None:
+        final = p.total is not None and p.done >= p.total
+        if p.seconds - last[0] < every and not final:
+            return
+        last[0] = p.seconds
+        rate = p.done / p.seconds / 1e6 if p.seconds > 0 else 0.0
+        if p.total:
+            size = f"{p.done / 1e6:.1f}/{p.total / 1e6:.1f} MB ({100 * p.done // p.total}%)"
+        else:
+            size = f"{p.done / 1e6:.1f} MB"
+        print(f"locpick: {p.image_id}: {size} at {rate:.1f} MB/s", file=stream, flush=True)
+
+    return update
 
 
 def format_ranking(ranking: Ranking) -> str:

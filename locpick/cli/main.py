@@ -20,6 +20,7 @@ from locpick.cli.format import (
     format_result,
     print_json,
     progress_bar,
+    progress_mode,
 )
 from locpick.errors import LocpickError
 from locpick.redact import SCRUB, RedactingFilter, install_log_redaction
@@ -27,6 +28,7 @@ from locpick.redact import SCRUB, RedactingFilter, install_log_redaction
 __all__ = ["main"]
 
 if TYPE_CHECKING:
+    from locpick.client import Client
     from locpick.report import DownloadReport
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    show = not args.json and not args.no_progress and sys.stderr.isatty()
     if args.metrics_file:
         from locpick.serve.metrics import check_textfile_path
 
@@ -80,7 +81,7 @@ def _download(args: argparse.Namespace) -> int:
 
     recorder = Recorder(args.image_id)
     try:
-        with client_for(args) as client, progress_bar(show) as progress:
+        with client_for(args) as client, progress_bar(_progress_mode(args, client)) as progress:
             result = client.download(
                 args.image_id,
                 args.dest,
@@ -106,6 +107,12 @@ def _download(args: argparse.Namespace) -> int:
     else:
         emit(args, result, format_result)
     return 0
+
+
+def _progress_mode(args: argparse.Namespace, client: Client) -> str:
+    """``[cli] progress``, unless ``--json`` or ``--no-progress`` turn it off."""
+    requested = not args.json and not args.no_progress
+    return progress_mode(client.config.cli.progress, requested=requested, tty=sys.stderr.isatty())
 
 
 def _write_metrics(path: str, report: DownloadReport) -> None:

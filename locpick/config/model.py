@@ -8,16 +8,18 @@ and store sections live in :mod:`locpick.config.connection` and :mod:`locpick.co
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
 from locpick.config.connection import NetworkConfig, TLSConfig
 from locpick.config.stores import GlanceConfig, RbdConfig, S3Config, SwiftConfig
+from locpick.config.units import Bytes, Rate, Seconds, WholeRate, WholeSeconds
 from locpick.errors import ConfigError
 
 __all__ = [
     "CacheConfig",
+    "CliConfig",
     "Config",
     "Filesystem",
     "Hint",
@@ -54,7 +56,7 @@ class Filesystem:
     #: pass; reflink makes such a copy near-instant). Off by default: copies are verified.
     trusted: bool = False
     #: Seconds the reachability check may take before the mount counts as hung/stale.
-    timeout: float = 2.0
+    timeout: Seconds = 2.0
     #: Test-only: accept a plain directory as if it were a mount. Not settable from a file.
     require_mount: bool = attrs.field(default=True, kw_only=True)
 
@@ -78,12 +80,12 @@ def _positive_lease(_inst: object, _attr: object, value: float) -> None:
 @attrs.frozen
 class CacheConfig:
     dir: str | None = None
-    max_bytes: int | None = None
+    max_bytes: Bytes | None = None
     register: bool = False
     public_url: str | None = None
     #: Seconds a registered location stays valid without renewal; ``locpick serve`` renews
     #: it every ``lease / 3``. Clients skip a copy whose lease ran out (``lease-expired``).
-    lease: float = attrs.field(default=3600.0, validator=_positive_lease)
+    lease: Seconds = attrs.field(default=3600.0, validator=_positive_lease)
 
 
 def _check_range(lo: float, hi: float, section: str = "security") -> Any:
@@ -99,20 +101,20 @@ class ProbeConfig:
     """How long and how hard locations are measured before a choice is made."""
 
     #: One overall deadline for the probe phase, seconds.
-    deadline: float = 2.0
+    deadline: Seconds = 2.0
     #: Bytes asked for by the small ranged GET that measures time to first byte.
-    ttfb_bytes: int = 65536
+    ttfb_bytes: Bytes = 65536
     #: ICMP echo via ping3 (quietly skipped where raw/unprivileged ICMP is not allowed).
     icmp: bool = True
     #: Stop waiting for stragglers once the best TTFB is known: a location slower than
     #: max(straggler_floor, straggler_factor x best) cannot win.
     straggler_factor: float = 4.0
-    straggler_floor: float = 0.25
+    straggler_floor: Seconds = 0.25
     #: Throughput probe: minimum and maximum bytes and seconds, stability threshold (CV).
-    throughput_min_bytes: int = 1 << 20
-    throughput_max_bytes: int = 32 << 20
-    throughput_min_seconds: float = 0.1
-    throughput_max_seconds: float = 0.6
+    throughput_min_bytes: Bytes = 1 << 20
+    throughput_max_bytes: Bytes = 32 << 20
+    throughput_min_seconds: Seconds = 0.1
+    throughput_max_seconds: Seconds = 0.6
     throughput_cv: float = 0.15
     #: A throughput measurement takes at most this fraction of the transfer time expected at
     #: the prior throughput (and at most ``throughput_max_seconds``).
@@ -122,9 +124,9 @@ class ProbeConfig:
     #: proxy for bandwidth, so this is generous.
     throughput_top: int = 6
     #: Images up to this size skip the throughput probe: latency dominates.
-    small_image_bytes: int = 8 << 20
+    small_image_bytes: Bytes = 8 << 20
     #: Seconds a probe result stays valid inside one process.
-    cache_ttl: float = 30.0
+    cache_ttl: Seconds = 30.0
     #: At most this many locations are probed, the best by topology, history and policy
     #: before any measurement, and at most ``max_probes_per_host`` per ``scheme://host:port``
     #: (Glance's /file is not counted); the rest rank as ``not-probed`` fallbacks, so a record
@@ -140,11 +142,11 @@ class ScoringConfig:
     """Priors and weights of the expected-time score (seconds; lower is better)."""
 
     #: Throughput assumed for a location whose throughput was not measured, bytes/s.
-    prior_throughput_bps: float = 50e6
+    prior_throughput_bps: Rate = 50e6
     #: Throughput assumed for a system copy from a shared filesystem, bytes/s.
-    prior_copy_bps: float = 1.5e9
+    prior_copy_bps: Rate = 1.5e9
     #: Latency assumed when none was measured, seconds.
-    prior_latency: float = 0.05
+    prior_latency: Seconds = 0.05
     #: A closer topology class wins unless another location is expected to be more than
     #: this fraction faster (0.2 = 20 % less expected time), per the contract.
     topology_tolerance: float = 0.2
@@ -154,7 +156,7 @@ class ScoringConfig:
     #: Multiplier on the expected time of a location that failed recently (circuit breaker).
     failure_penalty: float = 10.0
     #: Seconds a failed location stays demoted before it is tried normally again.
-    cooldown: float = 300.0
+    cooldown: Seconds = 300.0
     #: Seed for the near-equal tie break; None = random per process.
     seed: int | None = None
 
@@ -170,7 +172,7 @@ class HerdConfig:
     origin_share: float = attrs.field(default=0.0, validator=_check_range(0, 1, "herd"))
     #: Seconds: a download waits uniformly in [0, start_jitter) before reading the image record,
     #: so simultaneous starts spread their registrations; 0 = no wait.
-    start_jitter: float = attrs.field(default=0.0, validator=_check_range(0, 60, "herd"))
+    start_jitter: Seconds = attrs.field(default=0.0, validator=_check_range(0, 60, "herd"))
     #: Most readers one filling copy is given by the tree before later nodes use another.
     fanout: int = attrs.field(default=4, validator=_check_range(1, 1024, "herd"))
 
@@ -218,10 +220,10 @@ class SecurityConfig:
     file_mode: int = attrs.field(default=0o644, validator=_check_range(0, 0o777))
     #: A transfer slower than this (bytes/s) over ``[transfer] low_speed_window`` is abandoned
     #: even when ``[transfer] low_speed_bps`` is 0: a server dripping bytes cannot hold locpick.
-    min_speed_bps: float = attrs.field(default=1024.0, validator=_check_range(0, 1e12))
+    min_speed_bps: Rate = attrs.field(default=1024.0, validator=_check_range(0, 1e12))
     #: Bytes one location may write for an image whose record has no ``size`` (the first
     #: Content-Length bounds it too); a longer body is dropped and the next location tried.
-    max_image_bytes: int = attrs.field(default=1 << 40, validator=_check_range(1, 1 << 50))
+    max_image_bytes: Bytes = attrs.field(default=1 << 40, validator=_check_range(1, 1 << 50))
 
 
 @attrs.frozen
@@ -233,69 +235,79 @@ class ServeConfig:
     #: Image transfers at once; past it ``503`` with ``Retry-After``.
     max_clients: int = attrs.field(default=16, validator=_check_range(1, 100_000, "serve"))
     #: Bytes/s this node serves in total (0 = unlimited; limited transfers skip sendfile).
-    max_rate: int = attrs.field(default=0, validator=_check_range(0, 1e13, "serve"))
+    max_rate: WholeRate = attrs.field(default=0, validator=_check_range(0, 1e13, "serve"))
     #: Open connections in total and per client address (lowered to fit ``ulimit -n``).
     max_connections: int = attrs.field(default=512, validator=_check_range(1, 1_000_000, "serve"))
     max_connections_per_client: int = attrs.field(
         default=32, validator=_check_range(1, 100_000, "serve")
     )
     #: Seconds a new connection has to deliver a complete request head.
-    header_timeout: float = attrs.field(default=10.0, validator=_check_range(0.05, 3600, "serve"))
+    header_timeout: Seconds = attrs.field(default=10.0, validator=_check_range(0.05, 3600, "serve"))
     #: Seconds an idle keep-alive connection is kept.
-    keepalive_timeout: float = attrs.field(
+    keepalive_timeout: Seconds = attrs.field(
         default=15.0, validator=_check_range(0.05, 3600, "serve")
     )
     #: Seconds a busy answer asks the client to wait.
-    retry_after: int = attrs.field(default=2, validator=_check_range(0, 3600, "serve"))
+    retry_after: WholeSeconds = attrs.field(default=2, validator=_check_range(0, 3600, "serve"))
     #: Seconds an answer from a copy still being filled waits for bytes not yet written
     #: (stream-through); nothing in time: ``503`` + ``Retry-After``; mid-answer: cut short.
-    fill_wait: float = attrs.field(default=30.0, validator=_check_range(0.05, 3600, "serve"))
+    fill_wait: Seconds = attrs.field(default=30.0, validator=_check_range(0.05, 3600, "serve"))
 
 
 @attrs.frozen
 class TransferConfig:
     """Timeouts, retries and stall detection of a transfer."""
 
-    connect_timeout: float = 5.0
-    first_byte_timeout: float = 15.0
+    connect_timeout: Seconds = 5.0
+    first_byte_timeout: Seconds = 15.0
     #: No byte for this long and the transfer is abandoned (when no other location is left).
-    idle_timeout: float = 5.0
+    idle_timeout: Seconds = 5.0
     #: No byte for this long while another location could continue: abandon and resume there.
-    stall_timeout: float = 1.5
+    stall_timeout: Seconds = 1.5
     #: A transfer slower than this (bytes/s) over ``low_speed_window`` seconds is abandoned.
-    low_speed_bps: float = 1024.0
-    low_speed_window: float = 5.0
+    low_speed_bps: Rate = 1024.0
+    low_speed_window: Seconds = 5.0
     #: Retries per location for transient errors; the budget resets on progress.
     retries: int = 2
     #: First backoff delay, seconds; doubles per failure up to ``backoff_max`` (jitter: x0.5-1).
-    backoff: float = 0.2
-    backoff_max: float = 5.0
+    backoff: Seconds = 0.2
+    backoff_max: Seconds = 5.0
     #: An attempt that delivered at least this many bytes made progress: the retry budget
     #: resets (a few bytes per connection do not keep a failing location alive).
-    progress_bytes: int = 256 << 10
+    progress_bytes: Bytes = 256 << 10
     #: A server's Retry-After longer than this (seconds) drops the location for this download.
-    retry_after_max: float = 30.0
+    retry_after_max: Seconds = 30.0
     #: Seconds one download may take in all (attempts, backoffs, switches); 0 = no limit.
     #: Past it the download ends with exit 3, naming this deadline.
-    total_timeout: float = attrs.field(default=0.0, validator=_check_range(0, 1e9, "transfer"))
+    total_timeout: Seconds = attrs.field(default=0.0, validator=_check_range(0, 1e9, "transfer"))
     #: Switch mid-transfer when another location is this many times faster.
     switch_factor: float = 1.5
     max_switches: int = 2
     #: Seconds of transfer observed before a mid-transfer switch is considered (hysteresis).
-    switch_observe: float = 1.0
+    switch_observe: Seconds = 1.0
     #: Seconds a switch is assumed to cost (new connection, slow start) on top of latency.
-    switch_cost: float = 0.3
+    switch_cost: Seconds = 0.3
     #: Read buffer of the data path, bytes.
-    buffer_bytes: int = 4 << 20
+    buffer_bytes: Bytes = 4 << 20
     #: Locations drawn on at once, a piece from each (swarm fetch); 1 = one at a time.
     max_sources: int = 4
     #: Bytes per piece of a swarm fetch; 0 = auto (image / 64, clamped to 1-32 MiB).
-    piece_size: int = 0
+    piece_size: Bytes = 0
     #: Connections per location in a swarm fetch (RFC 6249: be polite to mirrors).
     connections_per_source: int = 1
     #: Seconds to wait for another process holding ``.DEST.locpick-lock`` (another download of
     #: the same DEST, or a local user holding the lock on purpose) before giving up with exit 3.
-    lock_timeout: float = attrs.field(default=600.0, validator=_check_range(0, 1e7, "transfer"))
+    lock_timeout: Seconds = attrs.field(default=600.0, validator=_check_range(0, 1e7, "transfer"))
+
+
+@attrs.frozen
+class CliConfig:
+    """The ``locpick`` command's own behaviour (the library ignores it)."""
+
+    #: ``download``'s progress on stderr: "auto" = a bar on a terminal (plain lines when the
+    #: ``cli`` extra, rich, is not installed), nothing otherwise; "bar"; "lines" = plain lines
+    #: (for logs: systemd, Nova's console); "none".
+    progress: Literal["auto", "bar", "lines", "none"] = "auto"
 
 
 @attrs.frozen
@@ -319,6 +331,7 @@ class Config:
     s3: S3Config = S3Config()
     rbd: RbdConfig = RbdConfig()
     swift: SwiftConfig = SwiftConfig()
+    cli: CliConfig = CliConfig()
     #: Persisted per-location history; None = the user's cache dir; "" = disabled.
     history_file: str | None = None
     source_path: str | None = None
@@ -340,4 +353,5 @@ SECTIONS: dict[str, type[Any]] = {
     "glance": GlanceConfig,
     "s3": S3Config,
     "rbd": RbdConfig,
+    "cli": CliConfig,
 }

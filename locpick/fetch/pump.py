@@ -7,10 +7,9 @@ import collections
 import time
 from collections.abc import Callable
 
+from locpick.models import ByteProgress
 from locpick.sink.atomic import AtomicSink
 from locpick.transports.base import Stream
-
-Progress = Callable[[int, int | None], None]
 
 
 class Meter:
@@ -51,7 +50,7 @@ class Meter:
 def pump(
     sink: AtomicSink,
     stream: Stream,
-    progress: Progress | None,
+    progress: ByteProgress | None,
     watch: Callable[[Meter], None],
 ) -> None:
     """Copy ``stream`` into ``sink`` until it ends; ``watch`` sees the meter at each sample

@@ -18,11 +18,11 @@ from locpick.errors import (
     reason_of,
 )
 from locpick.fetch.policy import FetchPolicy, Timing
-from locpick.fetch.pump import Progress, pump
+from locpick.fetch.pump import pump
 from locpick.fetch.resume import Resume
 from locpick.fetch.state import Abandon, Candidate, Deadline
 from locpick.fetch.switch import Switcher
-from locpick.models import Attempt, Image, Location, Result, Score
+from locpick.models import Attempt, ByteProgress, Image, Location, Result, Score
 from locpick.redact import SCRUB
 from locpick.sink.atomic import AtomicSink
 from locpick.transports import Transports
@@ -44,7 +44,7 @@ class Download:
         sink: AtomicSink,
         transports: Transports,
         cfg: TransferConfig,
-        progress: Progress | None,
+        progress: ByteProgress | None,
         observer: Observer | None,
         started: float,
         timing: Timing,

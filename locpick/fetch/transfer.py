@@ -21,10 +21,9 @@ from locpick.config.model import TransferConfig
 from locpick.errors import InputError
 from locpick.fetch import swarm
 from locpick.fetch.policy import Timing
-from locpick.fetch.pump import Progress
 from locpick.fetch.single import Download, Observer
 from locpick.fetch.swarm.partfile import discard_pieced_part
-from locpick.models import Image, Result, Score
+from locpick.models import ByteProgress, Image, Result, Score
 from locpick.sink.atomic import AtomicSink
 from locpick.sink.hashing import Expected
 from locpick.sink.lock import dest_lock
@@ -45,7 +44,7 @@ def fetch(
     *,
     buffer_bytes: int = 4 << 20,
     file_mode: int = 0o644,
-    progress: Progress | None = None,
+    progress: ByteProgress | None = None,
     observer: Observer | None = None,
     transfer: TransferConfig | None = None,
     topology_tolerance: float = 0.2,

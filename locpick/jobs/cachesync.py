@@ -16,7 +16,7 @@ from locpick.cache.store import NodeCache
 from locpick.errors import ConfigError, ImageNotFound, InputError, LocpickError
 from locpick.glance.locations import PublishError, cache_location_url, cache_metadata
 from locpick.jobs.session import Session
-from locpick.models import Image
+from locpick.models import CacheAction, EvictResult, Image
 from locpick.redact import SCRUB, redact_url
 
 log = logging.getLogger(__name__)
@@ -74,15 +74,22 @@ class CacheSync:
 
     def evict(
         self, image_ids: Sequence[str], *, cache_dir: str | os.PathLike[str] | None = None
-    ) -> tuple[list[CacheEntry], list[str]]:
-        """Evict entries and unregister their locations (:meth:`Client.evict`)."""
+    ) -> EvictResult:
+        """Evict entries and unregister their locations (:meth:`locpick.admin.Cache.evict`)."""
         cache = self.session.node_cache(cache_dir)
         assert cache is not None
         evicted = [e for e in (cache.evict(i) for i in image_ids) if e is not None]
-        return evicted, self.unpublish(evicted)
+        gone = {e.image_id for e in evicted}
+        return EvictResult(
+            evicted=tuple(sorted(gone)),
+            missing=tuple(i for i in image_ids if i not in gone),
+            warnings=tuple(self.unpublish(evicted)),
+        )
 
-    def reconcile(self, *, cache_dir: str | os.PathLike[str] | None = None) -> list[str]:
-        """Make Glance agree with the cache, both ways (:meth:`Client.reconcile`)."""
+    def reconcile(
+        self, *, cache_dir: str | os.PathLike[str] | None = None
+    ) -> tuple[CacheAction, ...]:
+        """Make Glance agree with the cache, both ways (:meth:`locpick.admin.Cache.reconcile`)."""
         cache = self.session.node_cache(cache_dir)
         assert cache is not None
         public_url = self.session.config.cache.public_url
@@ -90,7 +97,7 @@ class CacheSync:
             raise ConfigError("cache reconcile needs [cache] public_url (this node's serve URL)")
         api = self.session.glance_locations()
         prefix = public_url.rstrip("/") + "/images/"
-        done: list[str] = []
+        done: list[CacheAction] = []
         registered = api.images_with_location_prefix(prefix)
         for image_id, urls in sorted(registered.items()):
             entry = cache.entry(image_id)
@@ -102,20 +109,21 @@ class CacheSync:
                     continue
                 api.remove(image_id, url)
                 why = "not in the cache" if entry is None else "not this node's current URL"
-                done.append(f"unregistered {image_id}: {redact_url(url)} ({why})")
+                done.append(CacheAction("unregistered", image_id, redact_url(url), why))
         for entry in cache.entries():
             url = _current_url(cache, public_url, entry.image_id)
             try:
                 image = self.session.image(entry.image_id)
             except ImageNotFound:
                 cache.evict(entry.image_id)
-                done.append(f"evicted {entry.image_id}: no longer in Glance")
+                done.append(CacheAction("evicted", entry.image_id, reason="no longer in Glance"))
                 continue
             if cache.lookup(image) is None:
                 cache.evict(entry.image_id)
                 if url in registered.get(entry.image_id, []):
                     api.remove(entry.image_id, url)
-                done.append(f"evicted {entry.image_id}: its hash no longer matches Glance's")
+                why = "its hash no longer matches Glance's"
+                done.append(CacheAction("evicted", entry.image_id, reason=why))
                 continue
             if image.visibility is not None:
                 cache.update_meta(entry.image_id, visibility=image.visibility)
@@ -127,17 +135,19 @@ class CacheSync:
             if self.session.config.cache.register or was_registered:
                 api.add(entry.image_id, url, self.cache_metadata())
                 cache.set_registered(entry.image_id, url)
-                done.append(f"registered {entry.image_id}: {redact_url(url)}")
-        return done
+                done.append(CacheAction("registered", entry.image_id, redact_url(url)))
+        return tuple(done)
 
-    def rotate_secret(self, *, cache_dir: str | os.PathLike[str] | None = None) -> list[str]:
-        """New node secret, then re-register (:meth:`Client.rotate_secret`)."""
+    def rotate_secret(
+        self, *, cache_dir: str | os.PathLike[str] | None = None
+    ) -> tuple[CacheAction, ...]:
+        """New node secret, then re-register (:meth:`locpick.admin.Cache.rotate_secret`)."""
         cache = self.session.node_cache(cache_dir)
         assert cache is not None
         if not self.session.config.cache.public_url:
             raise ConfigError("cache rotate-secret needs [cache] public_url (this node's URL)")
         cache.rotate_secret()
-        return ["rotated the node secret", *self.reconcile(cache_dir=cache_dir)]
+        return (CacheAction("rotated"), *self.reconcile(cache_dir=cache_dir))
 
 
 def _current_url(cache: NodeCache, public_url: str, image_id: str) -> str:

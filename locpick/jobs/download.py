@@ -3,7 +3,9 @@ rounds → keep (and publish) the verified copy → journal the report.
 
 ``Download.run`` calls the steps in that order; each is one method (``load_image``,
 ``open_cache``, ``cache_hit``, ``require_hash``, ``transfer``, ``keep``, ``finished`` /
-``failed``), so a change to one part of the flow goes into one method.
+``failed``), so a change to one part of the flow goes into one method. Between steps (and as
+bytes arrive on the caller's thread) ``check`` honours the caller's ``cancel`` event and
+``timeout``; the caller's ``progress`` callback is fed through a ``ProgressRelay``.
 :func:`fetch_in_rounds` is the fall-back loop over locations left ``not-probed``; the node
 cache's side (a hit copied out, a verified copy kept) is ``locpick.jobs.cachestep``.
 """
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -22,11 +26,11 @@ from locpick.cache.fill.tee import Tee
 from locpick.cache.store import NodeCache
 from locpick.choose import storm
 from locpick.config.model import TransferConfig
-from locpick.errors import AllLocationsFailed, ConfigError, LocpickError, UnverifiedImage
-from locpick.fetch.pump import Progress
+from locpick.errors import AllLocationsFailed, Cancelled, ConfigError, LocpickError, UnverifiedImage
 from locpick.fetch.transfer import fetch
 from locpick.jobs.cachestep import from_cache, keep_in_cache
 from locpick.jobs.cachesync import CacheSync
+from locpick.jobs.progress import ProgressCallback, ProgressRelay
 from locpick.jobs.ranking import Ranker, best_ttfb
 from locpick.jobs.session import Metadata, Session
 from locpick.models import Attempt, CacheStep, Image, Result, Score
@@ -48,38 +52,101 @@ class Download:
         *,
         metadata: Metadata | None = None,
         allow_unverified: bool = False,
-        progress: Progress | None = None,
+        progress: ProgressCallback | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         register: bool | None = None,
         recorder: Recorder | None = None,
+        timeout: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.session, self.ranker, self.sync = session, ranker, sync
         self.config = session.config
+        if timeout is not None:  # this download's deadline: the engine's total_timeout
+            if not timeout > 0:
+                raise ConfigError(f"timeout {timeout!r}: must be a number of seconds > 0")
+            transfer = attrs.evolve(self.config.transfer, total_timeout=float(timeout))
+            self.config = attrs.evolve(self.config, transfer=transfer)
         self.image_id, self.dest, self.metadata = image_id, dest, metadata
         self.allow_unverified, self.progress = allow_unverified, progress
         self.cache_dir, self.register = cache_dir, register
+        self.timeout, self.cancel = timeout, cancel
         self.rec = recorder if recorder is not None else Recorder(image_id)
         #: Set by ``open_cache``: the node cache (if any) and whether to publish into Glance.
         self.cache: NodeCache | None = None
         self.publish = False
+        #: Set by ``run``: the caller's progress relay, the thread and the deadline of the call.
+        self.relay: ProgressRelay | None = None
+        self.owner: int | None = None
+        self.deadline: float | None = None
 
     def run(self) -> Result:
         """Every step; the report is journalled delivered or not."""
+        self.owner = threading.get_ident()
+        if self.timeout is not None:
+            self.deadline = time.monotonic() + self.timeout
+        if self.progress is not None:
+            self.relay = ProgressRelay(self.image_id, self.progress)
         try:
-            result = self.deliver()
+            try:
+                result = self.deliver()
+            except BaseException:
+                self.close_relay(None)
+                raise
         except LocpickError as exc:
             self.failed(exc)
             raise
+        self.close_relay(result)
         self.finished(result)
         return result
 
+    def close_relay(self, result: Result | None) -> None:
+        """The last progress call (for a delivered image: its bytes), made before returning."""
+        if self.relay is None:
+            return
+        if result is None:
+            self.relay.close()
+            return
+        self.relay.close(result.bytes, result.bytes)
+        if self.relay.error is not None:  # the image is delivered: a late raise is only logged
+            log.warning("progress callback raised after the delivery: %r", self.relay.error)
+
+    def raise_callback_error(self) -> None:
+        """A progress callback that raised aborts the download with its own exception."""
+        if self.relay is not None and self.relay.error is not None:
+            raise self.relay.error
+
+    def check(self) -> None:
+        """Stop here if the caller cancelled, the timeout passed or the callback raised."""
+        self.raise_callback_error()
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled(
+                f"image {self.image_id}: download to {self.dest} cancelled; dest untouched, "
+                "the bytes fetched so far are kept to resume"
+            )
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise AllLocationsFailed(
+                f"image {self.image_id}: timeout of {self.timeout:g} s exceeded; "
+                "dest untouched (raise timeout= or [transfer] total_timeout)"
+            )
+
+    def on_bytes(self, done: int, total: int | None) -> None:
+        """The engine's byte count: to the relay, then ``check`` (only on the caller's thread:
+        a swarm reader or copy thread is not where the download can stop cleanly)."""
+        if self.relay is not None:
+            self.relay(done, total)
+        if threading.get_ident() == self.owner:
+            self.check()
+
     def deliver(self) -> Result:
+        self.check()
         image = self.load_image()
+        self.check()
         self.open_cache()
         hit = self.cache_hit(image)
         if hit is not None:
             return hit
         self.require_hash(image)
+        self.check()
         fill = open_fill(self.session, self.cache, image, self.publish)  # registered now
         with aborting(fill):
             result = self.transfer(image, fill)
@@ -157,6 +224,7 @@ class Download:
             ranking.scores,
             lambda scores: self.fetch_once(image, scores, tee, transfer),
             self.ranker,
+            check=self.check,
         )
 
     def fetch_once(
@@ -167,6 +235,7 @@ class Download:
         transfer: TransferConfig | None = None,
     ) -> Result:
         """One pass of the fetcher over ``scores`` (in rank order)."""
+        self.check()
         return fetch(
             image,
             scores,
@@ -174,7 +243,7 @@ class Download:
             self.session.transports,
             buffer_bytes=self.config.transfer.buffer_bytes,
             file_mode=self.config.security.file_mode,
-            progress=self.rec.progress(self.progress),
+            progress=self.rec.progress(self.on_bytes),
             transfer=transfer or self.config.transfer,
             observer=self.rec.observer(self.session.history.record),
             topology_tolerance=self.config.scoring.topology_tolerance,
@@ -222,6 +291,7 @@ def fetch_in_rounds(
     scores: Sequence[Score],
     fetch_once: Callable[[Sequence[Score]], Result],
     ranker: Ranker,
+    check: Callable[[], None] = lambda: None,
 ) -> Result:
     """Fetch from the probed locations; when every one has failed, probe the next round of
     ``not-probed`` ones (over the probe budget) and fetch from those, and so on; Glance's
@@ -245,6 +315,7 @@ def fetch_in_rounds(
             earlier = attempts
         else:
             return attrs.evolve(result, attempts=(*earlier, *result.attempts))
+        check()
         log.info(
             "image %s: every probed location failed; probing %d more that were over the "
             "probe budget",

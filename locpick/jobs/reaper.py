@@ -16,7 +16,7 @@ from locpick.glance.lease import is_locpick_copy
 from locpick.glance.locations import PublishError
 from locpick.jobs.replicas import plan_prune, verify_replicas
 from locpick.jobs.session import Metadata, Session
-from locpick.models import Image, PruneResult, VerifyReport
+from locpick.models import Image, PruneResult, ReapResult, VerifyReport
 from locpick.redact import SCRUB
 
 
@@ -73,13 +73,14 @@ class Reaper:
         *,
         dry_run: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
-    ) -> list[tuple[str, PruneResult]]:
-        """Remove expired and unreachable locpick copies from Glance (:meth:`Client.reap`)."""
-        done: list[tuple[str, PruneResult]] = []
+    ) -> tuple[ReapResult, ...]:
+        """Remove expired and unreachable locpick copies from Glance
+        (:meth:`locpick.admin.Fleet.reap`)."""
+        done: list[ReapResult] = []
         cache = self.session.node_cache(cache_dir, required=False)
         if cache is not None:  # this node's dead stream-through copies go first
             for line in reap_dead_fills(cache, self.session, dry_run=dry_run):
-                done.append(("-", PruneResult(dry_run=dry_run, notes=(line,))))
+                done.append(ReapResult("-", PruneResult(dry_run=dry_run, notes=(line,))))
         if not image_ids:
             image_ids = self.session.glance_locations().images_with_locpick_copies()
         for image_id in image_ids:
@@ -87,10 +88,11 @@ class Reaper:
                 image = self.session.image(image_id)
             except (ImageNotFound, ImageNotActive) as exc:  # deleted or deactivated meanwhile
                 note = f"skipped: {SCRUB(str(exc))}"
-                done.append((image_id, PruneResult(dry_run=dry_run, notes=(note,))))
+                done.append(ReapResult(image_id, PruneResult(dry_run=dry_run, notes=(note,))))
                 continue
             if not any(is_locpick_copy(loc.metadata) for loc in image.locations):
                 continue
             report = verify_replicas(image, image.locations, self.session.transports)
-            done.append((image_id, self.prune(image, report, act=not dry_run, locpick_only=True)))
-        return done
+            pruned = self.prune(image, report, act=not dry_run, locpick_only=True)
+            done.append(ReapResult(image_id, pruned))
+        return tuple(done)

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from locpick.errors import SizeMismatch, TransferError
+from locpick.errors import Cancelled, SizeMismatch, TransferError
 from locpick.sink.check import check_image, over_limit
 from locpick.sink.file import SinkFile
 
@@ -46,7 +46,9 @@ class AtomicSink(SinkFile):
     def __enter__(self) -> AtomicSink:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if isinstance(exc, Cancelled) and self.keep_part():
+            return
         self.abort()
 
     def remember_validators(self, url: str, etag: str | None, last_modified: str | None) -> None:

@@ -193,6 +193,21 @@ class SinkFile:
     def _raise_disk(self, exc: OSError) -> NoReturn:
         raise disk_error(exc, self.dest, self.label, self.size, self.offset) from exc
 
+    def keep_part(self) -> bool:
+        """Close a resumable part file keeping it and its sidecar (a cancelled download: the
+        next run on the same dest continues from it); False when there is none to keep."""
+        if self._part is None or self.fd is None:
+            return False
+        error = self._pipe.drain()
+        self._pipe.hasher.stop()
+        os.close(self.fd)
+        self.fd = None
+        if error is not None:  # what was written is unknown: do not leave it to be resumed
+            with contextlib.suppress(FileNotFoundError):
+                self.tmp.unlink()
+            self._part.remove_sidecar()
+        return True
+
     def abort(self) -> None:
         """Remove the temp file (and sidecar); safe to call repeatedly and after commit."""
         self._pipe.drain()

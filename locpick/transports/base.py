@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
@@ -18,7 +18,7 @@ import httpcore
 import httpx
 
 from locpick.errors import UnsupportedLocation
-from locpick.models import Image, Location, Probe
+from locpick.models import ByteProgress, Image, Location, Probe
 from locpick.net.addr import parse_host, sockaddr_ip
 from locpick.net.policy import NetPolicy
 
@@ -26,9 +26,6 @@ if TYPE_CHECKING:
     from locpick.config.model import Config
     from locpick.sink.atomic import AtomicSink
     from locpick.transports.file import sharedfs
-
-#: Called with (bytes held, total or None) while a transport copies.
-Progress = Callable[[int, int | None], None]
 
 
 @attrs.frozen
@@ -120,7 +117,7 @@ class Transport(Protocol):
         ...
 
     def copy_to(
-        self, location: Location, image: Image, sink: AtomicSink, progress: Progress | None
+        self, location: Location, image: Image, sink: AtomicSink, progress: ByteProgress | None
     ) -> str:
         """System-copy into ``sink`` (``capabilities.system_copy``); returns the engine used."""
         ...
@@ -144,7 +141,7 @@ class TransportDefaults:
     capabilities = Capabilities()
 
     def copy_to(
-        self, location: Location, image: Image, sink: AtomicSink, progress: Progress | None
+        self, location: Location, image: Image, sink: AtomicSink, progress: ByteProgress | None
     ) -> str:
         shown = location.display_url
         raise UnsupportedLocation(f"{shown}: no system copy for this scheme", url=shown)

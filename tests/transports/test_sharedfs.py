@@ -21,6 +21,8 @@ from locpick.client import Client
 from locpick.config.load import config_from_mapping
 from locpick.config.model import Config, Filesystem, ProbeConfig, TransferConfig
 from locpick.errors import ConfigError, TransferError
+from locpick.models import ByteProgress
+from locpick.report import Recorder
 from locpick.transports.file import sharedfs, syscopy
 from locpick.transports.file.mounts import mount_at, parse_mountinfo
 
@@ -291,17 +293,29 @@ def test_source_shrinks_midway_falls_back(tmp_path: Path, tmpfs: tuple[Path, str
     path = place(mnt, data=data)
     cut = threading.Event()
 
-    def progress(done: int, total: int | None) -> None:
-        if not cut.is_set():
-            cut.set()
-            os.truncate(path, syscopy.COPY_CHUNK + 100)
+    class Truncating(Recorder):
+        """Truncates the source from inside the engine's progress (synchronously: the
+        caller's ``progress`` callback runs on a thread of its own, after the fact)."""
+
+        def progress(self, inner: ByteProgress | None = None) -> ByteProgress:
+            wrapped = super().progress(inner)
+
+            def update(done: int, total: int | None) -> None:
+                if not cut.is_set():
+                    cut.set()
+                    os.truncate(path, syscopy.COPY_CHUNK + 100)
+                wrapped(done, total)
+
+            return update
 
     # The HTTP copy is capped so the system copy ranks first on any box (loopback HTTP can
     # measure faster than the shared-filesystem prior); it is the fallback under test.
     with Origin(data, faults=Faults(bandwidth=200e6)) as origin:
         rec = image_record("img", data, [f"file://{mnt}/images/img.raw", origin.url])
         with Client(config=cfg(Filesystem(id="fs1", mountpoint=str(mnt)))) as client:
-            result = client.download("img", tmp_path / "out", metadata=rec, progress=progress)
+            result = client.download(
+                "img", tmp_path / "out", metadata=rec, recorder=Truncating("img")
+            )
     assert cut.is_set()
     assert [a.outcome for a in result.attempts] == ["failed", "ok"]
     assert "shrank" in (result.attempts[0].error or "")

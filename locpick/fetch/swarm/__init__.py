@@ -20,7 +20,7 @@ from locpick.fetch.swarm.pieces import Geometry, PieceMap, auto_piece_size
 from locpick.fetch.swarm.repair import check_and_repair
 from locpick.fetch.swarm.run import Source, Swarm
 from locpick.fetch.swarm.scheduler import topology_class
-from locpick.models import Attempt, Image, Location, Result, Score
+from locpick.models import Attempt, ByteProgress, Image, Location, Result, Score
 from locpick.sink.hashing import Expected
 from locpick.transports import Transports
 
@@ -32,7 +32,6 @@ __all__ = ["MIN_SWARM_BYTES", "fetch", "plan", "swarm_probes"]
 #: connections cost more than they bring on a few MiB.
 MIN_SWARM_BYTES = 16 << 20
 
-Progress = Callable[[int, int | None], None]
 Observer = Callable[[Location, bool, int, float, str | None], None]
 
 
@@ -71,7 +70,7 @@ def fetch(
     cfg: TransferConfig,
     *,
     tolerance: float,
-    progress: Progress | None,
+    progress: ByteProgress | None,
     observer: Observer | None,
     started: float,
 ) -> Result:

@@ -20,12 +20,8 @@ from locpick.fetch.swarm.ordered_hash import OrderedHasher
 from locpick.fetch.swarm.partfile import SwarmSink
 from locpick.fetch.swarm.reader import Connection
 from locpick.fetch.swarm.scheduler import Scheduler, Worker, admit, may_join, rises
-from locpick.fetch.swarm.silence import (
-    holding_slots,
-    overdue,
-    silent_limit,
-)
-from locpick.models import Attempt, Image, Location, Score, SourceShare
+from locpick.fetch.swarm.silence import holding_slots, overdue, silent_limit
+from locpick.models import Attempt, ByteProgress, Image, Location, Score, SourceShare
 from locpick.redact import SCRUB
 from locpick.transports.base import Transport
 
@@ -33,7 +29,6 @@ __all__ = ["JOIN_EVERY", "TICK", "Source", "Swarm", "prior_bps"]
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int | None], None]
 Observer = Callable[[Location, bool, int, float, str | None], None]
 
 #: How often the coordinator looks at rates (admission, silent locations).
@@ -77,7 +72,7 @@ class Swarm:
         sink: SwarmSink,
         cfg: TransferConfig,
         tolerance: float,
-        progress: Progress | None,
+        progress: ByteProgress | None,
         observer: Observer | None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
