@@ -8,7 +8,8 @@ A thin facade; each part has one job:
 - :mod:`locpick.choose.ranking`: judge, probe (cached) and score an image's locations;
 - :mod:`locpick.download`: one download as named steps (cache hit, rank, rounds, keep, journal);
 - :mod:`locpick.jobs.cachesync`: the node cache ↔ Glance (publish, evict, reconcile, rotate);
-- :mod:`locpick.jobs.reaper`: verify, prune and reap locations in Glance.
+- :mod:`locpick.jobs.reaper`: verify, prune and reap locations in Glance;
+- :mod:`locpick.jobs.prefetch`: warm the node cache with a list of images.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from locpick.fetch.pump import Progress
 from locpick.glance.locations import GlanceLocations
 from locpick.jobs.cachesync import CacheSync
 from locpick.jobs.download import Download
+from locpick.jobs.prefetch import Prefetch, PrefetchProgress, PrefetchReport, select_images
 from locpick.jobs.reaper import Reaper
 from locpick.jobs.session import Metadata, Session
 from locpick.models import Image, PruneResult, Ranking, Result, VerifyReport
@@ -185,6 +187,40 @@ class Client:
         (through :meth:`reconcile`); returns what was done, one line each.
         """
         return self._sync.rotate_secret(cache_dir=cache_dir)
+
+    def prefetch(
+        self,
+        image_ids: Sequence[str] = (),
+        *,
+        tags: Sequence[str] = (),
+        properties: Sequence[tuple[str, str]] = (),
+        cache_dir: str | os.PathLike[str] | None = None,
+        register: bool | None = None,
+        jobs: int = 2,
+        max_rate: float = 0,
+        progress: PrefetchProgress | None = None,
+    ) -> PrefetchReport:
+        """Fetch images into the node cache (and with ``register`` publish them in Glance).
+
+        The images: ``image_ids``, plus every active image Glance lists with all of ``tags``
+        and ``properties`` (key, value). One already cached is skipped; a run that was killed
+        resumes its part files. ``jobs`` images at a time, ``max_rate`` bytes/s in all (0: no
+        cap). ``progress`` sees an image's row each time it changes (one call at a time).
+        Failures are rows of the report (``report.ok``), not exceptions; the run's state is
+        kept in the cache dir for ``locpick serve``'s ``/status``.
+        """
+        ids = select_images(self._session, image_ids, tags=tags, properties=properties)
+        return Prefetch(
+            self._session,
+            self._ranker,
+            self._sync,
+            ids,
+            cache_dir=cache_dir,
+            register=register,
+            jobs=jobs,
+            max_rate=max_rate,
+            progress=progress,
+        ).run()
 
     def verify(
         self,

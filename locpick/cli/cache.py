@@ -1,5 +1,5 @@
 """The node-cache commands of ``locpick``: ``serve`` (the cache over HTTP, leases renewed)
-and ``cache`` (list, evict, reconcile, reap, rotate-secret)."""
+and ``cache`` (list, evict, reconcile, reap, rotate-secret, prefetch)."""
 
 from __future__ import annotations
 
@@ -94,6 +94,8 @@ def cache_command(args: argparse.Namespace) -> int:
             return 3 if problems else 0
         if args.action == "reap":
             return _reap(args, client)
+        if args.action == "prefetch":
+            return _prefetch(args, client)
         if args.action == "rotate-secret":
             done = client.rotate_secret(cache_dir=args.cache_dir)
         else:
@@ -123,3 +125,43 @@ def _reap(args: argparse.Namespace, client: Client) -> int:
             print("no locpick cache locations found")
     failed = any(not p.dry_run and len(p.removed) < len(p.remove) for _i, p in results)
     return 3 if failed else 0
+
+
+def _prefetch(args: argparse.Namespace, client: Client) -> int:
+    """``cache prefetch``: a line per image as it changes (stderr), then a summary or JSON;
+    exit 3 when an image could not be cached."""
+    from locpick.cache.prefetch import PrefetchImage
+
+    live = not args.json and sys.stderr.isatty()
+
+    def show(row: PrefetchImage) -> None:
+        if row.status == "fetching" and row.bytes and not live:
+            return  # byte counts only on a terminal
+        size = f"/{row.size}" if row.size is not None else ""
+        done = f" {row.bytes}{size} bytes" if row.bytes else ""
+        error = f": {row.error}" if row.error else ""
+        if not args.json:
+            print(f"prefetch: {row.image_id} {row.status}{done}{error}", file=sys.stderr)
+
+    report = client.prefetch(
+        args.image_ids,
+        tags=args.tag,
+        properties=args.property,
+        cache_dir=args.cache_dir,
+        register=args.register,
+        jobs=args.jobs,
+        max_rate=args.max_rate,
+        progress=show,
+    )
+    if args.json:
+        print_json(report.to_json())
+    else:
+        counts = {s: sum(i.status == s for i in report.images) for s in ("cached", "fetched")}
+        failed = [i for i in report.images if i.status == "failed"]
+        print(
+            f"{len(report.images)} image(s): {counts['fetched']} fetched, "
+            f"{counts['cached']} already cached, {len(failed)} failed"
+        )
+        for row in failed:
+            print(f"  failed: {row.image_id}: {row.error}")
+    return 0 if report.ok else 3
