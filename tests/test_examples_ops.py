@@ -8,9 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
-from helpers import ROOT
+from helpers import ROOT, require_tool
 from prometheus_client.parser import text_string_to_metric_families
 
 from locpick.cache.store import NodeCache
@@ -33,9 +32,7 @@ def test_systemd_unit_verifies_cleanly_and_is_hardened(tmp_path: Path) -> None:
         "CapabilityBoundingSet=\n",
     ):
         assert setting in text, setting
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed")
+    analyze = require_tool("systemd-analyze", "systemd")
     # verify checks that ExecStart's binary exists: point it at this interpreter's locpick.
     local = tmp_path / UNIT.name
     exe = str(Path(sys.executable).parent / "locpick")
@@ -65,9 +62,7 @@ def test_systemd_prefetch_timer_and_service_verify_and_parse(
         ["prefetch"],
         True,
     )
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed")
+    analyze = require_tool("systemd-analyze", "systemd")
     exe = str(Path(sys.executable).parent / "locpick")
     for name, text in (
         ("locpick-prefetch.service", service),
