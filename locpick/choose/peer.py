@@ -1,4 +1,4 @@
-"""What a peer's copy says about itself in a boot storm (issue 19), and what it is worth: the
+"""What a peer's copy says about itself in a boot storm, and what it is worth: the
 ``locpick_fill`` marks in its Glance location metadata, the ``X-Locpick-Fill`` header its
 ``serve`` answers with, and the expected time to read a filling or busy copy. Pure."""
 

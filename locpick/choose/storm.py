@@ -1,4 +1,4 @@
-"""Boot-storm choice (issue 19): which source a node reads when peers' copies are still filling.
+"""Boot-storm choice: which source a node reads when peers' copies are still filling.
 
 Every node of a storm registers its filling copy in Glance as its download starts, then reads
 the image record once more. Glance keeps locations in the order they were added, so every node

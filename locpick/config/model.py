@@ -162,7 +162,7 @@ class ScoringConfig:
 
 @attrs.frozen
 class HerdConfig:
-    """Boot storms (issue 19): how nodes share the origin when peers' copies are still filling."""
+    """Boot storms: how nodes share the origin when peers' copies are still filling."""
 
     #: Read filling peers' copies in registration order (a tree), protecting the origin.
     enabled: bool = True

@@ -21,7 +21,7 @@ MARKER = "locpick_cache"
 REGISTERED = "locpick_registered"
 #: Seconds the registration is valid from ``REGISTERED``.
 LEASE = "locpick_lease"
-#: ``"filling"`` on a copy registered while its download runs (stream-through, issue 19).
+#: ``"filling"`` on a copy registered while its download runs (stream-through).
 FILL = "locpick_fill"
 #: Unix time (seconds, float as str) when that download started.
 FILL_STARTED = "locpick_fill_started"

@@ -1,4 +1,4 @@
-"""``serve``'s answers for a copy still being filled by a downloader (stream-through, issue 19).
+"""``serve``'s answers for a copy still being filled by a downloader (stream-through).
 
 A node registers its copy as soon as its download starts; until the download ends the bytes
 are in ``images/<id>.filling`` and what is on disk is told by the fill record

@@ -1,4 +1,4 @@
-"""Stream-through copies (issue 19): a download into the node cache is servable while it runs.
+"""Stream-through copies: a download into the node cache is servable while it runs.
 
 :meth:`Fill.start` creates ``images/<id>.filling`` (0600, the full size, sparse) and its fill
 record ``<id>.fill`` under the cache lock; the download's sink mirrors every write into it

@@ -1,5 +1,5 @@
 """Glance side of a stream-through copy: one location add when the fill starts, one remove if
-it fails, and lease renewals (at least ``lease / 3`` apart) while a long fill runs (issue 19).
+it fails, and lease renewals (at least ``lease / 3`` apart) while a long fill runs.
 
 Concurrent adds to one image make Glance 33 answer 500 (or 409) for some of them (measured):
 the same add is retried with jittered backoff, a bounded number of times; it is still one add

@@ -1,6 +1,6 @@
 """Fill state of a cache entry still being written, shared by the downloader and ``serve``.
 
-A node that serves its copy while downloading it (stream-through, issue 19) has two processes:
+A node that serves its copy while downloading it (stream-through) has two processes:
 the downloader writes the bytes, ``locpick serve`` answers peers. What they share lives in a
 small file beside the filling entry, ``DIR/images/<id>.fill``, so it survives either process
 being killed::

@@ -1,6 +1,6 @@
 """The cache side of a stream-through download: the names of a filling entry's files, the tee
 that mirrors every write of a download into ``images/<id>.filling``, and the sweep of fills
-whose writer died (issue 19; the record itself is :mod:`locpick.cache.fill.state`)."""
+whose writer died (the record itself is :mod:`locpick.cache.fill.state`)."""
 
 from __future__ import annotations
 

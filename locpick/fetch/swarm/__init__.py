@@ -1,4 +1,4 @@
-"""Swarm fetch: pieces of one image from several locations at once (issue 15).
+"""Swarm fetch: pieces of one image from several locations at once.
 
 ``plan`` decides whether a download is a swarm (at least two locations that can serve byte
 ranges, an image of at least ``MIN_SWARM_BYTES``, ``[transfer] max_sources`` > 1, and the best
