@@ -174,3 +174,28 @@ def test_prefetch_unknown_image_is_a_failed_row_and_exit_3(
         assert NodeCache(cache_dir).entry(id1) is not None
     finally:
         serve.stop()
+
+
+def test_prefetch_max_rate_caps_the_transfer(glance_world: GlanceWorld, tmp_path: Path) -> None:
+    """--max-rate 1 MB/s: 4 MB take at least 3 s (one second's burst credit), however fast
+    the origin is; a lower bound, so a loaded machine cannot make it fail."""
+    w = glance_world
+    size, rate = 4_000_000, 1_000_000
+    cache_dir, config, serve = _node(w, tmp_path)
+    try:
+        with fresh_image(w, tmp_path, "locpick-prefetch-rate", size) as (image_id, _d, origin):
+            origin.reset_counters()
+            started = time.monotonic()
+            r = run_cli(
+                "cache", "prefetch", image_id, "--max-rate", str(rate), "--json",
+                "--config", str(config), *_auth(w),
+            )  # fmt: skip
+            elapsed = time.monotonic() - started
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["images"][0]["status"] == "fetched"
+        assert origin.bytes_sent >= size
+        assert NodeCache(cache_dir).entry(image_id) is not None
+        assert elapsed >= (size - rate) / rate, elapsed
+        print(f"prefetch of {size} bytes at --max-rate {rate}: {elapsed:.2f} s")
+    finally:
+        serve.stop()
