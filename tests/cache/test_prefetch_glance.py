@@ -199,3 +199,34 @@ def test_prefetch_max_rate_caps_the_transfer(glance_world: GlanceWorld, tmp_path
         print(f"prefetch of {size} bytes at --max-rate {rate}: {elapsed:.2f} s")
     finally:
         serve.stop()
+
+
+def test_prefetch_by_property_selects_only_the_matching_images(
+    glance_world: GlanceWorld, three: list[tuple[str, Origin]], tmp_path: Path
+) -> None:
+    """--property KEY=VALUE is Glance's list filter: only the image carrying it is fetched."""
+    w = glance_world
+    (_id1, o1), (id2, o2), (_id3, o3) = three
+    value = tmp_path.name[-40:]
+    gh.patch_image(
+        w.endpoint,
+        id2,
+        [{"op": "add", "path": "/locpick_prefetch_test", "value": value}],
+        token=w.admin_token,
+    )
+    cache_dir, config, serve = _node(w, tmp_path)
+    try:
+        for o in (o1, o2, o3):
+            o.reset_counters()
+        r = run_cli(
+            "cache", "prefetch", "--property", f"locpick_prefetch_test={value}", "--json",
+            "--config", str(config), *_auth(w),
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert [(i["image_id"], i["status"]) for i in json.loads(r.stdout)["images"]] == [
+            (id2, "fetched")
+        ]
+        assert o1.bytes_sent == 0 and o3.bytes_sent == 0
+        assert NodeCache(cache_dir).entry(id2) is not None
+    finally:
+        serve.stop()
