@@ -42,8 +42,21 @@ def api_reference() -> str:
     for name in locpick.__all__:
         if name == "__version__":
             continue  # a string, documented in the page's text
-        blocks.append(f"## `locpick.{name}`\n\n::: locpick.{name}\n")
+        blocks.append(f"## `locpick.{name}`\n\n::: {defining_path(name)}\n")
     return "\n".join(blocks)
+
+
+def defining_path(name: str) -> str:
+    """Where ``locpick.<name>`` is defined (``locpick.client.Client``): the path mkdocstrings
+    resolves without following ``locpick``'s imports (which may be lazy); ``locpick.<name>``
+    for a value that is not a class or function of locpick's own."""
+    import locpick
+
+    obj = getattr(locpick, name)
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if isinstance(module, str) and module.startswith("locpick") and isinstance(qualname, str):
+        return f"{module}.{qualname}"
+    return f"locpick.{name}"
 
 
 # -- the CLI reference ------------------------------------------------------------------------

@@ -111,7 +111,8 @@ def test_every_public_name_has_a_docstring_and_is_in_the_api_reference() -> None
     """Each name of ``locpick.__all__`` is documented (a docstring of its own) and rendered
     by the API reference page; ``__version__`` is named in its text."""
     page = (DOCS / "api-reference.md").read_text(encoding="utf-8")
-    generated = _hooks().expand(page)
+    hooks = _hooks()
+    generated = hooks.expand(page)
     undocumented, absent = [], []
     for name in locpick.__all__:
         if name == "__version__":
@@ -121,7 +122,7 @@ def test_every_public_name_has_a_docstring_and_is_in_the_api_reference() -> None
         obj = getattr(locpick, name)
         if not (inspect.getdoc(obj) or "").strip():
             undocumented.append(name)
-        if f"::: locpick.{name}\n" not in generated:
+        if f"## `locpick.{name}`\n\n::: {hooks.defining_path(name)}\n" not in generated:
             absent.append(name)
     assert not undocumented, f"no docstring: {undocumented}"
     assert not absent, f"not in the API reference: {absent}"
