@@ -18,6 +18,7 @@ from locpick.config.env import Environment
 from locpick.config.model import Config
 from locpick.errors import ConfigError
 from locpick.glance.locations import cache_location_url
+from locpick.jobs.prefetch import Prefetch, PrefetchProgress, PrefetchReport, select_images
 from locpick.models import CacheAction, EvictResult, ReapResult
 
 __all__ = ["Cache", "Fleet"]
@@ -69,6 +70,39 @@ class Cache(Connected):
         repairs it); an id not in the cache is listed in ``missing``.
         """
         return self._sync.evict(image_ids, cache_dir=self.cache_dir)
+
+    def prefetch(
+        self,
+        image_ids: Sequence[str] = (),
+        *,
+        tags: Sequence[str] = (),
+        properties: Sequence[tuple[str, str]] = (),
+        register: bool | None = None,
+        jobs: int = 2,
+        max_rate: float = 0,
+        progress: PrefetchProgress | None = None,
+    ) -> PrefetchReport:
+        """Fetch images into the cache (and with ``register`` publish them in Glance).
+
+        The images: ``image_ids``, plus every active image Glance lists with all of ``tags``
+        and ``properties`` (key, value). One already cached is skipped; a run that was killed
+        resumes its part files. ``jobs`` images at a time, ``max_rate`` bytes/s in all (0: no
+        cap). ``progress`` sees an image's row each time it changes (one call at a time).
+        Failures are rows of the report (``report.ok``), not exceptions; the run's state is
+        kept in the cache dir for ``locpick serve``'s ``/status``.
+        """
+        ids = select_images(self._session, image_ids, tags=tags, properties=properties)
+        return Prefetch(
+            self._session,
+            self._ranker,
+            self._sync,
+            ids,
+            cache_dir=self.cache_dir,
+            register=register,
+            jobs=jobs,
+            max_rate=max_rate,
+            progress=progress,
+        ).run()
 
     def reconcile(self) -> tuple[CacheAction, ...]:
         """Make Glance agree with the cache, both ways; returns what was done.

@@ -12,7 +12,7 @@ A thin facade; each part has one job:
 - :mod:`locpick.jobs.reaper`: verify, prune and reap locations in Glance.
 
 A consumer's calls (download, rank, verify) are :class:`Client`'s; an operator's (evict,
-reconcile, rotate the node secret, reap) are :class:`locpick.admin.Cache`'s and
+reconcile, rotate the node secret, prefetch, reap) are :class:`locpick.admin.Cache`'s and
 :class:`locpick.admin.Fleet`'s, built on the same :class:`Connected` base.
 """
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,3 +74,15 @@ def run_cli(
 def temp_leftovers(directory: Path) -> list[str]:
     """Files locpick may have left beside a dest (temp files, parts)."""
     return sorted(p.name for p in directory.iterdir() if ".locpick" in p.name)
+
+
+def require_tool(tool: str, package: str | None = None) -> str:
+    """The path of the system tool ``tool``. A missing tool skips the test with the line that
+    installs it, except under CI (``CI=true``), where ``.ci/run`` installs it: there it fails."""
+    path = shutil.which(tool)
+    if path is not None:
+        return path
+    hint = f"{tool} is not installed: apt-get install {package or tool} (.ci/run installs it)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true: {hint}")
+    pytest.skip(hint)

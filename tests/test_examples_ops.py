@@ -8,9 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
-from helpers import ROOT
+from helpers import ROOT, require_tool
 from prometheus_client.parser import text_string_to_metric_families
 
 from locpick.cache.store import NodeCache
@@ -33,14 +32,48 @@ def test_systemd_unit_verifies_cleanly_and_is_hardened(tmp_path: Path) -> None:
         "CapabilityBoundingSet=\n",
     ):
         assert setting in text, setting
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed")
+    analyze = require_tool("systemd-analyze", "systemd")
     # verify checks that ExecStart's binary exists: point it at this interpreter's locpick.
     local = tmp_path / UNIT.name
     exe = str(Path(sys.executable).parent / "locpick")
     local.write_text(text.replace("/usr/local/bin/locpick", exe))
     r = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
+
+
+def test_systemd_prefetch_timer_and_service_verify_and_parse(
+    tmp_path: Path,
+) -> None:
+    """The prefetch timer and its service verify cleanly; the service's command line parses
+    (a dry parse of its ExecStart: a flag renamed would fail here)."""
+    service = (UNIT.parent / "locpick-prefetch.service").read_text()
+    timer = (UNIT.parent / "locpick-prefetch.timer").read_text()
+    assert "DynamicUser=yes" in service and "User=locpick-serve" in service
+    assert "ReadWritePaths=/var/lib/locpick/cache" in service
+    assert "Persistent=true" in timer and "RandomizedDelaySec=" in timer
+    (line,) = [x for x in service.splitlines() if x.startswith("ExecStart=")]
+    argv = line.removeprefix("ExecStart=").split()[1:]
+    from locpick.cli.args import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert (args.command, args.action, args.tag, args.register) == (
+        "cache",
+        "prefetch",
+        ["prefetch"],
+        True,
+    )
+    analyze = require_tool("systemd-analyze", "systemd")
+    exe = str(Path(sys.executable).parent / "locpick")
+    for name, text in (
+        ("locpick-prefetch.service", service),
+        ("locpick-prefetch.timer", timer),
+    ):
+        (tmp_path / name).write_text(text.replace("/usr/local/bin/locpick", exe))
+    r = subprocess.run(
+        [analyze, "verify", str(tmp_path / "locpick-prefetch.timer")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
 
 

@@ -35,6 +35,48 @@ def _log_format_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _prefetch_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("prefetch")
+    g.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="prefetch every active image with this Glance tag (repeat: all of them)",
+    )
+    g.add_argument(
+        "--property",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        type=_key_value,
+        help="prefetch every active image with this Glance property (repeat: all of them)",
+    )
+    g.add_argument(
+        "--jobs", type=int, default=2, metavar="N", help="images fetched at once (default 2)"
+    )
+    g.add_argument(
+        "--max-rate",
+        type=int,
+        default=0,
+        metavar="BYTES_PER_S",
+        help="cap on all prefetch transfers together, bytes/s (default 0: none)",
+    )
+    g.add_argument(
+        "--register",
+        action="store_true",
+        default=None,
+        help="publish each cached image as a location in Glance (else [cache] register)",
+    )
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {text!r}")
+    return key, value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="locpick", description="Fetch a VM image from the best of its many copies."
@@ -102,19 +144,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     c = sub.add_parser(
-        "cache", help="list, evict or reconcile the node cache; reap dead cache locations"
+        "cache",
+        help="list, evict, reconcile or prefetch the node cache; reap dead cache locations",
     )
     c.add_argument(
         "action",
-        choices=("list", "evict", "reconcile", "reap", "rotate-secret"),
-        metavar="reconcile|list|evict|reap|rotate-secret",
+        choices=("list", "evict", "reconcile", "reap", "rotate-secret", "prefetch"),
+        metavar="reconcile|list|evict|reap|rotate-secret|prefetch",
     )
     c.add_argument(
         "image_ids",
         nargs="*",
         metavar="IMAGE_ID",
-        help="evict: images to evict; reap: images to reap (default: every image listed)",
+        help="evict: images to evict; reap: images to reap (default: every image listed); "
+        "prefetch: images to fetch into the cache",
     )
+    _prefetch_args(c)
     c.add_argument(
         "--dry-run", action="store_true", help="reap: say what would be removed, remove nothing"
     )

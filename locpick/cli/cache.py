@@ -1,5 +1,5 @@
 """The node-cache commands of ``locpick``: ``serve`` (the cache over HTTP, leases renewed)
-and ``cache`` (list, evict, reconcile, reap, rotate-secret)."""
+and ``cache`` (list, evict, reconcile, reap, rotate-secret, prefetch)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from locpick.cli.format import print_json
 from locpick.redact import redact_url
 
 if TYPE_CHECKING:
-    from locpick.admin import Fleet
+    from locpick.admin import Cache, Fleet
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -95,6 +95,8 @@ def cache_command(args: argparse.Namespace) -> int:
                 for image_id in result.evicted:
                     print(f"evicted {image_id}")
             return 3 if result.warnings else 0
+        if args.action == "prefetch":
+            return _prefetch(args, cache)
         done = cache.rotate_secret() if args.action == "rotate-secret" else cache.reconcile()
         if args.json:  # "actions": one line each (as before); "changes": the values
             print_json({"actions": [str(a) for a in done], "changes": [a.to_json() for a in done]})
@@ -124,3 +126,42 @@ def _reap(args: argparse.Namespace, fleet: Fleet) -> int:
         not r.prune.dry_run and len(r.prune.removed) < len(r.prune.remove) for r in results
     )
     return 3 if failed else 0
+
+
+def _prefetch(args: argparse.Namespace, cache: Cache) -> int:
+    """``cache prefetch``: a line per image as it changes (stderr), then a summary or JSON;
+    exit 3 when an image could not be cached."""
+    from locpick.cache.prefetch import PrefetchImage
+
+    live = not args.json and sys.stderr.isatty()
+
+    def show(row: PrefetchImage) -> None:
+        if row.status == "fetching" and row.bytes and not live:
+            return  # byte counts only on a terminal
+        size = f"/{row.size}" if row.size is not None else ""
+        done = f" {row.bytes}{size} bytes" if row.bytes else ""
+        error = f": {row.error}" if row.error else ""
+        if not args.json:
+            print(f"prefetch: {row.image_id} {row.status}{done}{error}", file=sys.stderr)
+
+    report = cache.prefetch(
+        args.image_ids,
+        tags=args.tag,
+        properties=args.property,
+        register=args.register,
+        jobs=args.jobs,
+        max_rate=args.max_rate,
+        progress=show,
+    )
+    if args.json:
+        print_json(report.to_json())
+    else:
+        counts = {s: sum(i.status == s for i in report.images) for s in ("cached", "fetched")}
+        failed = [i for i in report.images if i.status == "failed"]
+        print(
+            f"{len(report.images)} image(s): {counts['fetched']} fetched, "
+            f"{counts['cached']} already cached, {len(failed)} failed"
+        )
+        for row in failed:
+            print(f"  failed: {row.image_id}: {row.error}")
+    return 0 if report.ok else 3

@@ -22,7 +22,7 @@ class TLSConfig:
 
 @attrs.frozen
 class NetworkConfig:
-    """How connections are routed; see the README's "Connection policy" table."""
+    """How connections are routed (the "Connection policy" table of the Configuration page)."""
 
     #: Proxy for every http(s) connection (CONNECT for https), overriding http_proxy,
     #: https_proxy and all_proxy; "" = no proxy whatever the environment says.

@@ -1,9 +1,10 @@
 """The configuration values: one frozen ``Config`` of frozen sections, with their defaults.
 
 Every knob that changes a decision lives here with its default and a one-line meaning, so that
-nothing is a magic constant buried in code. See the README's configuration section; reading a
-file is :mod:`locpick.config.load`, the environment :mod:`locpick.config.env`. The connection
-and store sections live in :mod:`locpick.config.connection` and :mod:`locpick.config.stores`.
+nothing is a magic constant buried in code (the docs' configuration reference is generated from
+it). Reading a file is :mod:`locpick.config.load`, the environment :mod:`locpick.config.env`.
+The connection and store sections live in :mod:`locpick.config.connection` and
+:mod:`locpick.config.stores`.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import urllib.parse
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -201,9 +201,14 @@ class GlanceLocations:
             log.info("glance: removed location %s of image %s", redact_url(url), image_id)
         return removed
 
-    def images(self, page_size: int = 200) -> Iterator[Mapping[str, Any]]:
-        """Every image record the token can list, one page at a time (follows ``next``)."""
-        url: str | None = f"{self.endpoint}/v2/images?limit={page_size}"
+    def images(
+        self, page_size: int = 200, *, query: Sequence[tuple[str, str]] = ()
+    ) -> Iterator[Mapping[str, Any]]:
+        """Every image record the token can list, one page at a time (follows ``next``);
+        ``query``: Glance's list filters, e.g. ``[("tag", "golden"), ("os_distro", "debian")]``
+        (repeated tags must all match)."""
+        params = urllib.parse.urlencode([("limit", str(page_size)), *query])
+        url: str | None = f"{self.endpoint}/v2/images?{params}"
         seen: set[str] = set()
         while url:
             doc = self._get_json(url, "cannot list images", "listing images")

@@ -102,6 +102,7 @@ class Ops:
     def status_page(self) -> str:
         """The ``/status`` HTML, from the cache directory and this process's state."""
         from locpick import __version__
+        from locpick.cache.prefetch import read_state
         from locpick.serve.status import NodeStatus, render
 
         m = self.metrics
@@ -116,6 +117,7 @@ class Ops:
                 downloads=journal.recent(self.cache.dir),
                 started_at=m.started_at,
                 version=__version__,
+                prefetch=read_state(self.cache.dir),
             )
         )
 

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from locpick.cache.files import CacheEntry
+from locpick.cache.prefetch import PrefetchState
 from locpick.redact import redact_url
 from locpick.report import DownloadReport
 from locpick.serve.families import FillStatus
@@ -43,6 +44,8 @@ class NodeStatus:
     downloads: Sequence[DownloadReport]
     started_at: float
     version: str
+    #: The last ``locpick cache prefetch`` run on this cache dir, if any.
+    prefetch: PrefetchState | None = None
 
 
 def _size(n: int | None) -> str:
@@ -151,6 +154,18 @@ svg{background:#fafafa;border:1px solid #ddd;max-width:100%;height:auto}
 <td class="n">{{ f.done }} / {{ f.total }}</td><td>{{ f.source }}</td></tr>
 {% endfor %}</table></div>{% else %}<p class="muted">No copy is being filled.</p>{% endif %}
 
+<h2>Prefetch</h2>
+{% if prefetch %}<p>{{ prefetch.state }} · started {{ prefetch.started }} · updated
+{{ prefetch.updated }} · {{ prefetch.summary }}</p>
+<div class="wrap"><table>
+<tr><th>image</th><th>status</th><th>progress</th><th>bytes</th></tr>
+{% for i in prefetch.images %}<tr><td class="id">{{ i.id }}</td>
+<td class="{{ i.cls }}">{{ i.status }}{% if i.error %}: {{ i.error }}{% endif %}</td>
+<td><div class="bar"><i style="width:{{ i.pct }}%"></i></div></td>
+<td class="n">{{ i.done }} / {{ i.total }}</td></tr>
+{% endfor %}</table></div>
+{% else %}<p class="muted">No prefetch has run on this cache.</p>{% endif %}
+
 <h2>Last downloads</h2>
 {% if downloads %}<div class="wrap"><table>
 <tr><th>when</th><th>image</th><th>result</th><th>source and reason</th><th>bytes over time</th>
@@ -253,6 +268,7 @@ def render(s: NodeStatus, *, now: float | None = None) -> str:
         }
         for d in s.downloads
     ]
+    prefetch = _prefetch(s.prefetch, now) if s.prefetch is not None else None
     return _template().render(  # type: ignore[no-any-return]
         s=s,
         up=_ago(now - s.started_at).removesuffix(" ago"),
@@ -263,7 +279,42 @@ def render(s: NodeStatus, *, now: float | None = None) -> str:
         transfers=transfers,
         fills=fills,
         downloads=downloads,
+        prefetch=prefetch,
         now=_when(now),
         w=SVG_W,
         h=SVG_H,
     )
+
+
+def _prefetch(p: PrefetchState, now: float) -> dict[str, Any]:
+    """The prefetch section: the run's state and a progress row per image."""
+    counts = ", ".join(
+        f"{n} {status}"
+        for status in ("fetched", "cached", "fetching", "pending", "failed")
+        if (n := p.count(status))
+    )
+    images = [
+        {
+            "id": i.image_id,
+            "status": i.status,
+            "error": i.error,
+            "cls": "bad" if i.status == "failed" else "ok" if i.status != "pending" else "muted",
+            "pct": (
+                100
+                if i.status in ("cached", "fetched")
+                else 0
+                if not i.size
+                else min(100, round(100 * i.bytes / i.size))
+            ),
+            "done": _size(i.bytes),
+            "total": _size(i.size),
+        }
+        for i in p.images
+    ]
+    return {
+        "state": p.state,
+        "started": _ago(now - p.started_at),
+        "updated": _ago(now - p.updated_at),
+        "summary": f"{len(p.images)} image(s): {counts}" if counts else "no images",
+        "images": images,
+    }

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from fixtures_cache import ServeProcess
-from helpers import ROOT, image_record, run_cli, write_record
+from helpers import ROOT, image_record, require_tool, run_cli, write_record
 from playwright.sync_api import Browser, sync_playwright
 
 from locpick._demo.faults import Faults
@@ -20,7 +20,6 @@ from locpick.cache.fill.writer import FillWriter
 from locpick.cache.store import NodeCache
 from locpick.glance.images import parse_image
 
-CHROMIUM = "/usr/bin/chromium"
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -40,9 +39,9 @@ SCREENSHOT = ROOT / "benchmarks" / "results" / "status.png"
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    assert os.path.exists(CHROMIUM), f"{CHROMIUM} missing: apt-get install chromium"
+    chromium = require_tool("chromium")
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        b = p.chromium.launch(executable_path=chromium, args=ARGS)
         try:
             yield b
         finally:
