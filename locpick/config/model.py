@@ -21,6 +21,7 @@ __all__ = [
     "CacheConfig",
     "Config",
     "Filesystem",
+    "FleetConfig",
     "Hint",
     "Policy",
     "ProbeConfig",
@@ -253,6 +254,35 @@ class ServeConfig:
     fill_wait: float = attrs.field(default=30.0, validator=_check_range(0.05, 3600, "serve"))
 
 
+def _coordination_url(_inst: object, _attr: object, value: str | None) -> None:
+    if value is None:
+        return
+    scheme = value.split("://", 1)[0] if "://" in value else ""
+    if not scheme:
+        raise ConfigError(
+            f"config [fleet] coordination: {value[:40]!r} is not a URL; use e.g. "
+            '"etcd3+http://10.0.0.5:2379" or "file:///var/lib/locpick/coord"'
+        )
+
+
+@attrs.frozen
+class FleetConfig:
+    """How the nodes of a fleet share one image's Glance location list (issue 24)."""
+
+    #: A tooz coordination URL (``etcd3+http://host:2379``, ``file:///dir`` on one host, any
+    #: backend tooz knows). Set: one writer at a time per image, and nodes may remove their
+    #: own locations. Unset: nodes only append; removals are left to ``locpick cache reap``.
+    coordination: str | None = attrs.field(default=None, validator=_coordination_url)
+    #: Seconds a Glance write waits for the image's lock before giving up (and saying so).
+    lock_timeout: float = attrs.field(default=30.0, validator=_check_range(0.1, 3600, "fleet"))
+    #: Locpick copies registered per image at most (Glance's ``image_location_quota`` is 10
+    #: by default and the operator's own locations need room); later nodes read the
+    #: registered ones and do not register (leaves). 0: no cap.
+    max_copies: int = attrs.field(default=6, validator=_check_range(0, 100_000, "fleet"))
+    #: Locpick copies registered per image in one zone at most (0: only ``max_copies``).
+    max_copies_per_zone: int = attrs.field(default=0, validator=_check_range(0, 100_000, "fleet"))
+
+
 @attrs.frozen
 class TransferConfig:
     """Timeouts, retries and stall detection of a transfer."""
@@ -317,6 +347,7 @@ class Config:
     network: NetworkConfig = NetworkConfig()
     transfer: TransferConfig = TransferConfig()
     glance: GlanceConfig = GlanceConfig()
+    fleet: FleetConfig = FleetConfig()
     s3: S3Config = S3Config()
     swift: SwiftConfig = SwiftConfig()
     #: Persisted per-location history; None = the user's cache dir; "" = disabled.
@@ -345,4 +376,5 @@ SECTIONS: dict[str, type[Any]] = {
     "transfer": TransferConfig,
     "glance": GlanceConfig,
     "s3": S3Config,
+    "fleet": FleetConfig,
 }
