@@ -16,9 +16,7 @@ INSTALL_HINT = "etcd is missing: apt-get install etcd-server (Debian) or put etc
 
 
 def etcd_binary() -> str | None:
-    return shutil.which("etcd") or (
-        "/usr/bin/etcd" if Path("/usr/bin/etcd").exists() else None
-    )
+    return shutil.which("etcd") or ("/usr/bin/etcd" if Path("/usr/bin/etcd").exists() else None)
 
 
 @dataclass
