@@ -241,6 +241,16 @@ class ServeConfig:
     max_connections_per_client: int = attrs.field(
         default=32, validator=_check_range(1, 100_000, "serve")
     )
+    #: Image transfers at once from one client address (kept below ``max_clients``, so one
+    #: address never holds every slot); past it ``503`` with ``Retry-After``.
+    max_transfers_per_client: int = attrs.field(
+        default=4, validator=_check_range(1, 100_000, "serve")
+    )
+    #: A transfer whose client takes less than ``min_send_rate`` bytes/s over any
+    #: ``send_timeout`` seconds while bytes wait to be sent is cut (a client that stopped
+    #: reading frees its slot).
+    send_timeout: float = attrs.field(default=30.0, validator=_check_range(0.05, 3600, "serve"))
+    min_send_rate: int = attrs.field(default=1024, validator=_check_range(0, 1e12, "serve"))
     #: Seconds a new connection has to deliver a complete request head.
     header_timeout: float = attrs.field(default=10.0, validator=_check_range(0.05, 3600, "serve"))
     #: Seconds an idle keep-alive connection is kept.

@@ -109,9 +109,9 @@ def test_duplicate_url_reap_attack_keeps_the_live_registration(
     `cache reap` judges each entry and removes that one only; the node's own stays."""
     w = glance_world
     image_id, _data, _origin = image
-    a = FleetNode(w, tmp_path, "node-a")
+    a = FleetNode(w, tmp_path, "node-a", lease=600)
     reaper = FleetNode(w, tmp_path, "operator")
-    with nodes(a.start()):
+    with nodes(a.start(renew=False)):  # it answers; nothing rewrites its entry meanwhile
         _register(a, image_id, tmp_path)
         url = a.url(image_id)
         (mine,) = [loc for loc in entries(w, image_id) if loc["url"] == url]
