@@ -37,6 +37,7 @@ class FleetNode:
         lease: float = 3.0,
         coordination: str | None = None,
         zone: str = "z1",
+        rack: str = "rack-0",
         fleet: str = "",
     ) -> None:
         self.w = w
@@ -48,7 +49,7 @@ class FleetNode:
         fleet_table = f'coordination = "{coordination}"\n' if coordination else ""
         self.config.write_text(
             f'history_file = ""\n'
-            f'[topology]\nregion = "R"\nzone = "{zone}"\nhost = "{name}"\n'
+            f'[topology]\nregion = "R"\nzone = "{zone}"\nrack = "{rack}"\nhost = "{name}"\n'
             f'[cache]\ndir = "{self.cache_dir}"\npublic_url = "{self.public_url}"\n'
             f"lease = {lease}\n[policy]\nforbid_glance_file = true\n"
             + (f"[fleet]\n{fleet_table}{fleet}" if fleet_table or fleet else "")
