@@ -12,13 +12,28 @@ from typing import Any
 import attrs
 
 from locpick.cache.fill.fill import reap_dead_fills
+from locpick.config.model import Config
 from locpick.errors import ImageNotActive, ImageNotFound, InputError
 from locpick.glance.lease import is_locpick_copy
-from locpick.glance.locations import PublishError
+from locpick.glance.locations import GlanceLocations, PublishError
 from locpick.glance.replicas import plan_prune, verify_replicas
 from locpick.jobs.session import Metadata, Session
 from locpick.models import Image, Location, PruneResult, VerifyReport
 from locpick.redact import SCRUB
+
+
+class _Designated:
+    """The session as a registrar whose removals are the designated reaper's (issue 24)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    @property
+    def config(self) -> Config:
+        return self.session.config
+
+    def glance_locations(self) -> GlanceLocations:
+        return self.session.glance_locations(designated=True)
 
 
 class Reaper:
@@ -92,7 +107,7 @@ class Reaper:
         done: list[tuple[str, PruneResult]] = []
         cache = self.session.node_cache(cache_dir, required=False)
         if cache is not None:  # this node's dead stream-through copies go first
-            for line in reap_dead_fills(cache, self.session, dry_run=dry_run):
+            for line in reap_dead_fills(cache, _Designated(self.session), dry_run=dry_run):
                 done.append(("-", PruneResult(dry_run=dry_run, notes=(line,))))
         if not image_ids:
             image_ids = self.session.glance_locations(designated=True).images_with_locpick_copies()
