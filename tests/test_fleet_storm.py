@@ -12,6 +12,7 @@ from pathlib import Path
 
 import glance_harness as gh
 import pytest
+from fixtures_etcd import etcd_fixture  # noqa: F401
 from fixtures_fleet import FleetNode, entries, nodes
 from fixtures_glance import GlanceWorld, glance_world_fixture  # noqa: F401
 from helpers import cli_env
@@ -29,10 +30,14 @@ UPLINK = 8 * MiB
 PATIENCE = 600
 
 
+@pytest.mark.parametrize("backend", ["none", "etcd"])
 def test_twelve_node_storm_with_glances_default_quota(
-    glance_world: GlanceWorld, tmp_path: Path
+    glance_world: GlanceWorld, tmp_path: Path, request: pytest.FixtureRequest, backend: str
 ) -> None:
+    """Without a lock the cap is judged on each node's own re-read (a few may overshoot it;
+    Glance's quota still holds); with etcd it is exact."""
     w = glance_world
+    coordination = request.getfixturevalue("etcd").url if backend == "etcd" else None
     data = os.urandom(SIZE)
     origin = Origin(data, faults=Faults(uplink=UPLINK)).start()
     src = tmp_path / "img.raw"
@@ -49,7 +54,14 @@ def test_twelve_node_storm_with_glances_default_quota(
         )
         origin.reset_counters()
         fleet = [
-            FleetNode(w, tmp_path, f"node-{i:02d}", lease=600, rack=f"rack-{i // 4}")
+            FleetNode(
+                w,
+                tmp_path,
+                f"node-{i:02d}",
+                lease=600,
+                rack=f"rack-{i // 4}",
+                coordination=coordination,
+            )
             for i in range(NODES)
         ]
         with nodes(*(n.start() for n in fleet)):
@@ -74,8 +86,9 @@ def test_twelve_node_storm_with_glances_default_quota(
             ours = [loc for loc in listed if (loc.get("metadata") or {}).get("locpick_cache")]
             copies = origin.bytes_sent / SIZE
             shown = f"origin served {copies:.2f} copies; {len(ours)} registered"
-            assert len(listed) <= 10, shown
-            assert 0 < len(ours) <= 6, shown
+            print(f"\n{NODES}-node storm, Glance's default quota: {shown}")
+            assert len(listed) <= 10, shown  # Glance's image_location_quota
+            assert 0 < len(ours) <= (6 if coordination else 8), shown
             assert copies <= 1.2, shown
     finally:
         origin.stop()

@@ -244,7 +244,7 @@ class ServeConfig:
     #: Image transfers at once from one client address (kept below ``max_clients``, so one
     #: address never holds every slot); past it ``503`` with ``Retry-After``.
     max_transfers_per_client: int = attrs.field(
-        default=4, validator=_check_range(1, 100_000, "serve")
+        default=8, validator=_check_range(1, 100_000, "serve")
     )
     #: A transfer whose client takes less than ``min_send_rate`` bytes/s over any
     #: ``send_timeout`` seconds while bytes wait to be sent is cut (a client that stopped

@@ -105,13 +105,14 @@ def test_stale_index_interleaving_never_removes_the_operators_copy(
 def test_duplicate_url_reap_attack_keeps_the_live_registration(
     glance_world: GlanceWorld, image: tuple[str, bytes, Origin], tmp_path: Path
 ) -> None:
-    """A tenant lists a live node's capability URL again, first, with an expired lease:
-    `cache reap` judges each entry and removes that one only; the node's own stays."""
+    """A tenant lists a live, renewing node's capability URL again with an expired lease:
+    `cache reap` judges each entry and removes that one only; the node's own entry is never
+    gone (watched all along) and never rewritten."""
     w = glance_world
     image_id, _data, _origin = image
-    a = FleetNode(w, tmp_path, "node-a", lease=600)
+    a = FleetNode(w, tmp_path, "node-a", lease=3)  # its serve checks every second
     reaper = FleetNode(w, tmp_path, "operator")
-    with nodes(a.start(renew=False)):  # it answers; nothing rewrites its entry meanwhile
+    with nodes(a.start()):
         _register(a, image_id, tmp_path)
         url = a.url(image_id)
         (mine,) = [loc for loc in entries(w, image_id) if loc["url"] == url]
@@ -122,9 +123,25 @@ def test_duplicate_url_reap_attack_keeps_the_live_registration(
             [{"op": "add", "path": "/locations/0", "value": {"url": url, "metadata": forged}}],
             token=w.admin_token,
         )
-        assert count(w, image_id, url) == 2
-        doc = reap_json(reaper, image_id)
+        time.sleep(2.5)  # a renewal or two after the forgery
+        seen: list[int] = []
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                seen.append(count(w, image_id, url))
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            doc = reap_json(reaper, image_id)
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            watcher.join(30)
         (result,) = doc["images"]
+        assert 0 not in seen, f"the node's URL was unlisted during the reap: {seen}"
         left = [loc for loc in entries(w, image_id) if loc["url"] == url]
         assert [loc["metadata"] for loc in left] == [mine["metadata"]], result
         assert result["removed"] == [a.shown(image_id)], result
