@@ -43,6 +43,7 @@ __all__ = [
     "CopiesCapped",
     "GlanceLocations",
     "PublishError",
+    "RemovalDeferred",
     "cache_location_url",
     "cache_metadata",
 ]
@@ -64,6 +65,11 @@ class PublishError(LocpickError):
     exit_code = 3
     #: Glance's HTTP status when it answered one (500/409: concurrent changes, worth a retry).
     status: int | None = None
+
+
+class RemovalDeferred(PublishError):
+    """No coordination backend and not the designated reaper: the removal is left to
+    ``locpick cache reap`` (nothing was written)."""
 
 
 class CopiesCapped(PublishError):
@@ -374,7 +380,7 @@ class GlanceLocations:
         node's URL): ``cache reap`` tells them apart by their metadata."""
         what = f"remove location {redact_url(url)} of image {image_id}"
         if not self.coordination.serialised and not self.designated:
-            raise PublishError(
+            raise RemovalDeferred(
                 f"glance {self._shown}: {what}: not done: without [fleet] coordination only "
                 "`locpick cache reap` removes locations (a removal by index can hit another "
                 "entry when the list changes meanwhile)"

@@ -17,6 +17,7 @@ from locpick.errors import ConfigError, ImageNotFound, InputError, LocpickError
 from locpick.glance.locations import (
     GlanceLocations,
     PublishError,
+    RemovalDeferred,
     cache_location_url,
     cache_metadata,
 )
@@ -79,10 +80,12 @@ class CacheSync:
                 continue
             try:
                 self.session.glance_locations().remove(entry.image_id, entry.registered_url)
+            except RemovalDeferred as exc:  # no coordination: `cache reap` removes it
+                log.info("%s", SCRUB(str(exc)))
             except (PublishError, InputError) as exc:
                 text = (
                     f"evicted {entry.image_id} but its location is still in Glance "
-                    f"({SCRUB(str(exc))}); run `locpick cache reconcile`"
+                    f"({SCRUB(str(exc))}); run `locpick cache reap`"
                 )
                 log.warning("%s", text)
                 problems.append(text)

@@ -20,7 +20,12 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from locpick.errors import InputError
-from locpick.glance.locations import PublishError, cache_location_url, cache_metadata
+from locpick.glance.locations import (
+    PublishError,
+    RemovalDeferred,
+    cache_location_url,
+    cache_metadata,
+)
 from locpick.redact import SCRUB
 
 if TYPE_CHECKING:
@@ -160,6 +165,9 @@ class Renewer:
             assert entry.registered_url is not None
             try:
                 api.remove(entry.image_id, entry.registered_url)
+            except RemovalDeferred as exc:  # no coordination: left to `locpick cache reap`
+                log.info("%s", SCRUB(str(exc)))
+                continue
             except (InputError, PublishError) as exc:
                 log.warning(
                     "location of %s not deregistered (`locpick cache reap` removes it): %s",

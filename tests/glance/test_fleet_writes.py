@@ -251,3 +251,24 @@ def test_max_copies_caps_registrations_the_rest_are_leaves(
                 api.add(image_id, made[2].url(image_id), {"locpick_cache": "true"})
         finally:
             client.close()
+
+
+def test_evict_without_coordination_leaves_the_entry_to_reap(
+    glance_world: GlanceWorld, image: tuple[str, bytes, Origin], tmp_path: Path
+) -> None:
+    """No [fleet] coordination: `cache evict` succeeds and writes nothing to Glance; the
+    operator's `cache reap` then removes the entry (the node answers 404 for it)."""
+    w = glance_world
+    image_id, _data, _origin = image
+    a = FleetNode(w, tmp_path, "node-a")
+    reaper = FleetNode(w, tmp_path, "operator")
+    with nodes(a.start()):
+        _register(a, image_id, tmp_path)
+        before = entries(w, image_id)
+        code, _out, err = a.cli("cache", "evict", image_id)
+        assert code == 0, err
+        assert entries(w, image_id) == before
+        (result,) = reap_json(reaper, image_id)["images"]
+        assert result["removed"] == [a.shown(image_id)], result
+        assert count(w, image_id, a.url(image_id)) == 0
+        assert len(entries(w, image_id)) == len(before) - 1
