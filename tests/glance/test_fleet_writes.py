@@ -272,3 +272,23 @@ def test_evict_without_coordination_leaves_the_entry_to_reap(
         assert result["removed"] == [a.shown(image_id)], result
         assert count(w, image_id, a.url(image_id)) == 0
         assert len(entries(w, image_id)) == len(before) - 1
+
+
+def test_max_copies_per_zone(
+    glance_world: GlanceWorld, image: tuple[str, bytes, Origin], tmp_path: Path
+) -> None:
+    """[fleet] max_copies_per_zone = 1: the second node of zone z1 is a leaf; a node of z2
+    registers."""
+    w = glance_world
+    image_id, _data, _origin = image
+    made = [
+        FleetNode(w, tmp_path, name, zone=zone, fleet="max_copies_per_zone = 1\n")
+        for name, zone in (("node-1", "z1"), ("node-2", "z1"), ("node-3", "z2"))
+    ]
+    with nodes(*(n.start() for n in made)):
+        for node in made:
+            code, _out, err = node.cli("download", image_id, str(tmp_path / f"{node.name}.img"),
+                                       "--register")  # fmt: skip
+            assert code == 0, err
+        listed = [loc["url"] for loc in entries(w, image_id)]
+        assert [node.url(image_id) in listed for node in made] == [True, False, True]
