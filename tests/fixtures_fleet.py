@@ -121,7 +121,16 @@ def copied(w: GlanceWorld, image_id: str, store: str) -> bool:
     if store in (img.get("os_glance_failed_import") or ""):
         raise AssertionError(f"copy-image to {store} failed")
     stores = (img.get("stores") or "").split(",")
-    return store in stores and store not in (img.get("os_glance_importing_to_stores") or "")
+    if store not in stores or store in (img.get("os_glance_importing_to_stores") or ""):
+        return False
+    # the import task's last sqlite write must be done too: a PATCH racing it can get a 500
+    # from Glance on a loaded machine, whoever sends it (tests/harness/seed.py tasks_done)
+    st, tasks = gh.glance_request(
+        w.endpoint, "GET", f"/v2/images/{image_id}/tasks", token=w.admin_token
+    )
+    return st == 200 and all(
+        t.get("status") in ("success", "failure") for t in tasks.get("tasks", [])
+    )
 
 
 def store_locations(w: GlanceWorld, image_id: str, store: str) -> list[str]:
