@@ -431,15 +431,16 @@ class Progress:
         return min(self.done / self.total, 1.0)
 
 
-CacheActionKind = Literal["registered", "unregistered", "evicted", "rotated"]
+CacheActionKind = Literal["registered", "unregistered", "left-for-reap", "evicted", "rotated"]
 
 
 @attrs.frozen
 class CacheAction:
     """One change an operator call made to the node cache or to Glance's locations."""
 
-    #: "registered"/"unregistered": a location added to / removed from Glance; "evicted": a
-    #: cached copy removed; "rotated": a new node secret (every old capability URL refused).
+    #: "registered"/"unregistered": a location added to / removed from Glance; "left-for-reap":
+    #: one to remove that only the designated reaper may (no [fleet] coordination); "evicted":
+    #: a cached copy removed; "rotated": a new node secret (every old capability URL refused).
     kind: CacheActionKind
     #: The image concerned (None for "rotated", which concerns the node).
     image_id: str | None = None

@@ -95,6 +95,9 @@ class Node:
                 f'[topology]\nregion = "R"\nzone = "z1"\nrack = "{rack}"\nhost = "{name}"\n'
                 f'[cache]\ndir = "{self.cache_dir}"\npublic_url = "{self.public_url}"\n'
                 f"[policy]\nforbid_glance_file = true\n{policy}"
+                # one host: tooz's file backend is the per-image lock that lets a node remove
+                # its own location (issue 24); without one, removals are `cache reap`'s
+                f'[fleet]\ncoordination = "file://{base / "coord"}"\n'
             )
             try:
                 self.serve = ServeProcess(

@@ -23,6 +23,7 @@ __all__ = [
     "CliConfig",
     "Config",
     "Filesystem",
+    "FleetConfig",
     "Hint",
     "Policy",
     "ProbeConfig",
@@ -242,6 +243,16 @@ class ServeConfig:
     max_connections_per_client: int = attrs.field(
         default=32, validator=_check_range(1, 100_000, "serve")
     )
+    #: Image transfers at once from one client address (kept below ``max_clients``, so one
+    #: address never holds every slot); past it ``503`` with ``Retry-After``.
+    max_transfers_per_client: int = attrs.field(
+        default=8, validator=_check_range(1, 100_000, "serve")
+    )
+    #: A transfer whose client takes less than ``min_send_rate`` bytes/s over any
+    #: ``send_timeout`` seconds while bytes wait to be sent is cut (a client that stopped
+    #: reading frees its slot).
+    send_timeout: float = attrs.field(default=30.0, validator=_check_range(0.05, 3600, "serve"))
+    min_send_rate: int = attrs.field(default=1024, validator=_check_range(0, 1e12, "serve"))
     #: Seconds a new connection has to deliver a complete request head.
     header_timeout: Seconds = attrs.field(default=10.0, validator=_check_range(0.05, 3600, "serve"))
     #: Seconds an idle keep-alive connection is kept.
@@ -253,6 +264,35 @@ class ServeConfig:
     #: Seconds an answer from a copy still being filled waits for bytes not yet written
     #: (stream-through); nothing in time: ``503`` + ``Retry-After``; mid-answer: cut short.
     fill_wait: Seconds = attrs.field(default=30.0, validator=_check_range(0.05, 3600, "serve"))
+
+
+def _coordination_url(_inst: object, _attr: object, value: str | None) -> None:
+    if value is None:
+        return
+    scheme = value.split("://", 1)[0] if "://" in value else ""
+    if not scheme:
+        raise ConfigError(
+            f"config [fleet] coordination: {value[:40]!r} is not a URL; use e.g. "
+            '"etcd3+http://10.0.0.5:2379" or "file:///var/lib/locpick/coord"'
+        )
+
+
+@attrs.frozen
+class FleetConfig:
+    """How the nodes of a fleet share one image's Glance location list (issue 24)."""
+
+    #: A tooz coordination URL (``etcd3+http://host:2379``, ``file:///dir`` on one host, any
+    #: backend tooz knows). Set: one writer at a time per image, and nodes may remove their
+    #: own locations. Unset: nodes only append; removals are left to ``locpick cache reap``.
+    coordination: str | None = attrs.field(default=None, validator=_coordination_url)
+    #: Seconds a Glance write waits for the image's lock before giving up (and saying so).
+    lock_timeout: float = attrs.field(default=30.0, validator=_check_range(0.1, 3600, "fleet"))
+    #: Locpick copies registered per image at most (Glance's ``image_location_quota`` is 10
+    #: by default and the operator's own locations need room); later nodes read the
+    #: registered ones and do not register (leaves). 0: no cap.
+    max_copies: int = attrs.field(default=6, validator=_check_range(0, 100_000, "fleet"))
+    #: Locpick copies registered per image in one zone at most (0: only ``max_copies``).
+    max_copies_per_zone: int = attrs.field(default=0, validator=_check_range(0, 100_000, "fleet"))
 
 
 @attrs.frozen
@@ -329,6 +369,7 @@ class Config:
     network: NetworkConfig = NetworkConfig()
     transfer: TransferConfig = TransferConfig()
     glance: GlanceConfig = GlanceConfig()
+    fleet: FleetConfig = FleetConfig()
     s3: S3Config = S3Config()
     rbd: RbdConfig = RbdConfig()
     swift: SwiftConfig = SwiftConfig()
@@ -355,4 +396,5 @@ SECTIONS: dict[str, type[Any]] = {
     "s3": S3Config,
     "rbd": RbdConfig,
     "cli": CliConfig,
+    "fleet": FleetConfig,
 }

@@ -1,32 +1,56 @@
-"""Adding and removing locations of an image in Glance (the JSON-patch locations API).
+"""Adding and removing locations of an image in Glance, never by a stale index (issue 24).
 
-A node's cached copy becomes a location with ``add /locations/-``; eviction removes it with
-``remove /locations/{index}`` after a fresh GET (indexes shift, so one removal per patch).
+Glance's JSON patch has no ``test`` op: ``remove /locations/N`` removes whatever sits at N when
+the PATCH arrives (and deletes the data of a store-managed location). So:
+
+* a copy is added once, by appending (``add /locations/-``, or the service-role
+  ``POST /v2/images/{id}/locations`` where Glance offers it: queued images, Glance >= 29);
+  it is never renewed by rewriting it — a node answers for its own liveness when probed;
+* a removal takes the image's write lock (:mod:`locpick.glance.coordination`), re-reads the
+  list inside it and removes only the one entry whose URL, locpick marker (and, when given,
+  metadata) match; several matches remove nothing. Without a lock only the designated
+  process (``cache reap``, ``verify --prune``) removes;
+* after any write the list is read again and checked: every other entry still there, the
+  added one listed once. A difference is reported (logged, :attr:`GlanceLocations.problems`),
+  never repaired by another index write.
+
 This needs ``show_multiple_locations = True`` and a role that Glance's policy lets change
-locations; operators expose it only on an internal endpoint (OSSN-0090). The newer
-``POST /v2/images/{id}/locations`` accepts only queued images, so it cannot add a copy of an
-active image. Refusals become :class:`PublishError` with a message naming the setting.
+locations; operators expose it only on an internal endpoint (OSSN-0090). Refusals become
+:class:`PublishError` with a message naming the setting.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import urllib.parse
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
 from locpick.config.model import Topology
-from locpick.errors import LocpickError
-from locpick.glance.lease import MARKER, lease_metadata
+from locpick.errors import ConfigError, LocpickError
+from locpick.glance.coordination import Coordination, LockTimeout
+from locpick.glance.lease import MARKER, is_locpick_copy, lease_metadata
 from locpick.redact import SCRUB, redact_url
 
 log = logging.getLogger(__name__)
 
 PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
-__all__ = ["GlanceLocations", "PublishError", "cache_location_url", "cache_metadata"]
+__all__ = [
+    "CopiesCapped",
+    "GlanceLocations",
+    "PublishError",
+    "RemovalDeferred",
+    "cache_location_url",
+    "cache_metadata",
+]
+
+#: Schemes of the locations locpick adds (a node's serve URL). A removal of anything else is
+#: refused: Glance would delete a store-managed location's data with it.
+_OURS = ("http", "https")
 
 _FORBIDDEN_HELP = (
     "Glance refused to change the image's locations; it needs show_multiple_locations = True "
@@ -41,6 +65,16 @@ class PublishError(LocpickError):
     exit_code = 3
     #: Glance's HTTP status when it answered one (500/409: concurrent changes, worth a retry).
     status: int | None = None
+
+
+class RemovalDeferred(PublishError):
+    """No coordination backend and not the designated reaper: the removal is left to
+    ``locpick cache reap`` (nothing was written)."""
+
+
+class CopiesCapped(PublishError):
+    """The image lists ``[fleet] max_copies`` locpick copies already: this one is not added
+    (the node is a leaf: it reads the registered copies and serves no one through Glance)."""
 
 
 def cache_location_url(public_url: str, image_id: str, token: str) -> str:
@@ -69,12 +103,35 @@ def cache_metadata(
 
 
 class GlanceLocations:
-    """Read and change one Glance endpoint's image locations with one token."""
+    """Read and change one Glance endpoint's image locations with one token.
 
-    def __init__(self, http: httpx.Client, endpoint: str, token: str | None) -> None:
+    ``coordination``: the per-image write lock (none: appends only). ``designated``: this
+    process is the one the operator runs to remove locations (``cache reap``, ``verify
+    --prune``), allowed to remove without a lock. ``max_copies`` / ``max_copies_per_zone``
+    (0: no cap) with ``zone``: the fleet's cap on the locpick copies an image lists."""
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        endpoint: str,
+        token: str | None,
+        *,
+        coordination: Coordination | None = None,
+        designated: bool = False,
+        max_copies: int = 0,
+        max_copies_per_zone: int = 0,
+        zone: str | None = None,
+    ) -> None:
         self.http = http
+        self.max_copies = max_copies
+        self.max_copies_per_zone = max_copies_per_zone
+        self.zone = zone
         self.endpoint = endpoint.rstrip("/")
         self.token = token
+        self.coordination = coordination if coordination is not None else Coordination()
+        self.designated = designated
+        #: What the checks after each write found wrong (one line each; also logged).
+        self.problems: list[str] = []
         if token:
             SCRUB.add(token)
 
@@ -89,10 +146,19 @@ class GlanceLocations:
     def _url(self, image_id: str) -> str:
         return f"{self.endpoint}/v2/images/{urllib.parse.quote(image_id, safe='')}"
 
+    def record(self, image_id: str) -> Mapping[str, Any]:
+        """The image record as Glance shows it now."""
+        record = self._get_json(self._url(image_id), "cannot reach", f"GET image {image_id}")
+        if not isinstance(record, Mapping):
+            raise PublishError(f"glance {self._shown}: image {image_id}: not a JSON object")
+        return record
+
     def locations(self, image_id: str) -> list[dict[str, Any]]:
         """The image's current ``locations`` list (raw dicts, Glance's order)."""
-        record = self._get_json(self._url(image_id), "cannot reach", f"GET image {image_id}")
-        locs = record.get("locations") if isinstance(record, Mapping) else None
+        return self._locations(image_id, self.record(image_id))
+
+    def _locations(self, image_id: str, record: Mapping[str, Any]) -> list[dict[str, Any]]:
+        locs = record.get("locations")
         if locs is None:
             raise PublishError(
                 f"glance {self._shown}: image {image_id} shows no 'locations'; "
@@ -116,31 +182,117 @@ class GlanceLocations:
             raise PublishError(f"glance {self._shown}: {request} answered HTTP {resp.status_code}")
         return resp.json()
 
-    def _patch(self, image_id: str, ops: list[dict[str, Any]], what: str) -> None:
+    def _send(self, method: str, url: str, body: Any, content_type: str, what: str) -> int:
         try:
-            resp = self.http.patch(
-                self._url(image_id), json=ops, headers=self._headers(PATCH_TYPE), timeout=60.0
+            resp = self.http.request(
+                method, url, json=body, headers=self._headers(content_type), timeout=60.0
             )
         except httpx.HTTPError as exc:
             raise PublishError(
                 f"glance {self._shown}: {what} failed ({type(exc).__name__})"
             ) from exc
-        if resp.status_code in (200, 204):
-            return
-        body = SCRUB(resp.text.strip().replace("\n", " "))[:300]
+        if resp.status_code in (200, 201, 202, 204):
+            return resp.status_code
+        body_text = SCRUB(resp.text.strip().replace("\n", " "))[:300]
         if resp.status_code == 403:
             raise PublishError(
-                f"glance {self._shown}: {what}: HTTP 403 ({body}); {_FORBIDDEN_HELP}"
+                f"glance {self._shown}: {what}: HTTP 403 ({body_text}); {_FORBIDDEN_HELP}"
             )
         if resp.status_code == 400:
             raise PublishError(
-                f"glance {self._shown}: {what}: HTTP 400 ({body}); either {_FORBIDDEN_HELP}, "
-                "or Glance cannot reach the URL ([cache] public_url must be reachable from "
-                "Glance and pass its allowed hosts/ports filter)"
+                f"glance {self._shown}: {what}: HTTP 400 ({body_text}); either "
+                f"{_FORBIDDEN_HELP}, or Glance cannot reach the URL ([cache] public_url must be "
+                "reachable from Glance and pass its allowed hosts/ports filter)"
             )
-        err = PublishError(f"glance {self._shown}: {what}: HTTP {resp.status_code} ({body})")
+        err = PublishError(f"glance {self._shown}: {what}: HTTP {resp.status_code} ({body_text})")
         err.status = resp.status_code
         raise err
+
+    def _patch(self, image_id: str, ops: list[dict[str, Any]], what: str) -> None:
+        self._send("PATCH", self._url(image_id), ops, PATCH_TYPE, what)
+
+    def _append(
+        self, image_id: str, record: Mapping[str, Any], url: str, metadata: Mapping[str, Any]
+    ) -> None:
+        """One append: the service-role locations API for a queued image (the only state
+        Glance lets it change), else ``add /locations/-``."""
+        what = f"add location {redact_url(url)} to image {image_id}"
+        if record.get("status") == "queued":
+            try:
+                self._send(
+                    "POST",
+                    self._url(image_id) + "/locations",
+                    {"url": url, "validation_data": {}},
+                    "application/json",
+                    what,
+                )
+                return
+            except PublishError as exc:
+                if exc.status not in (404, 405, 409):  # not offered here: the PATCH way
+                    raise
+        op = {"op": "add", "path": "/locations/-", "value": {"url": url, "metadata": metadata}}
+        self._patch(image_id, [op], what)
+
+    @contextlib.contextmanager
+    def _locked(self, image_id: str) -> Iterator[None]:
+        """The image's write lock for the block; not granted (or no backend): PublishError."""
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(self.coordination.hold(image_id))
+        except (LockTimeout, ConfigError) as exc:
+            raise PublishError(f"glance {self._shown}: {exc}") from exc
+        with stack:
+            yield
+
+    def _report(self, text: str) -> None:
+        self.problems.append(text)
+        log.warning("%s", text)
+
+    def _check_after(
+        self,
+        image_id: str,
+        before: list[dict[str, Any]],
+        *,
+        added: str | None = None,
+        removed: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Read the list again after a write and report what differs from what was meant:
+        another entry gone (a concurrent write lost by Glance), the added URL not listed once,
+        the removed entry still there. Reported, never repaired. Returns the list read."""
+        try:
+            after = self.locations(image_id)
+        except PublishError as exc:
+            self._report(f"image {image_id}: not checked after the write: {exc}")
+            return []
+        keep = list(before)
+        if removed is not None and removed in keep:
+            keep.remove(removed)
+        rest = list(after)
+        lost = []
+        for loc in keep:
+            if loc in rest:
+                rest.remove(loc)
+            else:
+                lost.append(loc)
+        if lost:
+            shown = ", ".join(redact_url(str(loc.get("url"))) for loc in lost[:4])
+            self._report(
+                f"image {image_id}: {len(lost)} location(s) listed before this write are gone "
+                f"after it ({shown}): a concurrent change; not repaired, check the image"
+            )
+        if added is not None:
+            n = sum(1 for loc in after if loc.get("url") == added)
+            if n != 1:
+                self._report(
+                    f"image {image_id}: {redact_url(added)} is listed {n} times after its add "
+                    "(Glance lost or doubled it); not repaired by another write"
+                )
+        if removed is not None and removed in after:
+            self._report(
+                f"image {image_id}: {redact_url(str(removed.get('url')))} still listed after "
+                "its removal; not removed again"
+            )
+        return after
 
     def add(
         self,
@@ -150,56 +302,116 @@ class GlanceLocations:
         *,
         listed: Collection[str] | None = None,
     ) -> bool:
-        """Add ``url`` as a location unless it is already one; True when added.
+        """Append ``url`` as a location unless it is already one; True when added.
 
-        ``listed``: the location URLs of a record the caller fetched just now, which saves
-        the GET that would otherwise check for a duplicate."""
-        if listed is None:
-            listed = [str(loc.get("url")) for loc in self.locations(image_id)]
-        if url in listed:
+        ``listed``: the location URLs of a record the caller fetched just now: a URL in it
+        is not added again without a GET. A locpick copy past the fleet's cap, judged on the
+        list read just before the append (inside the image's lock when there is one), is
+        :class:`CopiesCapped`."""
+        if listed is not None and url in listed:
             return False
-        op = {"op": "add", "path": "/locations/-", "value": {"url": url, "metadata": metadata}}
-        self._patch(image_id, [op], f"add location {redact_url(url)} to image {image_id}")
-        log.info("glance: added location %s to image %s", redact_url(url), image_id)
+        with self._locked(image_id):
+            record = self.record(image_id)
+            before = self._locations(image_id, record)
+            if any(loc.get("url") == url for loc in before):
+                return False
+            if is_locpick_copy(metadata):
+                self._check_room(image_id, before)
+            self._append(image_id, record, url, dict(metadata))
+            log.info("glance: added location %s to image %s", redact_url(url), image_id)
+            self._check_after(image_id, before, added=url)
         return True
 
-    def renew(self, image_id: str, url: str, metadata: Mapping[str, Any]) -> bool:
-        """Give the location ``url`` fresh ``metadata`` (a renewed lease); add it if absent.
+    def _check_room(self, image_id: str, locs: list[dict[str, Any]]) -> None:
+        ours = [m for loc in locs if is_locpick_copy(m := _meta(loc))]
+        if self.max_copies and len(ours) >= self.max_copies:
+            raise CopiesCapped(
+                f"image {image_id} lists {len(ours)} locpick copies ([fleet] max_copies = "
+                f"{self.max_copies}): not registered; this node reads them (a leaf)"
+            )
+        if self.max_copies_per_zone and self.zone is not None:
+            same = sum(1 for m in ours if m.get("zone") == self.zone)
+            if same >= self.max_copies_per_zone:
+                raise CopiesCapped(
+                    f"image {image_id} lists {same} locpick copies in zone {self.zone} "
+                    f"([fleet] max_copies_per_zone = {self.max_copies_per_zone}): not "
+                    "registered; this node reads them (a leaf)"
+                )
 
-        Glance 33 has no JSON pointer into a location's metadata (``replace
-        /locations/N/metadata`` is a 400) and refuses ``replace /locations`` on a non-empty
-        list, so one patch removes the location and adds it back: atomic, never a gap in
-        which the copy is unlisted, and allowed even when it is the image's only location.
-        True when it was renewed, False when it had to be added."""
+    def ensure(
+        self, image_id: str, url: str, metadata: Mapping[str, Any]
+    ) -> Literal["listed", "added", "duplicate", "capped"]:
+        """What a renewal does now: read the list; append ``url`` only if it is missing.
+        Never rewrites an entry (a lease lives in the node's answers, not in Glance).
+        Listed more than once: reported (``cache reap`` judges each entry), nothing written."""
         locs = self.locations(image_id)
-        index = next((i for i, loc in enumerate(locs) if loc.get("url") == url), None)
-        add: dict[str, Any] = {
-            "op": "add",
-            "path": "/locations/-",
-            "value": {"url": url, "metadata": dict(metadata)},
-        }
-        if index is None:
-            self._patch(image_id, [add], f"add location {redact_url(url)} to image {image_id}")
+        n = sum(1 for loc in locs if loc.get("url") == url)
+        if n == 1:
+            return "listed"
+        if n > 1:
+            self._report(
+                f"image {image_id}: {redact_url(url)} is listed {n} times; left as it is "
+                "(`locpick cache reap` judges every entry)"
+            )
+            return "duplicate"
+        try:
+            added = self.add(image_id, url, metadata)
+        except CopiesCapped as exc:
+            log.info("%s", exc)
+            return "capped"
+        if added:
             log.info("glance: re-added location %s to image %s", redact_url(url), image_id)
-            return False
-        ops = [{"op": "remove", "path": f"/locations/{index}"}, add]
-        self._patch(image_id, ops, f"renew location {redact_url(url)} of image {image_id}")
-        log.info("glance: renewed the lease of %s on image %s", redact_url(url), image_id)
-        return True
+        return "added" if added else "listed"
 
-    def remove(self, image_id: str, url: str) -> int:
-        """Remove every location equal to ``url`` (one patch per index); returns how many."""
-        removed = 0
-        for _ in range(16):
+    def remove(
+        self,
+        image_id: str,
+        url: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        locpick_only: bool = True,
+    ) -> int:
+        """Remove the one entry whose URL (and ``metadata``, when given) match and which
+        carries the locpick marker (``locpick_only`` False: the operator's own, pruned by
+        ``verify --prune --yes``); returns 1 when removed, 0 when there was none.
+
+        Inside the image's write lock, after a re-read; without a lock only a designated
+        process removes. Several matching entries remove none (a tenant may have re-added a
+        node's URL): ``cache reap`` tells them apart by their metadata."""
+        what = f"remove location {redact_url(url)} of image {image_id}"
+        if not self.coordination.serialised and not self.designated:
+            raise RemovalDeferred(
+                f"glance {self._shown}: {what}: not done: without [fleet] coordination only "
+                "`locpick cache reap` removes locations (a removal by index can hit another "
+                "entry when the list changes meanwhile)"
+            )
+        if urllib.parse.urlsplit(url).scheme.lower() not in _OURS and locpick_only:
+            raise PublishError(
+                f"glance {self._shown}: {what}: not done: locpick only removes the http(s) "
+                "locations of node caches (Glance would delete a store's data)"
+            )
+        with self._locked(image_id):
             locs = self.locations(image_id)
-            index = next((i for i, loc in enumerate(locs) if loc.get("url") == url), None)
-            if index is None:
-                break
+            found = [
+                i
+                for i, loc in enumerate(locs)
+                if loc.get("url") == url
+                and (metadata is None or _meta(loc) == dict(metadata))
+                and (not locpick_only or is_locpick_copy(_meta(loc)))
+            ]
+            if not found:
+                return 0
+            if len(found) > 1:
+                raise PublishError(
+                    f"glance {self._shown}: {what}: not done: {len(found)} entries match; "
+                    "`locpick cache reap` judges each by its metadata"
+                )
+            index = found[0]
             op = {"op": "remove", "path": f"/locations/{index}"}
-            self._patch(image_id, [op], f"remove location {redact_url(url)} of image {image_id}")
-            removed += 1
+            self._patch(image_id, [op], what)
             log.info("glance: removed location %s of image %s", redact_url(url), image_id)
-        return removed
+            self._check_after(image_id, locs, removed=locs[index])
+        return 1
 
     def images(
         self, page_size: int = 200, *, query: Sequence[tuple[str, str]] = ()
@@ -247,3 +459,8 @@ class GlanceLocations:
                 for loc in img.get("locations") or []
             )
         ]
+
+
+def _meta(loc: Mapping[str, Any]) -> dict[str, Any]:
+    meta = loc.get("metadata")
+    return dict(meta) if isinstance(meta, Mapping) else {}

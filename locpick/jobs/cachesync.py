@@ -14,7 +14,13 @@ from collections.abc import Sequence
 from locpick.cache.files import CacheEntry
 from locpick.cache.store import NodeCache
 from locpick.errors import ConfigError, ImageNotFound, InputError, LocpickError
-from locpick.glance.locations import PublishError, cache_location_url, cache_metadata
+from locpick.glance.locations import (
+    GlanceLocations,
+    PublishError,
+    RemovalDeferred,
+    cache_location_url,
+    cache_metadata,
+)
 from locpick.jobs.session import Session
 from locpick.models import CacheAction, EvictResult, Image
 from locpick.redact import SCRUB, redact_url
@@ -44,16 +50,27 @@ class CacheSync:
         try:
             api = self.session.glance_locations()
             if entry.registered_url:  # made with a rotated secret: replace it
-                api.remove(image.id, entry.registered_url)
+                self._remove(api, image.id, entry.registered_url)
             api.add(image.id, url, self.cache_metadata())
         except (PublishError, InputError) as exc:
             log.warning("not registered, keeping a plain cache: %s", SCRUB(str(exc)))
             return
         cache.set_registered(image.id, url)
 
+    @staticmethod
+    def _remove(api: GlanceLocations, image_id: str, url: str) -> bool:
+        """Remove this node's ``url`` (its one entry); a refusal (no coordination, several
+        entries) is a warning and leaves it to ``cache reap``."""
+        try:
+            return api.remove(image_id, url) > 0
+        except PublishError as exc:
+            log.warning("%s", SCRUB(str(exc)))
+            return False
+
     def cache_metadata(self) -> dict[str, str]:
-        """Metadata of this node's registrations: topology, marker, registration time, lease."""
-        return cache_metadata(self.session.config.topology, lease=self.session.config.cache.lease)
+        """Metadata of this node's registrations: topology and marker (no lease: a
+        registration is never rewritten to renew one, issue 24)."""
+        return cache_metadata(self.session.config.topology)
 
     def unpublish(self, evicted: Sequence[CacheEntry]) -> list[str]:
         """Remove evicted copies' locations from Glance; returns warnings (also logged)."""
@@ -63,10 +80,12 @@ class CacheSync:
                 continue
             try:
                 self.session.glance_locations().remove(entry.image_id, entry.registered_url)
+            except RemovalDeferred as exc:  # no coordination: `cache reap` removes it
+                log.info("%s", SCRUB(str(exc)))
             except (PublishError, InputError) as exc:
                 text = (
                     f"evicted {entry.image_id} but its location is still in Glance "
-                    f"({SCRUB(str(exc))}); run `locpick cache reconcile`"
+                    f"({SCRUB(str(exc))}); run `locpick cache reap`"
                 )
                 log.warning("%s", text)
                 problems.append(text)
@@ -107,9 +126,11 @@ class CacheSync:
                     if entry.registered_url != url:
                         cache.set_registered(image_id, url)
                     continue
-                api.remove(image_id, url)
                 why = "not in the cache" if entry is None else "not this node's current URL"
-                done.append(CacheAction("unregistered", image_id, redact_url(url), why))
+                if self._remove(api, image_id, url):
+                    done.append(CacheAction("unregistered", image_id, redact_url(url), why))
+                else:
+                    done.append(CacheAction("left-for-reap", image_id, redact_url(url), why))
         for entry in cache.entries():
             url = _current_url(cache, public_url, entry.image_id)
             try:
@@ -121,7 +142,7 @@ class CacheSync:
             if cache.lookup(image) is None:
                 cache.evict(entry.image_id)
                 if url in registered.get(entry.image_id, []):
-                    api.remove(entry.image_id, url)
+                    self._remove(api, entry.image_id, url)
                 why = "its hash no longer matches Glance's"
                 done.append(CacheAction("evicted", entry.image_id, reason=why))
                 continue

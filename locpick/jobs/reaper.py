@@ -6,18 +6,34 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import attrs
 
 from locpick.cache.fill.fill import reap_dead_fills
+from locpick.config.model import Config
 from locpick.errors import ImageNotActive, ImageNotFound, InputError
 from locpick.glance.lease import is_locpick_copy
-from locpick.glance.locations import PublishError
+from locpick.glance.locations import GlanceLocations, PublishError
 from locpick.jobs.replicas import plan_prune, verify_replicas
 from locpick.jobs.session import Metadata, Session
-from locpick.models import Image, PruneResult, ReapResult, VerifyReport
+from locpick.models import Image, Location, PruneResult, ReapResult, VerifyReport
 from locpick.redact import SCRUB
+
+
+class _Designated:
+    """The session as a registrar whose removals are the designated reaper's (issue 24)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    @property
+    def config(self) -> Config:
+        return self.session.config
+
+    def glance_locations(self) -> GlanceLocations:
+        return self.session.glance_locations(designated=True)
 
 
 class Reaper:
@@ -49,17 +65,30 @@ class Reaper:
     def prune(
         self, image: Image, report: VerifyReport, *, act: bool, locpick_only: bool = False
     ) -> PruneResult:
-        """Plan (and with ``act`` carry out) removing the locations the report condemns."""
-        remove, notes = plan_prune(image, report, now=time.time(), locpick_only=locpick_only)
+        """Plan (and with ``act`` carry out) removing the locations the report condemns.
+
+        Every entry Glance lists is judged on its own (issue 24: a tenant may list a node's
+        URL twice, once with an expired lease): its URL's verdict plus its own metadata; a
+        removal names that one entry by URL and metadata. This process is the designated
+        remover (``verify --prune``, ``cache reap``): it may remove without a coordination
+        backend; with one it takes the image's write lock."""
+        api = self.session.glance_locations(designated=True)
+        judged = attrs.evolve(image, locations=tuple(_entries(api.locations(image.id))))
+        remove, notes = plan_prune(judged, report, now=time.time(), locpick_only=locpick_only)
         removed: list[str] = []
         if act and remove:
-            api = self.session.glance_locations()
             for loc in remove:
                 try:
-                    if api.remove(image.id, loc.url):
+                    if api.remove(
+                        image.id,
+                        loc.url,
+                        metadata=loc.metadata,
+                        locpick_only=is_locpick_copy(loc.metadata),
+                    ):
                         removed.append(loc.display_url)
                 except PublishError as exc:
                     notes.append(f"not removed: {loc.display_url}: {SCRUB(str(exc))}")
+            notes.extend(api.problems)
         return PruneResult(
             dry_run=not act,
             remove=tuple(loc.display_url for loc in remove),
@@ -79,10 +108,10 @@ class Reaper:
         done: list[ReapResult] = []
         cache = self.session.node_cache(cache_dir, required=False)
         if cache is not None:  # this node's dead stream-through copies go first
-            for line in reap_dead_fills(cache, self.session, dry_run=dry_run):
+            for line in reap_dead_fills(cache, _Designated(self.session), dry_run=dry_run):
                 done.append(ReapResult("-", PruneResult(dry_run=dry_run, notes=(line,))))
         if not image_ids:
-            image_ids = self.session.glance_locations().images_with_locpick_copies()
+            image_ids = self.session.glance_locations(designated=True).images_with_locpick_copies()
         for image_id in image_ids:
             try:
                 image = self.session.image(image_id)
@@ -96,3 +125,12 @@ class Reaper:
             pruned = self.prune(image, report, act=not dry_run, locpick_only=True)
             done.append(ReapResult(image_id, pruned))
         return tuple(done)
+
+
+def _entries(raw: Sequence[Mapping[str, Any]]) -> Iterator[Location]:
+    """The image's Glance locations as they are listed: duplicates kept, each with its own
+    metadata."""
+    for loc in raw:
+        url, meta = loc.get("url"), loc.get("metadata")
+        if isinstance(url, str) and url:
+            yield Location(url, dict(meta) if isinstance(meta, Mapping) else {})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +22,7 @@ from locpick.config.env import Environment
 from locpick.config.model import Config
 from locpick.errors import ConfigError, ImageNotFound, InputError
 from locpick.glance.auth import OpenStackAuth, auth_from_environment
+from locpick.glance.coordination import Coordination, coordination_for
 from locpick.glance.images import fetch_glance_image, load_metadata
 from locpick.glance.locations import GlanceLocations
 from locpick.models import Image
@@ -85,8 +87,15 @@ class Session:
         self.lock = threading.Lock()
         #: Per-host outcomes persisted across runs (``history_file``; "" disables).
         self.history = History.from_config(self.config.history_file)
+        #: The per-image Glance write lock (``[fleet] coordination``; none: appends only).
+        self.coordination: Coordination = coordination_for(
+            self.config.fleet.coordination, timeout=self.config.fleet.lock_timeout
+        )
+        if self.config.fleet.coordination:
+            SCRUB.add(urllib.parse.urlsplit(self.config.fleet.coordination).password)
 
     def close(self) -> None:
+        self.coordination.close()
         self.transports.close()
         self.ctx.close()
 
@@ -128,10 +137,20 @@ class Session:
             )
         return self.glance_url, self.ctx.token
 
-    def glance_locations(self) -> GlanceLocations:
-        """The Glance locations API of this endpoint (token renewed if Keystone)."""
+    def glance_locations(self, *, designated: bool = False) -> GlanceLocations:
+        """The Glance locations API of this endpoint (token renewed if Keystone), writing
+        under the fleet's per-image lock; ``designated``: the operator's reaping process."""
         endpoint, token = self.glance()
-        return GlanceLocations(self.ctx.http, endpoint, token)
+        return GlanceLocations(
+            self.ctx.http,
+            endpoint,
+            token,
+            coordination=self.coordination,
+            designated=designated,
+            max_copies=self.config.fleet.max_copies,
+            max_copies_per_zone=self.config.fleet.max_copies_per_zone,
+            zone=self.config.topology.zone,
+        )
 
     def node_cache(
         self, cache_dir: str | os.PathLike[str] | None = None, *, required: bool = True

@@ -3,15 +3,24 @@
 :class:`ConnectionGuard` wraps aiohttp's protocol factory: a connection over the total cap
 (``[serve] max_connections``, lowered to fit ``ulimit -n``) or over the per-address cap gets a
 one-line ``503`` and is closed; a connection that has not sent a complete request head within
-``header_timeout``, or sits idle between requests for ``keepalive_timeout``, is closed.
+``header_timeout``, or sits idle between requests for ``keepalive_timeout``, is closed. While a
+request is in progress, a client that took less than ``min_send_rate`` bytes/s over the last
+``send_timeout`` seconds although bytes wait in the socket's send queue (it stopped reading)
+is cut: its transfer slot is free again (issue 24). Progress is what the peer's TCP stack
+acknowledged (``TCP_INFO``), which covers ``sendfile(2)`` as well as paced writes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import resource
+import socket
+import struct
+import termios
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from locpick.config.model import ServeConfig
 
@@ -28,6 +37,32 @@ _BUSY = (
 )
 
 
+#: ``struct tcp_info``: ``tcpi_bytes_acked`` (u64) sits at this offset (Linux >= 4.1).
+_BYTES_ACKED = 120
+
+
+def _acked(sock: Any) -> int | None:
+    """Bytes of this TCP connection the peer acknowledged; None when unknown (not TCP,
+    not Linux)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    except (OSError, AttributeError, ValueError):
+        return None
+    if len(info) < _BYTES_ACKED + 8:
+        return None
+    return int(struct.unpack_from("=Q", info, _BYTES_ACKED)[0])
+
+
+def _unsent(sock: Any) -> int:
+    """Bytes waiting in the socket's send queue (0 when unknown)."""
+    buf = bytearray(4)
+    try:
+        fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, buf)
+    except (OSError, AttributeError, ValueError):
+        return 0
+    return int(struct.unpack("=i", buf)[0])
+
+
 class _Connection(asyncio.Protocol):
     """One client connection: admitted or refused, timed while no request is in progress."""
 
@@ -39,6 +74,8 @@ class _Connection(asyncio.Protocol):
         self.peer = "?"
         self.busy = 0
         self.timer: asyncio.TimerHandle | None = None
+        self.watch: asyncio.TimerHandle | None = None
+        self.acked: int | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -70,10 +107,42 @@ class _Connection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.busy == 1 and self.transport is not None:
+            self.acked = _acked(self.transport.get_extra_info("socket"))
+            if self.acked is not None:
+                self.watch = asyncio.get_running_loop().call_later(
+                    self.guard.config.send_timeout, self._check_drain
+                )
+
+    def _check_drain(self) -> None:
+        """Cut the connection when its client drained too little over ``send_timeout``
+        while bytes wait to be sent; otherwise look again after another ``send_timeout``."""
+        self.watch = None
+        if self.busy == 0 or self.transport is None or self.transport.is_closing():
+            return
+        sock = self.transport.get_extra_info("socket")
+        acked = _acked(sock)
+        if acked is None or self.acked is None:
+            return
+        cfg = self.guard.config
+        if acked - self.acked < cfg.min_send_rate * cfg.send_timeout and _unsent(sock) > 0:
+            self.guard.stalled += 1
+            # shutdown(2), not transport.abort(): a sendfile(2) in progress holds the socket
+            # outside the transport; shut, it fails at once and the handler ends as usual
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                self.transport.abort()
+            return
+        self.acked = acked
+        self.watch = asyncio.get_running_loop().call_later(cfg.send_timeout, self._check_drain)
 
     def request_done(self) -> None:
         self.busy -= 1
         if self.busy == 0:
+            if self.watch is not None:
+                self.watch.cancel()
+                self.watch = None
             self.arm(self.guard.config.keepalive_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -94,6 +163,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
             self.timer.cancel()
+        if self.watch is not None:
+            self.watch.cancel()
         if self.inner is not None:
             self.guard.release(self)
             self.guard.by_handler.pop(self.inner, None)
@@ -120,6 +191,8 @@ class ConnectionGuard:
         self.by_handler: dict[object, _Connection] = {}
         self.refused = 0
         self.timed_out = 0
+        #: Connections cut because their client stopped reading (``send_timeout``).
+        self.stalled = 0
         #: Told the reason of each refusal (``connections`` or ``per_client``), e.g. metrics.
         self.on_refuse: Callable[[str], object] | None = None
 

@@ -1,13 +1,15 @@
-"""Keeping a serving node's Glance registrations alive, and taking them back when it stops.
+"""Keeping a serving node's Glance registrations listed, and taking them back when it stops.
 
-``locpick serve`` runs one :class:`Renewer`: a daemon thread that re-registers every cached
-copy this node has published (and, with ``[cache] register``, every cached copy) with a fresh
-lease, once at start and then every ``lease / 3`` seconds, so a copy stays valid through two
-missed renewals. Every few seconds it also deregisters copies still filling whose downloader
-died (kill -9), at once rather than at the end of their lease. ``deregister`` removes them when
-the node stops on SIGTERM/SIGINT. A node that dies without stopping (SIGKILL, power loss)
-simply stops renewing: its leases run out, clients skip its copies and ``cache reap`` removes
-them.
+``locpick serve`` runs one :class:`Renewer`: a daemon thread that checks, once at start and
+then every ``lease / 3`` seconds, that every cached copy this node has published (and, with
+``[cache] register``, every cached copy) is listed in Glance, and appends it if it is not. It
+never rewrites a listed entry (issue 24: Glance has no compare-and-set, and a read-then-patch
+renewal removed other entries): the node's liveness is its own answer when a client probes
+it. Every few seconds it also deregisters copies still filling whose downloader died
+(kill -9). ``deregister`` removes them when the node stops on SIGTERM/SIGINT. Both removals
+need ``[fleet] coordination`` (one writer per image); without it they are left to
+``locpick cache reap``. A node that dies without stopping stops answering: clients skip it
+and ``cache reap`` removes it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from locpick.errors import InputError
-from locpick.glance.locations import PublishError, cache_location_url, cache_metadata
+from locpick.glance.locations import (
+    PublishError,
+    RemovalDeferred,
+    cache_location_url,
+    cache_metadata,
+)
 from locpick.redact import SCRUB
 
 if TYPE_CHECKING:
@@ -76,7 +83,8 @@ class Renewer:
         return wanted
 
     def renew_once(self) -> int:
-        """Give every wanted registration a fresh lease; returns how many succeeded."""
+        """Check every wanted registration is listed (append a missing one); returns how many
+        are."""
         wanted = self._wanted()
         if not wanted:
             return 0
@@ -89,13 +97,15 @@ class Renewer:
             return 0
         done = 0
         for image_id, url in sorted(wanted.items()):
-            meta = cache_metadata(self.client.config.topology, lease=self.lease)
+            meta = cache_metadata(self.client.config.topology)
             started = time.time()
             try:
-                api.renew(image_id, url, meta)
+                state = api.ensure(image_id, url, meta)
             except (InputError, PublishError) as exc:
-                log.warning("lease of %s not renewed: %s", image_id, SCRUB(str(exc)))
+                log.warning("registration of %s not checked: %s", image_id, SCRUB(str(exc)))
                 self._observed(image_id, False)
+                continue
+            if state == "capped":  # a leaf: the image lists enough copies of other nodes
                 continue
             self._observed(image_id, True, started + self.lease)
             self.cache.set_registered(image_id, url)
@@ -148,16 +158,19 @@ class Renewer:
         try:
             api = self.client.glance_locations()
         except (InputError, PublishError) as exc:
-            log.warning("locations not deregistered (their leases will run out): %s", exc)
+            log.warning("locations not deregistered (`locpick cache reap` removes them): %s", exc)
             return 0
         removed = 0
         for entry in registered:
             assert entry.registered_url is not None
             try:
                 api.remove(entry.image_id, entry.registered_url)
+            except RemovalDeferred as exc:  # no coordination: left to `locpick cache reap`
+                log.info("%s", SCRUB(str(exc)))
+                continue
             except (InputError, PublishError) as exc:
                 log.warning(
-                    "location of %s not deregistered (its lease will run out): %s",
+                    "location of %s not deregistered (`locpick cache reap` removes it): %s",
                     entry.image_id,
                     SCRUB(str(exc)),
                 )

@@ -18,7 +18,9 @@ answered from its filling copy when a live downloader fills it (:mod:`locpick.se
 
 Defences against neighbours (:class:`ConnectionGuard` in :mod:`locpick.serve.guard`, below
 aiohttp): caps on connections in total and per client address, a deadline for each request
-head and for idle keep-alive; and (middleware) at most ``max_clients`` transfers at once,
+head and for idle keep-alive, and cuts a transfer whose client stopped reading (``send_timeout``);
+and (middleware) at most ``max_clients`` transfers at once (``max_transfers_per_client`` from
+one address, always fewer),
 past which ``503`` + ``Retry-After``. Both kinds of refusal are counted in ``/metrics``
 (``locpick_serve_refused_total``).
 """
@@ -32,6 +34,7 @@ import os
 import re
 import signal
 import sys
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +102,9 @@ def middlewares(config: ServeConfig, guard: ConnectionGuard | None) -> list[Any]
     from aiohttp import web
 
     active = {"transfers": 0}
+    per_client: Counter[str] = Counter()
+    #: One address gets fewer slots than there are: it can never hold all of them.
+    per_client_cap = max(1, min(config.max_transfers_per_client, config.max_clients - 1))
 
     @web.middleware
     async def track(request: web.Request, handler: Handler) -> Any:
@@ -115,17 +121,28 @@ def middlewares(config: ServeConfig, guard: ConnectionGuard | None) -> list[Any]
     async def admission(request: web.Request, handler: Handler) -> Any:
         if not request.path.startswith("/images/"):
             return await handler(request)
+        peer = request.remote or "?"
         if active["transfers"] >= config.max_clients:
             return web.Response(
                 status=503,
                 text=f"busy: {config.max_clients} transfers in progress\n",
                 headers={"Retry-After": str(config.retry_after)},
             )
+        if per_client[peer] >= per_client_cap:
+            return web.Response(
+                status=503,
+                text=f"busy: {per_client_cap} transfers in progress for this address\n",
+                headers={"Retry-After": str(config.retry_after)},
+            )
         active["transfers"] += 1
+        per_client[peer] += 1
         try:
             return await handler(request)
         finally:
             active["transfers"] -= 1
+            per_client[peer] -= 1
+            if per_client[peer] <= 0:
+                del per_client[peer]
 
     return [track, admission]
 

@@ -40,6 +40,9 @@ class Node:
             f'host = "{name}"\n'
             f'[cache]\ndir = "{self.cache_dir}"\npublic_url = "{self.serve.url}"\n{extra}'
             "[policy]\nforbid_glance_file = true\n"
+            # one host: tooz's file backend is the per-image lock that lets a node remove its
+            # own location (issue 24); without one, removals are `cache reap`'s
+            f'[fleet]\ncoordination = "file://{base / "coord"}"\n'
         )
         self.cache = NodeCache(self.cache_dir)
 

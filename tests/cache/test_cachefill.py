@@ -278,7 +278,9 @@ def _node(w: GlanceWorld, tmp_path: Path, public_url: str, lease: float = 3600) 
         tmp_path,
         tmp_path / "cache",
         f'public_url = "{public_url}"\nlease = {lease}\n'
-        '[topology]\nzone = "z-a"\nhost = "node-a"\n[policy]\nforbid_glance_file = true\n',
+        '[topology]\nzone = "z-a"\nhost = "node-a"\n[policy]\nforbid_glance_file = true\n'
+        # one host: tooz's file backend is the per-image lock that lets a node remove its own
+        f'[fleet]\ncoordination = "file://{tmp_path / "coord"}"\n',
     )
     return locpick.Client(config=cfg, glance_url=w.endpoint, token=w.admin_token)
 
@@ -335,7 +337,7 @@ def test_registered_while_filling_then_kept_one_add(
 def gh_remove(w: GlanceWorld, image_id: str, url: str, http: httpx.Client) -> None:
     from locpick.glance.locations import GlanceLocations
 
-    GlanceLocations(http, w.endpoint, w.admin_token).remove(image_id, url)
+    GlanceLocations(http, w.endpoint, w.admin_token, designated=True).remove(image_id, url)
 
 
 @pytest.mark.glance

@@ -36,7 +36,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServeProc
     cache.add_file(parse_image(image_record(IMG, DATA, []), IMG), src)
     (base / "secret").write_bytes(b"outside the cache")
     (cache.images / "partial").write_bytes(b"no sidecar: incomplete")
-    with ServeProcess(base / "cache") as proc:
+    cfg = base / "serve.toml"  # 16 connections from one address at once (issue 24's cap)
+    cfg.write_text("[serve]\nmax_clients = 32\nmax_transfers_per_client = 16\n")
+    with ServeProcess(base / "cache", config=cfg) as proc:
         yield proc, cache
 
 
@@ -337,8 +339,10 @@ def test_past_max_clients_is_503_with_retry_after(tmp_path: Path) -> None:
     with ServeProcess(cache.dir, config=cfg) as proc:
         path = proc.image_path("busy1")
         held = []
-        for _ in range(2):
-            conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=30)
+        for source in ("127.0.0.2", "127.0.0.3"):  # one address never gets every slot
+            conn = http.client.HTTPConnection(
+                "127.0.0.1", proc.port, timeout=30, source_address=(source, 0)
+            )
             conn.request("GET", path)
             resp = conn.getresponse()
             assert resp.status == 200

@@ -130,7 +130,7 @@ class Fill:
         self._client = client
 
         def meta() -> dict[str, str]:
-            return filling_metadata(cfg.topology, lease, started)
+            return filling_metadata(cfg.topology, started)
 
         listed = [loc.url for loc in self.image.locations]
         if not add_filling(client.glance_locations, self.image.id, url, meta(), listed=listed):

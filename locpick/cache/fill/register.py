@@ -1,11 +1,13 @@
-"""Glance side of a stream-through copy: one location add when the fill starts, one remove if
-it fails, and lease renewals (at least ``lease / 3`` apart) while a long fill runs.
+"""Glance side of a stream-through copy: one location append when the fill starts (unless
+the image already lists ``[fleet] max_copies`` locpick copies: the node is then a leaf that
+reads the registered ones), one remove if it fails.
 
 Concurrent adds to one image make Glance 33 answer 500 (or 409) for some of them (measured):
 the same add is retried with jittered backoff, a bounded number of times; it is still one add
 (``GlanceLocations.add`` looks first, so an add that did land is not made twice). Glance also
 loses some concurrent adds that it answered 200 (each PATCH rewrites the whole list; measured
-with 4 nodes): the add is confirmed once about 2 s later (jittered, 1-3 s) and made again if lost.
+with 4 nodes): the add is confirmed once about 2 s later (jittered, 1-3 s) and appended again
+if lost (logged). The entry is never rewritten to renew a lease (issue 24).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Callable, Collection, Mapping
 from locpick.config.model import Topology
 from locpick.errors import InputError
 from locpick.glance.lease import FILL, FILL_STARTED
-from locpick.glance.locations import GlanceLocations, PublishError, cache_metadata
+from locpick.glance.locations import CopiesCapped, GlanceLocations, PublishError, cache_metadata
 from locpick.redact import SCRUB, redact_url
 
 log = logging.getLogger(__name__)
@@ -37,9 +39,9 @@ _RNG = random.Random()  # noqa: S311
 Api = Callable[[], GlanceLocations]
 
 
-def filling_metadata(topology: Topology, lease: float, started: float) -> dict[str, str]:
+def filling_metadata(topology: Topology, started: float) -> dict[str, str]:
     """The location metadata of a copy still filling: the cache's own plus the fill keys."""
-    meta = cache_metadata(topology, lease=lease)
+    meta = cache_metadata(topology)
     meta.update({FILL: "filling", FILL_STARTED: f"{started:.3f}"})
     return meta
 
@@ -57,12 +59,16 @@ def add_filling(
     """Add ``url`` as a location of ``image_id``; True when it is listed. A refusal is logged
     (the cache keeps working; it registers after the download instead), never raised.
 
-    ``listed``: the location URLs of the image record just fetched, so the first try makes no
-    GET of its own; a retry after a 500 looks again (the failed add may have landed)."""
+    ``listed``: the location URLs of the image record just fetched: a URL in it is not added
+    again. The image listing ``[fleet] max_copies`` locpick copies already: not registered
+    (a leaf that reads them), False."""
     for attempt in range(ADD_TRIES):
         try:
-            api().add(image_id, url, metadata, listed=listed if attempt == 0 else None)
+            api().add(image_id, url, metadata, listed=listed)
             return True
+        except CopiesCapped as exc:
+            log.info("%s", exc)
+            return False
         except PublishError as exc:
             last = exc
             if exc.status not in _RETRYABLE or attempt == ADD_TRIES - 1:
@@ -95,8 +101,8 @@ def remove_once(api: Api, image_id: str, url: str) -> None:
 
 
 class FillRenewal:
-    """Confirms the add (re-adds a lost one), then renews the filling copy's lease every
-    ``lease / 3`` while the download outlives it."""
+    """Confirms the add (appends it again, logged, when Glance lost it); the entry is never
+    rewritten afterwards (issue 24)."""
 
     def __init__(self, api: Api, image_id: str, url: str, meta: Callable[[], dict[str, str]],
                  lease: float) -> None:  # fmt: skip
@@ -122,13 +128,6 @@ class FillRenewal:
                     log.warning("glance lost the location of %s; added it again", self.image_id)
             except (PublishError, InputError) as exc:
                 log.info("location of %s not confirmed: %s", self.image_id, SCRUB(str(exc)))
-        while not self._stop.wait(self.interval):
-            try:
-                self.api().renew(self.image_id, self.url, self.meta())
-                self.renewals += 1
-            except (PublishError, InputError) as exc:
-                log.warning("lease of the filling copy of %s not renewed: %s", self.image_id,
-                            SCRUB(str(exc)))  # fmt: skip
 
     def stop(self) -> None:
         self._stop.set()
