@@ -24,6 +24,7 @@ from locpick.config.env import Environment, resolve_config
 from locpick.config.model import Config
 from locpick.fetch.pump import Progress
 from locpick.glance.locations import GlanceLocations
+from locpick.glance.vouch import Fleet
 from locpick.jobs.cachesync import CacheSync
 from locpick.jobs.download import Download
 from locpick.jobs.reaper import Reaper
@@ -73,6 +74,11 @@ class Client:
     @property
     def history(self) -> History:
         return self._session.history
+
+    @property
+    def fleet(self) -> Fleet:
+        """Whose peer copies this client trusts and how it signs its own (``[fleet]``)."""
+        return self._session.fleet
 
     @property
     def glance_url(self) -> str | None:

@@ -39,7 +39,7 @@ class Ranker:
 
     def explained(self, image: Image) -> Ranking:
         """The ranking of ``rank``: every location, best first, each with why (swarm shares)."""
-        image, plan = storm.prepare(image, self.session.config, mine=None)
+        image, plan = storm.prepare(image, self.session.config, mine=None, fleet=self.session.fleet)
         ranking = self.rank_image(image)
         ranking = attrs.evolve(ranking, scores=storm.arrange(ranking.scores, plan))
         t = self.session.config.transfer
@@ -58,11 +58,12 @@ class Ranker:
         *,
         for_download: bool = False,
         dest: str | os.PathLike[str] | None = None,
-        probe: bool = True,
+        probe: bool | frozenset[str] = True,
     ) -> Ranking:
         """Score every location of an already-loaded image (:meth:`Client.rank_image`);
-        ``probe=False``: nothing is probed (a storm node reading its parent decides from the
-        record alone)."""
+        ``probe=False``: nothing is probed; a set of URLs: exactly those are probed, whatever
+        else is true (a storm node probes its parent and fallback peers, not the origin: a
+        peer is trusted only once it answered with its first bytes or its fill state)."""
         now = time.time()
         known = self.session.history.entries()
         candidates: list[Candidate] = []
@@ -90,9 +91,12 @@ class Ranker:
             )
         candidates = self._bound_probing(image, candidates)
         to_probe = [c.location for c in candidates if c.unusable is None and not c.not_probed]
+        if isinstance(probe, frozenset):
+            to_probe = [loc for loc in to_probe if loc.url in probe]
         # a swarm download probes by downloading: its first piece from each copy is the probe
         skip = not probe or (
-            for_download
+            not isinstance(probe, frozenset)
+            and for_download
             and (len(to_probe) <= 1 or swarm_probes(image, self.session.config.transfer))
         )
         probes = {} if skip else self._probe(image, to_probe)

@@ -25,6 +25,7 @@ from locpick.choose.peer import filling_since
 from locpick.choose.score import topology_class
 from locpick.config.model import Config, HerdConfig, Topology, TransferConfig
 from locpick.glance.lease import is_locpick_copy
+from locpick.glance.vouch import Fleet, demote
 from locpick.models import Image, Score
 
 __all__ = [
@@ -174,16 +175,27 @@ def prepare(
     config: Config,
     *,
     mine: str | None,
+    fleet: Fleet,
     reload: Callable[[], Image] | None = None,
     rng: random.Random | None = None,
 ) -> tuple[Image, Plan]:
     """A download's storm step. After trying to register its filling copy (``mine``: the URL,
     None if refused) a node reads the image record ONCE more (``reload``): Glance keeps
     locations in the order they were added, so that shows every copy registered before this
-    one (a refused add, 409/413/500, is itself a sign of a storm). The copies it must not read
-    (its own, later ones) are dropped from the image it ranks."""
+    one (a refused add, 409/413/500, is itself a sign of a storm). Copies the ``fleet`` does
+    not vouch for lose their locpick marks first (ordinary locations: never a parent, always
+    probed). The copies it must not read (its own, later ones) are dropped from the image it
+    ranks."""
     if reload is not None:
         image = reload()
+    image, demoted = demote(image, fleet)
+    if demoted:
+        log.info(
+            "image %s: %d location(s) carry locpick marks the fleet does not vouch for "
+            "(no valid [fleet] signature, not in [fleet] peers): ordinary locations",
+            image.id,
+            len(demoted),
+        )
     rng = rng if rng is not None else random.Random()  # noqa: S311 - load spreading
     p = plan(image, config.herd, config.topology, mine=mine, rng=rng)
     if not p.active:

@@ -21,6 +21,7 @@ __all__ = [
     "CacheConfig",
     "Config",
     "Filesystem",
+    "FleetConfig",
     "Hint",
     "Policy",
     "ProbeConfig",
@@ -176,6 +177,35 @@ class HerdConfig:
     fanout: int = attrs.field(default=4, validator=_check_range(1, 1024, "herd"))
 
 
+def _check_peers(_inst: object, _attr: object, value: tuple[str, ...]) -> None:
+    import ipaddress
+
+    for entry in value:
+        if "://" in entry:
+            if not entry.startswith(("http://", "https://")):
+                raise ConfigError(f"config [fleet] peers: {entry!r} is not an http(s) URL")
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                f"config [fleet] peers: {entry!r} is neither scheme://host[:port] nor a CIDR"
+            ) from exc
+
+
+@attrs.frozen
+class FleetConfig:
+    """Which peers' copies are trusted in a boot storm (issue 24): a ``locpick_cache`` /
+    ``locpick_fill`` location counts only when signed with the fleet key or listed here."""
+
+    #: File holding the fleet's shared HMAC key (>= 16 bytes, not readable by others); this
+    #: node signs its registrations with it and trusts copies signed with it. Never logged.
+    key_file: str | None = None
+    #: Node URLs (``scheme://host[:port]``, path prefix optional) or CIDRs of IP-literal hosts
+    #: whose copies are trusted without a signature.
+    peers: tuple[str, ...] = attrs.field(default=(), validator=_check_peers)
+
+
 @attrs.frozen
 class Policy:
     """Operator pins and bans, applied before scoring and shown in reasons."""
@@ -311,6 +341,7 @@ class Config:
     probe: ProbeConfig = ProbeConfig()
     scoring: ScoringConfig = ScoringConfig()
     herd: HerdConfig = HerdConfig()
+    fleet: FleetConfig = FleetConfig()
     policy: Policy = Policy()
     security: SecurityConfig = SecurityConfig()
     tls: TLSConfig = TLSConfig()
@@ -338,6 +369,7 @@ SECTIONS: dict[str, type[Any]] = {
     "probe": ProbeConfig,
     "scoring": ScoringConfig,
     "herd": HerdConfig,
+    "fleet": FleetConfig,
     "policy": Policy,
     "security": SecurityConfig,
     "tls": TLSConfig,

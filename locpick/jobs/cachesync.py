@@ -45,15 +45,17 @@ class CacheSync:
             api = self.session.glance_locations()
             if entry.registered_url:  # made with a rotated secret: replace it
                 api.remove(image.id, entry.registered_url)
-            api.add(image.id, url, self.cache_metadata())
+            api.add(image.id, url, self.cache_metadata(image.id, url))
         except (PublishError, InputError) as exc:
             log.warning("not registered, keeping a plain cache: %s", SCRUB(str(exc)))
             return
         cache.set_registered(image.id, url)
 
-    def cache_metadata(self) -> dict[str, str]:
-        """Metadata of this node's registrations: topology, marker, registration time, lease."""
-        return cache_metadata(self.session.config.topology, lease=self.session.config.cache.lease)
+    def cache_metadata(self, image_id: str, url: str) -> dict[str, str]:
+        """Metadata of this node's registration of ``url``: topology, marker, registration
+        time, lease, and the fleet signature over them (``[fleet] key_file``)."""
+        meta = cache_metadata(self.session.config.topology, lease=self.session.config.cache.lease)
+        return self.session.fleet.sign(image_id, url, meta)
 
     def unpublish(self, evicted: Sequence[CacheEntry]) -> list[str]:
         """Remove evicted copies' locations from Glance; returns warnings (also logged)."""
@@ -125,7 +127,7 @@ class CacheSync:
             if was_registered:
                 cache.set_registered(entry.image_id, None)
             if self.session.config.cache.register or was_registered:
-                api.add(entry.image_id, url, self.cache_metadata())
+                api.add(entry.image_id, url, self.cache_metadata(entry.image_id, url))
                 cache.set_registered(entry.image_id, url)
                 done.append(f"registered {entry.image_id}: {redact_url(url)}")
         return done

@@ -89,7 +89,9 @@ class Renewer:
             return 0
         done = 0
         for image_id, url in sorted(wanted.items()):
-            meta = cache_metadata(self.client.config.topology, lease=self.lease)
+            meta = self.client.fleet.sign(
+                image_id, url, cache_metadata(self.client.config.topology, lease=self.lease)
+            )
             started = time.time()
             try:
                 api.renew(image_id, url, meta)

@@ -46,6 +46,7 @@ from locpick.sink.privfile import read_private
 if TYPE_CHECKING:
     from locpick.config.model import Config
     from locpick.glance.locations import GlanceLocations
+    from locpick.glance.vouch import Fleet
 
 
 class Registrar(Protocol):
@@ -55,6 +56,9 @@ class Registrar(Protocol):
     def config(self) -> Config: ...
 
     def glance_locations(self) -> GlanceLocations: ...
+
+    @property
+    def fleet(self) -> Fleet: ...
 
 
 log = logging.getLogger("locpick")
@@ -129,8 +133,10 @@ class Fill:
         started, lease = time.time(), cfg.cache.lease
         self._client = client
 
-        def meta() -> dict[str, str]:
-            return filling_metadata(cfg.topology, lease, started)
+        def meta() -> dict[str, str]:  # signed anew each time: the lease keys change
+            return client.fleet.sign(
+                self.image.id, url, filling_metadata(cfg.topology, lease, started)
+            )
 
         listed = [loc.url for loc in self.image.locations]
         if not add_filling(client.glance_locations, self.image.id, url, meta(), listed=listed):
