@@ -109,8 +109,11 @@ class Plan:
     #: Whether locations that are not peers (the origin, Glance ``/file``) are read at once;
     #: otherwise they are only a fallback after every peer.
     origin: bool = True
-    #: URLs never read: this node's own copy and registrants after it.
+    #: URLs never read: this node's own copy and registrants after it (and, for a node whose
+    #: filling copy peers read, locations that claim to be peers without the fleet's word).
     excluded: tuple[str, ...] = ()
+    #: Locations that carry locpick marks the fleet does not vouch for (read last, if at all).
+    suspect: tuple[str, ...] = ()
     #: One line for rank and the logs.
     why: str = ""
 
@@ -200,6 +203,10 @@ def prepare(
     p = plan(image, config.herd, config.topology, mine=mine, rng=rng)
     if not p.active:
         return image, p
+    # bytes this node reads go into the copy its peers read while it fills: none may come
+    # from a location that claims to be a peer without proof (it may lie, fast or slowly)
+    barred = demoted if p.position is not None else ()
+    p = attrs.evolve(p, excluded=(*p.excluded, *barred), suspect=demoted)
     log.info("image %s: %s", image.id, p.why)
     gone = set(p.excluded)
     kept = tuple(loc for loc in image.locations if loc.url not in gone)
@@ -226,6 +233,7 @@ def arrange(scores: Sequence[Score], plan: Plan) -> tuple[Score, ...]:
     peers = [plan.parent, *plan.backups] if plan.parent else []
     rank = {url: i for i, url in enumerate(peers)}
     excluded = set(plan.excluded)
+    suspect = set(plan.suspect)
 
     def key(score: Score) -> tuple[int, int]:
         url = score.location.url
@@ -235,6 +243,8 @@ def arrange(scores: Sequence[Score], plan: Plan) -> tuple[Score, ...]:
             return (1, rank[url])
         if is_locpick_copy(score.location.metadata):
             return (0, 0)
+        if url in suspect:
+            return (3, 1)
         return (2 if plan.origin or not peers else 3, 0)
 
     kept = [s for s in scores if s.location.url not in excluded]
@@ -249,6 +259,11 @@ def _with_role(score: Score, plan: Plan) -> Any:
     role = None
     if url == plan.parent:
         role = "storm parent: " + plan.why
+    elif url in plan.suspect:
+        role = (
+            "storm: carries locpick peer marks the fleet does not vouch for ([fleet] key_file "
+            "signature / [fleet] peers): an ordinary location, read last"
+        )
     elif url in plan.backups:
         role = "storm: an earlier filling copy, a fallback after the parent"
     elif filling_since(score.location.metadata) is None and not is_locpick_copy(

@@ -118,14 +118,22 @@ class Fleet:
         return meta
 
 
+#: Topology keys of a location's metadata: an unvouched peer's claim to sit beside the nodes is
+#: as unproven as its marks (a fake copies the nodes' topology to become their parent).
+PLACE = ("region", "zone", "rack", "host")
+
+
 def demote(image: Image, fleet: Fleet) -> tuple[Image, tuple[str, ...]]:
-    """The image with the ``locpick_*`` marks of every location the fleet does not vouch for
-    dropped (it ranks as an ordinary location, probed like any other), and those URLs."""
+    """The image with the ``locpick_*`` marks and claimed topology of every location the fleet
+    does not vouch for dropped (it ranks as an ordinary location of unknown place, probed like
+    any other), and those URLs."""
     kept: list[Location] = []
     demoted: list[str] = []
     for loc in image.locations:
         if any(k.startswith(PREFIX) for k in loc.metadata) and not fleet.vouches(image.id, loc):
-            meta = {k: v for k, v in loc.metadata.items() if not k.startswith(PREFIX)}
+            meta = {
+                k: v for k, v in loc.metadata.items() if not k.startswith(PREFIX) and k not in PLACE
+            }
             kept.append(attrs.evolve(loc, metadata=meta))
             demoted.append(loc.url)
         else:
