@@ -22,12 +22,13 @@ from typing import Any
 import glance_harness as gh
 import pytest
 from fixtures_glance import GlanceWorld, glance_world_fixture  # noqa: F401
-from test_storm_e2e import Node, _cache_locations, _seed, _wait
+from test_storm_e2e import Node, _cache_locations, _seed, _wait, fleet_key
 
 from locpick._demo.blackhole import BlackHole
 from locpick._demo.faults import Faults
 from locpick._demo.origin import Origin
 from locpick.glance.lease import FILL, FILL_STARTED, LEASE, MARKER, REGISTERED
+from locpick.glance.vouch import Fleet
 
 pytestmark = pytest.mark.glance
 
@@ -121,3 +122,46 @@ def test_unsigned_fake_filling_peer_is_never_a_parent(
     assert fake.contacted() == 0, f"the unsigned fake was read ({shape})"
     # the fake's marks were left alone: locpick never changes what it did not add
     assert fake.url in _cache_locations(w, image_id)
+
+
+def test_signed_liar_is_dropped_and_children_move_on(
+    glance_world: GlanceWorld, tmp_path: Path, cleanup: list[Any]
+) -> None:
+    """A fleet member that lies (signed with the fleet key, sends fast wrong bytes) registered
+    first: the nodes that read it find the hash wrong, drop it, withdraw what they mirrored
+    into their own filling copies, and go to the next honest peer; the first of them goes to
+    the origin, the later ones read it, not the origin: it serves about one copy."""
+    w = glance_world
+    data = os.urandom(SIZE)
+    origin = Origin(data, faults=Faults(bandwidth=RATE)).start()
+    cleanup.append(origin)
+    image_id = _seed(w, tmp_path, data, origin.url)
+    liar = Origin(data).start()
+    cleanup.append(liar)
+    now = f"{time.time():.1f}"
+    marks = {MARKER: "true", FILL: "filling", FILL_STARTED: now, REGISTERED: now, LEASE: "3600",
+             "region": "R", "zone": "z1", "rack": "rack-1"}  # fmt: skip
+    key = fleet_key(tmp_path).read_bytes().strip()
+    signed = Fleet(key=key).sign(image_id, liar.url, marks)
+    gh.add_http_location(w.endpoint, image_id, liar.url, signed, token=w.admin_token)
+    liar.faults.corrupt_at = range(0, SIZE, 64 * 1024)
+    liar.reset_counters()
+    origin.reset_counters()
+
+    nodes = [Node(w, tmp_path, f"node-{i}", rack="rack-1") for i in range(3)]
+    cleanup.extend(nodes)
+    for node in nodes:
+        node.start_download(image_id)
+        url = node.url(image_id)
+        _wait(f"{node.name}'s copy registered", lambda u=url: u in _cache_locations(w, image_id))
+
+    for node in nodes:
+        code, doc, err = node.finish()
+        assert code == 0, err
+        assert doc["verified"] == "sha512"
+        assert node.dest.read_bytes() == data
+        assert doc["verify_failures"] >= 1, "the liar was not read: nothing was tested"
+    gets = [r for r in liar.requests if r.method == "GET"]
+    assert len(gets) <= 2 * len(nodes), f"the liar was read again after it lied: {len(gets)}"
+    copies = origin.bytes_sent / SIZE
+    assert copies <= 1.2, f"the origin served {copies:.2f} copies"
