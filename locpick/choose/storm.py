@@ -16,6 +16,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -151,9 +152,10 @@ def plan(
     assert parent is not None
     if position is None and rng is not None:
         parent = _spread(tree, places, me, config.fanout, rng)
+    kids = Counter(tree)  # children per registrant: O(n), not a count per candidate
     order = sorted(
         range(len(earlier)),
-        key=lambda j: (j != parent, topology_class(node, places[j]), tree.count(j), j),
+        key=lambda j: (j != parent, topology_class(node, places[j]), kids[j], j),
     )
     origin = position is not None and takes_origin(position, config.origin_share)
     who = f"filling copy #{position + 1}" if position is not None else "not registered"
@@ -218,7 +220,7 @@ def _spread(
 ) -> int:
     """A node that did not register: any of the closest earlier copies with room, at random
     (many such nodes would otherwise all pick the same one)."""
-    kids = [tree[:me].count(j) for j in range(me)]
+    kids = Counter(tree[:me])
     room = [j for j in range(me) if kids[j] < fanout] or list(range(me))
     near = min(topology_class(places[me], places[j]) for j in room)
     return rng.choice([j for j in room if topology_class(places[me], places[j]) == near])
