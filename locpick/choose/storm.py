@@ -7,7 +7,9 @@ the first registrant pulls from the origin; each later one reads from an earlier
 topology first, at most ``[herd] fanout`` children each, shallowest first), which streams bytes
 as they arrive, so the origin serves about one copy. Registrants after a node are never read by
 it (they may be reading from it). ``[herd] origin_share`` lets a fraction of the later nodes
-draw on the origin as well. Pure: the clock and rng are arguments.
+draw on the origin as well. Only copies the fleet vouches for count (issue 24,
+:mod:`locpick.glance.vouch`): others are ordinary locations, never a parent. Pure: the clock
+and rng are arguments.
 """
 
 from __future__ import annotations

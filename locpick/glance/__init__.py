@@ -1,5 +1,6 @@
 """Glance, the shared registry: image records and their locations (read), Keystone credentials,
-the location writes of this node's own copies, leases, and replica checks.
+the location writes of this node's own copies, leases, which peers' copies the fleet vouches
+for, and replica checks.
 
 May import: ``locpick.models``, ``errors``, ``redact``, ``reasons``, ``config``, ``net``, ``sink``
 (hashing),
