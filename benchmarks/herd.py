@@ -384,6 +384,15 @@ def _wchar(pid: int) -> int:
     return 0
 
 
+def _fleet_key(base: Path) -> Path:
+    """One fleet key for every node of a run (0600), as an operator distributes it."""
+    path = base / "fleet.key"
+    if not path.exists():
+        path.write_text(os.urandom(32).hex() + "\n")
+        path.chmod(0o600)
+    return path
+
+
 def _write_config(
     node: Node, mode: str, public_url: str | None, sets: list[str], lease: float | None
 ) -> None:
@@ -405,6 +414,8 @@ def _write_config(
         if lease is not None:
             cache.append(f"lease = {lease:g}")
         sections.setdefault("cache", []).extend(cache)
+        # the storm's peers trust each other's copies only with the fleet's word (issue 24)
+        sections.setdefault("fleet", []).append(f'key_file = "{_fleet_key(node.base.parent)}"')
         for item in sets:
             key, _, value = item.partition("=")
             section, _, name = key.strip().rpartition(".")

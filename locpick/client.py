@@ -27,6 +27,7 @@ from locpick.choose.history import History
 from locpick.config.env import Environment, resolve_config
 from locpick.config.model import Config
 from locpick.glance.locations import GlanceLocations
+from locpick.glance.vouch import FleetTrust
 from locpick.jobs.cachesync import CacheSync
 from locpick.jobs.download import Download
 from locpick.jobs.progress import ProgressCallback
@@ -83,6 +84,11 @@ class Connected:
     def history(self) -> History:
         """Per-host outcomes that bias the ranking (persisted in ``history_file``)."""
         return self._session.history
+
+    @property
+    def fleet(self) -> FleetTrust:
+        """Whose peer copies this client trusts and how it signs its own (``[fleet]``)."""
+        return self._session.fleet
 
     @property
     def glance_url(self) -> str | None:

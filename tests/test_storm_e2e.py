@@ -79,6 +79,8 @@ class Node:
     def __init__(
         self, w: GlanceWorld, base: Path, name: str, *, rack: str, policy: str = ""
     ) -> None:
+        """``base/fleet.key``: the fleet key all nodes of one test share (their copies are
+        signed with it and trusted because of it)."""
         self.w = w
         self.name = name
         self.base = base / name
@@ -87,6 +89,7 @@ class Node:
         self.config = self.base / "config.toml"
         self.dest = self.base / "dest.img"
         self.download: subprocess.Popen[str] | None = None
+        key = fleet_key(base)
         for attempt in range(4):
             port = gh.find_free_port()
             self.public_url = f"http://127.0.0.1:{port}"
@@ -94,6 +97,7 @@ class Node:
                 f'history_file = "{self.base / "history.json"}"\n'
                 f'[topology]\nregion = "R"\nzone = "z1"\nrack = "{rack}"\nhost = "{name}"\n'
                 f'[cache]\ndir = "{self.cache_dir}"\npublic_url = "{self.public_url}"\n'
+                f'[fleet]\nkey_file = "{key}"\n'
                 f"[policy]\nforbid_glance_file = true\n{policy}"
                 # one host: tooz's file backend is the per-image lock that lets a node remove
                 # its own location (issue 24); without one, removals are `cache reap`'s
@@ -169,6 +173,15 @@ class Node:
             self.download.kill()
             self.download.communicate()
         self.serve.stop()
+
+
+def fleet_key(base: Path) -> Path:
+    """The fleet key of the nodes under ``base`` (made once, 0600)."""
+    path = base / "fleet.key"
+    if not path.exists():
+        path.write_text(os.urandom(32).hex() + "\n")
+        path.chmod(0o600)
+    return path
 
 
 def _cache_locations(w: GlanceWorld, image_id: str) -> dict[str, dict[str, str]]:

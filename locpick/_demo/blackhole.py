@@ -15,8 +15,10 @@ from locpick._demo import HOST
 class BlackHole:
     """Listens on 127.0.0.1, accepts TCP connections and holds them open, never answering."""
 
-    def __init__(self, path: str = "/img.raw") -> None:
+    def __init__(self, path: str = "/img.raw", *, port: int = 0) -> None:
+        """``port``: 0 = any free one; a given one takes over an address another server held."""
         self.path = path
+        self.bind_port = port
         self._sock: socket.socket | None = None
         self._held: list[socket.socket] = []
         self._stop = threading.Event()
@@ -26,7 +28,7 @@ class BlackHole:
     def start(self) -> Self:
         if self._sock is None:
             self._stop.clear()
-            self._sock = socket.create_server((HOST, 0), backlog=128)
+            self._sock = socket.create_server((HOST, self.bind_port), backlog=128)
             self._thread = threading.Thread(target=self._accept_loop, daemon=True)
             self._thread.start()
         return self

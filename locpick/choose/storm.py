@@ -7,7 +7,8 @@ the first registrant pulls from the origin; each later one reads from an earlier
 topology first, at most ``[herd] fanout`` children each, shallowest first), which streams bytes
 as they arrive, so the origin serves about one copy. Registrants after a node are never read by
 it (they may be reading from it). ``[herd] origin_share`` lets a fraction of the later nodes
-draw on the origin as well. Pure: the clock and rng are arguments.
+draw on the origin as well. Only copies the fleet vouches for count (:mod:`locpick.glance.vouch`):
+others are ordinary locations, never a parent. Pure: the clock and rng are arguments.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,6 +27,7 @@ from locpick.choose.peer import filling_since
 from locpick.choose.score import topology_class
 from locpick.config.model import Config, HerdConfig, Topology, TransferConfig
 from locpick.glance.lease import is_locpick_copy
+from locpick.glance.vouch import FleetTrust, demote
 from locpick.models import Image, Score
 
 __all__ = [
@@ -108,8 +111,11 @@ class Plan:
     #: Whether locations that are not peers (the origin, Glance ``/file``) are read at once;
     #: otherwise they are only a fallback after every peer.
     origin: bool = True
-    #: URLs never read: this node's own copy and registrants after it.
+    #: URLs never read: this node's own copy and registrants after it (and, for a node whose
+    #: filling copy peers read, locations that claim to be peers without the fleet's word).
     excluded: tuple[str, ...] = ()
+    #: Locations that carry locpick marks the fleet does not vouch for (read last, if at all).
+    suspect: tuple[str, ...] = ()
     #: One line for rank and the logs.
     why: str = ""
 
@@ -147,9 +153,10 @@ def plan(
     assert parent is not None
     if position is None and rng is not None:
         parent = _spread(tree, places, me, config.fanout, rng)
+    kids = Counter(tree)  # children per registrant: O(n), not a count per candidate
     order = sorted(
         range(len(earlier)),
-        key=lambda j: (j != parent, topology_class(node, places[j]), tree.count(j), j),
+        key=lambda j: (j != parent, topology_class(node, places[j]), kids[j], j),
     )
     origin = position is not None and takes_origin(position, config.origin_share)
     who = f"filling copy #{position + 1}" if position is not None else "not registered"
@@ -174,20 +181,35 @@ def prepare(
     config: Config,
     *,
     mine: str | None,
+    fleet: FleetTrust,
     reload: Callable[[], Image] | None = None,
     rng: random.Random | None = None,
 ) -> tuple[Image, Plan]:
     """A download's storm step. After trying to register its filling copy (``mine``: the URL,
     None if refused) a node reads the image record ONCE more (``reload``): Glance keeps
     locations in the order they were added, so that shows every copy registered before this
-    one (a refused add, 409/413/500, is itself a sign of a storm). The copies it must not read
-    (its own, later ones) are dropped from the image it ranks."""
+    one (a refused add, 409/413/500, is itself a sign of a storm). Copies the ``fleet`` does
+    not vouch for lose their locpick marks first (ordinary locations: never a parent, always
+    probed). The copies it must not read (its own, later ones) are dropped from the image it
+    ranks."""
     if reload is not None:
         image = reload()
+    image, demoted = demote(image, fleet)
+    if demoted:
+        log.info(
+            "image %s: %d location(s) carry locpick marks the fleet does not vouch for "
+            "(no valid [fleet] signature, not in [fleet] peers): ordinary locations",
+            image.id,
+            len(demoted),
+        )
     rng = rng if rng is not None else random.Random()  # noqa: S311 - load spreading
     p = plan(image, config.herd, config.topology, mine=mine, rng=rng)
     if not p.active:
         return image, p
+    # bytes this node reads go into the copy its peers read while it fills: none may come
+    # from a location that claims to be a peer without proof (it may lie, fast or slowly)
+    barred = demoted if p.position is not None else ()
+    p = attrs.evolve(p, excluded=(*p.excluded, *barred), suspect=demoted)
     log.info("image %s: %s", image.id, p.why)
     gone = set(p.excluded)
     kept = tuple(loc for loc in image.locations if loc.url not in gone)
@@ -199,7 +221,7 @@ def _spread(
 ) -> int:
     """A node that did not register: any of the closest earlier copies with room, at random
     (many such nodes would otherwise all pick the same one)."""
-    kids = [tree[:me].count(j) for j in range(me)]
+    kids = Counter(tree[:me])
     room = [j for j in range(me) if kids[j] < fanout] or list(range(me))
     near = min(topology_class(places[me], places[j]) for j in room)
     return rng.choice([j for j in room if topology_class(places[me], places[j]) == near])
@@ -214,6 +236,7 @@ def arrange(scores: Sequence[Score], plan: Plan) -> tuple[Score, ...]:
     peers = [plan.parent, *plan.backups] if plan.parent else []
     rank = {url: i for i, url in enumerate(peers)}
     excluded = set(plan.excluded)
+    suspect = set(plan.suspect)
 
     def key(score: Score) -> tuple[int, int]:
         url = score.location.url
@@ -223,6 +246,8 @@ def arrange(scores: Sequence[Score], plan: Plan) -> tuple[Score, ...]:
             return (1, rank[url])
         if is_locpick_copy(score.location.metadata):
             return (0, 0)
+        if url in suspect:
+            return (3, 1)
         return (2 if plan.origin or not peers else 3, 0)
 
     kept = [s for s in scores if s.location.url not in excluded]
@@ -237,6 +262,11 @@ def _with_role(score: Score, plan: Plan) -> Any:
     role = None
     if url == plan.parent:
         role = "storm parent: " + plan.why
+    elif url in plan.suspect:
+        role = (
+            "storm: carries locpick peer marks the fleet does not vouch for ([fleet] key_file "
+            "signature / [fleet] peers): an ordinary location, read last"
+        )
     elif url in plan.backups:
         role = "storm: an earlier filling copy, a fallback after the parent"
     elif filling_since(score.location.metadata) is None and not is_locpick_copy(

@@ -179,6 +179,22 @@ class HerdConfig:
     fanout: int = attrs.field(default=4, validator=_check_range(1, 1024, "herd"))
 
 
+def _check_peers(_inst: object, _attr: object, value: tuple[str, ...]) -> None:
+    import ipaddress
+
+    for entry in value:
+        if "://" in entry:
+            if not entry.startswith(("http://", "https://")):
+                raise ConfigError(f"config [fleet] peers: {entry!r} is not an http(s) URL")
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                f"config [fleet] peers: {entry!r} is neither scheme://host[:port] nor a CIDR"
+            ) from exc
+
+
 @attrs.frozen
 class Policy:
     """Operator pins and bans, applied before scoring and shown in reasons."""
@@ -279,7 +295,16 @@ def _coordination_url(_inst: object, _attr: object, value: str | None) -> None:
 
 @attrs.frozen
 class FleetConfig:
-    """How the nodes of a fleet share one image's Glance location list (issue 24)."""
+    """The fleet: which peers' copies are trusted (a ``locpick_cache`` / ``locpick_fill``
+    location counts only when signed with the fleet key or listed in ``peers``), and how the
+    nodes share one image's Glance location list."""
+
+    #: File holding the fleet's shared HMAC key (>= 16 bytes, not readable by others); this
+    #: node signs its registrations with it and trusts copies signed with it. Never logged.
+    key_file: str | None = None
+    #: Node URLs (``scheme://host[:port]``, path prefix optional) or CIDRs of IP-literal hosts
+    #: whose copies are trusted without a signature.
+    peers: tuple[str, ...] = attrs.field(default=(), validator=_check_peers)
 
     #: A tooz coordination URL (``etcd3+http://host:2379``, ``file:///dir`` on one host, any
     #: backend tooz knows). Set: one writer at a time per image, and nodes may remove their
@@ -363,13 +388,13 @@ class Config:
     probe: ProbeConfig = ProbeConfig()
     scoring: ScoringConfig = ScoringConfig()
     herd: HerdConfig = HerdConfig()
+    fleet: FleetConfig = FleetConfig()
     policy: Policy = Policy()
     security: SecurityConfig = SecurityConfig()
     tls: TLSConfig = TLSConfig()
     network: NetworkConfig = NetworkConfig()
     transfer: TransferConfig = TransferConfig()
     glance: GlanceConfig = GlanceConfig()
-    fleet: FleetConfig = FleetConfig()
     s3: S3Config = S3Config()
     rbd: RbdConfig = RbdConfig()
     swift: SwiftConfig = SwiftConfig()
@@ -387,6 +412,7 @@ SECTIONS: dict[str, type[Any]] = {
     "probe": ProbeConfig,
     "scoring": ScoringConfig,
     "herd": HerdConfig,
+    "fleet": FleetConfig,
     "policy": Policy,
     "security": SecurityConfig,
     "tls": TLSConfig,
@@ -396,5 +422,4 @@ SECTIONS: dict[str, type[Any]] = {
     "s3": S3Config,
     "rbd": RbdConfig,
     "cli": CliConfig,
-    "fleet": FleetConfig,
 }

@@ -1,4 +1,4 @@
-"""Adding and removing locations of an image in Glance, never by a stale index (issue 24).
+"""Adding and removing locations of an image in Glance, never by a stale index.
 
 Glance's JSON patch has no ``test`` op: ``remove /locations/N`` removes whatever sits at N when
 the PATCH arrives (and deletes the data of a store-managed location). So:

@@ -51,7 +51,7 @@ class CacheSync:
             api = self.session.glance_locations()
             if entry.registered_url:  # made with a rotated secret: replace it
                 self._remove(api, image.id, entry.registered_url)
-            api.add(image.id, url, self.cache_metadata())
+            api.add(image.id, url, self.cache_metadata(image.id, url))
         except (PublishError, InputError) as exc:
             log.warning("not registered, keeping a plain cache: %s", SCRUB(str(exc)))
             return
@@ -67,10 +67,11 @@ class CacheSync:
             log.warning("%s", SCRUB(str(exc)))
             return False
 
-    def cache_metadata(self) -> dict[str, str]:
-        """Metadata of this node's registrations: topology and marker (no lease: a
-        registration is never rewritten to renew one, issue 24)."""
-        return cache_metadata(self.session.config.topology)
+    def cache_metadata(self, image_id: str, url: str) -> dict[str, str]:
+        """Metadata of this node's registration of ``url``: topology and marker (no lease: a
+        registration is never rewritten to renew one), signed with the fleet key
+        (``[fleet] key_file``) so that peers trust it."""
+        return self.session.fleet.sign(image_id, url, cache_metadata(self.session.config.topology))
 
     def unpublish(self, evicted: Sequence[CacheEntry]) -> list[str]:
         """Remove evicted copies' locations from Glance; returns warnings (also logged)."""
@@ -154,7 +155,7 @@ class CacheSync:
             if was_registered:
                 cache.set_registered(entry.image_id, None)
             if self.session.config.cache.register or was_registered:
-                api.add(entry.image_id, url, self.cache_metadata())
+                api.add(entry.image_id, url, self.cache_metadata(entry.image_id, url))
                 cache.set_registered(entry.image_id, url)
                 done.append(CacheAction("registered", entry.image_id, redact_url(url)))
         return tuple(done)

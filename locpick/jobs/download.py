@@ -210,11 +210,18 @@ class Download:
         if tried and self.metadata is None:
             reload = lambda: self.session.image(image.id)  # noqa: E731 - the one refresh
         image, plan = storm.prepare(
-            image, self.config, mine=fill.url if fill is not None else None, reload=reload
+            image,
+            self.config,
+            mine=fill.url if fill is not None else None,
+            fleet=self.session.fleet,
+            reload=reload,
         )
-        ranking = self.ranker.rank_image(
-            image, for_download=True, dest=self.dest, probe=plan.parent is None
-        )
+        # a storm node probes its parent and fallback peers before trusting them (a silent one
+        # costs the probe deadline, not a first-byte timeout); the origin is left alone
+        probe: bool | frozenset[str] = True
+        if plan.parent is not None:
+            probe = frozenset((plan.parent, *plan.backups))
+        ranking = self.ranker.rank_image(image, for_download=True, dest=self.dest, probe=probe)
         ranking = attrs.evolve(ranking, scores=storm.arrange(ranking.scores, plan))
         self.rec.ranked(ranking)
         transfer = storm.transfer_for(self.config.transfer, plan)

@@ -16,7 +16,7 @@ import cachetools
 
 from locpick.choose import storm
 from locpick.choose.history import host_key
-from locpick.choose.probe import probe_and_measure
+from locpick.choose.probe import probe_all, probe_and_measure
 from locpick.choose.score import Candidate, policy_reason, prior_order, rank
 from locpick.errors import InputError, LocationError
 from locpick.fetch.swarm import swarm_probes
@@ -39,7 +39,7 @@ class Ranker:
 
     def explained(self, image: Image) -> Ranking:
         """The ranking of ``rank``: every location, best first, each with why (swarm shares)."""
-        image, plan = storm.prepare(image, self.session.config, mine=None)
+        image, plan = storm.prepare(image, self.session.config, mine=None, fleet=self.session.fleet)
         ranking = self.rank_image(image)
         ranking = attrs.evolve(ranking, scores=storm.arrange(ranking.scores, plan))
         t = self.session.config.transfer
@@ -58,11 +58,12 @@ class Ranker:
         *,
         for_download: bool = False,
         dest: str | os.PathLike[str] | None = None,
-        probe: bool = True,
+        probe: bool | frozenset[str] = True,
     ) -> Ranking:
         """Score every location of an already-loaded image (:meth:`Client.rank_image`);
-        ``probe=False``: nothing is probed (a storm node reading its parent decides from the
-        record alone)."""
+        ``probe=False``: nothing is probed; a set of URLs: exactly those are probed, whatever
+        else is true (a storm node probes its parent and fallback peers, not the origin: a
+        peer is trusted only once it answered with its first bytes or its fill state)."""
         now = time.time()
         known = self.session.history.entries()
         candidates: list[Candidate] = []
@@ -90,12 +91,18 @@ class Ranker:
             )
         candidates = self._bound_probing(image, candidates)
         to_probe = [c.location for c in candidates if c.unusable is None and not c.not_probed]
+        if isinstance(probe, frozenset):
+            to_probe = [loc for loc in to_probe if loc.url in probe]
         # a swarm download probes by downloading: its first piece from each copy is the probe
         skip = not probe or (
-            for_download
+            not isinstance(probe, frozenset)
+            and for_download
             and (len(to_probe) <= 1 or swarm_probes(image, self.session.config.transfer))
         )
-        probes = {} if skip else self._probe(image, to_probe)
+        # storm peers get the first-bytes probe only: a throughput read of every fallback peer
+        # would take from their uplinks what their children need (measured: +30 % served)
+        measure = not isinstance(probe, frozenset)
+        probes = {} if skip else self._probe(image, to_probe, measure=measure)
         candidates = [
             attrs.evolve(c, probe=probes[c.location]) if c.location in probes else c
             for c in candidates
@@ -157,7 +164,9 @@ class Ranker:
             for c in candidates
         ]
 
-    def _probe(self, image: Image, locations: Sequence[Location]) -> dict[Location, Probe]:
+    def _probe(
+        self, image: Image, locations: Sequence[Location], *, measure: bool = True
+    ) -> dict[Location, Probe]:
         found: dict[Location, Probe] = {}
         missing: list[Location] = []
         with self.session.lock:
@@ -167,7 +176,8 @@ class Ranker:
                     found[loc] = hit
                 else:
                     missing.append(loc)
-        fresh = probe_and_measure(image, missing, self.session.transports, self.session.config)
+        run = probe_and_measure if measure else probe_all
+        fresh = run(image, missing, self.session.transports, self.session.config)
         with self.session.lock:
             for loc, probe in fresh.items():
                 if probe.ok:

@@ -16,6 +16,7 @@ from locpick.config.model import Config
 from locpick.errors import ImageNotActive, ImageNotFound, InputError
 from locpick.glance.lease import is_locpick_copy
 from locpick.glance.locations import GlanceLocations, PublishError
+from locpick.glance.vouch import FleetTrust
 from locpick.jobs.replicas import plan_prune, verify_replicas
 from locpick.jobs.session import Metadata, Session
 from locpick.models import Image, Location, PruneResult, ReapResult, VerifyReport
@@ -23,7 +24,7 @@ from locpick.redact import SCRUB
 
 
 class _Designated:
-    """The session as a registrar whose removals are the designated reaper's (issue 24)."""
+    """The session as a registrar whose removals are the designated reaper's."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -31,6 +32,10 @@ class _Designated:
     @property
     def config(self) -> Config:
         return self.session.config
+
+    @property
+    def fleet(self) -> FleetTrust:
+        return self.session.fleet
 
     def glance_locations(self) -> GlanceLocations:
         return self.session.glance_locations(designated=True)
@@ -67,7 +72,7 @@ class Reaper:
     ) -> PruneResult:
         """Plan (and with ``act`` carry out) removing the locations the report condemns.
 
-        Every entry Glance lists is judged on its own (issue 24: a tenant may list a node's
+        Every entry Glance lists is judged on its own (a tenant may list a node's
         URL twice, once with an expired lease): its URL's verdict plus its own metadata; a
         removal names that one entry by URL and metadata. This process is the designated
         remover (``verify --prune``, ``cache reap``): it may remove without a coordination

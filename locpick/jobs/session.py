@@ -19,12 +19,13 @@ import attrs
 from locpick.cache.store import NodeCache
 from locpick.choose.history import History
 from locpick.config.env import Environment
-from locpick.config.model import Config
+from locpick.config.model import Config, FleetConfig
 from locpick.errors import ConfigError, ImageNotFound, InputError
 from locpick.glance.auth import OpenStackAuth, auth_from_environment
 from locpick.glance.coordination import Coordination, coordination_for
 from locpick.glance.images import fetch_glance_image, load_metadata
 from locpick.glance.locations import GlanceLocations
+from locpick.glance.vouch import MIN_KEY, FleetTrust
 from locpick.models import Image
 from locpick.net.policy import NetPolicy
 from locpick.redact import SCRUB, install_log_redaction, register_env_secrets
@@ -54,6 +55,8 @@ class Session:
         # [rbd]: what Ceph's own CEPH_ARGS / CEPH_CONF say fills what the config leaves unset
         config = attrs.evolve(config, rbd=config.rbd.with_environment(env.vars))
         self.config = config
+        #: Whose peer copies this node trusts, and its key to sign its own (``[fleet]``).
+        self.fleet = load_fleet(config.fleet)
         glance_url = glance_url if glance_url is not None else env.glance_url
         token = token if token is not None else env.token
         SCRUB.add(token)
@@ -162,3 +165,31 @@ class Session:
                 raise ConfigError("no node cache: give --cache-dir DIR or set [cache] dir")
             return None
         return NodeCache(directory, self.config.cache.max_bytes)
+
+
+def load_fleet(cfg: FleetConfig) -> FleetTrust:
+    """The fleet trust of ``[fleet]``: the key read from ``key_file`` (a file others cannot
+    read, at least ``MIN_KEY`` bytes, surrounding whitespace stripped) and the peer list."""
+    if cfg.key_file is None:
+        return FleetTrust(peers=cfg.peers)
+    path = os.path.expanduser(cfg.key_file)
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            key = fh.read(4096).strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"config [fleet] key_file {path}: cannot read ({exc.strerror or exc})"
+        ) from exc
+    if st.st_mode & 0o077:
+        raise ConfigError(
+            f"config [fleet] key_file {path}: readable by others (mode "
+            f"{st.st_mode & 0o777:03o}); chmod 600 it"
+        )
+    if len(key) < MIN_KEY:
+        raise ConfigError(
+            f"config [fleet] key_file {path}: key shorter than {MIN_KEY} bytes; "
+            "write a random key (e.g. `openssl rand -hex 32`)"
+        )
+    SCRUB.add(key.decode("utf-8", "replace"))
+    return FleetTrust(key=key, peers=cfg.peers)

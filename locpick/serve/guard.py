@@ -6,7 +6,7 @@ one-line ``503`` and is closed; a connection that has not sent a complete reques
 ``header_timeout``, or sits idle between requests for ``keepalive_timeout``, is closed. While a
 request is in progress, a client that took less than ``min_send_rate`` bytes/s over the last
 ``send_timeout`` seconds although bytes wait in the socket's send queue (it stopped reading)
-is cut: its transfer slot is free again (issue 24). Progress is what the peer's TCP stack
+is cut: its transfer slot is free again. Progress is what the peer's TCP stack
 acknowledged (``TCP_INFO``), which covers ``sendfile(2)`` as well as paced writes.
 """
 

@@ -3,7 +3,7 @@
 ``locpick serve`` runs one :class:`Renewer`: a daemon thread that checks, once at start and
 then every ``lease / 3`` seconds, that every cached copy this node has published (and, with
 ``[cache] register``, every cached copy) is listed in Glance, and appends it if it is not. It
-never rewrites a listed entry (issue 24: Glance has no compare-and-set, and a read-then-patch
+never rewrites a listed entry (Glance has no compare-and-set, and a read-then-patch
 renewal removed other entries): the node's liveness is its own answer when a client probes
 it. Every few seconds it also deregisters copies still filling whose downloader died
 (kill -9). ``deregister`` removes them when the node stops on SIGTERM/SIGINT. Both removals
@@ -97,7 +97,9 @@ class Renewer:
             return 0
         done = 0
         for image_id, url in sorted(wanted.items()):
-            meta = cache_metadata(self.client.config.topology)
+            meta = self.client.fleet.sign(
+                image_id, url, cache_metadata(self.client.config.topology)
+            )
             started = time.time()
             try:
                 state = api.ensure(image_id, url, meta)

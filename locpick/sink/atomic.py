@@ -122,8 +122,8 @@ class AtomicSink(SinkFile):
     def reset(self) -> None:
         """Drop everything written so far (after a mismatch) and start again at offset 0."""
         self._pipe.drain()
-        if self.tee is not None:  # peers may have read bytes that were wrong
-            self.tee.abandon("the bytes held were dropped (wrong or changed)")
+        if self.tee is not None:  # peers must not go on reading bytes that were wrong
+            self.tee.withdraw("the bytes held were dropped (wrong or changed)")
         self._pipe.hasher.stop()
         assert self.fd is not None
         os.ftruncate(self.fd, 0)

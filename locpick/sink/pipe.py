@@ -32,6 +32,10 @@ class Mirror(Protocol):
     def abandon(self, why: str) -> None:
         """Stop mirroring: bytes already mirrored may be wrong."""
 
+    def withdraw(self, why: str) -> None:
+        """The bytes mirrored so far were wrong and the sink starts over at offset 0: hold
+        nothing again, and mirror the new bytes as they come."""
+
 
 _POOL_BUFFERS = 4
 

@@ -36,6 +36,8 @@ from locpick.models import FillHeader, Image, Location, Probe, parse_fill_header
 from tests.helpers import image_record, run_cli, write_record
 
 MiB = 1 << 20
+#: The fleet vouches for every loopback node (these peers are unsigned demo servers).
+FLEET_LOOPBACK = '[fleet]\npeers = ["127.0.0.0/8"]\n'
 ORIGIN = "http://origin.example/img"
 
 
@@ -318,7 +320,9 @@ def test_cli_rank_json_explains_filling_peers(peer: str, tmp_path: Path) -> None
     meta = [(peer + p, _fill_meta(1000.0 + i)) for i, p in enumerate(["/slow", "/full", "/busy"])]
     record = image_record("img", DATA, [(peer + "/origin", {}), *meta])
     path = write_record(tmp_path / "m.json", record)
-    (tmp_path / "c.toml").write_text('history_file = ""\n[herd]\nfanout = 8\n')
+    (tmp_path / "c.toml").write_text(
+        f'history_file = ""\n[herd]\nfanout = 8\n{FLEET_LOOPBACK}'
+    )
     proc = run_cli("rank", "img", "--metadata", str(path), "--json", "--config",
                    str(tmp_path / "c.toml"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -338,7 +342,7 @@ def test_cli_rank_json_explains_filling_peers(peer: str, tmp_path: Path) -> None
 # -- real downloads: the origin held back, a dead parent ------------------------------------------
 def _download(tmp_path: Path, record: dict[str, object]) -> dict[str, object]:
     path = write_record(tmp_path / "m.json", record)
-    (tmp_path / "c.toml").write_text('history_file = ""\n')
+    (tmp_path / "c.toml").write_text(f'history_file = ""\n{FLEET_LOOPBACK}')
     dest = tmp_path / "img.raw"
     proc = run_cli("download", "img", str(dest), "--metadata", str(path), "--json", "--config",
                    str(tmp_path / "c.toml"))  # fmt: skip

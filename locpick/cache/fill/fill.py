@@ -46,6 +46,7 @@ from locpick.sink.privfile import read_private
 if TYPE_CHECKING:
     from locpick.config.model import Config
     from locpick.glance.locations import GlanceLocations
+    from locpick.glance.vouch import FleetTrust
 
 
 class Registrar(Protocol):
@@ -55,6 +56,9 @@ class Registrar(Protocol):
     def config(self) -> Config: ...
 
     def glance_locations(self) -> GlanceLocations: ...
+
+    @property
+    def fleet(self) -> FleetTrust: ...
 
 
 log = logging.getLogger(__name__)
@@ -130,7 +134,7 @@ class Fill:
         self._client = client
 
         def meta() -> dict[str, str]:
-            return filling_metadata(cfg.topology, started)
+            return client.fleet.sign(self.image.id, url, filling_metadata(cfg.topology, started))
 
         listed = [loc.url for loc in self.image.locations]
         if not add_filling(client.glance_locations, self.image.id, url, meta(), listed=listed):

@@ -7,7 +7,7 @@ the same add is retried with jittered backoff, a bounded number of times; it is 
 (``GlanceLocations.add`` looks first, so an add that did land is not made twice). Glance also
 loses some concurrent adds that it answered 200 (each PATCH rewrites the whole list; measured
 with 4 nodes): the add is confirmed once about 2 s later (jittered, 1-3 s) and appended again
-if lost (logged). The entry is never rewritten to renew a lease (issue 24).
+if lost (logged). The entry is never rewritten to renew a lease.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def remove_once(api: Api, image_id: str, url: str) -> None:
 
 class FillRenewal:
     """Confirms the add (appends it again, logged, when Glance lost it); the entry is never
-    rewritten afterwards (issue 24)."""
+    rewritten afterwards."""
 
     def __init__(self, api: Api, image_id: str, url: str, meta: Callable[[], dict[str, str]],
                  lease: float) -> None:  # fmt: skip

@@ -73,6 +73,8 @@ class Tee:
         self.live = True
         #: Why it was abandoned (for the log), else None.
         self.why: str | None = None
+        #: Times the bytes held were withdrawn (proved wrong) and the copy filled anew.
+        self.withdrawn = 0
         self._lock = threading.Lock()
 
     def write(
@@ -126,6 +128,22 @@ class Tee:
         """Every byte mirrored and the tee never abandoned."""
         with self._lock:
             return self.live and self.writer.written == self.writer.size
+
+    def withdraw(self, why: str) -> None:
+        """The bytes mirrored so far came from a source now proved wrong and the download
+        starts over: the record holds nothing again (peers wait for the new bytes instead of
+        reading the old ones as held), and the copy fills anew. A peer that already read
+        some of them fails its own hash and reads them again."""
+        with self._lock:
+            if not self.live:
+                return
+            try:
+                self.writer.withdraw()
+            except OSError as exc:
+                self._abandon(f"cannot withdraw wrong bytes ({exc.strerror})")
+                return
+            self.withdrawn += 1
+        log.warning("cache: stream-through copy withdrawn and filled anew: %s", why)
 
     def abandon(self, why: str) -> None:
         """Stop mirroring; the record says ``failed`` at once (readers stop serving it)."""

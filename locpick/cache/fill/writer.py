@@ -128,6 +128,14 @@ class FillWriter:
         self.state = "complete"
         self._flush()
 
+    def withdraw(self) -> None:
+        """Every byte written so far proved wrong (the download starts over): nothing is held
+        any more, readers wait for the bytes again as they are written anew."""
+        self._bitmap = bytearray(len(self._bitmap))
+        self.written = self.hashed = self._prefix_pieces = 0
+        self._created = time.time()
+        self._flush()
+
     def fail(self) -> None:
         """The download failed or its hash did not match: readers must stop serving now."""
         self.state = "failed"

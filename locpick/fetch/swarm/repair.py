@@ -60,6 +60,10 @@ def check_and_repair(
             if swarm.sink.tee is not None:
                 swarm.sink.tee.write(fresh, start)
             bad.setdefault(src.index, []).append(p)
+            if swarm.sink.tee is not None:  # peers may have read them from our filling copy
+                swarm.sink.tee.abandon(
+                    f"piece {p} from {src.url} proved wrong after it was offered to peers"
+                )
             h = _rehash(fd, swarm.g.size, expected)
             if h.hexdigest() == expected.value:
                 for i, pieces in bad.items():
