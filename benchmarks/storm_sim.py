@@ -7,16 +7,16 @@ simulation whose every decision is made by locpick's real choice code.
         [--name storm-sim]
 
 What is real: each node's record is a real :class:`locpick.models.Image` of real
-:class:`~locpick.models.Location` values carrying the metadata a node registers (marker, fill
-keys, lease, topology, the ``[fleet]`` HMAC signature, made by
-:class:`locpick.glance.vouch.FleetTrust`), and its source is what
-:func:`locpick.choose.storm.prepare` returns for it (demotion of unvouched marks, the tree,
-``_spread`` for nodes that could not register). Who registers follows Glance's order of adds
-and its location quota (``--quota``; 0 = unlimited, Glance's default is 10). The Glance
-requests a node makes are those of the real flow (``jobs/download.py``, ``cache/fill/register.py``): GET the record, one location add
-(``listed`` saves the duplicate check), GET it again (the storm refresh), and the add's
-confirmation GET 1-3 s later if the download still runs; record bytes are the JSON size of
-the record at the moment of each GET (and of the PATCH answer, which is the record).
+:class:`~locpick.models.Location` values carrying the metadata a node registers (marker, fill keys,
+lease, topology, the ``[fleet]`` HMAC signature, made by :class:`locpick.glance.vouch.FleetTrust`),
+and its source is what :func:`locpick.choose.storm.prepare` returns for it (demotion of unvouched
+marks, the tree, ``_spread`` for nodes that could not register). Who registers follows Glance's
+order of adds and its location quota (``--quota``; 0 = unlimited, Glance's default is 10). The
+Glance requests a node makes are those of the real flow (``jobs/download.py``,
+``cache/fill/register.py``): GET the record, one location add (``listed`` saves the duplicate
+check), GET it again (the storm refresh), and the add's confirmation GET 1-3 s later if the download
+still runs; record bytes are the JSON size of the record at the moment of each GET (and of the PATCH
+answer, which is the record).
 
 What is modelled: time (a heapq event loop, injected seed), Glance as a fixed latency plus the
 record's bytes at ``--glance-mbps``, uplinks shared equally by a source's active readers (the
