@@ -90,6 +90,7 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        self._ranker.close()  # probes still going on in the background stop first
         self._session.close()
 
     # -- sources and decisions ----------------------------------------------------------------

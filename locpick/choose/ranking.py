@@ -15,9 +15,9 @@ import attrs
 import cachetools
 
 from locpick.choose import storm
-from locpick.choose.history import host_key
-from locpick.choose.probe import probe_and_measure
+from locpick.choose.probe import Phase, ProbeRun, probe_and_measure
 from locpick.choose.score import Candidate, policy_reason, prior_order, rank
+from locpick.config.model import Config
 from locpick.errors import InputError, LocationError
 from locpick.fetch.swarm import swarm_probes
 from locpick.fetch.swarm.explain import explain
@@ -36,6 +36,8 @@ class Ranker:
         self._probe_cache: cachetools.TTLCache[tuple[str, int | None], Probe] = cachetools.TTLCache(
             maxsize=4096, ttl=session.config.probe.cache_ttl
         )
+        #: Per image id, the probes of a download's ranking still going on in the background.
+        self._runs: dict[str, ProbeRun] = {}
 
     def explained(self, image: Image) -> Ranking:
         """The ranking of ``rank``: every location, best first, each with why (swarm shares)."""
@@ -88,18 +90,21 @@ class Ranker:
             candidates.append(
                 Candidate(loc, unusable=reason, shared_fs=shared, history=history, note=lease.note)
             )
-        candidates = self._bound_probing(image, candidates)
-        to_probe = [c.location for c in candidates if c.unusable is None and not c.not_probed]
-        # a swarm download probes by downloading: its first piece from each copy is the probe
+        order = self._probe_order(image, candidates)
+        # a swarm download probes by downloading (its first piece from each copy is the
+        # probe) when it can ask every copy at once; with more copies than it draws on, some
+        # may be silent decoys: they are probed first (happy eyeballs, latency only)
+        swarm = for_download and swarm_probes(image, self.session.config.transfer)
         skip = not probe or (
             for_download
-            and (len(to_probe) <= 1 or swarm_probes(image, self.session.config.transfer))
+            and (
+                len(order) <= 1
+                or (swarm and len(order) <= self.session.config.transfer.max_sources)
+            )
         )
-        probes = {} if skip else self._probe(image, to_probe)
-        candidates = [
-            attrs.evolve(c, probe=probes[c.location]) if c.location in probes else c
-            for c in candidates
-        ]
+        if not skip:
+            phase = self._probe(image, order, throughput=not swarm, background=for_download)
+            candidates = [_measured(c, phase) for c in candidates]
         for url, why in image.rejected:
             candidates.append(Candidate(Location(url=url), unusable=Reason(Code.REJECTED, why)))
         scores = rank(image, candidates, self.session.config)
@@ -119,83 +124,102 @@ class Ranker:
         )
         return attrs.evolve(score, reasons=reasons)
 
-    def _bound_probing(self, image: Image, candidates: list[Candidate]) -> list[Candidate]:
-        """Mark all but the best ``[probe] max_candidates`` usable locations ``not-probed``, and
-        any beyond ``max_probes_per_host`` on one ``scheme://host:port``.
+    def _probe_order(self, image: Image, candidates: Sequence[Candidate]) -> list[Location]:
+        """The usable locations in the order they are probed: Glance's own ``/file`` first (it
+        is the last resort: always measured, never counted against the budget's order), then
+        the best by what is known before any measurement (topology, history, policy, shared
+        filesystem), so the probe budget goes to the likeliest copies first."""
+        usable = [c for c in candidates if c.unusable is None]
+        first = [c.location for c in usable if c.location.kind == "glance-file"]
+        pool = [c for c in usable if c.location.kind != "glance-file"]
+        if len(pool) > 1:
+            pool = prior_order(image, pool, self.session.config)
+        return first + [c.location for c in pool]
 
-        "Best" is the ranking before any measurement (topology, history, policy, shared
-        filesystem), so probing costs the same at 20 and at 20,000 locations, and many silent
-        locations on a few hosts cannot crowd out the others. Glance's own ``/file`` is never
-        counted or dropped: it stays the last resort."""
-        pc = self.session.config.probe
-        limit, per_host = max(1, pc.max_candidates), max(1, pc.max_probes_per_host)
-        pool = [c for c in candidates if c.unusable is None and c.location.kind != "glance-file"]
-        if len(pool) <= 1:
-            return candidates
-        why: dict[int, Reason] = {}
-        seen: dict[str, int] = {}
-        kept = 0
-        for c in prior_order(image, pool, self.session.config):
-            key = host_key(c.location)
-            if c.location.scheme != "file" and seen.get(key, 0) >= per_host:
-                why[id(c.location)] = Reason(
-                    Code.NOT_PROBED,
-                    f"not-probed: more than {per_host} locations on {key} "
-                    "([probe] max_probes_per_host); a fallback",
-                )
-            elif kept >= limit:
-                why[id(c.location)] = Reason(
-                    Code.NOT_PROBED,
-                    f"not-probed: beyond the best {limit} of {len(pool)} locations "
-                    "([probe] max_candidates); a fallback",
-                )
-            else:
-                seen[key] = seen.get(key, 0) + 1
-                kept += 1
-        return [
-            attrs.evolve(c, not_probed=why[id(c.location)]) if id(c.location) in why else c
-            for c in candidates
-        ]
-
-    def _probe(self, image: Image, locations: Sequence[Location]) -> dict[Location, Probe]:
+    def _probe(
+        self,
+        image: Image,
+        order: Sequence[Location],
+        *,
+        config: Config | None = None,
+        throughput: bool = True,
+        background: bool = False,
+    ) -> Phase:
+        """Probe ``order`` (cached live answers reused); for a download, the run goes on in the
+        background and a later round takes what it found (:meth:`probe_round`)."""
         found: dict[Location, Probe] = {}
         missing: list[Location] = []
         with self.session.lock:
-            for loc in locations:
+            for loc in order:
                 hit = self._probe_cache.get((loc.url, image.size))
                 if hit is not None:
                     found[loc] = hit
                 else:
                     missing.append(loc)
-        fresh = probe_and_measure(image, missing, self.session.transports, self.session.config)
+        if not missing:
+            return Phase(found, {})
+        phase, run = probe_and_measure(
+            image,
+            missing,
+            self.session.transports,
+            config or self.session.config,
+            throughput=throughput,
+            background=background,
+        )
         with self.session.lock:
-            for loc, probe in fresh.items():
-                if probe.ok:
+            for loc, probe in phase.probes.items():
+                if probe.ok and not probe.censored:
                     self._probe_cache[(loc.url, image.size)] = probe
-        return found | fresh
+            if background:
+                old = self._runs.pop(image.id, None)
+                if old is not None:
+                    old.close()
+                self._runs[image.id] = run
+        return Phase(found | phase.probes, phase.unmeasured)
 
     def probe_round(
         self, image: Image, locations: Sequence[Location], best: float | None
     ) -> list[Score]:
-        """Probe (within the budget) and rank locations left over by an earlier round, under a
-        deadline scaled to the live copies' first bytes (the straggler cut-off)."""
+        """Rank locations left over by an earlier round: what the probes continued in the
+        background found (waiting for those still within their deadline), and a new happy-eyeballs
+        probe of the rest, under a deadline scaled to the live copies' first bytes."""
         pc = self.session.config.probe
         deadline = pc.deadline
         if best is not None:
             deadline = min(deadline, max(pc.straggler_floor, pc.straggler_factor * best))
         config = attrs.evolve(self.session.config, probe=attrs.evolve(pc, deadline=deadline))
-        known = self.session.history.entries()
-        candidates = self._bound_probing(
-            image,
-            [Candidate(loc, history=self.session.history.lookup(loc, known)) for loc in locations],
-        )
-        to_probe = [c.location for c in candidates if not c.not_probed]
-        probes = probe_and_measure(image, to_probe, self.session.transports, config)
+        with self.session.lock:
+            run = self._runs.get(image.id)
+        known = run.refined(locations, deadline) if run is not None else {}
+        known = {loc: p for loc, p in known.items() if not p.censored}  # silent: ask again
+        history = self.session.history.entries()
         candidates = [
-            attrs.evolve(c, probe=probes[c.location]) if c.location in probes else c
-            for c in candidates
+            Candidate(loc, history=self.session.history.lookup(loc, history), probe=known.get(loc))
+            for loc in locations
         ]
+        rest = [c for c in candidates if c.probe is None]
+        order = self._probe_order(image, rest)
+        phase = self._probe(image, order, config=config) if order else Phase({}, {})
+        candidates = [_measured(c, phase) for c in candidates]
         return list(rank(image, candidates, config))
+
+    def close(self) -> None:
+        """Stop the probes still going on in the background."""
+        with self.session.lock:
+            runs, self._runs = list(self._runs.values()), {}
+        for run in runs:
+            run.close()
+
+
+def _measured(cand: Candidate, phase: Phase) -> Candidate:
+    """The candidate with what the probe phase found: its probe, or why it is unmeasured."""
+    probe = phase.probes.get(cand.location)
+    if probe is not None:
+        return attrs.evolve(cand, probe=probe)
+    why = phase.unmeasured.get(cand.location)
+    if why is not None:
+        return attrs.evolve(cand, not_probed=Reason(Code.NOT_PROBED, why))
+    return cand
 
 
 def _check(
