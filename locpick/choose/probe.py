@@ -122,6 +122,10 @@ class ProbeRun:
         #: Over ``max_probes_per_host`` on their ``scheme://host:port``: never asked.
         self._capped: list[Location] = []
         self._live: list[float] = []
+        #: Probes that failed or ran out their own deadline.
+        self._bad = 0
+        #: Answers already counted before :meth:`keep_going`.
+        self._extra = 0
         self._budget = max(1, self.pc.max_candidates)
         self._room = _room()
         self._start = clock()
@@ -151,10 +155,16 @@ class ProbeRun:
             return 0
         within = self._within(now)
         if self._live:
-            return max(0, self._budget - len(self._live) - within)
+            return max(0, self._budget_now(now) - len(self._live) - within)
         steps = int((now - self._start) / max(self.pc.straggler_floor, 1e-3))
         grown = int(self._budget * min(_GROWTH**steps, 1e6))
         return max(0, min(grown, self._room) - within)
+
+    def _budget_now(self, now: float) -> int:
+        """Answers to wait for: ``max_candidates``, once more for each copy that failed or went
+        silent (a list that lies is probed harder, within the deadline)."""
+        bad = self._bad + len(self._flying) - self._within(now)
+        return self._budget * (1 + bad) + self._extra
 
     def _launch(self, now: float) -> None:
         n = self._may_launch(now)
@@ -173,7 +183,7 @@ class ProbeRun:
                 timeout = min(timeout, limit) if not self._background else limit
             elif len(self._done) + len(self._flying) >= self._budget:
                 # a later wave before any answer: a short own deadline frees the connection
-                timeout = min(timeout, max(4 * self.pc.straggler_floor, self.pc.deadline / 4))
+                timeout = min(timeout, max(2 * self.pc.straggler_floor, self.pc.deadline / 4))
             timeout = max(timeout, 0.05)
             self._flying[loc] = (now, timeout)
             threading.Thread(
@@ -191,22 +201,20 @@ class ProbeRun:
             probe = Probe(url=loc.display_url, ok=False, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - a daemon thread: e.g. the client closed under it
             probe = Probe(url=loc.display_url, ok=False, error=f"{type(exc).__name__}: {exc}")
-        ran_out = not probe.ok and probe.status is None and self._clock() - t0 >= 0.95 * timeout
+        waited = self._clock() - t0
+        ran_out = not probe.ok and probe.status is None and waited >= 0.95 * timeout
         best = None
         with self._cond:
             self._flying.pop(loc, None)
-            if ran_out and self._live:
-                # our own (scaled) deadline cut it: silent, not failed
-                waited = self._clock() - t0
+            if ran_out:
+                # its own deadline cut it: silent, not failed (failed only if nothing answers)
                 probe = Probe(url=loc.display_url, ok=True, ttfb=waited, censored=True)
-            elif ran_out:
-                probe = attrs.evolve(
-                    probe, error=f"no first byte within the probe deadline ({timeout:.2f}s)"
-                )
             elif probe.ok and probe.ttfb is not None:
                 self._live.append(probe.ttfb)
                 best = min(self._live)
             self._done[loc] = probe
+            if probe.censored or not probe.ok:
+                self._bad += 1
             self._cond.notify_all()
         if best is not None and self._on_answer is not None:
             self._on_answer(loc, probe, best)
@@ -227,7 +235,7 @@ class ProbeRun:
             return not self._flying and not self._queue
         if self._within(now):
             return False
-        launchable = self._queue and len(self._live) < self._budget
+        launchable = self._queue and len(self._live) < self._budget_now(now)
         return not launchable or len(self._flying) < self._room
 
     def _next_event(self, now: float) -> float:
@@ -254,17 +262,16 @@ class ProbeRun:
             return self._snapshot(self._clock())
 
     def _snapshot(self, now: float) -> Phase:
-        probes = dict(self._done)
-        unmeasured: dict[Location, str] = {}
         answered = bool(self._live)
+        probes = {
+            loc: p if answered or not p.censored else _no_answer(loc, p.ttfb or 0.0)
+            for loc, p in self._done.items()
+        }
+        unmeasured: dict[Location, str] = {}
         for loc, (sent, _timeout) in self._flying.items():
             waited = now - sent
             if not answered:
-                probes[loc] = Probe(
-                    url=loc.display_url,
-                    ok=False,
-                    error=f"no first byte within the probe deadline ({waited:.2f}s)",
-                )
+                probes[loc] = _no_answer(loc, waited)
             elif self._silent(loc, now):
                 # silent: it may still answer (a fallback); its latency is at least ``waited``
                 probes[loc] = Probe(url=loc.display_url, ok=True, ttfb=waited, censored=True)
@@ -276,7 +283,7 @@ class ProbeRun:
         why = (
             f"not-probed: {len(self._live)} copies answered first ([probe] max_candidates = "
             f"{self._budget}); a fallback"
-            if len(self._live) >= self._budget
+            if len(self._live) >= self._budget_now(now)
             else "not-probed: no time left within the probe deadline; a fallback"
         )
         per_host = max(1, self.pc.max_probes_per_host)
@@ -309,7 +316,7 @@ class ProbeRun:
             if self._closed:
                 return
             self._background = True
-            self._budget = len(self._live) + max(1, self.pc.max_candidates)
+            self._extra = len(self._live)  # max_candidates more answers at most
             self._end = self._clock() + self.pc.deadline
         threading.Thread(target=self._drive, name="locpick-probe-bg", daemon=True).start()
 
@@ -347,6 +354,15 @@ class ProbeRun:
             self._queue.clear()
             self._cond.notify_all()
         self._net_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _no_answer(loc: Location, waited: float) -> Probe:
+    """A probe that got no first byte while no copy answered at all: failed."""
+    return Probe(
+        url=loc.display_url,
+        ok=False,
+        error=f"no first byte within the probe deadline ({waited:.2f}s)",
+    )
 
 
 def probe_all(
