@@ -68,6 +68,8 @@ class Ranker:
         now = time.time()
         known = self.session.history.entries()
         candidates: list[Candidate] = []
+        by_host: dict[tuple[int, str], tuple[Reason | None, str | None]] = {}
+        routes: dict[tuple[int, str], str | None] = {}
         for loc in image.locations:
             lease = lease_state(loc.metadata, now)
             if lease.expired:
@@ -85,10 +87,17 @@ class Ranker:
             shared = None
             reason = policy_reason(loc, self.session.config)  # forbidden copies are never probed
             if reason is None:
-                reason, shared = _check(transport, loc, image, dest)
+                reason, shared = _check(transport, loc, image, dest, by_host)
             history = self.session.history.lookup(loc, known) if known and reason is None else None
             candidates.append(
-                Candidate(loc, unusable=reason, shared_fs=shared, history=history, note=lease.note)
+                Candidate(
+                    loc,
+                    unusable=reason,
+                    shared_fs=shared,
+                    history=history,
+                    note=lease.note,
+                    route=_route(transport, loc, routes),
+                )
             )
         order = self._probe_order(image, candidates)
         # a swarm download probes by downloading (its first piece from each copy is the
@@ -107,22 +116,7 @@ class Ranker:
             candidates = [_measured(c, phase) for c in candidates]
         for url, why in image.rejected:
             candidates.append(Candidate(Location(url=url), unusable=Reason(Code.REJECTED, why)))
-        scores = rank(image, candidates, self.session.config)
-        return Ranking(image=image, scores=tuple(self._with_route(s) for s in scores))
-
-    def _with_route(self, score: Score) -> Score:
-        """Say in the reasons how the location is reached (``direct`` / ``via proxy ...``)."""
-        try:
-            transport = self.session.transports.for_location(score.location)
-        except LocationError:
-            return score
-        route = transport.route(score.location) if transport.capabilities.route else None
-        if route is None:
-            return score
-        reasons = attrs.evolve(
-            score.reasons, route=route, notes=(*score.reasons.notes, f"route: {route}")
-        )
-        return attrs.evolve(score, reasons=reasons)
+        return Ranking(image=image, scores=rank(image, candidates, self.session.config))
 
     def _probe_order(self, image: Image, candidates: Sequence[Candidate]) -> list[Location]:
         """The usable locations in the order they are probed: Glance's own ``/file`` first (it
@@ -217,18 +211,58 @@ def _measured(cand: Candidate, phase: Phase) -> Candidate:
     if probe is not None:
         return attrs.evolve(cand, probe=probe)
     why = phase.unmeasured.get(cand.location)
-    if why is not None:
-        return attrs.evolve(cand, not_probed=Reason(Code.NOT_PROBED, why))
-    return cand
+    if why is None:
+        return cand
+    return attrs.evolve(cand, not_probed=Reason(Code.NOT_PROBED, why))
+
+
+def _route(
+    transport: Transport, loc: Location, routes: dict[tuple[int, str], str | None]
+) -> str | None:
+    """How the location is reached (``direct`` / ``via proxy ...``), for its reasons;
+    remembered in ``routes`` per transport and ``scheme://authority`` (20,000 locations on a
+    few hosts cost a few route lookups)."""
+    if not transport.capabilities.route:
+        return None
+    key = _memo_key(transport, loc)
+    if key is None:
+        return transport.route(loc)
+    if key not in routes:
+        routes[key] = transport.route(loc)
+    return routes[key]
+
+
+def _memo_key(transport: Transport, loc: Location) -> tuple[int, str] | None:
+    """Key under which a network location's host check and route are remembered within one
+    ranking: both depend on its ``scheme://authority`` alone (the address guard and the proxy
+    choice), read here with string operations (a URL parse per location is the cost at 20,000
+    locations); None for anything else (judged one by one)."""
+    if loc.scheme not in ("http", "https"):
+        return None
+    head, sep, rest = loc.url.partition("://")
+    if not sep:
+        return None
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    return id(transport), f"{head.lower()}://{authority.lower()}"
 
 
 def _check(
-    transport: Transport, loc: Location, image: Image, dest: str | os.PathLike[str] | None
+    transport: Transport,
+    loc: Location,
+    image: Image,
+    dest: str | os.PathLike[str] | None,
+    by_host: dict[tuple[int, str], tuple[Reason | None, str | None]] | None = None,
 ) -> tuple[Reason | None, str | None]:
     """(unusable reason, ``shared_fs`` reason) of a location: a location on a shared
-    filesystem is judged for the destination's directory."""
+    filesystem is judged for the destination's directory; a network location's check is
+    remembered per host in ``by_host``."""
     if not transport.capabilities.system_copy:
-        return _refused(transport.check(loc, image)), None
+        key = _memo_key(transport, loc) if by_host is not None else None
+        if key is None or by_host is None:
+            return _refused(transport.check(loc, image)), None
+        if key not in by_host:
+            by_host[key] = (_refused(transport.check(loc, image)), None)
+        return by_host[key]
     dest_dir = None if dest is None else os.path.dirname(os.path.abspath(dest))
     try:
         rep = transport.shared_fs(loc, image, dest_dir)

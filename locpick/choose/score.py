@@ -92,6 +92,8 @@ class Candidate:
     not_probed: Reason | None = None
     #: A remark shown in the reasons (e.g. an unparseable lease, ignored).
     note: str | None = None
+    #: How probes and transfers reach it (``direct``, ``via proxy ...``), None if not network.
+    route: str | None = None
 
 
 def location_topology(location: Location, hints: Sequence[Hint]) -> Topology:
@@ -252,6 +254,8 @@ def rank(
                 policy=str(error) if error.code is Code.POLICY else None,
                 probe=state,
                 topology_match=matched,
+                route=cand.route,
+                notes=() if cand.route is None else (f"route: {cand.route}",),
             )
             reasons = _with_latency(reasons, probe)
             rows.append(((3.0, 0.0, 0.0), None, cand, reasons, cls))
@@ -297,6 +301,8 @@ def rank(
         if loc.kind == "glance-file":
             policy = "Glance /file: last resort"
             notes.append(policy)
+        if cand.route is not None:
+            notes.append(f"route: {cand.route}")
         reasons = Reasons(
             latency_ms=latency * 1000 if probe is not None and probe.ttfb is not None else None,
             throughput_bps=probe.throughput_bps if probe is not None else None,
@@ -310,6 +316,7 @@ def rank(
             fill=None if fill is None else fill.text,
             probe=state,
             topology_match=matched,
+            route=cand.route,
         )
         reasons = _with_latency(reasons, probe)
         rows.append(((tier, effective, 0.0), expected, cand, reasons, cls))
