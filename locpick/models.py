@@ -147,10 +147,9 @@ class Reasons:
     #: How probes and transfers reach it: ``direct`` or ``via proxy URL`` (None: not a network
     #: location).
     route: str | None = None
-    #: No live answer to a probe yet (over the probe budget, still in flight, or silent):
-    #: ranked after every live copy; a download reaches it in a later round, once a probe
-    #: (continued in the background) has answered, so no transfer waits a header deadline on
-    #: a copy that never answered a probe.
+    #: Not measured (over the probe budget, or still in flight when the phase ended): ranked
+    #: after every measured copy; a download reaches it in a later round, once its probe
+    #: (continued in the background) has answered.
     not_probed: bool = False
     #: A peer's copy still filling (boot storm): held bytes, fill rate, role in the fleet's tree.
     fill: str | None = None

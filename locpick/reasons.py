@@ -24,8 +24,8 @@ class Code(enum.Enum):
     NOT_PROBED = "not-probed"
     #: Probed, accepted the connection (or not) and sent no first byte within the deadline
     #: scaled to the copies that did answer: a black hole until a later probe says otherwise.
-    #: Ranked after every live and every unmeasured copy; a download reaches it only once a
-    #: later probe has answered.
+    #: Ranked after every live copy (a fallback); it never answered a probe, so a transfer
+    #: should give it no more than the header deadline scaled to the live answers.
     SILENT = "silent"
     #: No transport for the scheme, a missing extra, or a transport refusal.
     UNSUPPORTED = "unsupported"

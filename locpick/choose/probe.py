@@ -331,17 +331,15 @@ class ProbeRun:
 
     def refined(self, locations: Sequence[Location], wait: float) -> dict[Location, Probe]:
         """What the probes continued in the background found for ``locations``, waiting up
-        to ``wait`` seconds for the ones still within their deadline: a Probe for each that
-        answered, failed or went silent; nothing for the others."""
+        to ``wait`` seconds for those still in flight (silent ones too: a later round may wait
+        longer than the first): a Probe for each that answered, failed or is still silent;
+        nothing for the others."""
         wanted = set(locations)
         until = self._clock() + wait
         with self._cond:
             while True:
                 now = self._clock()
-                pending = [
-                    loc for loc in wanted if loc in self._flying and not self._silent(loc, now)
-                ]
-                if not pending or now >= until:
+                if now >= until or not any(loc in self._flying for loc in wanted):
                     break
                 self._cond.wait(timeout=min(until, self._next_event(now)) - now)
             snap = self._snapshot(now)

@@ -175,17 +175,20 @@ class Ranker:
         self, image: Image, locations: Sequence[Location], best: float | None
     ) -> list[Score]:
         """Rank locations left over by an earlier round: what the probes continued in the
-        background found (waiting for those still within their deadline), and a new happy-eyeballs
-        probe of the rest, under a deadline scaled to the live copies' first bytes."""
+        background found (waiting for those still in flight), and a new happy-eyeballs probe of
+        the rest, under a deadline scaled to the live copies' first bytes (the whole deadline
+        when some were silent)."""
         pc = self.session.config.probe
-        deadline = pc.deadline
-        if best is not None:
-            deadline = min(deadline, max(pc.straggler_floor, pc.straggler_factor * best))
-        config = attrs.evolve(self.session.config, probe=attrs.evolve(pc, deadline=deadline))
         with self.session.lock:
             run = self._runs.get(image.id)
-        known = run.refined(locations, deadline) if run is not None else {}
-        known = {loc: p for loc, p in known.items() if not p.censored}  # silent: ask again
+        found = run.refined(locations, pc.deadline) if run is not None else {}
+        known = {loc: p for loc, p in found.items() if not p.censored}
+        # a copy silent so far is asked again with the whole probe deadline: this round comes
+        # only once every live copy failed; the others' deadline is scaled to the live answers
+        deadline = pc.deadline
+        if best is not None and not any(p.censored for p in found.values()):
+            deadline = min(deadline, max(pc.straggler_floor, pc.straggler_factor * best))
+        config = attrs.evolve(self.session.config, probe=attrs.evolve(pc, deadline=deadline))
         history = self.session.history.entries()
         candidates = [
             Candidate(loc, history=self.session.history.lookup(loc, history), probe=known.get(loc))

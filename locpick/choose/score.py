@@ -6,10 +6,12 @@ otherwise (``[scoring]`` in the config). Lower wins. No I/O happens here.
 
 Ordering rules, in this order:
 1. usable before unusable; operator-preferred schemes/hosts before the rest; every copy that
-   answered a probe (``live``) before every copy nobody measured (``not-probed``: probing
-   stopped once ``[probe] max_candidates`` copies answered, or the deadline came), and those
-   before ``silent`` ones (probed, no first byte within the deadline scaled to the answers: black
-   holes) -- unmeasured is not better than measured-live, silent not better than unmeasured;
+   answered a probe (``live``) before every ``silent`` one (probed, no first byte within the
+   deadline scaled to the answers: a black hole, or a straggler kept as a fallback), and those
+   before every copy nobody measured (``not-probed``: probing stopped once
+   ``[probe] max_candidates`` copies answered -- a budget that grows with each silent or
+   failed copy, so a list that lies is probed harder -- or the deadline came; a download
+   probes them in a later round) -- unmeasured is never better than measured;
    Glance's own ``/file`` always last among usable ones (last resort);
 2. topology (levels nest: same zone means same region and zone, see :func:`topology_class`):
    among the topology classes present (host < rack < zone < region < unknown), each
@@ -189,9 +191,11 @@ def _preferred(location: Location, config: Config) -> bool:
 
 
 #: Sort tiers below Glance's /file (1.0): live measured copies are 0.0 (preferred by
-#: policy) or 0.5; a copy nobody measured comes after every live one, a silent one after those.
+#: policy) or 0.5; a silent one (probed, no first byte yet: a black hole or a straggler) comes
+#: after every live one, and a copy nobody measured after those (a download reaches it in a
+#: later round, once its probe has answered).
+_SILENT_TIER = 0.6
 _UNMEASURED_TIER = 0.75
-_SILENT_TIER = 0.85
 
 
 def _places(candidates: Sequence[Candidate], config: Config) -> list[Topology]:
@@ -270,7 +274,7 @@ def rank(
         if silent:
             notes.append(
                 f"{Code.SILENT.value}: no first byte within {latency or 0:.2f}s while others "
-                "answered (a black hole?); ranked after live and unmeasured copies"
+                "answered (a black hole?); ranked after every live copy"
             )
         if latency is None:
             latency = sc.prior_latency
@@ -289,7 +293,7 @@ def rank(
             effective *= sc.failure_penalty
             notes.append(f"circuit open after a recent failure: x{sc.failure_penalty:g}")
         tier = 1.0 if loc.kind == "glance-file" else (0.0 if _preferred(loc, config) else 0.5)
-        not_probed = bool(cand.not_probed) or silent
+        not_probed = bool(cand.not_probed)
         if tier < 1.0 and silent:
             tier = _SILENT_TIER
         elif tier < 1.0 and not_probed:
