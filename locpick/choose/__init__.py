@@ -6,7 +6,8 @@ locations; the order itself is decided in one function, :func:`locpick.choose.sc
 (live copies, then silent ones, then unmeasured ones, Glance's ``/file`` last; topology levels
 nested), and nothing downstream re-sorts a ranking: the download reads it in rank order (a
 boot storm's ``storm.arrange`` only moves peers' filling copies around it, see there).
-:class:`locpick.choose.probe.ProbeRun` measures (happy eyeballs) and decides nothing. May import: ``models``, ``reasons``, ``config``, ``net``, ``transports``,
+:class:`locpick.choose.probe.ProbeRun` measures (happy eyeballs) and decides nothing.
+May import: ``models``, ``reasons``, ``config``, ``net``, ``transports``,
 ``glance.lease``.
 Nothing here writes bytes to a destination.
 """

@@ -179,9 +179,7 @@ class Ranker:
         the rest, under a deadline scaled to the live copies' first bytes (the whole deadline
         when some were silent)."""
         pc = self.session.config.probe
-        with self.session.lock:
-            run = self._runs.get(image.id)
-        found = run.refined(locations, pc.deadline) if run is not None else {}
+        found = self.refined(image, locations, pc.deadline)
         known = {loc: p for loc, p in found.items() if not p.censored}
         # a copy silent so far is asked again with the whole probe deadline: this round comes
         # only once every live copy failed; the others' deadline is scaled to the live answers
@@ -199,6 +197,16 @@ class Ranker:
         phase = self._probe(image, order, config=config) if order else Phase({}, {})
         candidates = [_measured(c, phase) for c in candidates]
         return list(rank(image, candidates, config))
+
+    def refined(
+        self, image: Image, locations: Sequence[Location], wait: float = 0.0
+    ) -> dict[Location, Probe]:
+        """What the probes of a download's ranking, still going on in the background, found
+        since for ``locations`` (waiting up to ``wait`` s for those in flight): the hook for a
+        transfer engine that wants to add copies that answered late without a new round."""
+        with self.session.lock:
+            run = self._runs.get(image.id)
+        return run.refined(locations, wait) if run is not None else {}
 
     def close(self) -> None:
         """Stop the probes still going on in the background."""
