@@ -1,8 +1,12 @@
 """Ranking: judge every location of an image (usable? on a shared filesystem? history), probe
-the best within the budget (results cached for ``[probe] cache_ttl``) and score them.
+them in the order known before any measurement (happy eyeballs, ``choose.probe.ProbeRun``;
+live answers cached for ``[probe] cache_ttl``) and score them (``choose.score.rank``: the one
+place the order is decided).
 
-``Ranker.rank_image`` is the one ranking the CLI's ``rank`` and a download start from;
-``Ranker.probe_round`` ranks the ``not-probed`` leftovers when every probed location failed.
+``Ranker.rank_image`` is the one ranking the CLI's ``rank`` and a download start from; for a
+download the probes go on in the background, and ``Ranker.probe_round`` ranks the
+``not-probed`` leftovers from what they found (and a new probe of the rest) when every
+location of the first round failed.
 """
 
 from __future__ import annotations
