@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import cachetools
 
 from locpick.choose import storm
 from locpick.choose.probe import Phase, ProbeRun, probe_and_measure
-from locpick.choose.score import Candidate, policy_reason, prior_order, rank
+from locpick.choose.score import Candidate, HistoryInfo, policy_reason, prior_order, rank
 from locpick.config.model import Config
 from locpick.errors import InputError, LocationError
 from locpick.fetch.swarm import swarm_probes
@@ -74,6 +75,7 @@ class Ranker:
         candidates: list[Candidate] = []
         by_host: dict[tuple[int, str], tuple[Reason | None, str | None]] = {}
         routes: dict[tuple[int, str], str | None] = {}
+        hist: dict[tuple[int, str], HistoryInfo | None] = {}
         for loc in image.locations:
             lease = lease_state(loc.metadata, now)
             if lease.expired:
@@ -92,7 +94,7 @@ class Ranker:
             reason = policy_reason(loc, self.session.config)  # forbidden copies are never probed
             if reason is None:
                 reason, shared = _check(transport, loc, image, dest, by_host)
-            history = self.session.history.lookup(loc, known) if known and reason is None else None
+            history = self._history(loc, transport, known, hist) if reason is None else None
             candidates.append(
                 Candidate(
                     loc,
@@ -121,6 +123,24 @@ class Ranker:
         for url, why in image.rejected:
             candidates.append(Candidate(Location(url=url), unusable=Reason(Code.REJECTED, why)))
         return Ranking(image=image, scores=rank(image, candidates, self.session.config))
+
+    def _history(
+        self,
+        loc: Location,
+        transport: Transport,
+        known: dict[str, dict[str, Any]],
+        memo: dict[tuple[int, str], HistoryInfo | None],
+    ) -> HistoryInfo | None:
+        """What history knows of the location's host, looked up once per
+        ``scheme://authority`` (history is keyed by host, never by path)."""
+        if not known:
+            return None
+        key = _memo_key(transport, loc)
+        if key is None:
+            return self.session.history.lookup(loc, known)
+        if key not in memo:
+            memo[key] = self.session.history.lookup(loc, known)
+        return memo[key]
 
     def _probe_order(self, image: Image, candidates: Sequence[Candidate]) -> list[Location]:
         """The usable locations in the order they are probed: Glance's own ``/file`` first (it
