@@ -119,6 +119,8 @@ class ProbeRun:
         #: In flight: (sent at, own timeout) by location.
         self._flying: dict[Location, tuple[float, float]] = {}
         self._per_key: dict[str, int] = {}
+        #: The deadline each probe was sent with (a short one before any answer: a wave).
+        self._given: dict[Location, float] = {}
         #: Over ``max_probes_per_host`` on their ``scheme://host:port``: never asked.
         self._capped: list[Location] = []
         self._live: list[float] = []
@@ -151,8 +153,10 @@ class ProbeRun:
         return sum(1 for loc in self._flying if not self._silent(loc, now))
 
     def _may_launch(self, now: float) -> int:
-        if not self._queue or len(self._flying) >= self._room or now >= self._end:
+        if not self._queue or len(self._flying) >= self._room:
             return 0
+        if now >= self._end - self.pc.straggler_floor:
+            return 0  # too late to give a copy a fair chance
         within = self._within(now)
         if self._live:
             return max(0, self._budget_now(now) - len(self._live) - within)
@@ -184,8 +188,8 @@ class ProbeRun:
             elif len(self._done) + len(self._flying) >= self._budget:
                 # a later wave before any answer: a short own deadline frees the connection
                 timeout = min(timeout, max(2 * self.pc.straggler_floor, self.pc.deadline / 4))
-            timeout = max(timeout, 0.05)
             self._flying[loc] = (now, timeout)
+            self._given[loc] = timeout
             threading.Thread(
                 target=self._run, args=(loc, timeout), name="locpick-probe", daemon=True
             ).start()
@@ -263,15 +267,25 @@ class ProbeRun:
 
     def _snapshot(self, now: float) -> Phase:
         answered = bool(self._live)
-        probes = {
-            loc: p if answered or not p.censored else _no_answer(loc, p.ttfb or 0.0)
-            for loc, p in self._done.items()
-        }
+        full = 0.95 * self.pc.deadline
+        probes: dict[Location, Probe] = {}
         unmeasured: dict[Location, str] = {}
+        for loc, p in self._done.items():
+            if answered or not p.censored:
+                probes[loc] = p
+            elif self._given.get(loc, 0.0) < full:
+                # a wave's short deadline before anything answered (a loaded box, or a slow
+                # copy): not a verdict, it is asked again later
+                unmeasured[loc] = _retry(p.ttfb or 0.0)
+            else:
+                probes[loc] = _no_answer(loc, p.ttfb or 0.0)
         for loc, (sent, _timeout) in self._flying.items():
             waited = now - sent
             if not answered:
-                probes[loc] = _no_answer(loc, waited)
+                if waited < full:
+                    unmeasured[loc] = _retry(waited)
+                else:
+                    probes[loc] = _no_answer(loc, waited)
             elif self._silent(loc, now):
                 # silent: it may still answer (a fallback); its latency is at least ``waited``
                 probes[loc] = Probe(url=loc.display_url, ok=True, ttfb=waited, censored=True)
@@ -341,9 +355,20 @@ class ProbeRun:
                 now = self._clock()
                 if now >= until or not any(loc in self._flying for loc in wanted):
                     break
+                if any(
+                    self._done[loc].ok and not self._done[loc].censored
+                    for loc in wanted
+                    if loc in self._done
+                ):
+                    break  # one answered: start on it (happy eyeballs)
                 self._cond.wait(timeout=min(until, self._next_event(now)) - now)
             snap = self._snapshot(now)
         return {loc: p for loc, p in snap.probes.items() if loc in wanted}
+
+    def asked(self) -> set[Location]:
+        """Every location a probe was sent to so far."""
+        with self._cond:
+            return set(self._given)
 
     def close(self) -> None:
         """Stop launching; probes in flight end at their own deadline."""
@@ -352,6 +377,13 @@ class ProbeRun:
             self._queue.clear()
             self._cond.notify_all()
         self._net_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _retry(waited: float) -> str:
+    return (
+        f"not-probed: no first byte within {waited:.2f}s, less than the probe deadline, "
+        "before any copy answered; asked again later"
+    )
 
 
 def _no_answer(loc: Location, waited: float) -> Probe:

@@ -203,7 +203,10 @@ class Ranker:
         the rest, under a deadline scaled to the live copies' first bytes (the whole deadline
         when some were silent)."""
         pc = self.session.config.probe
-        found = self.refined(image, locations, pc.deadline)
+        with self.session.lock:
+            run = self._runs.get(image.id)
+        found = run.refined(locations, pc.deadline) if run is not None else {}
+        asked = run.asked() if run is not None else set()
         known = {loc: p for loc, p in found.items() if not p.censored}
         # a copy silent so far is asked again with the whole probe deadline: this round comes
         # only once every live copy failed; the others' deadline is scaled to the live answers
@@ -217,8 +220,16 @@ class Ranker:
             for loc in locations
         ]
         rest = [c for c in candidates if c.probe is None]
-        order = self._probe_order(image, rest)
-        phase = self._probe(image, order, config=config) if order else Phase({}, {})
+        if any(p.ok for p in known.values()):
+            # the background found a live copy: start on it, the rest wait for a later round
+            phase = Phase({}, {c.location: _LATER for c in rest})
+        else:
+            # copies never asked first, then those whose short wave deadline ran out
+            order = self._probe_order(image, rest)
+            order = [loc for loc in order if loc not in asked] + [
+                loc for loc in order if loc in asked
+            ]
+            phase = self._probe(image, order, config=config) if order else Phase({}, {})
         candidates = [_measured(c, phase) for c in candidates]
         return list(rank(image, candidates, config))
 
@@ -238,6 +249,9 @@ class Ranker:
             runs, self._runs = list(self._runs.values()), {}
         for run in runs:
             run.close()
+
+
+_LATER = "not-probed: a copy probed in the background answered first; a fallback"
 
 
 def _measured(cand: Candidate, phase: Phase) -> Candidate:

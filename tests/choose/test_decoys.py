@@ -8,8 +8,11 @@ honest copy alone, measured in the same test, plus the probe deadline (a config 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -98,15 +101,43 @@ def test_forty_decoys_on_the_honest_copys_host(tmp_path: Path) -> None:
     assert behind < alone + DEADLINE, (behind, alone)
 
 
+@contextlib.contextmanager
+def _holes_elsewhere(hosts: list[str]) -> Iterator[list[str]]:
+    """Black holes on ``hosts`` served by a child process (as other machines would be: a
+    thousand listening and held sockets do not share this process's descriptors or GIL)."""
+    code = (
+        "import json, resource, sys\n"
+        "from locpick._demo.blackhole import BlackHoles\n"
+        "_s, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 16384), hard))\n"
+        "holes = BlackHoles(json.loads(sys.argv[1])).start()\n"
+        "print(json.dumps(holes.urls), flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(hosts)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        yield json.loads(proc.stdout.readline())
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
 def test_a_thousand_decoys_on_a_thousand_hosts(tmp_path: Path) -> None:
     """1,000 black holes on 1,000 addresses, then the honest copy: delivered from it, the
     transfer asked no decoy, within a few probe rounds of the honest copy alone."""
     with _nofile(8192), Origin(DATA, host="127.0.0.2") as honest:
         url = honest.url
-        with BlackHoles(_hosts(1000)) as holes:
-            decoys = set(holes.urls)
+        with _holes_elsewhere(_hosts(1000)) as holes:
+            decoys = set(holes)
             _r, alone = _download(tmp_path, "alone", [url])
-            result, behind = _download(tmp_path, "dest", [*holes.urls, url], len(decoys))
+            result, behind = _download(tmp_path, "dest", [*holes, url], len(decoys))
     assert result.source_url == url
     _no_header_wait_on(result, decoys)
     # Probing a thousand silent copies in waves: a few probe deadlines, not one header
@@ -129,8 +160,6 @@ def test_fifty_hosts_ten_black_holes_every_live_copy_above_every_silent(tmp_path
         meta = write_record(tmp_path / "m.json", image_record("img", data, urls))
         proc = run_cli("rank", "img", "--metadata", str(meta), "--json")
     assert proc.returncode == 0, proc.stderr
-    import json
-
     rows = {r["url"]: r for r in json.loads(proc.stdout)}
     live = [rows[u] for u in good_urls]
     silent = [rows[u] for u in hole_urls]
