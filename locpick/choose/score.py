@@ -203,6 +203,11 @@ def _places(candidates: Sequence[Candidate], config: Config) -> list[Topology]:
     return [location_topology(c.location, config.hints) for c in candidates]
 
 
+def _on(matched: str | None) -> str:
+    """The matched levels, for the topology text ``rank`` shows."""
+    return "" if matched is None else f"; {matched}"
+
+
 def _probe_state(cand: Candidate, error: Reason | None) -> str | None:
     """``live``/``silent``/``not-probed``/``failed`` (see ``Reasons.probe``), None when the
     candidate was not probed because no probe was needed."""
@@ -251,7 +256,7 @@ def rank(
             reasons = Reasons(
                 latency_ms=None if latency is None else latency * 1000,
                 throughput_bps=bps,
-                topology=CLASSES[cls],
+                topology=CLASSES[cls] + ("" if matched is None else f" ({matched})"),
                 shared_fs=cand.shared_fs,
                 history=hist.describe(sc.cooldown) if hist else None,
                 error=str(error),
@@ -310,7 +315,7 @@ def rank(
         reasons = Reasons(
             latency_ms=latency * 1000 if probe is not None and probe.ttfb is not None else None,
             throughput_bps=probe.throughput_bps if probe is not None else None,
-            topology=f"{CLASSES[cls]} (x{weight:.2f})",
+            topology=f"{CLASSES[cls]} (x{weight:.2f}{_on(matched)})",
             shared_fs=cand.shared_fs,
             history=hist.describe(sc.cooldown) if hist else None,
             error=None,
