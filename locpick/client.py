@@ -108,6 +108,7 @@ class Connected:
 
     def close(self) -> None:
         """Close the pooled connections; the object is not used afterwards."""
+        self._ranker.close()  # probes still going on in the background stop first
         self._session.close()
 
     # -- the node cache and Glance ------------------------------------------------------------

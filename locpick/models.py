@@ -191,10 +191,18 @@ class Reasons:
     #: How probes and transfers reach it: ``direct`` or ``via proxy URL`` (None: not a network
     #: location).
     route: str | None = None
-    #: Over the probe budget: ranked after every probed location, probed later if needed.
+    #: Not measured (over the probe budget, or still in flight when the phase ended): ranked
+    #: after every measured copy; a download reaches it in a later round, once its probe
+    #: (continued in the background) has answered.
     not_probed: bool = False
     #: A peer's copy still filling (boot storm): held bytes, fill rate, role in the fleet's tree.
     fill: str | None = None
+    #: What probing found: ``live`` (answered), ``silent`` (a black hole: no first byte within
+    #: the scaled deadline), ``not-probed`` (unmeasured), ``failed``; None when not probed
+    #: because not needed. Only a ``live`` copy has answered a probe.
+    probe: str | None = None
+    #: The topology levels that matched this node's, outermost first (``region=r1 zone=az1``).
+    topology_match: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -210,6 +218,8 @@ class Reasons:
             "policy": self.policy,
             "route": self.route,
             "fill": self.fill,
+            "probe": self.probe,
+            "topology_match": self.topology_match,
             "notes": [SCRUB(n) for n in self.notes],
         }
 

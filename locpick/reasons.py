@@ -22,6 +22,11 @@ class Code(enum.Enum):
     LEASE_EXPIRED = "lease-expired"
     #: Usable, but beyond the probe budget: a fallback behind probed locations.
     NOT_PROBED = "not-probed"
+    #: Probed, accepted the connection (or not) and sent no first byte within the deadline
+    #: scaled to the copies that did answer: a black hole until a later probe says otherwise.
+    #: Ranked after every live copy (a fallback); it never answered a probe, so a transfer
+    #: should give it no more than the header deadline scaled to the live answers.
+    SILENT = "silent"
     #: No transport for the scheme, a missing extra, or a transport refusal.
     UNSUPPORTED = "unsupported"
     #: The transport's own check refused it (filesystem not configured or mounted, size, ...).

@@ -13,11 +13,14 @@ from locpick._demo import HOST
 
 
 class BlackHole:
-    """Listens on 127.0.0.1, accepts TCP connections and holds them open, never answering."""
+    """Listens on ``host`` (127.0.0.1; any 127.0.0.x works on Linux), accepts TCP connections
+    and holds them open, never answering."""
 
-    def __init__(self, path: str = "/img.raw", *, port: int = 0) -> None:
-        """``port``: 0 = any free one; a given one takes over an address another server held."""
+    def __init__(self, path: str = "/img.raw", *, host: str = HOST, port: int = 0) -> None:
+        """``host``: the loopback address to listen on; ``port``: 0 = any free one, a given one
+        takes over an address another server held."""
         self.path = path
+        self.host = host
         self.bind_port = port
         self._sock: socket.socket | None = None
         self._held: list[socket.socket] = []
@@ -28,7 +31,7 @@ class BlackHole:
     def start(self) -> Self:
         if self._sock is None:
             self._stop.clear()
-            self._sock = socket.create_server((HOST, self.bind_port), backlog=128)
+            self._sock = socket.create_server((self.host, self.bind_port), backlog=128)
             self._thread = threading.Thread(target=self._accept_loop, daemon=True)
             self._thread.start()
         return self
@@ -77,11 +80,71 @@ class BlackHole:
 
     @property
     def base(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
         return self.base + self.path
+
+
+class BlackHoles:
+    """Many black holes in one thread: a listening socket on each of ``hosts`` (e.g. a thousand
+    distinct 127.0.0.x addresses), each accepting and holding connections, never answering."""
+
+    def __init__(self, hosts: list[str], path: str = "/img.raw") -> None:
+        self.hosts, self.path = hosts, path
+        self._socks: list[socket.socket] = []
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> Self:
+        self._socks = [socket.create_server((h, 0), backlog=128) for h in self.hosts]
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def _accept_loop(self) -> None:
+        with selectors.DefaultSelector() as sel:
+            for s in self._socks:
+                sel.register(s, selectors.EVENT_READ)
+            while not self._stop.is_set():
+                for key, _ in sel.select(0.05):
+                    with contextlib.suppress(OSError):
+                        conn, _ = key.fileobj.accept()  # type: ignore[union-attr]
+                        with self._lock:
+                            self._held.append(conn)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        for s in self._socks:
+            s.close()
+        with self._lock:
+            held, self._held = self._held, []
+        for c in held:
+            c.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def connections(self) -> int:
+        """Connections accepted (and held) so far, over every address."""
+        with self._lock:
+            return len(self._held)
+
+    @property
+    def urls(self) -> list[str]:
+        """One URL per address."""
+        pairs = zip(self.hosts, self._socks, strict=True)
+        return [f"http://{h}:{s.getsockname()[1]}{self.path}" for h, s in pairs]
 
 
 def blackhole(path: str = "/img.raw") -> BlackHole:

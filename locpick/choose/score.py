@@ -5,10 +5,16 @@ A score is the expected number of seconds to deliver the image from that locatio
 otherwise (``[scoring]`` in the config). Lower wins. No I/O happens here.
 
 Ordering rules, in this order:
-1. usable before unusable; operator-preferred schemes/hosts before the rest; locations left
-   ``not-probed`` (beyond ``[probe] max_candidates``) after every probed one; Glance's own
-   ``/file`` always last among usable ones (last resort);
-2. topology: among the topology classes present (host < rack < zone < region < unknown), each
+1. usable before unusable; operator-preferred schemes/hosts before the rest; every copy that
+   answered a probe (``live``) before every ``silent`` one (probed, no first byte within the
+   deadline scaled to the answers: a black hole, or a straggler kept as a fallback), and those
+   before every copy nobody measured (``not-probed``: probing stopped once
+   ``[probe] max_candidates`` copies answered -- a budget that grows with each silent or
+   failed copy, so a list that lies is probed harder -- or the deadline came; a download
+   probes them in a later round) -- unmeasured is never better than measured;
+   Glance's own ``/file`` always last among usable ones (last resort);
+2. topology (levels nest: same zone means same region and zone, see :func:`topology_class`):
+   among the topology classes present (host < rack < zone < region < unknown), each
    class farther away must be expected to be more than ``topology_tolerance`` faster to win
    (effective time = time x (1/(1-tol))^k, k = how many present classes are closer). So with the
    default 0.2, a same-zone copy beats an unknown one unless that is >20 % faster; a large
@@ -34,6 +40,8 @@ from locpick.reasons import Code, Reason
 #: Topology classes, closest first; the index is the class number used in weights.
 CLASSES = ("same-host", "same-rack", "same-zone", "same-region", "unknown")
 _LEVELS = ("host", "rack", "zone", "region")
+#: The same levels, outermost first: how they nest.
+_NESTED = tuple(reversed(_LEVELS))
 #: Size assumed for expected-time math when the image's size is unknown.
 UNKNOWN_SIZE = 1 << 30
 
@@ -86,6 +94,8 @@ class Candidate:
     not_probed: Reason | None = None
     #: A remark shown in the reasons (e.g. an unparseable lease, ignored).
     note: str | None = None
+    #: How probes and transfers reach it (``direct``, ``via proxy ...``), None if not network.
+    route: str | None = None
 
 
 def location_topology(location: Location, hints: Sequence[Hint]) -> Topology:
@@ -106,12 +116,32 @@ def location_topology(location: Location, hints: Sequence[Hint]) -> Topology:
 
 
 def topology_class(node: Topology, where: Topology) -> int:
-    """0 same host ... 3 same region, 4 unknown/different (index into CLASSES)."""
-    for i, level in enumerate(_LEVELS):
+    """0 same host ... 3 same region, 4 unknown/different (index into CLASSES).
+
+    Levels nest: region > zone > rack > host. A level counts only when every level outside it
+    agrees: a zone named ``nova`` (OpenStack's default in every region) in another region is
+    not this zone. A level stated on only one side neither confirms nor contradicts; the first
+    level both sides state differently ends the match."""
+    return _match(node, where)[0]
+
+
+def topology_match(node: Topology, where: Topology) -> str | None:
+    """Which levels matched, outermost first (``region=r1 zone=nova``), for ``rank``; None when
+    none did."""
+    return _match(node, where)[1]
+
+
+def _match(node: Topology, where: Topology) -> tuple[int, str | None]:
+    cls, matched = len(_LEVELS), []
+    for i, level in enumerate(_NESTED):
         mine, theirs = getattr(node, level), getattr(where, level)
-        if mine and theirs and mine == theirs:
-            return i
-    return len(_LEVELS)
+        if not mine or not theirs:
+            continue
+        if mine != theirs:
+            break
+        cls = len(_LEVELS) - 1 - i
+        matched.append(f"{level}={theirs}")
+    return cls, " ".join(matched) or None
 
 
 def policy_reason(location: Location, config: Config) -> Reason | None:
@@ -160,6 +190,37 @@ def _preferred(location: Location, config: Config) -> bool:
     )
 
 
+#: Sort tiers below Glance's /file (1.0): live measured copies are 0.0 (preferred by
+#: policy) or 0.5; a silent one (probed, no first byte yet: a black hole or a straggler) comes
+#: after every live one, and a copy nobody measured after those (a download reaches it in a
+#: later round, once its probe has answered).
+_SILENT_TIER = 0.6
+_UNMEASURED_TIER = 0.75
+
+
+def _places(candidates: Sequence[Candidate], config: Config) -> list[Topology]:
+    """Each candidate's topology; ``[[hints]]`` matched once per distinct URL prefix shape."""
+    return [location_topology(c.location, config.hints) for c in candidates]
+
+
+def _on(matched: str | None) -> str:
+    """The matched levels, for the topology text ``rank`` shows."""
+    return "" if matched is None else f"; {matched}"
+
+
+def _probe_state(cand: Candidate, error: Reason | None) -> str | None:
+    """``live``/``silent``/``not-probed``/``failed`` (see ``Reasons.probe``), None when the
+    candidate was not probed because no probe was needed."""
+    probe = cand.probe
+    if cand.not_probed is not None and probe is None:
+        return "not-probed"
+    if probe is None:
+        return None
+    if probe.censored:
+        return Code.SILENT.value
+    return "failed" if error is not None else "live"
+
+
 #: (sort key, expected seconds, candidate, reasons, topology class) of one scored location.
 _Row = tuple[tuple[float, ...], float | None, Candidate, Reasons, int]
 
@@ -177,16 +238,16 @@ def rank(
     size = image.size if image.size is not None else UNKNOWN_SIZE
     factor = 1.0 / (1.0 - sc.topology_tolerance) if sc.topology_tolerance < 1 else 1e9
 
-    classes = [
-        topology_class(config.topology, location_topology(c.location, config.hints))
-        for c in candidates
-    ]
+    places = _places(candidates, config)
+    matches = [_match(config.topology, where) for where in places]
+    classes = [cls for cls, _m in matches]
     errors = [_error_of(c, config) for c in candidates]
     present = sorted({cls for cls, err in zip(classes, errors, strict=True) if err is None})
 
     rows: list[_Row] = []
-    for cand, cls, error in zip(candidates, classes, errors, strict=True):
+    for cand, (cls, matched), error in zip(candidates, matches, errors, strict=True):
         loc, probe = cand.location, cand.probe
+        state = _probe_state(cand, error)
         notes: list[str] = []
         latency = probe.ttfb if probe is not None and (probe.ok or probe.status) else None
         bps = probe.throughput_bps if probe is not None and probe.ok else None
@@ -195,11 +256,15 @@ def rank(
             reasons = Reasons(
                 latency_ms=None if latency is None else latency * 1000,
                 throughput_bps=bps,
-                topology=CLASSES[cls],
+                topology=CLASSES[cls] + ("" if matched is None else f" ({matched})"),
                 shared_fs=cand.shared_fs,
                 history=hist.describe(sc.cooldown) if hist else None,
                 error=str(error),
                 policy=str(error) if error.code is Code.POLICY else None,
+                probe=state,
+                topology_match=matched,
+                route=cand.route,
+                notes=() if cand.route is None else (f"route: {cand.route}",),
             )
             reasons = _with_latency(reasons, probe)
             rows.append(((3.0, 0.0, 0.0), None, cand, reasons, cls))
@@ -210,8 +275,12 @@ def rank(
             notes.append(str(cand.not_probed))
         if probe is not None and probe.note:
             notes.append(probe.note)
-        if probe is not None and probe.censored:
-            notes.append(f"no first byte within {latency or 0:.2f}s: latency is a lower bound")
+        silent = probe is not None and probe.censored
+        if silent:
+            notes.append(
+                f"{Code.SILENT.value}: no first byte within {latency or 0:.2f}s while others "
+                "answered (a black hole?); ranked after every live copy"
+            )
         if latency is None:
             latency = sc.prior_latency
             notes.append(f"latency prior {sc.prior_latency * 1000:.0f} ms")
@@ -230,8 +299,10 @@ def rank(
             notes.append(f"circuit open after a recent failure: x{sc.failure_penalty:g}")
         tier = 1.0 if loc.kind == "glance-file" else (0.0 if _preferred(loc, config) else 0.5)
         not_probed = bool(cand.not_probed)
-        if not_probed and tier < 1.0:
-            tier = 0.75
+        if tier < 1.0 and silent:
+            tier = _SILENT_TIER
+        elif tier < 1.0 and not_probed:
+            tier = _UNMEASURED_TIER
         policy = None
         if tier == 0.0:
             policy = "preferred by policy"
@@ -239,10 +310,12 @@ def rank(
         if loc.kind == "glance-file":
             policy = "Glance /file: last resort"
             notes.append(policy)
+        if cand.route is not None:
+            notes.append(f"route: {cand.route}")
         reasons = Reasons(
             latency_ms=latency * 1000 if probe is not None and probe.ttfb is not None else None,
             throughput_bps=probe.throughput_bps if probe is not None else None,
-            topology=f"{CLASSES[cls]} (x{weight:.2f})",
+            topology=f"{CLASSES[cls]} (x{weight:.2f}{_on(matched)})",
             shared_fs=cand.shared_fs,
             history=hist.describe(sc.cooldown) if hist else None,
             error=None,
@@ -250,6 +323,9 @@ def rank(
             policy=policy,
             not_probed=not_probed,
             fill=None if fill is None else fill.text,
+            probe=state,
+            topology_match=matched,
+            route=cand.route,
         )
         reasons = _with_latency(reasons, probe)
         rows.append(((tier, effective, 0.0), expected, cand, reasons, cls))

@@ -158,7 +158,9 @@ def _parse_location(raw: Any) -> Location:
         raise MetadataError("location has no 'url' string")
     if len(url) > MAX_URL_LENGTH:
         raise MetadataError(f"URL longer than {MAX_URL_LENGTH} characters")
-    if not url.isprintable() or any(c.isspace() for c in url):
+    # after isprintable, the one whitespace left is the space (a per-character loop here was
+    # a tenth of ranking 20,000 locations)
+    if not url.isprintable() or " " in url:
         raise MetadataError("URL contains whitespace or control characters")
     try:
         parts = urllib.parse.urlsplit(url)

@@ -1,8 +1,12 @@
 """Ranking: judge every location of an image (usable? on a shared filesystem? history), probe
-the best within the budget (results cached for ``[probe] cache_ttl``) and score them.
+them in the order known before any measurement (happy eyeballs, ``choose.probe.ProbeRun``;
+live answers cached for ``[probe] cache_ttl``) and score them (``choose.score.rank``: the one
+place the order is decided).
 
-``Ranker.rank_image`` is the one ranking the CLI's ``rank`` and a download start from;
-``Ranker.probe_round`` ranks the ``not-probed`` leftovers when every probed location failed.
+``Ranker.rank_image`` is the one ranking the CLI's ``rank`` and a download start from; for a
+download the probes go on in the background, and ``Ranker.probe_round`` ranks the
+``not-probed`` leftovers from what they found (and a new probe of the rest) when every
+location of the first round failed.
 """
 
 from __future__ import annotations
@@ -10,14 +14,15 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import cachetools
 
 from locpick.choose import storm
-from locpick.choose.history import host_key
-from locpick.choose.probe import probe_all, probe_and_measure
-from locpick.choose.score import Candidate, policy_reason, prior_order, rank
+from locpick.choose.probe import Phase, ProbeRun, probe_and_measure
+from locpick.choose.score import Candidate, HistoryInfo, policy_reason, prior_order, rank
+from locpick.config.model import Config
 from locpick.errors import InputError, LocationError
 from locpick.fetch.swarm import swarm_probes
 from locpick.fetch.swarm.explain import explain
@@ -36,6 +41,8 @@ class Ranker:
         self._probe_cache: cachetools.TTLCache[tuple[str, int | None], Probe] = cachetools.TTLCache(
             maxsize=4096, ttl=session.config.probe.cache_ttl
         )
+        #: Per image id, the probes of a download's ranking still going on in the background.
+        self._runs: dict[str, ProbeRun] = {}
 
     def explained(self, image: Image) -> Ranking:
         """The ranking of ``rank``: every location, best first, each with why (swarm shares)."""
@@ -67,6 +74,9 @@ class Ranker:
         now = time.time()
         known = self.session.history.entries()
         candidates: list[Candidate] = []
+        by_host: dict[tuple[int, str], tuple[Reason | None, str | None]] = {}
+        routes: dict[tuple[int, str], str | None] = {}
+        hist: dict[tuple[int, str], HistoryInfo | None] = {}
         for loc in image.locations:
             lease = lease_state(loc.metadata, now)
             if lease.expired:
@@ -84,137 +94,241 @@ class Ranker:
             shared = None
             reason = policy_reason(loc, self.session.config)  # forbidden copies are never probed
             if reason is None:
-                reason, shared = _check(transport, loc, image, dest)
-            history = self.session.history.lookup(loc, known) if known and reason is None else None
+                reason, shared = _check(transport, loc, image, dest, by_host)
+            history = self._history(loc, transport, known, hist) if reason is None else None
             candidates.append(
-                Candidate(loc, unusable=reason, shared_fs=shared, history=history, note=lease.note)
+                Candidate(
+                    loc,
+                    unusable=reason,
+                    shared_fs=shared,
+                    history=history,
+                    note=lease.note,
+                    route=_route(transport, loc, routes),
+                )
             )
-        candidates = self._bound_probing(image, candidates)
-        to_probe = [c.location for c in candidates if c.unusable is None and not c.not_probed]
+        order = self._probe_order(image, candidates)
+        # a boot storm's download probes only the peers it may read (``probe``: their URLs),
+        # first bytes only: a throughput read of every fallback peer would take from their
+        # uplinks what their children need (measured: +30 % served)
+        peers_only = isinstance(probe, frozenset)
         if isinstance(probe, frozenset):
-            to_probe = [loc for loc in to_probe if loc.url in probe]
-        # a swarm download probes by downloading: its first piece from each copy is the probe
-        skip = not probe or (
-            not isinstance(probe, frozenset)
-            and for_download
-            and (len(to_probe) <= 1 or swarm_probes(image, self.session.config.transfer))
+            order = [loc for loc in order if loc.url in probe]
+        # a swarm download probes by downloading (its first piece from each copy is the
+        # probe) when it can ask every copy at once; with more copies than it draws on, some
+        # may be silent decoys: they are probed first (happy eyeballs, latency only)
+        swarm = for_download and swarm_probes(image, self.session.config.transfer)
+        skip = (
+            not probe
+            or not order
+            or (
+                not peers_only
+                and for_download
+                and (
+                    len(order) <= 1
+                    or (swarm and len(order) <= self.session.config.transfer.max_sources)
+                )
+            )
         )
-        # storm peers get the first-bytes probe only: a throughput read of every fallback peer
-        # would take from their uplinks what their children need (measured: +30 % served)
-        measure = not isinstance(probe, frozenset)
-        probes = {} if skip else self._probe(image, to_probe, measure=measure)
-        candidates = [
-            attrs.evolve(c, probe=probes[c.location]) if c.location in probes else c
-            for c in candidates
-        ]
+        if not skip:
+            phase = self._probe(
+                image,
+                order,
+                throughput=not swarm and not peers_only,
+                background=for_download and not peers_only,
+            )
+            candidates = [_measured(c, phase) for c in candidates]
         for url, why in image.rejected:
             candidates.append(Candidate(Location(url=url), unusable=Reason(Code.REJECTED, why)))
-        scores = rank(image, candidates, self.session.config)
-        return Ranking(image=image, scores=tuple(self._with_route(s) for s in scores))
+        return Ranking(image=image, scores=rank(image, candidates, self.session.config))
 
-    def _with_route(self, score: Score) -> Score:
-        """Say in the reasons how the location is reached (``direct`` / ``via proxy ...``)."""
-        try:
-            transport = self.session.transports.for_location(score.location)
-        except LocationError:
-            return score
-        route = transport.route(score.location) if transport.capabilities.route else None
-        if route is None:
-            return score
-        reasons = attrs.evolve(
-            score.reasons, route=route, notes=(*score.reasons.notes, f"route: {route}")
-        )
-        return attrs.evolve(score, reasons=reasons)
+    def _history(
+        self,
+        loc: Location,
+        transport: Transport,
+        known: dict[str, dict[str, Any]],
+        memo: dict[tuple[int, str], HistoryInfo | None],
+    ) -> HistoryInfo | None:
+        """What history knows of the location's host, looked up once per
+        ``scheme://authority`` (history is keyed by host, never by path)."""
+        if not known:
+            return None
+        key = _memo_key(transport, loc)
+        if key is None:
+            return self.session.history.lookup(loc, known)
+        if key not in memo:
+            memo[key] = self.session.history.lookup(loc, known)
+        return memo[key]
 
-    def _bound_probing(self, image: Image, candidates: list[Candidate]) -> list[Candidate]:
-        """Mark all but the best ``[probe] max_candidates`` usable locations ``not-probed``, and
-        any beyond ``max_probes_per_host`` on one ``scheme://host:port``.
-
-        "Best" is the ranking before any measurement (topology, history, policy, shared
-        filesystem), so probing costs the same at 20 and at 20,000 locations, and many silent
-        locations on a few hosts cannot crowd out the others. Glance's own ``/file`` is never
-        counted or dropped: it stays the last resort."""
-        pc = self.session.config.probe
-        limit, per_host = max(1, pc.max_candidates), max(1, pc.max_probes_per_host)
-        pool = [c for c in candidates if c.unusable is None and c.location.kind != "glance-file"]
-        if len(pool) <= 1:
-            return candidates
-        why: dict[int, Reason] = {}
-        seen: dict[str, int] = {}
-        kept = 0
-        for c in prior_order(image, pool, self.session.config):
-            key = host_key(c.location)
-            if c.location.scheme != "file" and seen.get(key, 0) >= per_host:
-                why[id(c.location)] = Reason(
-                    Code.NOT_PROBED,
-                    f"not-probed: more than {per_host} locations on {key} "
-                    "([probe] max_probes_per_host); a fallback",
-                )
-            elif kept >= limit:
-                why[id(c.location)] = Reason(
-                    Code.NOT_PROBED,
-                    f"not-probed: beyond the best {limit} of {len(pool)} locations "
-                    "([probe] max_candidates); a fallback",
-                )
-            else:
-                seen[key] = seen.get(key, 0) + 1
-                kept += 1
-        return [
-            attrs.evolve(c, not_probed=why[id(c.location)]) if id(c.location) in why else c
-            for c in candidates
-        ]
+    def _probe_order(self, image: Image, candidates: Sequence[Candidate]) -> list[Location]:
+        """The usable locations in the order they are probed: Glance's own ``/file`` first (it
+        is the last resort: always measured, never counted against the budget's order), then
+        the best by what is known before any measurement (topology, history, policy, shared
+        filesystem), so the probe budget goes to the likeliest copies first."""
+        usable = [c for c in candidates if c.unusable is None]
+        first = [c.location for c in usable if c.location.kind == "glance-file"]
+        pool = [c for c in usable if c.location.kind != "glance-file"]
+        if len(pool) > 1:
+            pool = prior_order(image, pool, self.session.config)
+        return first + [c.location for c in pool]
 
     def _probe(
-        self, image: Image, locations: Sequence[Location], *, measure: bool = True
-    ) -> dict[Location, Probe]:
+        self,
+        image: Image,
+        order: Sequence[Location],
+        *,
+        config: Config | None = None,
+        throughput: bool = True,
+        background: bool = False,
+    ) -> Phase:
+        """Probe ``order`` (cached live answers reused); for a download, the run goes on in the
+        background and a later round takes what it found (:meth:`probe_round`)."""
         found: dict[Location, Probe] = {}
         missing: list[Location] = []
         with self.session.lock:
-            for loc in locations:
+            for loc in order:
                 hit = self._probe_cache.get((loc.url, image.size))
                 if hit is not None:
                     found[loc] = hit
                 else:
                     missing.append(loc)
-        run = probe_and_measure if measure else probe_all
-        fresh = run(image, missing, self.session.transports, self.session.config)
+        if not missing:
+            return Phase(found, {})
+        phase, run = probe_and_measure(
+            image,
+            missing,
+            self.session.transports,
+            config or self.session.config,
+            throughput=throughput,
+            background=background,
+        )
         with self.session.lock:
-            for loc, probe in fresh.items():
-                if probe.ok:
+            for loc, probe in phase.probes.items():
+                if probe.ok and not probe.censored:
                     self._probe_cache[(loc.url, image.size)] = probe
-        return found | fresh
+            if background:
+                old = self._runs.pop(image.id, None)
+                if old is not None:
+                    old.close()
+                self._runs[image.id] = run
+        return Phase(found | phase.probes, phase.unmeasured)
 
     def probe_round(
         self, image: Image, locations: Sequence[Location], best: float | None
     ) -> list[Score]:
-        """Probe (within the budget) and rank locations left over by an earlier round, under a
-        deadline scaled to the live copies' first bytes (the straggler cut-off)."""
+        """Rank locations left over by an earlier round: what the probes continued in the
+        background found (waiting for those still in flight), and a new happy-eyeballs probe of
+        the rest, under a deadline scaled to the live copies' first bytes (the whole deadline
+        when some were silent)."""
         pc = self.session.config.probe
+        with self.session.lock:
+            run = self._runs.get(image.id)
+        found = run.refined(locations, pc.deadline) if run is not None else {}
+        asked = run.asked() if run is not None else set()
+        known = {loc: p for loc, p in found.items() if not p.censored}
+        # a copy silent so far is asked again with the whole probe deadline: this round comes
+        # only once every live copy failed; the others' deadline is scaled to the live answers
         deadline = pc.deadline
-        if best is not None:
+        if best is not None and not any(p.censored for p in found.values()):
             deadline = min(deadline, max(pc.straggler_floor, pc.straggler_factor * best))
         config = attrs.evolve(self.session.config, probe=attrs.evolve(pc, deadline=deadline))
-        known = self.session.history.entries()
-        candidates = self._bound_probing(
-            image,
-            [Candidate(loc, history=self.session.history.lookup(loc, known)) for loc in locations],
-        )
-        to_probe = [c.location for c in candidates if not c.not_probed]
-        probes = probe_and_measure(image, to_probe, self.session.transports, config)
+        history = self.session.history.entries()
         candidates = [
-            attrs.evolve(c, probe=probes[c.location]) if c.location in probes else c
-            for c in candidates
+            Candidate(loc, history=self.session.history.lookup(loc, history), probe=known.get(loc))
+            for loc in locations
         ]
+        rest = [c for c in candidates if c.probe is None]
+        if any(p.ok for p in known.values()):
+            # the background found a live copy: start on it, the rest wait for a later round
+            phase = Phase({}, {c.location: _LATER for c in rest})
+        else:
+            # copies never asked first, then those whose short wave deadline ran out
+            order = self._probe_order(image, rest)
+            order = [loc for loc in order if loc not in asked] + [
+                loc for loc in order if loc in asked
+            ]
+            phase = self._probe(image, order, config=config) if order else Phase({}, {})
+        candidates = [_measured(c, phase) for c in candidates]
         return list(rank(image, candidates, config))
+
+    def refined(
+        self, image: Image, locations: Sequence[Location], wait: float = 0.0
+    ) -> dict[Location, Probe]:
+        """What the probes of a download's ranking, still going on in the background, found
+        since for ``locations`` (waiting up to ``wait`` s for those in flight): the hook for a
+        transfer engine that wants to add copies that answered late without a new round."""
+        with self.session.lock:
+            run = self._runs.get(image.id)
+        return run.refined(locations, wait) if run is not None else {}
+
+    def close(self) -> None:
+        """Stop the probes still going on in the background."""
+        with self.session.lock:
+            runs, self._runs = list(self._runs.values()), {}
+        for run in runs:
+            run.close()
+
+
+_LATER = "not-probed: a copy probed in the background answered first; a fallback"
+
+
+def _measured(cand: Candidate, phase: Phase) -> Candidate:
+    """The candidate with what the probe phase found: its probe, or why it is unmeasured."""
+    probe = phase.probes.get(cand.location)
+    if probe is not None:
+        return attrs.evolve(cand, probe=probe)
+    why = phase.unmeasured.get(cand.location)
+    if why is None:
+        return cand
+    return attrs.evolve(cand, not_probed=Reason(Code.NOT_PROBED, why))
+
+
+def _route(
+    transport: Transport, loc: Location, routes: dict[tuple[int, str], str | None]
+) -> str | None:
+    """How the location is reached (``direct`` / ``via proxy ...``), for its reasons;
+    remembered in ``routes`` per transport and ``scheme://authority`` (20,000 locations on a
+    few hosts cost a few route lookups)."""
+    if not transport.capabilities.route:
+        return None
+    key = _memo_key(transport, loc)
+    if key is None:
+        return transport.route(loc)
+    if key not in routes:
+        routes[key] = transport.route(loc)
+    return routes[key]
+
+
+def _memo_key(transport: Transport, loc: Location) -> tuple[int, str] | None:
+    """Key under which a network location's host check and route are remembered within one
+    ranking: both depend on its ``scheme://authority`` alone (the address guard and the proxy
+    choice), read here with string operations (a URL parse per location is the cost at 20,000
+    locations); None for anything else (judged one by one)."""
+    if loc.scheme not in ("http", "https"):
+        return None
+    head, sep, rest = loc.url.partition("://")
+    if not sep:
+        return None
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    return id(transport), f"{head.lower()}://{authority.lower()}"
 
 
 def _check(
-    transport: Transport, loc: Location, image: Image, dest: str | os.PathLike[str] | None
+    transport: Transport,
+    loc: Location,
+    image: Image,
+    dest: str | os.PathLike[str] | None,
+    by_host: dict[tuple[int, str], tuple[Reason | None, str | None]] | None = None,
 ) -> tuple[Reason | None, str | None]:
     """(unusable reason, ``shared_fs`` reason) of a location: a location on a shared
-    filesystem is judged for the destination's directory."""
+    filesystem is judged for the destination's directory; a network location's check is
+    remembered per host in ``by_host``."""
     if not transport.capabilities.system_copy:
-        return _refused(transport.check(loc, image)), None
+        key = _memo_key(transport, loc) if by_host is not None else None
+        if key is None or by_host is None:
+            return _refused(transport.check(loc, image)), None
+        if key not in by_host:
+            by_host[key] = (_refused(transport.check(loc, image)), None)
+        return by_host[key]
     dest_dir = None if dest is None else os.path.dirname(os.path.abspath(dest))
     try:
         rep = transport.shared_fs(loc, image, dest_dir)

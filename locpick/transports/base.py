@@ -206,7 +206,9 @@ class Context:
                 self._http = None
 
 
-_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+#: Connections of the shared client: probes of many silent copies at once (happy eyeballs,
+#: ``choose.probe.MAX_IN_FLIGHT``) must not queue behind each other for a pool slot.
+_LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=32)
 
 
 class GuardedBackend(httpcore.SyncBackend):

@@ -58,8 +58,10 @@ def test_many_decoy_urls_on_few_hosts_spend_a_bounded_probe_budget(tmp_path: Pat
     unprobed = [s for s in ranking if any(n.startswith("not-probed") for n in s.reasons.notes)]
     assert len(unprobed) == 40 - 2 * pc.max_probes_per_host
     assert all(s.usable for s in unprobed)
-    probed_ranks = [s.rank for s in ranking if s not in unprobed and s.usable]
-    assert max(probed_ranks) < min(s.rank for s in unprobed)
+    # live (the good one) first, then the silent (probed, no answer), then the unmeasured
+    silent = [s for s in ranking if s.reasons.probe == "silent"]
+    assert len(silent) == 2 * pc.max_probes_per_host
+    assert max(s.rank for s in silent) < min(s.rank for s in unprobed)
 
 
 def test_not_probed_locations_are_ruled_out_only_after_their_own_probe(tmp_path: Path) -> None:

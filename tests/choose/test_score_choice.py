@@ -120,14 +120,19 @@ def test_fifty_locations_ten_black_holes_rank_within_deadline() -> None:
 
 
 def test_history_demotes_recent_failure_then_retries_after_cooldown(tmp_path: Path) -> None:
-    """A location that broke on the last run ranks below its peer, until the cool-down ends."""
+    """A location that broke on the last run ranks below its peer, until the cool-down ends.
+
+    No sleep: the cool-down is long (no loaded machine can outlast it between the failure and
+    the next rank), and its end is reached by ageing the recorded failure in the history file
+    past it, as the clock would."""
+    cooldown = 600.0
     cfg = _cfg(
         tmp_path,
         topology=Topology(zone="az1"),
         # Wide margins so probe noise on a loaded box cannot decide: the near copy must win
         # the first choice (the farther one would need 10x less expected time) and must lose
         # while demoted (x1000).
-        scoring=ScoringConfig(cooldown=1.5, topology_tolerance=0.9, failure_penalty=1000.0),
+        scoring=ScoringConfig(cooldown=cooldown, topology_tolerance=0.9, failure_penalty=1000.0),
     )
     flaky = Faults(cut_after_bytes=200_000)
     with Origin(ONE_MB, faults=flaky) as near, Origin(ONE_MB) as other:
@@ -142,7 +147,7 @@ def test_history_demotes_recent_failure_then_retries_after_cooldown(tmp_path: Pa
         demoted = again.scores[1]
         assert demoted.location.url == near_url
         assert demoted.reasons.history is not None and "demoted" in demoted.reasons.history
-        time.sleep(1.7)
+        _age_failures(tmp_path / "history.json", cooldown + 1)
         later = locpick.rank("img", metadata=rec, config=cfg)
         assert later.scores[0].location.url == near_url
         assert "cool-down over" in (later.scores[0].reasons.history or "")
@@ -154,6 +159,15 @@ def test_history_demotes_recent_failure_then_retries_after_cooldown(tmp_path: Pa
     hosts = json.loads(text)["hosts"]
     assert len(hosts) == 2
     assert all(k.startswith("http://127.0.0.1:") for k in hosts)
+
+
+def _age_failures(path: Path, seconds: float) -> None:
+    """Move every recorded failure ``seconds`` into the past (what waiting would do)."""
+    doc = json.loads(path.read_text())
+    for entry in doc["hosts"].values():
+        if "last_failure" in entry:
+            entry["last_failure"] -= seconds
+    path.write_text(json.dumps(doc))
 
 
 def test_herding_spreads_equal_origins() -> None:

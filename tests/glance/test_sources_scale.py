@@ -107,8 +107,11 @@ def _check_big(scores: list[dict[str, Any]], origin: Origin) -> None:
     ]
     assert len(not_probed) == BIG - MAX_CANDIDATES
     assert all(s["usable"] for s in not_probed)  # still fallbacks
-    first = scores[: MAX_CANDIDATES // 2]
-    assert all(s["reasons"]["latency_ms"] is not None for s in first)  # measured ones lead
+    # measured live ones lead, then any that stayed silent under load, then the unmeasured
+    states = [s["reasons"]["probe"] for s in scores if "?copy=" in s["url"]]
+    assert states[0] == "live"
+    order = {"live": 0, "silent": 1, "not-probed": 2}
+    assert [order[p] for p in states] == sorted(order[p] for p in states), states[:40]
     # The near copies (same zone as this node) are all among those chosen for probing.
     near = [s for s in scores if s["reasons"]["topology"].startswith("same-zone")]
     assert len(near) == BIG // 1000
