@@ -17,6 +17,7 @@ from fixtures_cache import ServeProcess
 from fixtures_glance import GlanceWorld
 from helpers import run_cli
 
+from locpick.admin import Cache
 from locpick.cache.store import NodeCache
 from locpick.client import Client
 from locpick.config.env import Environment
@@ -70,6 +71,16 @@ class FleetNode:
     def client(self) -> Client:
         """An in-process client with this node's config (Glance from the world)."""
         return Client(
+            config=load_config(self.config),
+            glance_url=self.w.endpoint,
+            token=self.w.admin_token,
+            env=Environment(vars={}),
+        )
+
+    def cache_admin(self) -> Cache:
+        """The operator's in-process view of this node's cache (evict, reconcile...)."""
+        return Cache(
+            self.cache_dir,
             config=load_config(self.config),
             glance_url=self.w.endpoint,
             token=self.w.admin_token,

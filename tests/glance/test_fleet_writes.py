@@ -76,7 +76,7 @@ def test_stale_index_interleaving_never_removes_the_operators_copy(
         assert order.index(a.url(image_id)) < order.index(b.url(image_id)) < order.index(fs2)
         assert store_file(fs2).exists()
 
-        client_a, client_b = a.client(), b.client()
+        client_a, client_b = a.client(), b.cache_admin()
         renewer = Renewer(client_a, NodeCache(a.cache_dir))
         fired: list[str] = []
 
@@ -88,8 +88,8 @@ def test_stale_index_interleaving_never_removes_the_operators_copy(
 
         try:
             client_b._session.ctx.http.event_hooks["request"].append(a_renews_now)
-            evicted, problems = client_b.evict([image_id], cache_dir=b.cache_dir)
-            assert [e.image_id for e in evicted] == [image_id] and problems == [], problems
+            result = client_b.evict([image_id])
+            assert list(result.evicted) == [image_id] and not result.warnings, result
         finally:
             client_a.close()
             client_b.close()

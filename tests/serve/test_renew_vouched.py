@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from fixtures_glance import GlanceWorld, fresh_image, glance_world_fixture  # noqa: F401
-from tests.glance.test_replicas import LeasedNode, _locations, _wait_for
+from tests.jobs.test_replicas import LeasedNode, _locations, _wait_for
 
 from locpick._demo.origin import Origin
 from locpick.glance.lease import REGISTERED
