@@ -60,6 +60,7 @@ class ServeProcess:
             line = self.proc.stderr.readline()
             if not line:
                 break
+            self.log.append(line)
             if "serving cache on " in line:
                 self.url = line.rsplit("serving cache on ", 1)[1].strip()
                 # Keep reading: a full stderr pipe would block the server's event loop.
@@ -67,7 +68,8 @@ class ServeProcess:
                 self._drainer.start()
                 return
         self.stop()
-        raise RuntimeError(f"locpick serve did not start (exit {self.proc.returncode})")
+        said = "".join(self.log[-5:]).strip()
+        raise RuntimeError(f"locpick serve did not start (exit {self.proc.returncode}): {said}")
 
     def _drain(self) -> None:
         assert self.proc.stderr is not None

@@ -97,11 +97,10 @@ class Node:
                 f'history_file = "{self.base / "history.json"}"\n'
                 f'[topology]\nregion = "R"\nzone = "z1"\nrack = "{rack}"\nhost = "{name}"\n'
                 f'[cache]\ndir = "{self.cache_dir}"\npublic_url = "{self.public_url}"\n'
-                f'[fleet]\nkey_file = "{key}"\n'
-                f"[policy]\nforbid_glance_file = true\n{policy}"
                 # one host: tooz's file backend is the per-image lock that lets a node remove
-                # its own location (issue 24); without one, removals are `cache reap`'s
-                f'[fleet]\ncoordination = "file://{base / "coord"}"\n'
+                # its own location; without one, removals are `cache reap`'s
+                f'[fleet]\nkey_file = "{key}"\ncoordination = "file://{base / "coord"}"\n'
+                f"[policy]\nforbid_glance_file = true\n{policy}"
             )
             try:
                 self.serve = ServeProcess(

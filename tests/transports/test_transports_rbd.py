@@ -27,6 +27,7 @@ from helpers import image_record, run_cli, write_record
 import locpick
 from locpick.config.model import Config, Policy, ProbeConfig, TransferConfig
 from locpick.config.stores import RbdConfig
+from locpick.models import Progress
 from locpick.transports.rbd import parse_rbd_url
 
 SIZE = 24 * 1024 * 1024 + 4321  # above the swarm's 16 MiB floor, not a whole number of objects
@@ -300,9 +301,9 @@ def test_osd_stopped_mid_read_falls_back(world: RbdWorld) -> None:
     )
     paused: list[int] = []
 
-    def progress(held: int, total: int | None) -> None:
-        if held > 0 and not paused:
-            paused.append(held)
+    def progress(p: Progress) -> None:
+        if p.done > 0 and not paused:
+            paused.append(p.done)
             world.cluster.pause_osd()
 
     dest = world.tmp / "dl-osd"

@@ -332,7 +332,7 @@ def test_swift_beats_slow_http_in_rank(
 
 
 def test_config_swift_refs_parse_and_hide_key(tmp_path: Path) -> None:
-    cfg = locpick.config.load_config(
+    cfg = locpick.load_config(
         _config(
             tmp_path, '[swift.refs.a]\nauth_url = "http://k/v3"\nuser = "p:u"\nkey = "s3cr3tkey"\n'
         )
@@ -342,7 +342,7 @@ def test_config_swift_refs_parse_and_hide_key(tmp_path: Path) -> None:
     )
     assert "s3cr3tkey" not in repr(cfg)
     with pytest.raises(locpick.errors.ConfigError, match=r"swift\.refs\.b"):
-        locpick.config.load_config(_config(tmp_path, '[swift.refs.b]\nauth_url = "x"\n'))
+        locpick.load_config(_config(tmp_path, '[swift.refs.b]\nauth_url = "x"\n'))
 
 
 @pytest.mark.parametrize(
