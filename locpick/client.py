@@ -6,7 +6,8 @@ A thin facade; each part has one job:
 - :mod:`locpick.jobs.session`: what the parts share (pool, transports, Keystone, history) and the
   image record;
 - :mod:`locpick.choose.ranking`: judge, probe (cached) and score an image's locations;
-- :mod:`locpick.download`: one download as named steps (cache hit, rank, rounds, keep, journal);
+- :mod:`locpick.jobs.download`: one download as named steps (cache hit, rank, rounds, keep,
+  journal);
 - :mod:`locpick.jobs.cachesync`: the node cache ↔ Glance (publish, evict, reconcile, rotate);
 - :mod:`locpick.jobs.reaper`: verify, prune and reap locations in Glance.
 """
@@ -14,6 +15,7 @@ A thin facade; each part has one job:
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 
 from locpick.cache.files import CacheEntry
@@ -22,7 +24,7 @@ from locpick.choose.history import History
 from locpick.choose.ranking import Ranker
 from locpick.config.env import Environment, resolve_config
 from locpick.config.model import Config
-from locpick.fetch.pump import Progress
+from locpick.fetch.policy import Progress
 from locpick.glance.locations import GlanceLocations
 from locpick.jobs.cachesync import CacheSync
 from locpick.jobs.download import Download
@@ -128,6 +130,7 @@ class Client:
         cache_dir: str | os.PathLike[str] | None = None,
         register: bool | None = None,
         recorder: Recorder | None = None,
+        cancel: threading.Event | None = None,
     ) -> Result:
         """Fetch (or system-copy) the image to ``dest``, verified, atomically.
 
@@ -137,6 +140,14 @@ class Client:
         as a location of the image in Glance. ``recorder`` collects the operator's report
         (``recorder.report`` afterwards, delivered or not); with a node cache the report is
         also journalled there for ``locpick serve``'s ``/status``.
+
+        ``progress(done, total)`` is called from the calling thread only (never from the
+        engine's connection threads), at most every ~0.1 s, with ``done`` never decreasing;
+        an exception it raises ends the download (dest untouched, the part kept) and
+        propagates. ``cancel``: set the event (from any thread) to end the download within a
+        fraction of a second with :class:`~locpick.errors.Cancelled` (exit code 3); the part
+        file is kept so that the next call resumes. ``[transfer] total_timeout`` ends it the
+        same way with :class:`~locpick.errors.AllLocationsFailed` naming the deadline.
         """
         return Download(
             self._session,
@@ -150,6 +161,7 @@ class Client:
             cache_dir=cache_dir,
             register=register,
             recorder=recorder,
+            cancel=cancel,
         ).run()
 
     # -- the node cache and Glance ------------------------------------------------------------

@@ -18,7 +18,8 @@ LocpickError                      exit_code
  │         └── ChecksumMismatch (also ValueError)
  └── DeliveryError                3   no verified image was produced
       ├── AllLocationsFailed           carries every attempt
-      └── DestinationError             the destination cannot be written (disk full, EIO, ...)
+      ├── DestinationError             the destination cannot be written (disk full, EIO, ...)
+      └── Cancelled                    the caller cancelled (``cancel`` event): part kept
 ```
 Every message names the location (or dest) and the reason; secrets never appear in them.
 """
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AllLocationsFailed",
     "AuthError",
+    "Cancelled",
     "ChecksumMismatch",
     "ConfigError",
     "DeliveryError",
@@ -175,3 +177,8 @@ class AllLocationsFailed(DeliveryError):
     def __init__(self, message: str, attempts: Sequence[Attempt] = ()) -> None:
         super().__init__(message)
         self.attempts = tuple(attempts)
+
+
+class Cancelled(DeliveryError):
+    """The caller cancelled the download (``cancel`` event set): dest untouched, the part file
+    kept for the next run to resume."""

@@ -17,8 +17,7 @@ from typing import Any, Literal
 import attrs
 
 from locpick.errors import IntegrityError, LocpickError
-from locpick.fetch.pump import Progress
-from locpick.fetch.single import Observer
+from locpick.fetch.policy import Observer, Progress
 from locpick.models import Attempt, Location, Ranking, Result, Score
 from locpick.redact import SCRUB, redact_url
 

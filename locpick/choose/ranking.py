@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import cachetools
@@ -17,7 +17,15 @@ import cachetools
 from locpick.choose import storm
 from locpick.choose.history import host_key
 from locpick.choose.probe import probe_and_measure
-from locpick.choose.score import Candidate, policy_reason, prior_order, rank
+from locpick.choose.score import (
+    Candidate,
+    location_topology,
+    policy_reason,
+    prior_order,
+    rank,
+    topology_class,
+)
+from locpick.config.model import Config
 from locpick.errors import InputError, LocationError
 from locpick.fetch.swarm import swarm_probes
 from locpick.fetch.swarm.explain import explain
@@ -49,6 +57,7 @@ class Ranker:
             t,
             self.session.config.scoring.topology_tolerance,
             swarm_probes(image, t),
+            classifier(self.session.config),
         )
         return attrs.evolve(ranking, scores=scores)
 
@@ -218,6 +227,16 @@ def _check(
 def _refused(text: str | None) -> Reason | None:
     """A transport's own refusal (its ``check``), as a reason."""
     return Reason(Code.REFUSED, text) if text is not None else None
+
+
+def classifier(config: Config) -> Callable[[Location], int]:
+    """The topology class of a location for the transfer engine: the one function
+    (``locpick.choose.score.topology_class``) ranking uses, on the location's place."""
+
+    def classify(location: Location) -> int:
+        return topology_class(config.topology, location_topology(location, config.hints))
+
+    return classify
 
 
 def best_ttfb(scores: Sequence[Score]) -> float | None:

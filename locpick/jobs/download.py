@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -21,10 +22,10 @@ from locpick.cache.fill.fill import Fill, aborting, open_fill
 from locpick.cache.fill.tee import Tee
 from locpick.cache.store import NodeCache
 from locpick.choose import storm
-from locpick.choose.ranking import Ranker, best_ttfb
+from locpick.choose.ranking import Ranker, best_ttfb, classifier
 from locpick.config.model import TransferConfig
 from locpick.errors import AllLocationsFailed, ConfigError, LocpickError, UnverifiedImage
-from locpick.fetch.pump import Progress
+from locpick.fetch.policy import Progress
 from locpick.fetch.transfer import fetch
 from locpick.jobs.cachestep import from_cache, keep_in_cache
 from locpick.jobs.cachesync import CacheSync
@@ -52,8 +53,11 @@ class Download:
         cache_dir: str | os.PathLike[str] | None = None,
         register: bool | None = None,
         recorder: Recorder | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.session, self.ranker, self.sync = session, ranker, sync
+        #: Set by the caller to end the download (``Cancelled``, the part kept for resume).
+        self.cancel = cancel
         self.config = session.config
         self.image_id, self.dest, self.metadata = image_id, dest, metadata
         self.allow_unverified, self.progress = allow_unverified, progress
@@ -178,6 +182,8 @@ class Download:
             transfer=transfer or self.config.transfer,
             observer=self.rec.observer(self.session.history.record),
             topology_tolerance=self.config.scoring.topology_tolerance,
+            classify=classifier(self.config),
+            cancel=self.cancel,
             max_bytes=self.config.security.max_image_bytes,
             tee=tee,
         )

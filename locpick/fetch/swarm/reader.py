@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from locpick.errors import LocationError, LocationUnreachable, TransferError, reason_of
@@ -43,7 +44,8 @@ class Connection:
                 if sw.closed or not w.live:
                     return
                 now = sw.clock()
-                run = sw.sched.next_task(w.id, now) if src.not_before <= now else None
+                ready = src.not_before <= now and sw.takes_part(src)
+                run = sw.sched.next_task(w.id, now) if ready else None
                 if run is None:
                     sw.lock.wait(TICK)
                     continue
@@ -67,19 +69,29 @@ class Connection:
         sw, w, src = self.swarm, self.w, self.src
         t0 = sw.clock()
         end = sw.g.end(run.end - 1)
-        stream = src.transport.open(src.score.location, sw.image, offset=run.pos, end=end)
+        if src.bounded:
+            stream = src.transport.open(src.score.location, sw.image, offset=run.pos, end=end)
+        else:  # the object from run.pos to its end; cut off once the run is done
+            stream = src.transport.open(src.score.location, sw.image, offset=run.pos)
         try:
             with sw.lock:
                 w.latency = sw.clock() - t0
                 w.answered = True
                 src.ttfb = w.latency if src.ttfb is None else min(src.ttfb, w.latency)
-            if stream.start != run.pos:
+            skip = run.pos - stream.start
+            if skip and (stream.start > run.pos or not self._only_one()):
                 raise TransferError(
                     f"{stream.final_url}: ignores Range (asked for byte {run.pos}, got "
-                    f"{stream.start}): not usable for pieces",
+                    f"{stream.start}): not usable for pieces while other copies are",
                     url=stream.final_url,
                     permanent=True,
                 )
+            if skip:
+                log.info(
+                    "%s: server ignored Range: discarding the %d bytes already held",
+                    stream.final_url, skip,
+                )  # fmt: skip
+                _discard(stream, skip, sw.buffer(), sw.pool.put)
             if src.transport.capabilities.idle_timeout:
                 stream.set_idle_timeout(min(sw.cfg.stall_timeout, sw.cfg.idle_timeout))
             # rates count from the response headers on: the wait for them is the latency
@@ -89,6 +101,12 @@ class Connection:
             return self._read_run(run, stream, t1)
         finally:
             stream.close()
+
+    def _only_one(self) -> bool:
+        """No other copy could serve these pieces (so a whole body is worth reading)."""
+        sw = self.swarm
+        with sw.lock:
+            return all(s.dead or s is self.src for s in sw.sources)
 
     def _read_run(self, run: Run, stream: Stream, t0: float) -> int:
         sw, w, src = self.swarm, self.w, self.src
@@ -133,8 +151,6 @@ class Connection:
                     if sw.sink.tee is not None:
                         sw.sink.tee.mark(sw.g.start(first), sw.g.start(run.first))
             last = now
-            if sw.progress is not None:
-                sw.progress(sw.g.size - sw.sched.missing_bytes(), sw.g.size)
             if not go:
                 return got
 
@@ -201,6 +217,22 @@ class Connection:
             delay = FetchPolicy(sw.cfg).delay(src.failures, retry_after, _RNG)
             src.not_before = now + delay
             log.info("%s: will retry (%s)", src.url, SCRUB(str(exc)))
+
+
+def _discard(stream: Stream, n: int, buf: bytearray, release: Callable[[bytearray], None]) -> None:
+    """Read and drop the first ``n`` bytes of ``stream`` (a server that ignored Range)."""
+    try:
+        view = memoryview(buf)
+        while n > 0:
+            got = stream.readinto(view[: min(len(buf), n)])
+            if got == 0:
+                raise TransferError(
+                    f"{stream.final_url}: connection ended before the bytes wanted",
+                    url=stream.final_url,
+                )
+            n -= got
+    finally:
+        release(buf)
 
 
 def _pwrite(fd: int, view: memoryview, offset: int) -> None:

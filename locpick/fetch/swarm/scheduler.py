@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 import attrs
 
-from locpick.choose.score import CLASSES
 from locpick.fetch.swarm.pieces import Geometry
 from locpick.fetch.swarm.takeover import (
     claim_share,
@@ -21,9 +20,8 @@ from locpick.fetch.swarm.takeover import (
     untouched,
     victim_bps,
 )
-from locpick.models import Score
 
-__all__ = ["RISE", "Run", "Scheduler", "Worker", "admit", "may_join", "rises", "topology_class"]
+__all__ = ["RISE", "Run", "Scheduler", "Worker", "admit", "may_join", "rises"]
 
 #: Another location joins only while the aggregate rate rose at least this much since the
 #: last one joined.
@@ -82,6 +80,9 @@ class Scheduler:
         self.runs: dict[int, Run] = {}
         #: Who delivered each done piece (worker id; -1 = an earlier run).
         self.by = [-1] * geometry.count
+        #: One connection and nobody to share with (a single copy): a claim takes every
+        #: missing piece, so the copy is read with one request.
+        self.alone = False
 
     # -- queries --------------------------------------------------------------------------
     @property
@@ -111,7 +112,11 @@ class Scheduler:
         if not free:
             return None
         live = [w for w in self.workers.values() if w.live]
-        share = claim_share(self.workers[wid], live, len(free), self.g.piece)
+        share = (
+            len(free)
+            if self.alone
+            else claim_share(self.workers[wid], live, len(free), self.g.piece)
+        )
         if self._from_tail(wid):
             return self._claim_tail(wid, free[-1], share, now)
         first = end = free[0]
@@ -304,9 +309,3 @@ def may_join(near_bps: float, far_bps: float, tolerance: float) -> bool:
 def rises(before_bps: float, now_bps: float) -> bool:
     """The aggregate rate rose since the last source joined (so another may be worth it)."""
     return before_bps <= 0 or now_bps >= RISE * before_bps
-
-
-def topology_class(score: Score) -> int:
-    """The topology class index (``score.CLASSES``) a ranked location was put in."""
-    name = (score.reasons.topology or "unknown").split(" ")[0]
-    return CLASSES.index(name) if name in CLASSES else len(CLASSES) - 1
