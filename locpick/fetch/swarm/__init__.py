@@ -140,7 +140,12 @@ def fetch(
                 observer(src.score.location, True, src.bytes, src.busy, None)
     used = {s.url for s in shares} | {a.url for a in attempts}
     for src in sources:
-        if src.url not in used:
+        if src.url in used:
+            continue
+        if src in swarm.admitted and src.ttfb is None:
+            why = "no response headers while the others delivered every piece"
+            attempts.append(Attempt(url=src.url, outcome="failed", error=why))
+        else:
             why = "swarm: not needed (the others delivered every piece first)"
             attempts.append(Attempt(url=src.url, outcome="skipped", error=why))
     delivered = sum(s.bytes for s in shares)

@@ -58,6 +58,12 @@ class Connection:
                 self._fetch(run)
             except LocationError as exc:
                 self._failed(run, exc)
+            except BaseException as exc:  # noqa: BLE001 - the disk (pwrite) or a bug: re-raised by the coordinator
+                with sw.lock:
+                    if sw.fatal is None:
+                        sw.fatal = exc
+                    w.live = False
+                return
             finally:
                 with sw.lock:
                     sw.sched.release(run)

@@ -32,6 +32,7 @@ from locpick.fetch.swarm.silence import (
 )
 from locpick.models import Attempt, Image, Score, SourceShare
 from locpick.redact import SCRUB
+from locpick.sink.check import disk_error
 from locpick.transports.base import Transport
 
 __all__ = ["JOIN_EVERY", "TICK", "Source", "Swarm", "prior_bps"]
@@ -123,6 +124,9 @@ class Swarm:
         self.solo: Source | None = None
         self.reported = -1
         self.timed_out = False
+        #: What ended a connection thread other than its location (a full disk): re-raised
+        #: by the coordinator.
+        self.fatal: BaseException | None = None
 
     # -- the whole fetch ----------------------------------------------------------------------
     def fill(self, fd: int, prefix_hasher: Any) -> Any:
@@ -220,6 +224,12 @@ class Swarm:
 
     def check_stop(self, now: float) -> None:
         """Raise when the caller cancelled or ``[transfer] total_timeout`` ran out."""
+        if self.fatal is not None:
+            fatal, self.fatal = self.fatal, None
+            if isinstance(fatal, OSError):
+                sink = self.sink
+                raise disk_error(fatal, sink.dest, sink.label, sink.size, sink.offset) from fatal
+            raise fatal
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled(
                 f"image {self.image.id}: download cancelled; the part file is kept for resume"

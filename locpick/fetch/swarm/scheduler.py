@@ -83,6 +83,11 @@ class Scheduler:
         #: One connection and nobody to share with (a single copy): a claim takes every
         #: missing piece, so the copy is read with one request.
         self.alone = False
+        #: Pieces a connection broke off inside: (byte reached, worker) — the next claim
+        #: continues there (a server that cuts every response still makes progress).
+        self.held: dict[int, tuple[int, int]] = {}
+        #: Pieces whose bytes came from two copies: no single copy delivered them.
+        self.mixed: set[int] = set()
 
     # -- queries --------------------------------------------------------------------------
     @property
@@ -124,10 +129,20 @@ class Scheduler:
             if self.done[end] or self.owner[end] is not None:
                 break
             end += 1
-        run = Run(wid, first, end, self.g.start(first), now)
+        run = Run(wid, first, end, self._resume_at(first, wid), now)
         for i in range(first, end):
             self.owner[i] = run
         return run
+
+    def _resume_at(self, p: int, wid: int) -> int:
+        """Where a run starting at piece ``p`` begins: where an earlier one broke off."""
+        held = self.held.pop(p, None)
+        if held is None:
+            return self.g.start(p)
+        pos, by = held
+        if self.workers[by].source != self.workers[wid].source:
+            self.mixed.add(p)
+        return pos
 
     def _from_tail(self, wid: int) -> bool:
         """A copy that is complete (the origin) takes pieces from the end while a filling peer
@@ -146,7 +161,7 @@ class Scheduler:
             and self.owner[first - 1] is None
         ):
             first -= 1
-        run = Run(wid, first, last + 1, self.g.start(first), now)
+        run = Run(wid, first, last + 1, self._resume_at(first, wid), now)
         for i in range(first, last + 1):
             self.owner[i] = run
         return run
@@ -231,7 +246,9 @@ class Scheduler:
     def _complete(self, p: int, run: Run) -> None:
         if not self.done[p]:
             self.done[p] = True
-            self.by[p] = run.worker
+            self.by[p] = -1 if p in self.mixed else run.worker
+        self.mixed.discard(p)
+        self.held.pop(p, None)
         self.owner[p] = None
         dup = self.dups.pop(p, None)
         if dup is not None and dup is not run:
@@ -246,6 +263,8 @@ class Scheduler:
         owner = self.owner[p]
         self.done[p] = True
         self.by[p] = run.worker
+        self.mixed.discard(p)
+        self.held.pop(p, None)
         self.owner[p] = None
         if owner is not None:
             owner.cancelled = True
@@ -260,6 +279,14 @@ class Scheduler:
             if self.dups.get(run.first) is run:
                 del self.dups[run.first]
             return
+        p = run.first
+        if (
+            not run.cancelled
+            and p < run.end
+            and not self.done[p]
+            and self.g.start(p) < run.pos < self.g.end(p)
+        ):
+            self.held[p] = (run.pos, run.worker)
         self._free(run, run.first)
 
     def _free(self, run: Run, start: int) -> None:
@@ -274,6 +301,8 @@ class Scheduler:
             self.done[p] = False
             self.by[p] = -1
             self.owner[p] = None
+            self.held.pop(p, None)
+            self.mixed.discard(p)
 
 
 def admit(
