@@ -8,25 +8,49 @@ result = locpick.download("IMAGE_ID", "/var/lib/nova/images/IMAGE_ID", metadata=
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import TYPE_CHECKING, Any
 
-from locpick.client import Client
-from locpick.config.model import Config
-from locpick.errors import (
-    AllLocationsFailed,
-    ChecksumMismatch,
-    DeliveryError,
-    InputError,
-    LocationError,
-    LocpickError,
-)
-from locpick.jobs.session import Metadata
-from locpick.models import Ranking, Result, VerifyReport
+if TYPE_CHECKING:  # the names resolve lazily at run time (PEP 562): ``import locpick`` is cheap
+    from locpick.client import Client
+    from locpick.config.model import Config
+    from locpick.errors import (
+        AllLocationsFailed,
+        ChecksumMismatch,
+        DeliveryError,
+        InputError,
+        LocationError,
+        LocpickError,
+    )
+    from locpick.jobs.session import Metadata
+    from locpick.models import Ranking, Result, VerifyReport
+
+#: Public name -> the module that defines it, imported on first use (so ``import locpick``
+#: and ``locpick --help`` do not pay for the HTTP stack, attrs models, etc.).
+_LAZY = {
+    "AllLocationsFailed": "locpick.errors",
+    "ChecksumMismatch": "locpick.errors",
+    "DeliveryError": "locpick.errors",
+    "InputError": "locpick.errors",
+    "LocationError": "locpick.errors",
+    "LocpickError": "locpick.errors",
+    "Client": "locpick.client",
+    "Config": "locpick.config.model",
+    "Ranking": "locpick.models",
+    "Result": "locpick.models",
+    "VerifyReport": "locpick.models",
+}
 
 
-def __getattr__(name: str) -> str:
-    """``__version__`` from the package metadata, read on first use (it costs ~25 ms at import,
-    which every ``locpick`` command would otherwise pay)."""
+def __getattr__(name: str) -> Any:
+    """The public classes, imported on first use; ``__version__`` from the package metadata
+    (it costs ~25 ms, which every ``locpick`` command would otherwise pay)."""
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
 
@@ -35,6 +59,10 @@ def __getattr__(name: str) -> str:
         except PackageNotFoundError:  # pragma: no cover - running from a bare source tree
             return "0.0.0"
     raise AttributeError(f"module 'locpick' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [
@@ -55,8 +83,6 @@ __all__ = [
     "verify",
 ]
 
-_ConfigArg = Config | str | os.PathLike[str] | None
-
 
 def download(
     image_id: str,
@@ -64,7 +90,7 @@ def download(
     *,
     metadata: Metadata | None = None,
     glance_url: str | None = None,
-    config: _ConfigArg = None,
+    config: Config | str | os.PathLike[str] | None = None,
     allow_unverified: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
     register: bool | None = None,
@@ -74,6 +100,8 @@ def download(
     ``cache_dir`` (else ``[cache] dir``): use/keep a verified copy in the node cache;
     ``register`` (else ``[cache] register``): publish it as a location in Glance.
     """
+    from locpick.client import Client
+
     with Client(config=config, glance_url=glance_url) as client:
         return client.download(
             image_id,
@@ -90,9 +118,11 @@ def rank(
     *,
     metadata: Metadata | None = None,
     glance_url: str | None = None,
-    config: _ConfigArg = None,
+    config: Config | str | os.PathLike[str] | None = None,
 ) -> Ranking:
     """Score every location of an image without downloading it."""
+    from locpick.client import Client
+
     with Client(config=config, glance_url=glance_url) as client:
         return client.rank(image_id, metadata=metadata)
 
@@ -102,7 +132,7 @@ def verify(
     *,
     metadata: Metadata | None = None,
     glance_url: str | None = None,
-    config: _ConfigArg = None,
+    config: Config | str | os.PathLike[str] | None = None,
     quick: bool = False,
     prune: bool = False,
     yes: bool = False,
@@ -112,5 +142,7 @@ def verify(
     ``prune``: plan removing missing/mismatched locations from Glance (``report.prune``);
     ``yes``: carry it out. The last verified location is never removed.
     """
+    from locpick.client import Client
+
     with Client(config=config, glance_url=glance_url) as client:
         return client.verify(image_id, metadata=metadata, quick=quick, prune=prune, yes=yes)

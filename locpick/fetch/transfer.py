@@ -175,7 +175,7 @@ class _Run:
                 self.image, sources, self.dest, self.sink_args, self.cfg,
                 tolerance=tolerance, progress=self.progress, observer=self.observer,
                 started=self.started, cancel=self.cancel, deadline=deadline,
-                clock=self.timing.clock,
+                timing=self.timing,
             )  # fmt: skip
         return _with_earlier(result, self.attempts)
 

@@ -276,3 +276,43 @@ def test_raising_progress_callback_aborts_cleanly(tmp_path: Path, n: int) -> Non
     assert seen == sorted(seen)
     assert took < 16 * MiB / (2e6 * n)  # long before the transfer could have finished
     assert not dest.exists()
+
+
+# -- topology is a cost -----------------------------------------------------------------------
+def test_nearest_class_delivers_most_bytes_when_as_fast(tmp_path: Path) -> None:
+    """A same-zone and an other-region copy at the same speed, the farther one ranked first
+    (as a measurement could put it): the near copy delivers most bytes, in every run, and a
+    farther copy that was drawn on says why."""
+    data = os.urandom(16 * MiB)
+    with Origin(data) as near, Origin(data) as far:
+        near.faults.uplink = far.faults.uplink = 20e6
+        urls = [far.url, near.url]
+        classes = {near.url: 2, far.url: 3}
+        for run in range(3):
+            near.reset_counters()
+            far.reset_counters()
+            dest = tmp_path / f"img{run}"
+            result = _fetch(dest, _image(data, urls), urls, classify=lambda loc: classes[loc.url])
+            assert dest.read_bytes() == data
+            shares = {s.url: s.bytes for s in result.sources}
+            assert shares.get(near.url, 0) > shares.get(far.url, 0), shares
+            for a in result.attempts:
+                if a.url == far.url and a.outcome == "ok":
+                    assert "farther than same-zone" in (a.note or ""), a
+
+
+def test_farther_copy_joins_when_the_near_one_is_too_slow(tmp_path: Path) -> None:
+    """The near copy alone is far slower than with the farther one: the farther one joins
+    (after the near one showed its rate) and takes pieces."""
+    data = os.urandom(16 * MiB)
+    with Origin(data) as near, Origin(data) as far:
+        near.faults.uplink = 3e6
+        urls = [near.url, far.url]
+        classes = {near.url: 2, far.url: 3}
+        dest = tmp_path / "img"
+        result = _fetch(dest, _image(data, urls), urls, classify=lambda loc: classes[loc.url])
+        assert dest.read_bytes() == data
+        shares = {s.url: s.bytes for s in result.sources}
+        assert shares.get(far.url, 0) > len(data) // 2, shares
+        note = next(a.note for a in result.attempts if a.url == far.url and a.outcome == "ok")
+        assert note is not None and "joined as the nearer copies delivered" in note

@@ -18,7 +18,7 @@ from typing import Any
 
 from locpick.config.model import TransferConfig
 from locpick.errors import Cancelled, LocationError, LocpickError
-from locpick.fetch.policy import Observer, Progress
+from locpick.fetch.policy import Observer, Progress, Timing
 from locpick.fetch.swarm.partfile import SwarmSink
 from locpick.fetch.swarm.pieces import Geometry, PieceMap, auto_piece_size
 from locpick.fetch.swarm.repair import Verdict, check_and_repair
@@ -78,7 +78,7 @@ def fetch(
     started: float,
     cancel: threading.Event | None = None,
     deadline: float | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    timing: Timing | None = None,
 ) -> Result:
     """Fetch ``image`` in pieces from ``sources`` into ``dest``, verified and atomic.
 
@@ -93,8 +93,8 @@ def fetch(
     with SwarmSink(dest, pieces=pieces, **sink_args) as sink:
         resumed = sum(pieces.done)
         swarm = Swarm(
-            image, sources, sink, cfg, tolerance, progress, observer, clock,
-            cancel=cancel, deadline=deadline,
+            image, sources, sink, cfg, tolerance, progress, observer,
+            timing=timing, cancel=cancel, deadline=deadline,
         )  # fmt: skip
         attempts = swarm.attempts
 
@@ -132,8 +132,10 @@ def fetch(
         sink.label = f"image {image.id} from {top}"
         verified = sink.commit()
         log.debug("swarm: committed")
+    joined = {s.url: s.joined for s in sources if s.joined}
     for share in shares:
-        attempts.append(Attempt(url=share.url, outcome="ok", bytes=share.bytes, note="swarm"))
+        note = f"swarm; {joined[share.url]}" if share.url in joined else "swarm"
+        attempts.append(Attempt(url=share.url, outcome="ok", bytes=share.bytes, note=note))
     if observer is not None:  # history learns each copy's rate, as from a single download
         for src in sources:
             if src.bytes:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -21,8 +20,6 @@ if TYPE_CHECKING:
     from locpick.fetch.swarm.run import Source, Swarm
 
 log = logging.getLogger("locpick")
-#: Backoff jitter (not crypto).
-_RNG = random.Random()  # noqa: S311
 
 #: How often an idle connection looks for work again.
 TICK = 0.1
@@ -220,7 +217,7 @@ class Connection:
             sw.attempts.append(Attempt(url=src.url, outcome="failed", error=error))
             if sw.observer is not None:
                 sw.observer(src.score.location, False, 0, 0.0, str(exc))
-            delay = FetchPolicy(sw.cfg).delay(src.failures, retry_after, _RNG)
+            delay = FetchPolicy(sw.cfg).delay(src.failures, retry_after, sw.timing.rng)
             src.not_before = now + delay
             log.info("%s: will retry (%s)", src.url, SCRUB(str(exc)))
 

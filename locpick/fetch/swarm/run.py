@@ -18,9 +18,10 @@ from typing import Any
 import attrs
 
 from locpick.choose.peer import filling_since
+from locpick.choose.score import CLASSES
 from locpick.config.model import TransferConfig
 from locpick.errors import AllLocationsFailed, Cancelled
-from locpick.fetch.policy import Observer, Progress
+from locpick.fetch.policy import Observer, Progress, Timing
 from locpick.fetch.swarm.ordered_hash import OrderedHasher
 from locpick.fetch.swarm.partfile import SwarmSink
 from locpick.fetch.swarm.reader import Connection
@@ -68,6 +69,8 @@ class Source:
     #: Seconds to the response headers, when it ever answered.
     ttfb: float | None = None
     why: str | None = None
+    #: Why a copy of a farther topology class was drawn on (for the report and ``--json``).
+    joined: str | None = None
 
     @property
     def url(self) -> str:
@@ -88,6 +91,7 @@ class Swarm:
         observer: Observer | None,
         clock: Callable[[], float] = time.monotonic,
         *,
+        timing: Timing | None = None,
         cancel: threading.Event | None = None,
         deadline: float | None = None,
     ) -> None:
@@ -101,7 +105,10 @@ class Swarm:
         self.tolerance = tolerance
         self.progress = progress
         self.observer = observer
-        self.clock = clock
+        #: The clock, the sleep of a backoff every connection waits out, and the backoff rng
+        #: (``timing`` overrides ``clock``; fakes in tests).
+        self.timing = timing or Timing(clock=clock)
+        self.clock = self.timing.clock
         self.g = sink.pieces.geometry
         self.lock = threading.Condition()
         self.wlock = threading.Lock()
@@ -111,8 +118,8 @@ class Swarm:
         self.sched = Scheduler(self.g, sink.pieces.done, [])
         self.admitted: list[Source] = []
         self.last_join_bps = 0.0
-        self.last_join = clock()
-        self.sample: tuple[float, int] = (clock(), 0)
+        self.last_join = self.clock()
+        self.sample: tuple[float, int] = (self.clock(), 0)
         self.pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self.allocated = 0
         self.hasher: OrderedHasher | None = None
@@ -150,8 +157,19 @@ class Swarm:
             elif not self.admitted:
                 live = [s for s in self.sources if not s.dead]
                 bps = [prior_bps(s.score) for s in live]
-                first = admit([s.topology for s in live], bps, self.cfg.max_sources, self.tolerance)
+                measured = [s.score.reasons.throughput_bps is not None for s in live]
+                first = admit(
+                    [s.topology for s in live], bps, self.cfg.max_sources, self.tolerance,
+                    measured,
+                )  # fmt: skip
+                near = min((live[i].topology for i in first), default=0)
                 for i in first:
+                    if live[i].topology > near:
+                        live[i].joined = (
+                            f"farther than {CLASSES[min(near, len(CLASSES) - 1)]}: drawn on "
+                            f"from the start, the nearer copies measured more than "
+                            f"{self.tolerance:.0%} slower without it"
+                        )
                     self._admit(live[i])
         self._coordinate()
         return self.hasher.finish()
@@ -197,6 +215,7 @@ class Swarm:
                 self.lock.wait(TICK)
                 now = self.clock()
                 self.check_stop(now)
+                self._wait_out_backoff(now)
                 self._give_up_silent(now)
                 self._maybe_join(now)
                 if not any(w.live for w in self.workers if self.takes_part(self._src(w))):
@@ -209,6 +228,26 @@ class Swarm:
         while not self.hasher.wait_for(self.g.size, TICK):
             self.check_stop(self.clock())
         self._report()
+
+    def _wait_out_backoff(self, now: float) -> None:
+        """Every live copy waits out a backoff and nothing is in flight: sleep until the first
+        may retry (``timing.sleep``: a fake clock advances), or end now if that is past the
+        deadline (the attempt is not made, nor slept for)."""
+        live = [s for s in self.admitted if not s.dead and self.takes_part(s)]
+        if not live or self.sched.runs or any(s.not_before <= now for s in live):
+            return
+        wake = min(s.not_before for s in live)
+        if self.deadline is not None and wake >= self.deadline:
+            self.timed_out = True
+            raise self.all_failed(deadline=True)
+        self.lock.release()
+        try:
+            # a real sleep in ticks (cancel and the deadline stay responsive); a fake one
+            # (tests) is given the whole wait at once
+            real = self.timing.sleep is time.sleep
+            self.timing.sleep(min(wake - now, TICK) if real else wake - now)
+        finally:
+            self.lock.acquire()
 
     def _src(self, w: Worker) -> Source:
         return self.sources[w.source]
@@ -242,10 +281,11 @@ class Swarm:
         attempts = list(self.attempts)
         if deadline:
             error = f"total_timeout {self.cfg.total_timeout:g} s exceeded"
+            busy = {self.workers[wid].source for wid in self.sched.runs}
             for src in self.admitted:
-                if not src.dead:
+                if not src.dead and src.index in busy:  # cut off mid-transfer
                     attempts.append(
-                        Attempt(url=src.url, outcome="failed", error=error, bytes=src.bytes)
+                        Attempt(url=src.url, outcome="failed", error=error, bytes=src.received)
                     )
         failed = "; ".join(f"{a.url}: {a.error}" for a in attempts if a.outcome != "ok")
         within = (
@@ -268,6 +308,7 @@ class Swarm:
         for _ in range(max(1, self.cfg.connections_per_source)):
             w = Worker(len(self.workers), src.index, prior_bps(src.score), _latency(src.score))
             w.filling = filling_since(src.score.location.metadata) is not None
+            w.topology = src.topology
             self.workers.append(w)
             self.sched.workers[w.id] = w
             conn = Connection(self, w, src)
@@ -311,8 +352,14 @@ class Swarm:
             return
         cand = reserve[0]
         near = min((s.topology for s in self.admitted if not s.dead), default=cand.topology)
-        if cand.topology > near and not may_join(agg, prior_bps(cand.score), self.tolerance):
-            return
+        if cand.topology > near:
+            if not may_join(agg, prior_bps(cand.score), self.tolerance):
+                return
+            cand.joined = (
+                f"farther than {CLASSES[min(near, len(CLASSES) - 1)]}: joined as the nearer "
+                f"copies delivered {agg / 1e6:.1f} MB/s, expected more than "
+                f"{self.tolerance:.0%} slower without it"
+            )
         self._admit(cand)
 
     def _aggregate(self) -> float:

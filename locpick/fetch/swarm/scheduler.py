@@ -46,6 +46,8 @@ class Worker:
     answered: bool = False
     #: Its location is a peer's copy still filling (boot storm): it holds a growing prefix.
     filling: bool = False
+    #: Topology class of its location (``choose.score.CLASSES`` index; lower is nearer).
+    topology: int = 0
 
     def rate(self) -> float | None:
         return self.bytes / self.busy if self.bytes and self.busy > 0 else None
@@ -147,10 +149,15 @@ class Scheduler:
     def _from_tail(self, wid: int) -> bool:
         """A copy that is complete (the origin) takes pieces from the end while a filling peer
         reads from the front: the peer holds the beginning first, so the origin is asked only
-        for pieces nobody near holds yet, and the two meet in the middle."""
-        if self.workers[wid].filling:
+        for pieces nobody near holds yet, and the two meet in the middle. So does a copy of a
+        farther topology class while a nearer one reads from the front: the nearer one may
+        take over the farther one's untouched tail, never the other way round."""
+        me = self.workers[wid]
+        if me.filling:
             return False
-        return any(w.live and w.filling for w in self.workers.values())
+        return any(
+            w.live and (w.filling or w.topology < me.topology) for w in self.workers.values()
+        )
 
     def _claim_tail(self, wid: int, last: int, share: int, now: float) -> Run:
         first = last
@@ -306,23 +313,30 @@ class Scheduler:
 
 
 def admit(
-    classes: Sequence[int], bps: Sequence[float], max_sources: int, tolerance: float
+    classes: Sequence[int],
+    bps: Sequence[float],
+    max_sources: int,
+    tolerance: float,
+    measured: Sequence[bool] | None = None,
 ) -> list[int]:
     """Which candidates (ranked, best first) start at once: the nearest topology class up to
-    ``max_sources``; a farther one joins only when the nearer copies together are expected to be
-    slower by more than ``tolerance`` than with it."""
+    ``max_sources``; a farther one only when the nearer copies together are expected to be
+    slower by more than ``tolerance`` than with it, on measured rates (``measured[i]``: probe
+    or history): on priors alone the nearer copies start, and a farther one joins later if
+    what they show is too slow (``Swarm._maybe_join``)."""
     if not classes:
         return []
-    chosen: list[int] = []
     near = min(classes)
+    known = list(measured) if measured is not None else [True] * len(classes)
+    chosen = [i for i, c in enumerate(classes) if c == near][:max_sources]
     for i, c in enumerate(classes):
         if len(chosen) >= max_sources:
             break
         if c == near:
-            chosen.append(i)
             continue
         agg = sum(bps[j] for j in chosen)
-        if not chosen or may_join(agg, bps[i], tolerance):
+        evidence = all(known[j] for j in chosen)
+        if evidence and may_join(agg, bps[i], tolerance):
             chosen.append(i)
     return chosen
 
