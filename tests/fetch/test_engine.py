@@ -316,3 +316,43 @@ def test_farther_copy_joins_when_the_near_one_is_too_slow(tmp_path: Path) -> Non
         assert shares.get(far.url, 0) > len(data) // 2, shares
         note = next(a.note for a in result.attempts if a.url == far.url and a.outcome == "ok")
         assert note is not None and "joined as the nearer copies delivered" in note
+
+
+def test_ctrl_c_keeps_the_part_and_the_next_run_resumes(tmp_path: Path) -> None:
+    """SIGINT to ``locpick download``: exit 130 as before, dest untouched, the part and its
+    piece record kept; the next run fetches only the pieces the record lacks."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from tests.helpers import cli_env, image_record, run_cli, write_record
+
+    data = os.urandom(8 * MiB)
+    with Origin(data) as o:
+        o.faults.uplink = 2e6
+        rec = write_record(tmp_path / "rec.json", image_record("img-c", data, [o.url]))
+        dest = tmp_path / "img"
+        args = ["download", "img-c", str(dest), "--metadata", str(rec), "--no-progress"]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "locpick", *args], env=cli_env(),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        pieces = tmp_path / ".img.locpick-part.pieces"
+        deadline = time.monotonic() + 60
+        while not (pieces.exists() and json.loads(pieces.read_text() or "{}").get("done")):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert not dest.exists() and _part(dest).exists()
+        record = json.loads(pieces.read_text())
+        held = len(record["done"]) * record["piece"]
+        assert held > 0
+        o.faults.uplink = None
+        o.reset_counters()
+        r = run_cli("download", "img-c", str(dest), "--metadata", str(rec), "--no-progress")
+        assert r.returncode == 0, r.stderr
+        assert dest.read_bytes() == data
+        assert o.bytes_sent <= len(data) - held + (256 << 10)
