@@ -99,10 +99,16 @@ class Ranker:
             )
         candidates = self._bound_probing(image, candidates)
         to_probe = [c.location for c in candidates if c.unusable is None and not c.not_probed]
-        # a swarm download probes by downloading: its first piece from each copy is the probe
+        # the engine probes by downloading (its first bytes from each copy are the probe) when
+        # it can draw on every copy at once; with more copies than [transfer] max_sources the
+        # probe chooses which ones it starts with
+        t = self.session.config.transfer
         skip = not probe or (
             for_download
-            and (len(to_probe) <= 1 or swarm_probes(image, self.session.config.transfer))
+            and (
+                len(to_probe) <= 1
+                or (swarm_probes(image, t) and len(to_probe) <= max(1, t.max_sources))
+            )
         )
         probes = {} if skip else self._probe(image, to_probe)
         candidates = [

@@ -134,12 +134,18 @@ def fetch(
         log.debug("swarm: committed")
     joined = {s.url: s.joined for s in sources if s.joined}
     for share in shares:
-        note = f"swarm; {joined[share.url]}" if share.url in joined else "swarm"
+        note = "swarm" if len(shares) > 1 else None
+        if share.url in joined:
+            note = f"swarm; {joined[share.url]}"
         attempts.append(Attempt(url=share.url, outcome="ok", bytes=share.bytes, note=note))
-    if observer is not None:  # history learns each copy's rate, as from a single download
+    if observer is not None:  # history learns each copy's outcome once per download
         for src in sources:
             if src.bytes:
                 observer(src.score.location, True, src.bytes, src.busy, None)
+            elif not src.dead:  # broke off (retried) and delivered nothing: a failure
+                errors = [a.error for a in attempts if a.url == src.url and a.outcome == "failed"]
+                if errors:
+                    observer(src.score.location, False, 0, src.busy, errors[-1])
     used = {s.url for s in shares} | {a.url for a in attempts}
     for src in sources:
         if src.url in used:

@@ -149,10 +149,11 @@ class Connection:
                 first = run.first
                 go = sw.sched.advance(run, pos)
                 if run.first != first:
-                    src.bytes += sw.g.start(run.first) - sw.g.start(first)
+                    done_to = min(sw.g.start(run.first), sw.g.size)
+                    src.bytes += done_to - sw.g.start(first)
                     sw.save(now)
                     if sw.sink.tee is not None:
-                        sw.sink.tee.mark(sw.g.start(first), sw.g.start(run.first))
+                        sw.sink.tee.mark(sw.g.start(first), done_to)
             last = now
             if not go:
                 return got
@@ -206,7 +207,9 @@ class Connection:
             too_long = retry_after is not None and retry_after > sw.cfg.retry_after_max
             # no response at all while other copies answer: one attempt is enough
             silent = isinstance(exc, LocationUnreachable) and exc.status is None
-            never = silent and not w.answered and any(x.answered for x in sw.workers)
+            # (or none answered yet but another copy can go on: a black hole is not retried)
+            others = any(not s.dead and s is not src for s in sw.sources)
+            never = silent and not w.answered and (others or any(x.answered for x in sw.workers))
             if exc.permanent or too_long or never:
                 sw.drop_source(src, error, 0, now - (w.asked_at or now))
                 return
@@ -214,9 +217,8 @@ class Connection:
             if src.failures > sw.cfg.retries:
                 sw.drop_source(src, error, 0, now - (w.asked_at or now))
                 return
+            # history hears of a copy once per download (dropped, or delivered), not per retry
             sw.attempts.append(Attempt(url=src.url, outcome="failed", error=error))
-            if sw.observer is not None:
-                sw.observer(src.score.location, False, 0, 0.0, str(exc))
             delay = FetchPolicy(sw.cfg).delay(src.failures, retry_after, sw.timing.rng)
             src.not_before = now + delay
             log.info("%s: will retry (%s)", src.url, SCRUB(str(exc)))
