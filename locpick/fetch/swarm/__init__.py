@@ -60,6 +60,7 @@ def plan(
             Source(
                 len(sources), score, transport, classify(score.location),
                 bounded=caps.bounded_ranges,
+                last_resort=score.location.kind == "glance-file",
             )
         )  # fmt: skip
     return sources

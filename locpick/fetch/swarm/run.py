@@ -71,6 +71,8 @@ class Source:
     why: str | None = None
     #: Why a copy of a farther topology class was drawn on (for the report and ``--json``).
     joined: str | None = None
+    #: Glance's own ``/file``: drawn on only when every other copy has dropped out.
+    last_resort: bool = False
 
     @property
     def url(self) -> str:
@@ -155,7 +157,8 @@ class Swarm:
                 if self.solo not in self.admitted:
                     self._admit(self.solo)
             elif not self.admitted:
-                live = [s for s in self.sources if not s.dead]
+                live = [s for s in self.sources if not s.dead and not s.last_resort]
+                live = live or [s for s in self.sources if not s.dead]
                 bps = [prior_bps(s.score) for s in live]
                 measured = [s.score.reasons.throughput_bps is not None for s in live]
                 first = admit(
@@ -315,7 +318,12 @@ class Swarm:
             threading.Thread(target=conn.run, name=f"locpick-swarm-{w.id}", daemon=True).start()
 
     def _reserve(self) -> list[Source]:
-        return [s for s in self.sources if s not in self.admitted and not s.dead]
+        """Copies that may still join, in rank order; a last resort (Glance's own ``/file``)
+        only once every other copy has dropped out."""
+        waiting = [s for s in self.sources if s not in self.admitted and not s.dead]
+        if any(not s.last_resort for s in self.sources if not s.dead):
+            return [s for s in waiting if not s.last_resort]
+        return waiting
 
     def _admit_next(self) -> None:
         """A location dropped out: the next one in rank order takes its place (in whole-image
