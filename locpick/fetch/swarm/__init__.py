@@ -134,11 +134,15 @@ def fetch(
         verified = sink.commit()
         log.debug("swarm: committed")
     joined = {s.url: s.joined for s in sources if s.joined}
-    for share in shares:
+    dead = {s.url for s in sources if s.dead}
+    earlier: list[Attempt] = []  # a copy that delivered pieces and then dropped out: its
+    for share in shares:  # share comes before its failure, so its last word is the failure
         note = "swarm" if len(shares) > 1 else None
         if share.url in joined:
             note = f"swarm; {joined[share.url]}"
-        attempts.append(Attempt(url=share.url, outcome="ok", bytes=share.bytes, note=note))
+        ok = Attempt(url=share.url, outcome="ok", bytes=share.bytes, note=note)
+        (earlier if share.url in dead else attempts).append(ok)
+    attempts[:0] = earlier
     if observer is not None:  # history learns each copy's outcome once per download
         for src in sources:
             if src.bytes:

@@ -211,11 +211,11 @@ class Connection:
             others = any(not s.dead and s is not src for s in sw.sources)
             never = silent and not w.answered and (others or any(x.answered for x in sw.workers))
             if exc.permanent or too_long or never:
-                sw.drop_source(src, error, 0, now - (w.asked_at or now))
+                sw.drop_source(src, error, src.received, now - (w.asked_at or now))
                 return
             src.failures += 1
             if src.failures > sw.cfg.retries:
-                sw.drop_source(src, error, 0, now - (w.asked_at or now))
+                sw.drop_source(src, error, src.received, now - (w.asked_at or now))
                 return
             # history hears of a copy once per download (dropped, or delivered), not per retry
             sw.attempts.append(Attempt(url=src.url, outcome="failed", error=error))
