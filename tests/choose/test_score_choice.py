@@ -146,7 +146,8 @@ def test_history_demotes_recent_failure_then_retries_after_cooldown(tmp_path: Pa
         assert demoted.reasons.history is not None and "demoted" in demoted.reasons.history
         time.sleep(1.7)
         later = locpick.rank("img", metadata=rec, config=cfg)
-        assert later.scores[0].location.url == near_url, [(s.reasons.history, s.score) for s in later.scores]
+        seen = [(s.reasons.history, s.score) for s in later.scores]
+        assert later.scores[0].location.url == near_url, seen
         assert "cool-down over" in (later.scores[0].reasons.history or "")
         third = locpick.download("img", tmp_path / "out2", metadata=rec, config=cfg)
         oks = [a for a in third.attempts if a.outcome == "ok"]
