@@ -183,6 +183,14 @@ class Client(Connected):
         as a location of the image in Glance. ``recorder`` collects the operator's report
         (``recorder.report`` afterwards, delivered or not); with a node cache the report is
         also journalled there for ``locpick serve``'s ``/status``.
+
+        ``progress(done, total)`` is called from the calling thread only (never from the
+        engine's connection threads), at most every ~0.1 s, with ``done`` never decreasing;
+        an exception it raises ends the download (dest untouched, the part kept) and
+        propagates. ``cancel``: set the event (from any thread) to end the download within a
+        fraction of a second with :class:`~locpick.errors.Cancelled` (exit code 3); the part
+        file is kept so that the next call resumes. ``[transfer] total_timeout`` ends it the
+        same way with :class:`~locpick.errors.AllLocationsFailed` naming the deadline.
         """
         return Download(
             self._session,

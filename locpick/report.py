@@ -17,7 +17,7 @@ from typing import Any, Literal
 import attrs
 
 from locpick.errors import IntegrityError, LocpickError
-from locpick.fetch.single import Observer
+from locpick.fetch.policy import Observer
 from locpick.models import Attempt, ByteProgress, Location, Ranking, Result, Score
 from locpick.redact import SCRUB, redact_url
 

@@ -59,20 +59,20 @@ def test_blackhole_and_refused_skipped_within_deadline(tmp_path: Path) -> None:
 def test_corrupt_first_location_falls_back(tmp_path: Path) -> None:
     """Corrupt bytes fail the hash; the next location delivers and dest is verified."""
     with (
-        Origin(DATA, faults=Faults(corrupt_at=[1000])) as bad,
+        Origin(DATA, faults=Faults(corrupt_at=range(1000, len(DATA), 1 << 20))) as bad,
         Origin(DATA, faults=Faults(first_byte_delay=0.3)) as good,
     ):
         rec = image_record("img", DATA, [bad.url, good.url])
         result = locpick.download("img", tmp_path / "out", metadata=rec, config=CFG)
-        outcomes = [(a.url, a.outcome) for a in result.attempts]
-        assert outcomes == [(bad.url, "failed"), (good.url, "ok")]
+        failed = {a.url: a.error or "" for a in result.attempts if a.outcome == "failed"}
+        assert "mismatch" in failed[bad.url] and good.url not in failed
     assert (tmp_path / "out").read_bytes() == DATA
-    assert "mismatch" in (result.attempts[0].error or "")
     assert temp_leftovers(tmp_path) == []
 
 
 def test_cut_mid_transfer_resumes_on_next(tmp_path: Path) -> None:
-    """A cut at 50 % resumes by Range on the next location: bytes served prove no restart."""
+    """A cut at 50 % is finished by the other copy: bytes served prove no restart (the engine
+    shares pieces, so the other copy may take its pieces before the cut)."""
     half = len(DATA) // 2
     with (
         Origin(DATA, faults=Faults(cut_at_offset=half)) as cut,
@@ -80,14 +80,10 @@ def test_cut_mid_transfer_resumes_on_next(tmp_path: Path) -> None:
     ):
         rec = image_record("img", DATA, [cut.url, other.url])
         result = locpick.download("img", tmp_path / "out", metadata=rec, config=CFG)
-        # probes read at most the first 64 KiB of each origin
-        assert other.bytes_sent <= len(DATA) - half + 2 * 65536
-        ranges = [r.range for r in other.requests if r.range]
+        total = cut.bytes_sent + other.bytes_sent
     assert (tmp_path / "out").read_bytes() == DATA
-    assert f"bytes={half}-" in ranges
-    assert [a.outcome for a in result.attempts] == ["failed", "ok"]
-    assert result.attempts[0].bytes == half
-    assert result.attempts[1].bytes == len(DATA) - half
+    assert total <= len(DATA) + (1 << 20) + 2 * 65536  # at most the piece in flight at the cut
+    assert sum(s.bytes for s in result.sources) == len(DATA)
 
 
 def test_all_bad_exit_3_dest_untouched(tmp_path: Path) -> None:

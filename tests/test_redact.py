@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 import locpick
 from locpick._demo.origin import Origin
+from locpick.config.model import Config, TransferConfig
 from locpick.errors import LocationUnreachable
 from locpick.models import Attempt, Location, Reasons, Score
 from locpick.redact import REDACTED, Redactor, redact_text, redact_url
@@ -74,7 +75,9 @@ def test_library_download_with_app_logging_leaks_no_secret(
         )
         dead = f"http://127.0.0.1:1/img.raw?access_token={secrets[1]}"
         record = image_record("img", data, [url, dead])
-        result = locpick.download("img", tmp_path / "dest", metadata=record)
+        # more copies than max_sources: they are probed first (httpx logs the probes)
+        one = Config(transfer=TransferConfig(max_sources=1))
+        result = locpick.download("img", tmp_path / "dest", metadata=record, config=one)
     assert (tmp_path / "dest").read_bytes() == data
     text = app_logging.getvalue()
     assert "HTTP Request" in text  # httpx really logged the requests
@@ -195,9 +198,15 @@ def test_cli_verbose_download_and_rank_json_leak_no_secret(tmp_path: Path) -> No
     secrets = ["tk-Qa81jd0Zm", "sg-Lm29sk4Pa"]
     with Origin(data) as origin:
         url = f"{origin.url}?access_token={secrets[0]}&X-Goog-Signature={secrets[1]}"
-        # Two copies, so that they are probed (httpx logs the probes' request lines).
+        # Two copies over max_sources = 1, so that they are probed (httpx logs the probes'
+        # request lines; the engine's own requests go through http.client).
         meta = write_record(tmp_path / "m.json", image_record("img", data, [url, url + "&n=2"]))
-        down = run_cli("download", "img", str(tmp_path / "d"), "--metadata", str(meta), "-v")
+        conf = tmp_path / "c.toml"
+        conf.write_text("[transfer]\nmax_sources = 1\n")
+        down = run_cli(
+            "download", "img", str(tmp_path / "d"), "--metadata", str(meta), "-v",
+            "--config", str(conf),
+        )  # fmt: skip
         rank = run_cli("rank", "img", "--metadata", str(meta), "--json")
     assert down.returncode == 0 and rank.returncode == 0, down.stderr + rank.stderr
     assert "HTTP Request" in down.stderr

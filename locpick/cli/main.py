@@ -1,7 +1,8 @@
 """The ``locpick`` command: parse, call the API, print, exit with the contract's code.
 
 The parser is ``cliargs``, the output ``cliformat``, the node-cache commands ``clicache``;
-each command imports the API when it runs, so ``locpick --help`` stays cheap.
+each command imports the API when it runs, and the output, error and redaction modules are
+imported after the arguments parsed, so ``locpick --help`` costs little more than argparse.
 """
 
 from __future__ import annotations
@@ -13,17 +14,6 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from locpick.cli.args import build_parser, client_for
-from locpick.cli.format import (
-    emit,
-    format_ranking,
-    format_report,
-    format_result,
-    print_json,
-    progress_bar,
-    progress_mode,
-)
-from locpick.errors import LocpickError
-from locpick.redact import SCRUB, RedactingFilter, install_log_redaction
 
 __all__ = ["main"]
 
@@ -37,6 +27,10 @@ log = logging.getLogger(__name__)
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from locpick.cli.format import print_json
+    from locpick.errors import LocpickError
+    from locpick.redact import SCRUB, RedactingFilter, install_log_redaction
+
     level = logging.INFO if getattr(args, "verbose", False) else logging.WARNING
     logging.basicConfig(level=level, format="locpick: %(message)s", stream=sys.stderr)
     install_log_redaction()
@@ -73,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
+    from locpick.cli.format import emit, format_result, print_json, progress_bar
+
     if args.metrics_file:
         from locpick.serve.metrics import check_textfile_path
 
@@ -111,6 +107,8 @@ def _download(args: argparse.Namespace) -> int:
 
 def _progress_mode(args: argparse.Namespace, client: Client) -> str:
     """``[cli] progress``, unless ``--json`` or ``--no-progress`` turn it off."""
+    from locpick.cli.format import progress_mode
+
     requested = not args.json and not args.no_progress
     return progress_mode(client.config.cli.progress, requested=requested, tty=sys.stderr.isatty())
 
@@ -126,6 +124,8 @@ def _write_metrics(path: str, report: DownloadReport) -> None:
 
 
 def _rank(args: argparse.Namespace) -> int:
+    from locpick.cli.format import emit, format_ranking
+
     with client_for(args) as client:
         ranking = client.rank(args.image_id, metadata=args.metadata)
     emit(args, ranking, format_ranking)
@@ -133,6 +133,8 @@ def _rank(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from locpick.cli.format import emit, format_report
+
     with client_for(args) as client:
         report = client.verify(
             args.image_id,

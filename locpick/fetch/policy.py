@@ -1,7 +1,9 @@
 """The decisions of one download, pure: which location goes next and when, retry or drop after a
 failure (backoff with jitter, Retry-After, budget reset on progress), when to switch to a faster
 location, and the total deadline. Time and randomness come in as values or through ``Timing``,
-so tests drive every branch with a fake clock and rng; ``locpick.fetch.single`` does the I/O.
+so tests drive every branch with a fake clock and rng; the engine (``locpick.fetch.swarm``)
+does the I/O. Also the attempt observer of a transfer (``Observer``; the byte callback is
+:data:`locpick.models.ByteProgress`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from typing import Protocol
 import attrs
 
 from locpick.config.model import TransferConfig
+from locpick.models import Location
+
+#: Called after each attempt: (location, ok, bytes, seconds, error) — feeds history.
+Observer = Callable[[Location, bool, int, float, str | None], None]
 
 #: Transfer rate assumed for a location never measured, bytes/s, and its latency, ms.
 DEFAULT_BPS = 50e6

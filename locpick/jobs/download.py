@@ -31,7 +31,7 @@ from locpick.fetch.transfer import fetch
 from locpick.jobs.cachestep import from_cache, keep_in_cache
 from locpick.jobs.cachesync import CacheSync
 from locpick.jobs.progress import ProgressCallback, ProgressRelay
-from locpick.jobs.ranking import Ranker, best_ttfb
+from locpick.jobs.ranking import Ranker, best_ttfb, classifier
 from locpick.jobs.session import Metadata, Session
 from locpick.models import Attempt, CacheStep, Image, Result, Score
 from locpick.report import DownloadReport, Recorder
@@ -254,6 +254,8 @@ class Download:
             transfer=transfer or self.config.transfer,
             observer=self.rec.observer(self.session.history.record),
             topology_tolerance=self.config.scoring.topology_tolerance,
+            classify=classifier(self.config),
+            cancel=self.cancel,
             max_bytes=self.config.security.max_image_bytes,
             tee=tee,
         )

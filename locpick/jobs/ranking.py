@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -21,7 +21,15 @@ import cachetools
 
 from locpick.choose import storm
 from locpick.choose.probe import Phase, ProbeRun, probe_and_measure
-from locpick.choose.score import Candidate, HistoryInfo, policy_reason, prior_order, rank
+from locpick.choose.score import (
+    Candidate,
+    HistoryInfo,
+    location_topology,
+    policy_reason,
+    prior_order,
+    rank,
+    topology_class,
+)
 from locpick.config.model import Config
 from locpick.errors import InputError, LocationError
 from locpick.fetch.swarm import swarm_probes
@@ -56,6 +64,7 @@ class Ranker:
             t,
             self.session.config.scoring.topology_tolerance,
             swarm_probes(image, t),
+            classifier(self.session.config),
         )
         return attrs.evolve(ranking, scores=scores)
 
@@ -342,6 +351,16 @@ def _check(
 def _refused(text: str | None) -> Reason | None:
     """A transport's own refusal (its ``check``), as a reason."""
     return Reason(Code.REFUSED, text) if text is not None else None
+
+
+def classifier(config: Config) -> Callable[[Location], int]:
+    """The topology class of a location for the transfer engine: the one function
+    (``locpick.choose.score.topology_class``) ranking uses, on the location's place."""
+
+    def classify(location: Location) -> int:
+        return topology_class(config.topology, location_topology(location, config.hints))
+
+    return classify
 
 
 def best_ttfb(scores: Sequence[Score]) -> float | None:

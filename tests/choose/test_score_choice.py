@@ -139,8 +139,10 @@ def test_history_demotes_recent_failure_then_retries_after_cooldown(tmp_path: Pa
         near_url = near.url.replace("http://", "http://user:s3cret@")
         rec = image_record("img", ONE_MB, [other.url, (near_url, {"zone": "az1"})])
         first = locpick.download("img", tmp_path / "out", metadata=rec, config=cfg)
-        assert [a.outcome for a in first.attempts] == ["failed", "ok"]
-        assert first.source_url == other.url
+        # the near copy breaks off until its retries are spent; the other copy finishes
+        assert first.attempts[-1].outcome == "ok"
+        assert any(a.outcome == "failed" and a.url != other.url for a in first.attempts)
+        assert first.source_url == other.url, first.attempts
         flaky.cut_after_bytes = None
         again = locpick.rank("img", metadata=rec, config=cfg)
         assert again.scores[0].url == other.url
@@ -149,11 +151,12 @@ def test_history_demotes_recent_failure_then_retries_after_cooldown(tmp_path: Pa
         assert demoted.reasons.history is not None and "demoted" in demoted.reasons.history
         _age_failures(tmp_path / "history.json", cooldown + 1)
         later = locpick.rank("img", metadata=rec, config=cfg)
-        assert later.scores[0].location.url == near_url
+        seen = [(s.reasons.history, s.score) for s in later.scores]
+        assert later.scores[0].location.url == near_url, seen
         assert "cool-down over" in (later.scores[0].reasons.history or "")
         third = locpick.download("img", tmp_path / "out2", metadata=rec, config=cfg)
-        assert third.attempts[-1].outcome == "ok"
-        assert third.attempts[-1].url == near.url.replace("http://", "http://***@")
+        oks = [a for a in third.attempts if a.outcome == "ok"]
+        assert oks[0].url == near.url.replace("http://", "http://***@")
     text = (tmp_path / "history.json").read_text()
     assert "s3cret" not in text and "user" not in text
     hosts = json.loads(text)["hosts"]

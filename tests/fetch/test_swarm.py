@@ -95,14 +95,14 @@ def test_pieces_come_from_every_copy_and_no_byte_is_wasted(
     assert all(r.range and r.range.startswith("bytes=") for o in origins for r in o.requests)
 
 
-def test_max_sources_1_is_the_single_source_path(tmp_path: Path, origins: list[Origin]) -> None:
-    """max_sources = 1: one location, one request from 0, as before the swarm."""
+def test_max_sources_1_is_a_swarm_of_one(tmp_path: Path, origins: list[Origin]) -> None:
+    """max_sources = 1: one location, one request for every piece (a swarm of one)."""
     cfg = TransferConfig(max_sources=1, piece_size=PIECE)
     result = _fetch(tmp_path / "img", [o.url for o in origins], cfg)
     _ok(tmp_path / "img")
     assert [len(o.requests) for o in origins] == [1, 0, 0, 0]
-    assert origins[0].requests[0].range is None
-    assert result.sources == ()  # the CLI's report lists bytes per location from attempts
+    assert origins[0].requests[0].range == f"bytes=0-{SIZE - 1}"
+    assert [s.url for s in result.sources] == [origins[0].url]
 
 
 def test_uplink_cap_is_shared_by_connections(tmp_path: Path) -> None:
@@ -289,14 +289,19 @@ def test_farther_copy_stays_out_while_near_ones_suffice(tmp_path: Path) -> None:
                   Reasons(latency_ms=1.0, throughput_bps=r, topology=t))
             for i, (u, t, r) in enumerate(zip(urls, tops, bps, strict=True))
         ]  # fmt: skip
+        classes = {a.url: 2, b.url: 2, far.url: 3}
         ctx = Context(Config(transfer=CFG))
         try:
-            fetch(_image(urls), ranked, tmp_path / "img", Transports(ctx), transfer=CFG)
+            fetch(
+                _image(urls), ranked, tmp_path / "img", Transports(ctx), transfer=CFG,
+                classify=lambda loc: classes[loc.url],
+            )  # fmt: skip
         finally:
             ctx.close()
         _ok(tmp_path / "img")
         assert far.requests == []
-        notes = [s.reasons.notes[-1] for s in explain(_image(urls), ranked, CFG, 0.2, True)]
+        scored = explain(_image(urls), ranked, CFG, 0.2, True, lambda loc: classes[loc.url])
+        notes = [s.reasons.notes[-1] for s in scored]
         assert notes[0].startswith("swarm: draws") and "joins only if" in notes[2]
 
 
@@ -315,14 +320,15 @@ def _holey_part(dest: Path, piece: int) -> None:
     part.with_name(part.name + ".pieces").write_text(json.dumps(record))
 
 
-def test_a_swarm_part_is_not_continued_in_order(tmp_path: Path) -> None:
-    """max_sources = 1 after a killed swarm: the part has holes, so it starts from 0."""
+def test_a_swarm_part_is_continued_by_a_single_copy(tmp_path: Path) -> None:
+    """max_sources = 1 after a killed swarm: the single copy is a swarm of one, so it fetches
+    only the pieces the record lacks (the hole at piece 0, then the rest after piece 1)."""
     dest = tmp_path / "img"
     _holey_part(dest, PIECE)
     with Origin(DATA) as a, Origin(DATA) as b:
-        _fetch(dest, [a.url, b.url], TransferConfig(max_sources=1))
+        _fetch(dest, [a.url, b.url], TransferConfig(max_sources=1, piece_size=PIECE))
         _ok(dest)
-        assert [r.range for r in a.requests] == [None]
+        assert a.bytes_sent <= SIZE - PIECE
 
 
 def test_a_record_of_another_piece_size_trusts_nothing(tmp_path: Path) -> None:

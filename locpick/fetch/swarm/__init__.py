@@ -1,51 +1,50 @@
-"""Swarm fetch: pieces of one image from several locations at once.
+"""The transfer engine: pieces of one image from one or several locations at once (issues 15,
+25). A single copy is a swarm of one.
 
-``plan`` decides whether a download is a swarm (at least two locations that can serve byte
-ranges, an image of at least ``MIN_SWARM_BYTES``, ``[transfer] max_sources`` > 1, and the best
-location is not a system copy); ``fetch`` runs it into the usual atomic part file.
+``plan`` turns the ranked locations into the engine's sources (every usable location whose
+transport streams bytes: http/https, swift, s3; not a shared filesystem's system copy);
+``fetch`` runs them into the usual atomic part file, verified, and keeps the part (with its
+piece map) for the next run when cancelled, past ``[transfer] total_timeout`` or interrupted.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from locpick.config.model import TransferConfig
-from locpick.errors import LocationError
+from locpick.errors import Cancelled, LocationError, LocpickError
+from locpick.fetch.policy import Observer, Timing
 from locpick.fetch.swarm.partfile import SwarmSink
 from locpick.fetch.swarm.pieces import Geometry, PieceMap, auto_piece_size
-from locpick.fetch.swarm.repair import check_and_repair
+from locpick.fetch.swarm.repair import Verdict, check_and_repair
 from locpick.fetch.swarm.run import Source, Swarm
-from locpick.fetch.swarm.scheduler import topology_class
 from locpick.models import Attempt, ByteProgress, Image, Location, Result, Score
 from locpick.sink.hashing import Expected
 from locpick.transports import Transports
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_SWARM_BYTES", "fetch", "plan", "swarm_probes"]
+__all__ = ["fetch", "plan", "swarm_probes"]
 
-#: Smaller images go to one location at a time (which switches when slow): a swarm's extra
-#: connections cost more than they bring on a few MiB.
-MIN_SWARM_BYTES = 16 << 20
-
-Observer = Callable[[Location, bool, int, float, str | None], None]
+#: The topology class of a location (``locpick.choose.score.CLASSES`` index).
+Classify = Callable[[Location], int]
 
 
 def swarm_probes(image: Image, cfg: TransferConfig) -> bool:
-    """Whether a download of ``image`` would be a swarm, which needs no separate probe."""
-    return cfg.max_sources > 1 and image.size is not None and image.size >= MIN_SWARM_BYTES
+    """Whether a download of ``image`` goes through the engine, whose first bytes from each
+    copy are the probe (so no separate probe is needed): every image of known size."""
+    return image.size is not None
 
 
 def plan(
-    image: Image, ranked: Sequence[Score], transports: Transports, cfg: TransferConfig
-) -> list[Source] | None:
-    """The locations of a swarm fetch, best first; None when one location at a time is right."""
-    if not swarm_probes(image, cfg):
-        return None
+    image: Image, ranked: Sequence[Score], transports: Transports, classify: Classify
+) -> list[Source]:
+    """The engine's sources, best first: every usable location that streams bytes."""
     sources: list[Source] = []
     for score in ranked:
         if not score.usable:
@@ -54,12 +53,17 @@ def plan(
             transport = transports.for_location(score.location)
         except LocationError:
             continue
-        if not transport.capabilities.bounded_ranges:
-            if not sources:
-                return None  # the best is a system copy (or streams only): keep it whole
+        caps = transport.capabilities
+        if caps.system_copy:
             continue
-        sources.append(Source(len(sources), score, transport, topology_class(score)))
-    return sources if len(sources) >= 2 else None
+        sources.append(
+            Source(
+                len(sources), score, transport, classify(score.location),
+                bounded=caps.bounded_ranges,
+                last_resort=score.location.kind == "glance-file",
+            )
+        )  # fmt: skip
+    return sources
 
 
 def fetch(
@@ -73,8 +77,15 @@ def fetch(
     progress: ByteProgress | None,
     observer: Observer | None,
     started: float,
+    cancel: threading.Event | None = None,
+    deadline: float | None = None,
+    timing: Timing | None = None,
 ) -> Result:
-    """Fetch ``image`` in pieces from ``sources`` into ``dest``, verified and atomic."""
+    """Fetch ``image`` in pieces from ``sources`` into ``dest``, verified and atomic.
+
+    ``cancel`` set or ``deadline`` (a ``clock()`` value) passed: ``Cancelled`` or
+    ``AllLocationsFailed`` within a tick, dest untouched, the part kept for resume (also on
+    KeyboardInterrupt). ``progress`` is called from the calling thread only."""
     assert image.size is not None
     g = Geometry(image.size, auto_piece_size(image.size, cfg.piece_size))
     expected: Expected = sink_args["expected"]
@@ -82,22 +93,38 @@ def fetch(
     pieces = PieceMap(g, None, identity)
     with SwarmSink(dest, pieces=pieces, **sink_args) as sink:
         resumed = sum(pieces.done)
-        swarm = Swarm(image, sources, sink, cfg, tolerance, progress, observer)
+        swarm = Swarm(
+            image, sources, sink, cfg, tolerance, progress, observer,
+            timing=timing, cancel=cancel, deadline=deadline,
+        )  # fmt: skip
         attempts = swarm.attempts
 
         def filler(fd: int, hasher: Any) -> Any:
             while True:
                 hasher = swarm.fill(fd, hasher)
-                ok, hasher = check_and_repair(swarm, fd, hasher, expected, attempts)
-                if ok:
+                verdict, hasher = check_and_repair(swarm, fd, hasher, expected, attempts)
+                if verdict is Verdict.OK:
                     return hasher
-                if all(s.dead for s in sources):
+                live = [s for s in sources if not s.dead]
+                if not live:
                     raise swarm.all_failed()
+                if verdict is Verdict.UNDECIDED:
+                    solo = swarm.solo
+                    nxt = live[0] if solo is None or solo.dead else solo
+                    log.info("swarm: the whole image from %s alone, verified", nxt.url)
+                    swarm.set_solo(nxt)
                 hasher = sink.truncate()
                 swarm.restart()
 
         try:
             sink.fill(filler)
+        except BaseException as exc:
+            swarm.close()
+            # cancelled, timed out, interrupted, or the caller's callback raised: what was
+            # fetched stays for the next run; a failure of every copy or of the disk does not
+            if isinstance(exc, Cancelled) or swarm.timed_out or not isinstance(exc, LocpickError):
+                sink.keep()
+            raise
         finally:
             swarm.close()
         log.debug("swarm: all pieces in and hashed")
@@ -106,15 +133,32 @@ def fetch(
         sink.label = f"image {image.id} from {top}"
         verified = sink.commit()
         log.debug("swarm: committed")
-    for share in shares:
-        attempts.append(Attempt(url=share.url, outcome="ok", bytes=share.bytes, note="swarm"))
-    if observer is not None:  # history learns each copy's rate, as from a single download
+    joined = {s.url: s.joined for s in sources if s.joined}
+    dead = {s.url for s in sources if s.dead}
+    earlier: list[Attempt] = []  # a copy that delivered pieces and then dropped out: its
+    for share in shares:  # share comes before its failure, so its last word is the failure
+        note = "swarm" if len(shares) > 1 else None
+        if share.url in joined:
+            note = f"swarm; {joined[share.url]}"
+        ok = Attempt(url=share.url, outcome="ok", bytes=share.bytes, note=note)
+        (earlier if share.url in dead else attempts).append(ok)
+    attempts[:0] = earlier
+    if observer is not None:  # history learns each copy's outcome once per download
         for src in sources:
             if src.bytes:
                 observer(src.score.location, True, src.bytes, src.busy, None)
+            elif not src.dead:  # broke off (retried) and delivered nothing: a failure
+                errors = [a.error for a in attempts if a.url == src.url and a.outcome == "failed"]
+                if errors:
+                    observer(src.score.location, False, 0, src.busy, errors[-1])
     used = {s.url for s in shares} | {a.url for a in attempts}
     for src in sources:
-        if src.url not in used:
+        if src.url in used:
+            continue
+        if src in swarm.admitted and src.ttfb is None:
+            why = "no response headers while the others delivered every piece"
+            attempts.append(Attempt(url=src.url, outcome="failed", error=why))
+        else:
             why = "swarm: not needed (the others delivered every piece first)"
             attempts.append(Attempt(url=src.url, outcome="skipped", error=why))
     delivered = sum(s.bytes for s in shares)

@@ -83,7 +83,24 @@ class SwarmSink(AtomicSink):
         self.pieces.remove()
         return verified
 
+    def keep(self) -> None:
+        """Close the part file and leave it (and its records) for the next run to resume:
+        only the pieces the map lists are trusted then."""
+        self.pieces.save()
+        self._drain_writer_quietly()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self._kept = True
+
+    def _drain_writer_quietly(self) -> None:
+        with contextlib.suppress(OSError, Exception):
+            self._pipe.drain()
+        self._pipe.hasher.stop()
+
     def abort(self) -> None:
+        if getattr(self, "_kept", False):
+            return
         super().abort()
         with contextlib.suppress(AttributeError):
             self.pieces.remove()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
-import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from locpick.errors import LocationError, LocationUnreachable, TransferError, reason_of
@@ -20,8 +20,6 @@ if TYPE_CHECKING:
     from locpick.fetch.swarm.run import Source, Swarm
 
 log = logging.getLogger(__name__)
-#: Backoff jitter (not crypto).
-_RNG = random.Random()  # noqa: S311
 
 #: How often an idle connection looks for work again.
 TICK = 0.1
@@ -43,7 +41,8 @@ class Connection:
                 if sw.closed or not w.live:
                     return
                 now = sw.clock()
-                run = sw.sched.next_task(w.id, now) if src.not_before <= now else None
+                ready = src.not_before <= now and sw.takes_part(src)
+                run = sw.sched.next_task(w.id, now) if ready else None
                 if run is None:
                     sw.lock.wait(TICK)
                     continue
@@ -56,6 +55,12 @@ class Connection:
                 self._fetch(run)
             except LocationError as exc:
                 self._failed(run, exc)
+            except BaseException as exc:  # noqa: BLE001 - the disk (pwrite) or a bug: re-raised by the coordinator
+                with sw.lock:
+                    if sw.fatal is None:
+                        sw.fatal = exc
+                    w.live = False
+                return
             finally:
                 with sw.lock:
                     sw.sched.release(run)
@@ -67,19 +72,29 @@ class Connection:
         sw, w, src = self.swarm, self.w, self.src
         t0 = sw.clock()
         end = sw.g.end(run.end - 1)
-        stream = src.transport.open(src.score.location, sw.image, offset=run.pos, end=end)
+        if src.bounded:
+            stream = src.transport.open(src.score.location, sw.image, offset=run.pos, end=end)
+        else:  # the object from run.pos to its end; cut off once the run is done
+            stream = src.transport.open(src.score.location, sw.image, offset=run.pos)
         try:
             with sw.lock:
                 w.latency = sw.clock() - t0
                 w.answered = True
                 src.ttfb = w.latency if src.ttfb is None else min(src.ttfb, w.latency)
-            if stream.start != run.pos:
+            skip = run.pos - stream.start
+            if skip and (stream.start > run.pos or not self._only_one()):
                 raise TransferError(
                     f"{stream.final_url}: ignores Range (asked for byte {run.pos}, got "
-                    f"{stream.start}): not usable for pieces",
+                    f"{stream.start}): not usable for pieces while other copies are",
                     url=stream.final_url,
                     permanent=True,
                 )
+            if skip:
+                log.info(
+                    "%s: server ignored Range: discarding the %d bytes already held",
+                    stream.final_url, skip,
+                )  # fmt: skip
+                _discard(stream, skip, sw.buffer(), sw.pool.put)
             if src.transport.capabilities.idle_timeout:
                 stream.set_idle_timeout(min(sw.cfg.stall_timeout, sw.cfg.idle_timeout))
             # rates count from the response headers on: the wait for them is the latency
@@ -89,6 +104,12 @@ class Connection:
             return self._read_run(run, stream, t1)
         finally:
             stream.close()
+
+    def _only_one(self) -> bool:
+        """No other copy could serve these pieces (so a whole body is worth reading)."""
+        sw = self.swarm
+        with sw.lock:
+            return all(s.dead or s is self.src for s in sw.sources)
 
     def _read_run(self, run: Run, stream: Stream, t0: float) -> int:
         sw, w, src = self.swarm, self.w, self.src
@@ -128,13 +149,12 @@ class Connection:
                 first = run.first
                 go = sw.sched.advance(run, pos)
                 if run.first != first:
-                    src.bytes += sw.g.start(run.first) - sw.g.start(first)
+                    done_to = min(sw.g.start(run.first), sw.g.size)
+                    src.bytes += done_to - sw.g.start(first)
                     sw.save(now)
                     if sw.sink.tee is not None:
-                        sw.sink.tee.mark(sw.g.start(first), sw.g.start(run.first))
+                        sw.sink.tee.mark(sw.g.start(first), done_to)
             last = now
-            if sw.progress is not None:
-                sw.progress(sw.g.size - sw.sched.missing_bytes(), sw.g.size)
             if not go:
                 return got
 
@@ -187,20 +207,37 @@ class Connection:
             too_long = retry_after is not None and retry_after > sw.cfg.retry_after_max
             # no response at all while other copies answer: one attempt is enough
             silent = isinstance(exc, LocationUnreachable) and exc.status is None
-            never = silent and not w.answered and any(x.answered for x in sw.workers)
+            # (or none answered yet but another copy can go on: a black hole is not retried)
+            others = any(not s.dead and s is not src for s in sw.sources)
+            never = silent and not w.answered and (others or any(x.answered for x in sw.workers))
             if exc.permanent or too_long or never:
-                sw.drop_source(src, error, 0, now - (w.asked_at or now))
+                sw.drop_source(src, error, src.received, now - (w.asked_at or now))
                 return
             src.failures += 1
             if src.failures > sw.cfg.retries:
-                sw.drop_source(src, error, 0, now - (w.asked_at or now))
+                sw.drop_source(src, error, src.received, now - (w.asked_at or now))
                 return
+            # history hears of a copy once per download (dropped, or delivered), not per retry
             sw.attempts.append(Attempt(url=src.url, outcome="failed", error=error))
-            if sw.observer is not None:
-                sw.observer(src.score.location, False, 0, 0.0, str(exc))
-            delay = FetchPolicy(sw.cfg).delay(src.failures, retry_after, _RNG)
+            delay = FetchPolicy(sw.cfg).delay(src.failures, retry_after, sw.timing.rng)
             src.not_before = now + delay
             log.info("%s: will retry (%s)", src.url, SCRUB(str(exc)))
+
+
+def _discard(stream: Stream, n: int, buf: bytearray, release: Callable[[bytearray], None]) -> None:
+    """Read and drop the first ``n`` bytes of ``stream`` (a server that ignored Range)."""
+    try:
+        view = memoryview(buf)
+        while n > 0:
+            got = stream.readinto(view[: min(len(buf), n)])
+            if got == 0:
+                raise TransferError(
+                    f"{stream.final_url}: connection ended before the bytes wanted",
+                    url=stream.final_url,
+                )
+            n -= got
+    finally:
+        release(buf)
 
 
 def _pwrite(fd: int, view: memoryview, offset: int) -> None:

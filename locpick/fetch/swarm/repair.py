@@ -1,12 +1,22 @@
-"""Bad bytes in a swarm fetch: find the location that sent them and repair only their pieces.
+"""Bad bytes in a swarm fetch: find the location that sent them, by comparison, never by guess.
 
-Without piece digests a bad source shows only at the final hash. Its pieces are then fetched
-again from another location and compared with what it delivered; differing pieces are rewritten
-and the location is dropped (and recorded as failed, which demotes it in history).
+Without piece digests a bad copy shows only at the final hash. Then, in order:
+
+1. the file is hashed again (the running hash may have seen bytes a late write replaced);
+2. the pieces of each suspect (the copy that delivered the fewest pieces first: a copy that
+   corrupts shows on its first pieces) are fetched again from the copy that delivered the most
+   and compared; a differing piece is rewritten and the file re-hashed. A copy is blamed only
+   when that proves it (the hash then matches), or when every byte in the file is its own and
+   the hash fails;
+3. when comparison cannot decide, the caller fetches the whole image from one copy at a time
+   (best first), each verified alone (``Verdict.UNDECIDED``).
+
+A good copy is therefore never dropped for another copy's bytes.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 from typing import TYPE_CHECKING, Any
@@ -21,37 +31,48 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class Verdict(enum.Enum):
+    """The outcome of a failed final hash."""
+
+    #: The file is the image (after repair, or the running hash was stale).
+    OK = "ok"
+    #: A copy was proven wrong and dropped: fetch again from the others.
+    RESTART = "restart"
+    #: Comparison could not tell: fetch the whole image from one copy at a time.
+    UNDECIDED = "undecided"
+
+
 def check_and_repair(
     swarm: Swarm, fd: int, hasher: Any, expected: Expected, attempts: list[Attempt]
-) -> tuple[bool, Any]:
-    """(True, hash) when the file is the image, possibly after repair; (False, None) when it
-    must start over (every byte came from the location that was wrong, now dropped)."""
+) -> tuple[Verdict, Any]:
+    """(verdict, hash of the file when OK) after the swarm filled ``fd``."""
     if expected.value is None or hasher is None or hasher.copy().hexdigest() == expected.value:
-        return True, hasher
-    by_source: dict[int, list[int]] = {}
-    for p, wid in enumerate(swarm.sched.by):
-        if wid >= 0:
-            by_source.setdefault(swarm.workers[wid].source, []).append(p)
-    resumed = any(wid < 0 for wid in swarm.sched.by)
-    involved = [swarm.sources[i] for i in by_source]
+        return Verdict.OK, hasher
+    h = _rehash(fd, swarm.g.size, expected)
+    if h.hexdigest() == expected.value:
+        return Verdict.OK, h
     what = f"{expected.algo} mismatch"
-    if len(involved) == 1 and not resumed:
-        _blame(swarm, involved[0], f"{what}: every byte came from here; dropped")
-        return False, None
-    order = sorted(involved, key=lambda s: len(by_source[s.index]))
-    queues = {s.index: list(by_source[s.index]) for s in order}
-    bad: dict[int, list[int]] = {}
+    #: Which copy's bytes each piece holds now (-1: resumed from an earlier run).
+    holder = [swarm.workers[wid].source if wid >= 0 else -1 for wid in swarm.sched.by]
+    if swarm.solo is not None:  # whole-image mode: judge the solo copy by its own bytes
+        return _judge_alone(swarm, holder, swarm.solo, what), None
+    involved = sorted({i for i in holder if i >= 0})
+    if -1 not in holder and len(involved) == 1:
+        _blame(swarm, swarm.sources[involved[0]], f"{what}: every byte came from here; dropped")
+        return Verdict.RESTART, None
+    counts = {i: holder.count(i) for i in involved}
     refetched = 0
-    while any(queues.values()):
-        # breadth first over the copies (a copy that corrupts shows on its first pieces),
-        # depth first on a copy once it was caught
-        proven = [s for s in order if bad.get(s.index) and queues[s.index]]
-        for src in proven[:1] or [s for s in order if queues[s.index]]:
-            p = queues[src.index].pop(0)
-            other = next((s for s in swarm.sources if s is not src and not s.dead), None)
-            fresh = None if other is None else _piece(swarm, other, p)
-            if other is None or fresh is None:
-                continue
+    for idx in sorted(involved, key=lambda i: counts[i]):
+        suspect = swarm.sources[idx]
+        witness = _witness(swarm, holder, suspect)
+        if witness is None:
+            break
+        differed: list[int] = []
+        for p in [q for q, i in enumerate(holder) if i == idx]:
+            swarm.check_stop(swarm.clock())
+            fresh = _piece(swarm, witness, p)
+            if fresh is None:  # the witness failed (dropped): comparison cannot go on
+                return Verdict.UNDECIDED, None
             refetched += 1
             start = swarm.g.start(p)
             if os.pread(fd, len(fresh), start) == fresh:
@@ -59,31 +80,75 @@ def check_and_repair(
             os.pwrite(fd, fresh, start)
             if swarm.sink.tee is not None:
                 swarm.sink.tee.write(fresh, start)
-            bad.setdefault(src.index, []).append(p)
-            if swarm.sink.tee is not None:  # peers may have read them from our filling copy
+            holder[p] = witness.index
+            differed.append(p)
+            if swarm.sink.tee is not None:  # peers may have read it from our filling copy
                 swarm.sink.tee.abandon(
-                    f"piece {p} from {src.url} proved wrong after it was offered to peers"
+                    f"piece {p} from {suspect.url} proved wrong after it was offered to peers"
                 )
-            h = _rehash(fd, swarm.g.size, expected)
-            if h.hexdigest() == expected.value:
-                for i, pieces in bad.items():
-                    _blame(swarm, swarm.sources[i], f"{what}: wrong bytes in piece(s) {pieces}")
-                fixed = sorted(p for pieces in bad.values() for p in pieces)
-                note = f"repaired piece(s) {fixed} from {other.url}; "
-                note += f"{refetched} re-fetched"
-                attempts.append(Attempt(url=other.url, outcome="ok", note=note))
-                log.warning("%s", note)
-                return True, h
-            break
-    for src in involved:
-        if not src.dead:
-            _blame(swarm, src, f"{what}: bad bytes not found by comparison; dropped")
-    return False, None
+            if len(differed) == 1:  # one bad piece is the common case: check it at once
+                h = _fixed(fd, swarm, suspect, witness, differed, refetched, expected, attempts)
+                if h is not None:
+                    return Verdict.OK, h
+        if len(differed) > 1:  # a re-hash per piece would cost a whole read each
+            h = _fixed(fd, swarm, suspect, witness, differed, refetched, expected, attempts)
+            if h is not None:
+                return Verdict.OK, h
+        if differed and all(i == witness.index for i in holder):
+            # every byte is now the witness's, and still wrong: the witness is proven bad
+            _blame(swarm, witness, f"{what}: every byte came from here; dropped")
+            return Verdict.RESTART, None
+        if differed:
+            break  # two copies disagree and neither is proven: let each show its own bytes
+    log.warning(
+        "image %s: %s not explained by comparing pieces (%d re-fetched); fetching the whole "
+        "image from one copy at a time",
+        swarm.image.id, what, refetched,
+    )  # fmt: skip
+    return Verdict.UNDECIDED, None
+
+
+def _fixed(
+    fd: int,
+    swarm: Swarm,
+    suspect: Source,
+    witness: Source,
+    differed: list[int],
+    refetched: int,
+    expected: Expected,
+    attempts: list[Attempt],
+) -> Any:
+    """The hash of the file when replacing ``differed`` made it the image (``suspect`` is then
+    proven wrong and blamed), else None."""
+    h = _rehash(fd, swarm.g.size, expected)
+    if h.hexdigest() != expected.value:
+        return None
+    _blame(swarm, suspect, f"{expected.algo} mismatch: wrong bytes in piece(s) {differed}")
+    note = f"repaired piece(s) {differed} from {witness.url}; {refetched} re-fetched"
+    attempts.append(Attempt(url=witness.url, outcome="ok", note=note))
+    log.warning("%s", note)
+    return h
+
+
+def _judge_alone(swarm: Swarm, holder: list[int], solo: Source, what: str) -> Verdict:
+    """Whole-image mode: the solo copy is blamed only when every byte is its own."""
+    if all(i == solo.index for i in holder):
+        _blame(swarm, solo, f"{what}: every byte came from here (verified alone); dropped")
+    return Verdict.UNDECIDED
+
+
+def _witness(swarm: Swarm, holder: list[int], suspect: Source) -> Source | None:
+    """The live copy (not ``suspect``) that delivered the most pieces, else the best live one."""
+    live = [s for s in swarm.sources if s is not suspect and not s.dead]
+    if not live:
+        return None
+    return max(live, key=lambda s: (holder.count(s.index), -s.index))
 
 
 def _blame(swarm: Swarm, src: Source, error: str) -> None:
     with swarm.lock:
-        swarm.drop_source(src, error, src.bytes, src.busy)
+        if not src.dead:
+            swarm.drop_source(src, error, src.bytes, src.busy)
 
 
 def _piece(swarm: Swarm, src: Source, p: int) -> bytes | None:
@@ -92,13 +157,18 @@ def _piece(swarm: Swarm, src: Source, p: int) -> bytes | None:
     buf = bytearray(end - start)
     view, got = memoryview(buf), 0
     try:
-        stream = src.transport.open(src.score.location, swarm.image, offset=start, end=end)
+        if src.bounded:
+            stream = src.transport.open(src.score.location, swarm.image, offset=start, end=end)
+        else:
+            stream = src.transport.open(src.score.location, swarm.image, offset=start)
         try:
             if stream.start != start:
+                _blame(swarm, src, f"{stream.final_url}: ignores Range: cannot compare pieces")
                 return None
             while got < len(buf):
                 n = stream.readinto(view[got:])
                 if n == 0:
+                    _blame(swarm, src, f"{stream.final_url}: connection ended mid-piece")
                     return None
                 got += n
         finally:

@@ -1,6 +1,10 @@
 """The threads of a swarm fetch: one per connection, each reading its runs of pieces into the
-part file with pwrite, a hash following the written prefix, and a coordinator that admits
-locations, gives up on silent ones and ends the fetch. Decisions come from ``scheduler``."""
+part file with pwrite, a hash following the written prefix, and a coordinator (the calling
+thread) that admits locations, gives up on silent ones, reports progress, honours the cancel
+event and ``[transfer] total_timeout``, and ends the fetch. Decisions come from ``scheduler``.
+
+A single copy is a swarm of one: it claims every missing piece with one request (the first
+bytes are its probe); a copy that ignores Range serves the whole body, its head discarded."""
 
 from __future__ import annotations
 
@@ -14,22 +18,28 @@ from typing import Any
 import attrs
 
 from locpick.choose.peer import filling_since
+from locpick.choose.score import CLASSES
 from locpick.config.model import TransferConfig
-from locpick.errors import AllLocationsFailed
+from locpick.errors import AllLocationsFailed, Cancelled
+from locpick.fetch.policy import Observer, Timing
 from locpick.fetch.swarm.ordered_hash import OrderedHasher
 from locpick.fetch.swarm.partfile import SwarmSink
 from locpick.fetch.swarm.reader import Connection
 from locpick.fetch.swarm.scheduler import Scheduler, Worker, admit, may_join, rises
-from locpick.fetch.swarm.silence import holding_slots, overdue, silent_limit
-from locpick.models import Attempt, ByteProgress, Image, Location, Score, SourceShare
+from locpick.fetch.swarm.silence import (
+    holding_slots,
+    overdue,
+    silent_limit,
+)
+from locpick.models import Attempt, ByteProgress, Image, Score, SourceShare
 from locpick.redact import SCRUB
+from locpick.sink.check import disk_error
 from locpick.transports.base import Transport
 
 __all__ = ["JOIN_EVERY", "TICK", "Source", "Swarm", "prior_bps"]
 
 log = logging.getLogger(__name__)
 
-Observer = Callable[[Location, bool, int, float, str | None], None]
 
 #: How often the coordinator looks at rates (admission, silent locations).
 TICK = 0.1
@@ -46,6 +56,9 @@ class Source:
     #: Declares ``capabilities.bounded_ranges``: ``open(..., end=)`` asks for a piece only.
     transport: Transport
     topology: int
+    #: ``transport.capabilities.bounded_ranges``: a piece is asked with ``end``; else the
+    #: request runs to the end of the object and is cut off when the run is done.
+    bounded: bool = True
     failures: int = 0
     not_before: float = 0.0
     dead: bool = False
@@ -56,6 +69,10 @@ class Source:
     #: Seconds to the response headers, when it ever answered.
     ttfb: float | None = None
     why: str | None = None
+    #: Why a copy of a farther topology class was drawn on (for the report and ``--json``).
+    joined: str | None = None
+    #: Glance's own ``/file``: drawn on only when every other copy has dropped out.
+    last_resort: bool = False
 
     @property
     def url(self) -> str:
@@ -75,7 +92,14 @@ class Swarm:
         progress: ByteProgress | None,
         observer: Observer | None,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        timing: Timing | None = None,
+        cancel: threading.Event | None = None,
+        deadline: float | None = None,
     ) -> None:
+        """``cancel``: set by the caller to end the fetch (``Cancelled``); ``deadline``: the
+        ``clock()`` value past which it ends (``[transfer] total_timeout``); ``progress`` is
+        called from the coordinator (the calling thread) only, with a growing count."""
         self.image = image
         self.sources = list(sources)
         self.sink = sink
@@ -83,7 +107,10 @@ class Swarm:
         self.tolerance = tolerance
         self.progress = progress
         self.observer = observer
-        self.clock = clock
+        #: The clock, the sleep of a backoff every connection waits out, and the backoff rng
+        #: (``timing`` overrides ``clock``; fakes in tests).
+        self.timing = timing or Timing(clock=clock)
+        self.clock = self.timing.clock
         self.g = sink.pieces.geometry
         self.lock = threading.Condition()
         self.wlock = threading.Lock()
@@ -93,12 +120,22 @@ class Swarm:
         self.sched = Scheduler(self.g, sink.pieces.done, [])
         self.admitted: list[Source] = []
         self.last_join_bps = 0.0
-        self.last_join = clock()
-        self.sample: tuple[float, int] = (clock(), 0)
+        self.last_join = self.clock()
+        self.sample: tuple[float, int] = (self.clock(), 0)
         self.pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self.allocated = 0
         self.hasher: OrderedHasher | None = None
         self.fd = -1
+        self.cancel = cancel
+        self.deadline = deadline
+        #: Whole-image mode (a hash failure comparison could not explain): only this source
+        #: is read, so its bytes alone are judged.
+        self.solo: Source | None = None
+        self.reported = -1
+        self.timed_out = False
+        #: What ended a connection thread other than its location (a full disk): re-raised
+        #: by the coordinator.
+        self.fatal: BaseException | None = None
 
     # -- the whole fetch ----------------------------------------------------------------------
     def fill(self, fd: int, prefix_hasher: Any) -> Any:
@@ -114,15 +151,49 @@ class Swarm:
         for i, done in enumerate(self.sched.done):
             if done and self.g.end(i) > start:
                 self.hasher.note(self.g.start(i), self.g.length(i))
-        if not self.admitted:
-            live = [s for s in self.sources if not s.dead]
-            bps = [prior_bps(s.score) for s in live]
-            first = admit([s.topology for s in live], bps, self.cfg.max_sources, self.tolerance)
-            with self.lock:
+        with self.lock:
+            self._update_alone()
+            if self.solo is not None:
+                if self.solo not in self.admitted:
+                    self._admit(self.solo)
+            elif not self.admitted:
+                live = [s for s in self.sources if not s.dead and not s.last_resort]
+                live = live or [s for s in self.sources if not s.dead]
+                bps = [prior_bps(s.score) for s in live]
+                measured = [s.score.reasons.throughput_bps is not None for s in live]
+                first = admit(
+                    [s.topology for s in live], bps, self.cfg.max_sources, self.tolerance,
+                    measured,
+                )  # fmt: skip
+                near = min((live[i].topology for i in first), default=0)
                 for i in first:
+                    if live[i].topology > near:
+                        live[i].joined = (
+                            f"farther than {CLASSES[min(near, len(CLASSES) - 1)]}: drawn on "
+                            f"from the start, the nearer copies measured more than "
+                            f"{self.tolerance:.0%} slower without it"
+                        )
                     self._admit(live[i])
         self._coordinate()
         return self.hasher.finish()
+
+    def set_solo(self, src: Source | None) -> None:
+        """Read every piece from ``src`` alone (None: back to the swarm)."""
+        with self.lock:
+            self.solo = src
+            self._update_alone()
+            self.lock.notify_all()
+
+    def _update_alone(self) -> None:
+        """A connection with nobody to share with claims every missing piece at once."""
+        live = {s.index for s in self.sources if not s.dead}
+        self.sched.alone = self.solo is not None or (
+            min(len(live), self.cfg.max_sources) == 1 and self.cfg.connections_per_source <= 1
+        )
+
+    def takes_part(self, src: Source) -> bool:
+        """Whether ``src``'s connections may take pieces now (all, or the solo source)."""
+        return self.solo is None or self.solo is src
 
     def restart(self) -> None:
         """Every piece again (after the file was truncated): runs in flight are cut off."""
@@ -146,24 +217,89 @@ class Swarm:
             while not self.sched.finished:
                 self.lock.wait(TICK)
                 now = self.clock()
+                self.check_stop(now)
+                self._wait_out_backoff(now)
                 self._give_up_silent(now)
                 self._maybe_join(now)
-                if not any(w.live for w in self.workers):
+                if not any(w.live for w in self.workers if self.takes_part(self._src(w))):
                     self._admit_next()
-                    if not any(w.live for w in self.workers):
+                    if not any(w.live for w in self.workers if self.takes_part(self._src(w))):
                         raise self.all_failed()
+                self._report()
         assert self.hasher is not None
         log.debug("swarm: last piece in (hash at %d)", self.hasher.frontier)
-        self.hasher.wait_for(self.g.size)
+        while not self.hasher.wait_for(self.g.size, TICK):
+            self.check_stop(self.clock())
+        self._report()
 
-    def all_failed(self) -> AllLocationsFailed:
-        failed = "; ".join(f"{a.url}: {a.error}" for a in self.attempts if a.outcome != "ok")
+    def _wait_out_backoff(self, now: float) -> None:
+        """Every live copy waits out a backoff and nothing is in flight: sleep until the first
+        may retry (``timing.sleep``: a fake clock advances), or end now if that is past the
+        deadline (the attempt is not made, nor slept for)."""
+        live = [s for s in self.admitted if not s.dead and self.takes_part(s)]
+        if not live or self.sched.runs or any(s.not_before <= now for s in live):
+            return
+        wake = min(s.not_before for s in live)
+        if self.deadline is not None and wake >= self.deadline:
+            self.timed_out = True
+            raise self.all_failed(deadline=True)
+        self.lock.release()
+        try:
+            # a real sleep in ticks (cancel and the deadline stay responsive); a fake one
+            # (tests) is given the whole wait at once
+            real = self.timing.sleep is time.sleep
+            self.timing.sleep(min(wake - now, TICK) if real else wake - now)
+        finally:
+            self.lock.acquire()
+
+    def _src(self, w: Worker) -> Source:
+        return self.sources[w.source]
+
+    def _report(self) -> None:
+        """Progress, from this (the calling) thread only, never going backwards."""
+        if self.progress is None:
+            return
+        done = self.g.size - self.sched.missing_bytes()
+        if done > self.reported:
+            self.reported = done
+            self.progress(done, self.g.size)
+
+    def check_stop(self, now: float) -> None:
+        """Raise when the caller cancelled or ``[transfer] total_timeout`` ran out."""
+        if self.fatal is not None:
+            fatal, self.fatal = self.fatal, None
+            if isinstance(fatal, OSError):
+                sink = self.sink
+                raise disk_error(fatal, sink.dest, sink.label, sink.size, sink.offset) from fatal
+            raise fatal
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled(
+                f"image {self.image.id}: download cancelled; the part file is kept for resume"
+            )
+        if self.deadline is not None and now >= self.deadline:
+            self.timed_out = True
+            raise self.all_failed(deadline=True)
+
+    def all_failed(self, *, deadline: bool = False) -> AllLocationsFailed:
+        attempts = list(self.attempts)
+        if deadline:
+            error = f"total_timeout {self.cfg.total_timeout:g} s exceeded"
+            busy = {self.workers[wid].source for wid in self.sched.runs}
+            for src in self.admitted:
+                if not src.dead and src.index in busy:  # cut off mid-transfer
+                    attempts.append(
+                        Attempt(url=src.url, outcome="failed", error=error, bytes=src.received)
+                    )
+        failed = "; ".join(f"{a.url}: {a.error}" for a in attempts if a.outcome != "ok")
+        within = (
+            f" within [transfer] total_timeout = {self.cfg.total_timeout:g} s" if deadline else ""
+        )
         return AllLocationsFailed(
             SCRUB(
-                f"image {self.image.id}: no location delivered a verified image "
+                f"image {self.image.id}: no location delivered a verified image{within} "
                 f"({failed or 'no locations'})"
             ),
-            self.attempts,
+            attempts,
         )
 
     # -- admission ----------------------------------------------------------------------------
@@ -175,16 +311,32 @@ class Swarm:
         for _ in range(max(1, self.cfg.connections_per_source)):
             w = Worker(len(self.workers), src.index, prior_bps(src.score), _latency(src.score))
             w.filling = filling_since(src.score.location.metadata) is not None
+            w.topology = src.topology
             self.workers.append(w)
             self.sched.workers[w.id] = w
             conn = Connection(self, w, src)
             threading.Thread(target=conn.run, name=f"locpick-swarm-{w.id}", daemon=True).start()
 
     def _reserve(self) -> list[Source]:
-        return [s for s in self.sources if s not in self.admitted and not s.dead]
+        """Copies that may still join, in rank order; a last resort (Glance's own ``/file``)
+        only once every other copy has dropped out."""
+        waiting = [s for s in self.sources if s not in self.admitted and not s.dead]
+        if any(not s.last_resort for s in self.sources if not s.dead):
+            return [s for s in waiting if not s.last_resort]
+        return waiting
 
     def _admit_next(self) -> None:
-        """A location dropped out: the next one in rank order takes its place."""
+        """A location dropped out: the next one in rank order takes its place (in whole-image
+        mode, the next live one becomes the solo source)."""
+        self._update_alone()
+        if self.solo is not None:
+            if self.solo.dead:
+                nxt = next((s for s in self.sources if not s.dead), None)
+                if nxt is not None:
+                    self.solo = nxt
+                    if nxt not in self.admitted:
+                        self._admit(nxt)
+            return
         live = holding_slots(self.workers, silent_limit(self.sources), self.clock())
         if len(live) < self.cfg.max_sources and not self.sched.finished:
             for src in self._reserve():
@@ -194,7 +346,7 @@ class Swarm:
     def _maybe_join(self, now: float) -> None:
         """Another location joins while the aggregate rate still rises and topology allows;
         a copy that has not answered within the scaled header deadline does not hold a slot."""
-        if now - self.last_join < JOIN_EVERY:
+        if now - self.last_join < JOIN_EVERY or self.solo is not None:
             return
         reserve = self._reserve()
         limit = silent_limit(self.sources)
@@ -208,8 +360,14 @@ class Swarm:
             return
         cand = reserve[0]
         near = min((s.topology for s in self.admitted if not s.dead), default=cand.topology)
-        if cand.topology > near and not may_join(agg, prior_bps(cand.score), self.tolerance):
-            return
+        if cand.topology > near:
+            if not may_join(agg, prior_bps(cand.score), self.tolerance):
+                return
+            cand.joined = (
+                f"farther than {CLASSES[min(near, len(CLASSES) - 1)]}: joined as the nearer "
+                f"copies delivered {agg / 1e6:.1f} MB/s, expected more than "
+                f"{self.tolerance:.0%} slower without it"
+            )
         self._admit(cand)
 
     def _aggregate(self) -> float:

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 import attrs
 
-from locpick.choose.score import CLASSES
 from locpick.fetch.swarm.pieces import Geometry
 from locpick.fetch.swarm.takeover import (
     claim_share,
@@ -21,9 +20,8 @@ from locpick.fetch.swarm.takeover import (
     untouched,
     victim_bps,
 )
-from locpick.models import Score
 
-__all__ = ["RISE", "Run", "Scheduler", "Worker", "admit", "may_join", "rises", "topology_class"]
+__all__ = ["RISE", "Run", "Scheduler", "Worker", "admit", "may_join", "rises"]
 
 #: Another location joins only while the aggregate rate rose at least this much since the
 #: last one joined.
@@ -48,6 +46,8 @@ class Worker:
     answered: bool = False
     #: Its location is a peer's copy still filling (boot storm): it holds a growing prefix.
     filling: bool = False
+    #: Topology class of its location (``choose.score.CLASSES`` index; lower is nearer).
+    topology: int = 0
 
     def rate(self) -> float | None:
         return self.bytes / self.busy if self.bytes and self.busy > 0 else None
@@ -82,6 +82,14 @@ class Scheduler:
         self.runs: dict[int, Run] = {}
         #: Who delivered each done piece (worker id; -1 = an earlier run).
         self.by = [-1] * geometry.count
+        #: One connection and nobody to share with (a single copy): a claim takes every
+        #: missing piece, so the copy is read with one request.
+        self.alone = False
+        #: Pieces a connection broke off inside: (byte reached, worker) — the next claim
+        #: continues there (a server that cuts every response still makes progress).
+        self.held: dict[int, tuple[int, int]] = {}
+        #: Pieces whose bytes came from two copies: no single copy delivered them.
+        self.mixed: set[int] = set()
 
     # -- queries --------------------------------------------------------------------------
     @property
@@ -111,7 +119,11 @@ class Scheduler:
         if not free:
             return None
         live = [w for w in self.workers.values() if w.live]
-        share = claim_share(self.workers[wid], live, len(free), self.g.piece)
+        share = (
+            len(free)
+            if self.alone
+            else claim_share(self.workers[wid], live, len(free), self.g.piece)
+        )
         if self._from_tail(wid):
             return self._claim_tail(wid, free[-1], share, now)
         first = end = free[0]
@@ -119,18 +131,33 @@ class Scheduler:
             if self.done[end] or self.owner[end] is not None:
                 break
             end += 1
-        run = Run(wid, first, end, self.g.start(first), now)
+        run = Run(wid, first, end, self._resume_at(first, wid), now)
         for i in range(first, end):
             self.owner[i] = run
         return run
 
+    def _resume_at(self, p: int, wid: int) -> int:
+        """Where a run starting at piece ``p`` begins: where an earlier one broke off."""
+        held = self.held.pop(p, None)
+        if held is None:
+            return self.g.start(p)
+        pos, by = held
+        if self.workers[by].source != self.workers[wid].source:
+            self.mixed.add(p)
+        return pos
+
     def _from_tail(self, wid: int) -> bool:
         """A copy that is complete (the origin) takes pieces from the end while a filling peer
         reads from the front: the peer holds the beginning first, so the origin is asked only
-        for pieces nobody near holds yet, and the two meet in the middle."""
-        if self.workers[wid].filling:
+        for pieces nobody near holds yet, and the two meet in the middle. So does a copy of a
+        farther topology class while a nearer one reads from the front: the nearer one may
+        take over the farther one's untouched tail, never the other way round."""
+        me = self.workers[wid]
+        if me.filling:
             return False
-        return any(w.live and w.filling for w in self.workers.values())
+        return any(
+            w.live and (w.filling or w.topology < me.topology) for w in self.workers.values()
+        )
 
     def _claim_tail(self, wid: int, last: int, share: int, now: float) -> Run:
         first = last
@@ -141,7 +168,7 @@ class Scheduler:
             and self.owner[first - 1] is None
         ):
             first -= 1
-        run = Run(wid, first, last + 1, self.g.start(first), now)
+        run = Run(wid, first, last + 1, self._resume_at(first, wid), now)
         for i in range(first, last + 1):
             self.owner[i] = run
         return run
@@ -226,7 +253,9 @@ class Scheduler:
     def _complete(self, p: int, run: Run) -> None:
         if not self.done[p]:
             self.done[p] = True
-            self.by[p] = run.worker
+            self.by[p] = -1 if p in self.mixed else run.worker
+        self.mixed.discard(p)
+        self.held.pop(p, None)
         self.owner[p] = None
         dup = self.dups.pop(p, None)
         if dup is not None and dup is not run:
@@ -241,6 +270,8 @@ class Scheduler:
         owner = self.owner[p]
         self.done[p] = True
         self.by[p] = run.worker
+        self.mixed.discard(p)
+        self.held.pop(p, None)
         self.owner[p] = None
         if owner is not None:
             owner.cancelled = True
@@ -255,6 +286,14 @@ class Scheduler:
             if self.dups.get(run.first) is run:
                 del self.dups[run.first]
             return
+        p = run.first
+        if (
+            not run.cancelled
+            and p < run.end
+            and not self.done[p]
+            and self.g.start(p) < run.pos < self.g.end(p)
+        ):
+            self.held[p] = (run.pos, run.worker)
         self._free(run, run.first)
 
     def _free(self, run: Run, start: int) -> None:
@@ -269,26 +308,35 @@ class Scheduler:
             self.done[p] = False
             self.by[p] = -1
             self.owner[p] = None
+            self.held.pop(p, None)
+            self.mixed.discard(p)
 
 
 def admit(
-    classes: Sequence[int], bps: Sequence[float], max_sources: int, tolerance: float
+    classes: Sequence[int],
+    bps: Sequence[float],
+    max_sources: int,
+    tolerance: float,
+    measured: Sequence[bool] | None = None,
 ) -> list[int]:
     """Which candidates (ranked, best first) start at once: the nearest topology class up to
-    ``max_sources``; a farther one joins only when the nearer copies together are expected to be
-    slower by more than ``tolerance`` than with it."""
+    ``max_sources``; a farther one only when the nearer copies together are expected to be
+    slower by more than ``tolerance`` than with it, on measured rates (``measured[i]``: probe
+    or history): on priors alone the nearer copies start, and a farther one joins later if
+    what they show is too slow (``Swarm._maybe_join``)."""
     if not classes:
         return []
-    chosen: list[int] = []
     near = min(classes)
+    known = list(measured) if measured is not None else [True] * len(classes)
+    chosen = [i for i, c in enumerate(classes) if c == near][:max_sources]
     for i, c in enumerate(classes):
         if len(chosen) >= max_sources:
             break
         if c == near:
-            chosen.append(i)
             continue
         agg = sum(bps[j] for j in chosen)
-        if not chosen or may_join(agg, bps[i], tolerance):
+        evidence = all(known[j] for j in chosen)
+        if evidence and may_join(agg, bps[i], tolerance):
             chosen.append(i)
     return chosen
 
@@ -304,9 +352,3 @@ def may_join(near_bps: float, far_bps: float, tolerance: float) -> bool:
 def rises(before_bps: float, now_bps: float) -> bool:
     """The aggregate rate rose since the last source joined (so another may be worth it)."""
     return before_bps <= 0 or now_bps >= RISE * before_bps
-
-
-def topology_class(score: Score) -> int:
-    """The topology class index (``score.CLASSES``) a ranked location was put in."""
-    name = (score.reasons.topology or "unknown").split(" ")[0]
-    return CLASSES.index(name) if name in CLASSES else len(CLASSES) - 1

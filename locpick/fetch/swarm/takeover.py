@@ -84,5 +84,6 @@ def victim_bps(owner: Worker, run: Run, thief: Worker, now: float) -> float:
 
 def spared(thief: Worker, owner: Worker) -> bool:
     """A filling peer does not steal or duplicate a complete copy's pieces: they lie past
-    what it holds (it would only wait for them), and the complete copy has them now."""
-    return thief.filling and not owner.filling
+    what it holds (it would only wait for them), and the complete copy has them now. Nor does
+    a copy of a farther topology class take a nearer one's pieces (topology is a cost)."""
+    return (thief.filling and not owner.filling) or thief.topology > owner.topology
