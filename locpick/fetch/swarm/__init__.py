@@ -1,5 +1,5 @@
-"""The transfer engine: pieces of one image from one or several locations at once (issues 15,
-25). A single copy is a swarm of one.
+"""The transfer engine: pieces of one image from one or several locations at once. A single
+copy is a swarm of one.
 
 ``plan`` turns the ranked locations into the engine's sources (every usable location whose
 transport streams bytes: http/https, swift, s3; not a shared filesystem's system copy);
