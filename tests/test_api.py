@@ -111,16 +111,18 @@ def test_cancel_mid_transfer_keeps_part_dest_untouched(tmp_path: Path) -> None:
                 client.download("img", dest, metadata=rec, progress=progress, cancel=cancel)
             stopped = time.monotonic() - cancelled_at[0]
             assert dest.read_bytes() == OLD
-            held = _part(dest).stat().st_size
-            assert 0 < held < SIZE
+            assert _part(dest).exists()
             sent = origin.bytes_sent
+            assert 0 < sent < SIZE
             # The reference, measured here: the rest of the image over the same uplink.
             t0 = time.monotonic()
-            result = client.download("img", dest, metadata=rec)
+            client.download("img", dest, metadata=rec)
             rest = time.monotonic() - t0
+            second = origin.bytes_sent - sent
     assert dest.read_bytes() == DATA
-    assert result.attempts[-1].bytes == SIZE - held  # resumed from the kept part
-    assert sent < SIZE
+    # resumed from the kept part: the bytes of the cancelled run are not asked for again
+    # (at most the piece in flight when it was cancelled)
+    assert second < SIZE and sent + second < SIZE + SIZE // 4, (sent, second)
     assert stopped < rest / 3
     assert temp_leftovers(tmp_path) == []
 

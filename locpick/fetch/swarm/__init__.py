@@ -44,10 +44,17 @@ def swarm_probes(image: Image, cfg: TransferConfig) -> bool:
 def plan(
     image: Image, ranked: Sequence[Score], transports: Transports, classify: Classify
 ) -> list[Source]:
-    """The engine's sources, best first: every usable location that streams bytes."""
+    """The engine's sources, best first: every usable location that streams bytes.
+
+    When a probe found a live copy, copies that stayed silent in it (black holes) or were not
+    measured at all are left to a later round: the engine never waits a header deadline on a
+    copy that did not answer while one that did is there."""
     sources: list[Source] = []
+    live = any(s.usable and s.reasons.probe == "live" for s in ranked)
     for score in ranked:
         if not score.usable:
+            continue
+        if live and (score.reasons.probe == "silent" or score.reasons.not_probed):
             continue
         try:
             transport = transports.for_location(score.location)
