@@ -137,6 +137,7 @@ def fetch(
         log.debug("swarm: all pieces in and hashed")
         shares = swarm.shares()
         top = shares[0].url if shares else sources[0].url
+        served = next((s.final_url for s in sources if s.url == top and s.final_url), None)
         sink.label = f"image {image.id} from {top}"
         verified = sink.commit()
         log.debug("swarm: committed")
@@ -174,7 +175,7 @@ def fetch(
     return Result(
         image_id=image.id,
         dest=str(dest),
-        source_url=top,
+        source_url=served or top,
         method="download",
         bytes=delivered,
         seconds=time.monotonic() - started,

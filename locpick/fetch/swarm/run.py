@@ -96,6 +96,7 @@ class Connection:
             stream = src.transport.open(src.score.location, sw.image, offset=run.pos, end=end)
         else:  # the object from run.pos to its end; cut off once the run is done
             stream = src.transport.open(src.score.location, sw.image, offset=run.pos)
+        src.final_url = stream.final_url
         try:
             with sw.lock:
                 w.latency = sw.clock() - t0
@@ -345,6 +346,8 @@ class Source:
     joined: str | None = None
     #: Glance's own ``/file``: drawn on only when every other copy has dropped out.
     last_resort: bool = False
+    #: The URL that answered its last request (after redirects): what served the bytes.
+    final_url: str | None = None
 
     @property
     def url(self) -> str:
