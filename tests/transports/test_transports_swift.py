@@ -262,6 +262,7 @@ def test_segmented_resume_from_swift_across_segments(
     swift_url = single_tenant_url(swift_server, "images", "large-img")
     with Origin(LARGE) as origin:
         origin.faults.cut_at_offset = cut
+        origin.faults.ignore_range = True  # it cannot resume: Swift takes over from the cut
         origin_url = origin.url
         meta = write_record(
             tmp_path / "img.json", image_record("img-8", LARGE, [swift_url, origin.url])
@@ -283,10 +284,14 @@ def test_segmented_resume_from_swift_across_segments(
     assert dest.read_bytes() == LARGE
     doc = json.loads(r.stdout)
     attempts = doc["attempts"]
-    assert [a["outcome"] for a in attempts] == ["failed", "ok"]
-    assert attempts[0]["url"] == origin_url and attempts[0]["bytes"] == cut
-    assert attempts[1]["url"].startswith("swift+http://***@")
-    assert attempts[1]["bytes"] == len(LARGE) - cut  # resumed with Range, not restarted
+    shares = {s["url"]: s["bytes"] for s in doc["sources"]}
+    (swift_shown,) = [u for u in shares if u.startswith("swift+http://***@")]
+    # the origin (no Range) kept what it sent before the cut; the rest came from Swift with
+    # Range requests crossing segments 2 to 4, none of it fetched twice
+    assert shares.get(origin_url, 0) <= cut
+    assert shares[swift_shown] >= len(LARGE) - cut
+    assert sum(shares.values()) == len(LARGE)
+    assert any(a["url"] == swift_shown and a["outcome"] == "ok" for a in attempts)
     assert doc["verified"] == "sha512"
     _no_secret(r.stdout, r.stderr, _history_text(tmp_path))
 
