@@ -12,87 +12,13 @@ from typing import Self
 from locpick._demo import HOST
 
 
-class BlackHole:
-    """Listens on ``host`` (127.0.0.1; any 127.0.0.x works on Linux), accepts TCP connections
-    and holds them open, never answering."""
-
-    def __init__(self, path: str = "/img.raw", *, host: str = HOST, port: int = 0) -> None:
-        """``host``: the loopback address to listen on; ``port``: 0 = any free one, a given one
-        takes over an address another server held."""
-        self.path = path
-        self.host = host
-        self.bind_port = port
-        self._sock: socket.socket | None = None
-        self._held: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def start(self) -> Self:
-        if self._sock is None:
-            self._stop.clear()
-            self._sock = socket.create_server((self.host, self.bind_port), backlog=128)
-            self._thread = threading.Thread(target=self._accept_loop, daemon=True)
-            self._thread.start()
-        return self
-
-    def _accept_loop(self) -> None:
-        assert self._sock is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(self._sock, selectors.EVENT_READ)
-            while not self._stop.is_set():
-                if sel.select(0.05):
-                    with contextlib.suppress(OSError):
-                        conn, _ = self._sock.accept()
-                        with self._lock:
-                            self._held.append(conn)
-
-    def stop(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is None:
-            return
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        sock.close()
-        with self._lock:
-            held, self._held = self._held, []
-        for c in held:
-            c.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def connections(self) -> int:
-        """Connections accepted (and held) so far."""
-        with self._lock:
-            return len(self._held)
-
-    @property
-    def port(self) -> int:
-        if self._sock is None:
-            raise RuntimeError("black hole not started")
-        return int(self._sock.getsockname()[1])
-
-    @property
-    def base(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return self.base + self.path
-
-
 class BlackHoles:
     """Many black holes in one thread: a listening socket on each of ``hosts`` (e.g. a thousand
     distinct 127.0.0.x addresses), each accepting and holding connections, never answering."""
 
-    def __init__(self, hosts: list[str], path: str = "/img.raw") -> None:
-        self.hosts, self.path = hosts, path
+    def __init__(self, hosts: list[str], path: str = "/img.raw", *, port: int = 0) -> None:
+        """``port``: 0 = any free one; a given one takes over an address another server held."""
+        self.hosts, self.path, self.bind_port = hosts, path, port
         self._socks: list[socket.socket] = []
         self._held: list[socket.socket] = []
         self._stop = threading.Event()
@@ -100,9 +26,13 @@ class BlackHoles:
         self._lock = threading.Lock()
 
     def start(self) -> Self:
-        self._socks = [socket.create_server((h, 0), backlog=128) for h in self.hosts]
-        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
-        self._thread.start()
+        if self._thread is None:
+            self._stop.clear()
+            self._socks = [
+                socket.create_server((h, self.bind_port), backlog=128) for h in self.hosts
+            ]
+            self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+            self._thread.start()
         return self
 
     def _accept_loop(self) -> None:
@@ -117,12 +47,14 @@ class BlackHoles:
                             self._held.append(conn)
 
     def stop(self) -> None:
+        if self._thread is None:
+            return
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._thread.join()
+        self._thread = None
         for s in self._socks:
             s.close()
+        self._socks = []
         with self._lock:
             held, self._held = self._held, []
         for c in held:
@@ -145,6 +77,29 @@ class BlackHoles:
         """One URL per address."""
         pairs = zip(self.hosts, self._socks, strict=True)
         return [f"http://{h}:{s.getsockname()[1]}{self.path}" for h, s in pairs]
+
+
+class BlackHole(BlackHoles):
+    """One black hole: listens on ``host`` (127.0.0.1; any 127.0.0.x works on Linux), accepts
+    TCP connections and holds them open, never answering."""
+
+    def __init__(self, path: str = "/img.raw", *, host: str = HOST, port: int = 0) -> None:
+        super().__init__([host], path, port=port)
+        self.host = host
+
+    @property
+    def port(self) -> int:
+        if not self._socks:
+            raise RuntimeError("black hole not started")
+        return int(self._socks[0].getsockname()[1])
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return self.base + self.path
 
 
 def blackhole(path: str = "/img.raw") -> BlackHole:
