@@ -214,7 +214,7 @@ class Recorder:
             reason=self._reason(result, chosen),
             sources=_sources(result),
             probe_failures=self._probe_failures(),
-            verify_failures=self._verify_failures,
+            verify_failures=max(self._verify_failures, _mismatches(result.attempts)),
             samples=_downsample(samples),
         )
         return self.report
@@ -233,7 +233,7 @@ class Recorder:
             reason="no location delivered a verified image" if attempts else None,
             sources=_sum_sources(attempts),
             probe_failures=self._probe_failures(),
-            verify_failures=self._verify_failures,
+            verify_failures=max(self._verify_failures, _mismatches(attempts)),
             samples=_downsample(self._samples),
         )
         return self.report
@@ -318,3 +318,9 @@ def _downsample(samples: list[tuple[float, int, str]]) -> tuple[tuple[float, int
         return tuple(samples)
     step = (len(samples) - 1) / (MAX_SAMPLES - 1)
     return tuple(samples[round(i * step)] for i in range(MAX_SAMPLES))
+
+
+def _mismatches(attempts: Sequence[Attempt]) -> int:
+    """Attempts whose bytes failed verification (the engine reports a copy's wrong bytes as
+    its failed attempt once the download is decided, not from inside the failing check)."""
+    return sum(1 for a in attempts if a.outcome == "failed" and "mismatch" in (a.error or ""))

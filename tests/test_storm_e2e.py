@@ -328,8 +328,12 @@ def test_filling_node_with_corrupt_bytes_is_removed_and_peers_repair(
     # still delivered the image: they were caught and fetched again from the origin
     good_bytes = sum(s["bytes"] for s in doc["sources"] if s["url"] == origin.url)
     assert good_bytes > 0, doc["sources"]
-    assert doc.get("verify_failures", 0) >= 1 or any(
-        "repair" in str(att.get("note", "")) or att.get("outcome") == "failed"
+    # ... by the verification: A's wrong pieces were found and A's copy was failed for them
+    assert doc.get("verify_failures", 0) >= 1, doc
+    assert any(
+        att.get("outcome") == "failed"
+        and "mismatch" in str(att.get("error"))
+        and str(att.get("url")).split("/images/")[0] == a.url(image_id).split("/images/")[0]
         for att in doc.get("attempts", [])
     ), doc
     b.serve.stop()
