@@ -203,6 +203,9 @@ class Reasons:
     probe: str | None = None
     #: The topology levels that matched this node's, outermost first (``region=r1 zone=az1``).
     topology_match: str | None = None
+    #: Read only once every other copy has dropped out: a boot storm holds the origin back
+    #: for a node with live peers (it would otherwise serve every node its copy).
+    fallback_only: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {

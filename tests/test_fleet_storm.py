@@ -61,6 +61,8 @@ def test_twelve_node_storm_with_glances_default_quota(
                 lease=600,
                 rack=f"rack-{i // 4}",
                 coordination=coordination,
+                # the fleet vouches for its loopback nodes: peers are trusted, the tree is on
+                fleet='peers = ["127.0.0.0/8"]\n',
             )
             for i in range(NODES)
         ]

@@ -279,7 +279,11 @@ def _with_role(score: Score, plan: Plan) -> Any:
         )
     if role is None:
         return score.reasons
-    return attrs.evolve(score.reasons, notes=(*score.reasons.notes, role))
+    held_back = url in plan.suspect or (
+        not plan.origin and plan.parent is not None and url not in plan.backups
+        and url != plan.parent and not is_locpick_copy(score.location.metadata)
+    )  # fmt: skip
+    return attrs.evolve(score.reasons, notes=(*score.reasons.notes, role), fallback_only=held_back)
 
 
 def transfer_for(cfg: TransferConfig, plan: Plan) -> TransferConfig:

@@ -67,7 +67,7 @@ def plan(
             Source(
                 len(sources), score, transport, classify(score.location),
                 bounded=caps.bounded_ranges,
-                last_resort=score.location.kind == "glance-file",
+                last_resort=score.location.kind == "glance-file" or score.reasons.fallback_only,
             )
         )  # fmt: skip
     return sources

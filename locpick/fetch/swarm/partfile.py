@@ -71,8 +71,8 @@ class SwarmSink(AtomicSink):
     def truncate(self) -> Any:
         """Start over: empty file, no piece done; returns a fresh hash object."""
         assert self.fd is not None
-        if self.tee is not None:  # peers may have read bytes that were wrong
-            self.tee.abandon("every piece is fetched again (bad bytes not found)")
+        if self.tee is not None:  # peers must not go on reading bytes that were wrong
+            self.tee.withdraw("every piece is fetched again (the bytes held were wrong)")
         os.ftruncate(self.fd, 0)
         self.offset = self.reused = 0
         self.pieces.clear()

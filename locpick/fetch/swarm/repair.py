@@ -82,10 +82,6 @@ def check_and_repair(
                 swarm.sink.tee.write(fresh, start)
             holder[p] = witness.index
             differed.append(p)
-            if swarm.sink.tee is not None:  # peers may have read it from our filling copy
-                swarm.sink.tee.abandon(
-                    f"piece {p} from {suspect.url} proved wrong after it was offered to peers"
-                )
             if len(differed) == 1:  # one bad piece is the common case: check it at once
                 h = _fixed(fd, swarm, suspect, witness, differed, refetched, expected, attempts)
                 if h is not None:
