@@ -287,7 +287,9 @@ def explain(score: Score, ranking: Ranking | None) -> str:
 
 
 def _sources(result: Result) -> tuple[SourceUse, ...]:
-    """Bytes per source: the result's own ``sources`` when it has them, else its attempts."""
+    """Bytes per source: the result's own ``sources`` (what each copy put into the image) when
+    it has them, plus what a copy that put nothing in sent before it was dropped (a liar's
+    bytes cost traffic too); else its attempts."""
     listed = getattr(result, "sources", None)
     if listed:
         out = []
@@ -297,6 +299,9 @@ def _sources(result: Result) -> tuple[SourceUse, ...]:
             if isinstance(url, str) and isinstance(got, int):
                 shown = redact_url(url)
                 out.append(SourceUse(shown, host_of(shown), got))
+        kept = {s.url for s in out}
+        wasted = [a for a in result.attempts if a.outcome == "failed" and a.bytes > 0]
+        out += [s for s in _sum_sources(wasted) if s.url not in kept]
         return tuple(out)
     if result.method == "cache":
         return (SourceUse("node cache", "cache", result.bytes),)
