@@ -47,14 +47,13 @@ def plan(
     """The engine's sources, best first: every usable location that streams bytes.
 
     When a probe found a live copy, copies that stayed silent in it (black holes) or were not
-    measured at all are left to a later round: the engine never waits a header deadline on a
-    copy that did not answer while one that did is there."""
+    measured at all are last resorts (drawn on only once every other copy has dropped out):
+    the engine never waits a header deadline on a copy that did not answer while one that did
+    is there, and still has them if the live ones fail."""
     sources: list[Source] = []
     live = any(s.usable and s.reasons.probe == "live" for s in ranked)
     for score in ranked:
         if not score.usable:
-            continue
-        if live and (score.reasons.probe == "silent" or score.reasons.not_probed):
             continue
         try:
             transport = transports.for_location(score.location)
@@ -67,7 +66,9 @@ def plan(
             Source(
                 len(sources), score, transport, classify(score.location),
                 bounded=caps.bounded_ranges,
-                last_resort=score.location.kind == "glance-file" or score.reasons.fallback_only,
+                last_resort=score.location.kind == "glance-file"
+                or score.reasons.fallback_only
+                or (live and (score.reasons.probe == "silent" or score.reasons.not_probed)),
             )
         )  # fmt: skip
     return sources
