@@ -320,9 +320,7 @@ def test_cli_rank_json_explains_filling_peers(peer: str, tmp_path: Path) -> None
     meta = [(peer + p, _fill_meta(1000.0 + i)) for i, p in enumerate(["/slow", "/full", "/busy"])]
     record = image_record("img", DATA, [(peer + "/origin", {}), *meta])
     path = write_record(tmp_path / "m.json", record)
-    (tmp_path / "c.toml").write_text(
-        f'history_file = ""\n[herd]\nfanout = 8\n{FLEET_LOOPBACK}'
-    )
+    (tmp_path / "c.toml").write_text(f'history_file = ""\n[herd]\nfanout = 8\n{FLEET_LOOPBACK}')
     proc = run_cli("rank", "img", "--metadata", str(path), "--json", "--config",
                    str(tmp_path / "c.toml"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr

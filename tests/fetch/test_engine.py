@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import attrs
 import pytest
 
 from locpick._demo.blackhole import BlackHole
@@ -184,6 +185,43 @@ def _slow_world(data: bytes, n: int) -> list[Origin]:
     for o in origins:
         o.faults.uplink = 2e6
     return origins
+
+
+# -- broken connections give back what they held ----------------------------------------------
+@pytest.mark.timeout(120)  # a hang guard: the bug this catches is a reader waiting forever
+def test_a_copy_that_cuts_every_answer_still_delivers(tmp_path: Path) -> None:
+    """Each answer is cut after two pieces; the copy keeps making progress, so it is retried
+    (progress resets the retry budget) far more times than the engine has read buffers. Each
+    cut must give its buffer back, or the readers wait for one forever."""
+    data = os.urandom(16 * MiB)
+    cfg = attrs.evolve(CFG, piece_size=MiB, connections_per_source=1)
+    with Origin(data) as o:
+        o.faults.cut_after_bytes = 2 * MiB
+        _fetch(tmp_path / "img", _image(data, [o.url]), [o.url], cfg=cfg)
+        assert (tmp_path / "img").read_bytes() == data
+        assert len(o.requests) >= 8  # every answer was cut: eight runs at least
+
+
+@pytest.mark.timeout(120)
+def test_unknown_size_copies_that_break_leave_the_pool_whole(tmp_path: Path) -> None:
+    """No size in the record: one copy at a time, whole. Six copies break mid-body before a
+    good one (more than the sink has buffers); the good one delivers."""
+    data = os.urandom(4 * MiB)
+    digest = hashlib.sha512(data).hexdigest()
+    bad = [Origin(data).start() for _ in range(6)]
+    try:
+        for b in bad:
+            b.faults.cut_after_bytes = MiB
+        with Origin(data) as good:
+            urls = [b.url for b in bad] + [good.url]
+            cfg = attrs.evolve(CFG, retries=0)
+            image = attrs.evolve(_image(None, urls, digest=digest), size=None)
+            result = _fetch(tmp_path / "img", image, urls, cfg=cfg)
+            assert (tmp_path / "img").read_bytes() == data
+            assert result.source_url == good.url
+    finally:
+        for b in bad:
+            b.stop()
 
 
 @pytest.mark.parametrize("n", [1, 3])

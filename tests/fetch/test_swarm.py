@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from locpick._demo.blackhole import BlackHole
+from locpick._demo.faults import Faults
 from locpick._demo.origin import Origin
 from locpick.config.model import Config, TransferConfig
 from locpick.errors import AllLocationsFailed
@@ -194,6 +195,41 @@ def test_all_bytes_from_one_bad_copy_start_over_without_it(tmp_path: Path) -> No
         result = _fetch(tmp_path / "img", [liar.url, good.url])
         _ok(tmp_path / "img")
         assert any(a.url == liar.url and "mismatch" in (a.error or "") for a in result.attempts)
+
+
+class _GoneAfterThreeQuarters(Origin):
+    """A copy that is gone (404) for requests after it sent three quarters of the image: a
+    peer whose fill failed after it had sent most pieces."""
+
+    def snapshot(self) -> Faults:
+        f = super().snapshot()
+        if self.bytes_sent >= SIZE * 3 // 4:
+            f.status = 404
+        return f
+
+
+def test_a_dropped_copy_whose_pieces_were_wrong_is_still_proven_wrong(tmp_path: Path) -> None:
+    """A fast copy sends corrupt pieces, then answers 404 and is dropped; the final hash fails.
+    Its pieces are compared with the live copy's and repaired (not the whole image fetched
+    again), and it gets the mismatch as a failed attempt, which the report counts."""
+    with _GoneAfterThreeQuarters(DATA) as liar, Origin(DATA) as good:
+        liar.faults.corrupt_at = list(range(100, SIZE, PIECE))
+        liar.faults.cut_after_bytes = 2 * PIECE  # a new request every two pieces
+        good.faults.first_byte_delay = 0.3
+        good.faults.uplink = 20e6
+        result = _fetch(tmp_path / "img", [liar.url, good.url])
+        _ok(tmp_path / "img")
+        mine = [a for a in result.attempts if a.url == liar.url and a.outcome == "failed"]
+        assert any("HTTP 404" in (a.error or "") for a in mine), result.attempts
+        assert any("mismatch" in (a.error or "") for a in mine), result.attempts
+        # only the liar's pieces came again from the good copy (+ in-flight), not the image
+        assert good.bytes_sent <= SIZE + 2 * PIECE, good.bytes_sent
+        # the shares say whose bytes are in the file: the repaired pieces are the good copy's
+        fixed = next(a.error for a in mine if "mismatch" in (a.error or "")) or ""
+        n_fixed = len(fixed.split("[", 1)[1].split(","))
+        shares = {s.url: s.bytes for s in result.sources}
+        assert sum(shares.values()) == SIZE, result.sources
+        assert shares.get(liar.url, 0) <= SIZE * 3 // 4 - n_fixed * PIECE, result.sources
 
 
 def test_nothing_works_gives_up_after_one_wait_for_the_silent_copy(tmp_path: Path) -> None:

@@ -4,10 +4,10 @@ Without piece digests a bad copy shows only at the final hash. Then, in order:
 
 1. the file is hashed again (the running hash may have seen bytes a late write replaced);
 2. the pieces of each suspect (the copy that delivered the fewest pieces first: a copy that
-   corrupts shows on its first pieces) are fetched again from the copy that delivered the most
-   and compared; a differing piece is rewritten and the file re-hashed. A copy is blamed only
-   when that proves it (the hash then matches), or when every byte in the file is its own and
-   the hash fails;
+   corrupts shows on its first pieces; a copy already dropped is still a suspect) are fetched
+   again from the live copy that delivered the most and compared; a differing piece is
+   rewritten and the file re-hashed. A copy is blamed only when that proves it (the hash then
+   matches), or when every byte in the file is its own and the hash fails;
 3. when comparison cannot decide, the caller fetches the whole image from one copy at a time
    (best first), each verified alone (``Verdict.UNDECIDED``).
 
@@ -65,8 +65,8 @@ def check_and_repair(
     for idx in sorted(involved, key=lambda i: counts[i]):
         suspect = swarm.sources[idx]
         witness = _witness(swarm, holder, suspect)
-        if witness is None:
-            break
+        if witness is None:  # no live copy but this one: it may witness the next suspect
+            continue
         differed: list[int] = []
         for p in [q for q, i in enumerate(holder) if i == idx]:
             swarm.check_stop(swarm.clock())
@@ -81,6 +81,9 @@ def check_and_repair(
             if swarm.sink.tee is not None:
                 swarm.sink.tee.write(fresh, start)
             holder[p] = witness.index
+            with swarm.lock:  # the piece in the file is now the witness's, in the shares too
+                suspect.bytes -= len(fresh)
+                witness.bytes += len(fresh)
             differed.append(p)
             if len(differed) == 1:  # one bad piece is the common case: check it at once
                 h = _fixed(fd, swarm, suspect, witness, differed, refetched, expected, attempts)
@@ -142,9 +145,14 @@ def _witness(swarm: Swarm, holder: list[int], suspect: Source) -> Source | None:
 
 
 def _blame(swarm: Swarm, src: Source, error: str) -> None:
+    """Drop ``src`` for bytes proven wrong; a copy already dropped for another reason (a peer
+    whose fill failed after it sent pieces) gets the proof recorded as a failed attempt too."""
     with swarm.lock:
         if not src.dead:
             swarm.drop_source(src, error, src.bytes, src.busy)
+        else:
+            swarm.attempts.append(Attempt(url=src.url, outcome="failed", error=error))
+            log.info("%s: proven wrong after it was dropped (%s)", src.url, error)
 
 
 def _piece(swarm: Swarm, src: Source, p: int) -> bytes | None:

@@ -142,7 +142,11 @@ class Connection:
             if pos >= end or run.cancelled:
                 return got
             buf = sw.buffer()
-            n = stream.readinto(memoryview(buf)[: min(len(buf), end - pos)])
+            try:
+                n = stream.readinto(memoryview(buf)[: min(len(buf), end - pos)])
+            except BaseException:  # a broken connection must not keep a buffer from the pool
+                sw.pool.put(buf)
+                raise
             if n == 0:
                 sw.pool.put(buf)
                 raise TransferError(
@@ -684,7 +688,14 @@ class Swarm:
                 grow = self.allocated < 2 * len(self.workers) + 2
                 if grow:
                     self.allocated += 1
-            return bytearray(self.cfg.buffer_bytes) if grow else self.pool.get()
+            if grow:
+                return bytearray(self.cfg.buffer_bytes)
+        while True:  # all in use: wait for one, but never past the swarm's end
+            try:
+                return self.pool.get(timeout=TICK)
+            except queue.Empty:
+                if self.closed:  # the reader sees ``closed`` next and writes nothing
+                    return bytearray(self.cfg.buffer_bytes)
 
     # -- result -------------------------------------------------------------------------------
     def shares(self) -> tuple[SourceShare, ...]:

@@ -90,7 +90,11 @@ def fetch_whole(
                 while True:
                     stop()
                     buf = sink.buffer()
-                    n = stream.readinto(memoryview(buf))
+                    try:
+                        n = stream.readinto(memoryview(buf))
+                    except BaseException:  # a broken connection keeps no buffer from the pool
+                        sink.give_back(buf)
+                        raise
                     if n == 0:
                         sink.give_back(buf)
                         break
