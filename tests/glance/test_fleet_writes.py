@@ -16,7 +16,6 @@ import pytest
 from fixtures_etcd import etcd_fixture  # noqa: F401
 from fixtures_fleet import (
     FleetNode,
-    GlanceCounter,
     copied,
     count,
     entries,
@@ -28,6 +27,7 @@ from fixtures_fleet import (
     wait_for,
 )
 from fixtures_glance import GlanceWorld, fresh_image, glance_world_fixture  # noqa: F401
+from fixtures_net import GlanceCounter
 from harness.etcd import EtcdHandle
 
 from locpick._demo.origin import Origin
