@@ -12,11 +12,13 @@ lease, topology, the ``[fleet]`` HMAC signature, made by :class:`locpick.glance.
 and its source is what :func:`locpick.choose.storm.prepare` returns for it (demotion of unvouched
 marks, the tree, ``_spread`` for nodes that could not register). Who registers follows Glance's
 order of adds and its location quota (``--quota``; 0 = unlimited, Glance's default is 10). The
-Glance requests a node makes are those of the real flow (``jobs/download.py``,
-``cache/fill/register.py``): GET the record, one location add (``listed`` saves the duplicate
-check), GET it again (the storm refresh), and the add's confirmation GET 1-3 s later if the download
-still runs; record bytes are the JSON size of the record at the moment of each GET (and of the PATCH
-answer, which is the record).
+Glance requests a node makes are those of the real flow without a coordination backend
+(``jobs/download.py``, ``cache/fill/register.py``, ``glance/locations.py``): GET the record, one
+location add (a PATCH: the record just read stands for the duplicate check, and the PATCH's answer
+— the record as the add left it — is both the check after the write and the storm refresh), and the
+add's confirmation GET 1-3 s later if the download still runs; a node whose add is refused GETs
+the record once more instead. Record bytes are the JSON size of the record at the moment of each
+GET and of the PATCH answer.
 
 What is modelled: time (a heapq event loop, injected seed), Glance as a fixed latency plus the
 record's bytes at ``--glance-mbps``, uplinks shared equally by a source's active readers (the
@@ -196,7 +198,8 @@ class Sim:
             self.glance(i, self.record_size())
 
     def on_reload(self, t: float, i: int, mine: bool = True) -> None:
-        took = self.glance(i, self.record_size())
+        # a registered node has the record in its add's answer; a refused one reads it again
+        took = 0.0 if mine else self.glance(i, self.record_size())
         if self.dry:
             return
         self._index()

@@ -1,14 +1,17 @@
 """Real network pieces for the connection-policy tests: a forward proxy that counts what it
 relays (absolute-form GETs and CONNECT tunnels), a TLS site shaped like Glance (record +
-image, optional client-certificate requirement) and a redirector on any loopback address."""
+image, optional client-certificate requirement), a redirector on any loopback address, and a
+reverse proxy that counts the requests made of a real Glance."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import select
 import socket
 import ssl
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
@@ -152,7 +155,24 @@ class ForwardProxy:
         self._thread.join(timeout=5)
 
 
-class Site:
+class _Served:
+    """A ``ThreadingHTTPServer`` (``_server``) answering from a daemon thread (``_thread``)
+    while the ``with`` block runs."""
+
+    _server: ThreadingHTTPServer
+    _thread: threading.Thread
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+class Site(_Served):
     """An HTTP(S) server on ``host`` serving fixed paths (Range-aware), e.g. a Glance-shaped
     ``/v2/images/ID`` record plus the image itself. ``requests`` lists the paths asked for."""
 
@@ -231,14 +251,59 @@ class Site:
     def port(self) -> int:
         return int(self._server.server_address[1])
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+class GlanceCounter(_Served):
+    """A reverse proxy in front of the real Glance that relays every request and records
+    ``(method, path)``: how many requests a node makes of Glance, measured on the wire."""
+
+    def __init__(self, upstream: str) -> None:
+        target = urllib.parse.urlsplit(upstream)
+        host, port = target.hostname or "127.0.0.1", target.port or 80
+        counter = self
+        self.requests: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _relay(self) -> None:
+                with counter._lock:
+                    counter.requests.append((self.command, self.path.split("?", 1)[0]))
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                skip = {"host", "connection", "content-length", "transfer-encoding"}
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+                conn = http.client.HTTPConnection(host, port, timeout=60)
+                try:
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                finally:
+                    conn.close()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in skip:
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PATCH = do_POST = do_PUT = do_DELETE = do_HEAD = _relay
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def of_image(self, image_id: str) -> list[tuple[str, str]]:
+        """The requests about one image's record (GET, PATCH, ...), in order."""
+        path = f"/v2/images/{image_id}"
+        with self._lock:
+            return [r for r in self.requests if r[1].rstrip("/") == path]
 
 
 def glance_routes(record: dict[str, Any], image: bytes) -> dict[str, bytes]:

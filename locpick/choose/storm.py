@@ -1,14 +1,15 @@
 """Boot-storm choice: which source a node reads when peers' copies are still filling.
 
 Every node of a storm registers its filling copy in Glance as its download starts, then reads
-the image record once more. Glance keeps locations in the order they were added, so every node
-sees the same registrants before it and can compute, with no central scheduler, the same tree:
-the first registrant pulls from the origin; each later one reads from an earlier one (closest
-topology first, at most ``[herd] fanout`` children each, shallowest first), which streams bytes
-as they arrive, so the origin serves about one copy. Registrants after a node are never read by
-it (they may be reading from it). ``[herd] origin_share`` lets a fraction of the later nodes
-draw on the origin as well. Only copies the fleet vouches for count (:mod:`locpick.glance.vouch`):
-others are ordinary locations, never a parent. Pure: the clock and rng are arguments.
+the image record as its add left it (the add's answer, or a GET). Glance keeps locations in the
+order they were added, so every node sees the same registrants before it and can compute, with
+no central scheduler, the same tree: the first registrant pulls from the origin; each later one
+reads from an earlier one (closest topology first, at most ``[herd] fanout`` children each,
+shallowest first), which streams bytes as they arrive, so the origin serves about one copy.
+Registrants after a node are never read by it (they may be reading from it). ``[herd]
+origin_share`` lets a fraction of the later nodes draw on the origin as well. Only copies the
+fleet vouches for count (:mod:`locpick.glance.vouch`): others are ordinary locations, never a
+parent. Pure: the clock and rng are arguments.
 """
 
 from __future__ import annotations
@@ -186,7 +187,8 @@ def prepare(
     rng: random.Random | None = None,
 ) -> tuple[Image, Plan]:
     """A download's storm step. After trying to register its filling copy (``mine``: the URL,
-    None if refused) a node reads the image record ONCE more (``reload``): Glance keeps
+    None if refused) a node reads the image record ONCE more (``reload``: the add's answer
+    when Glance gave one, else a GET): Glance keeps
     locations in the order they were added, so that shows every copy registered before this
     one (a refused add, 409/413/500, is itself a sign of a storm). Copies the ``fleet`` does
     not vouch for lose their locpick marks first (ordinary locations: never a parent, always

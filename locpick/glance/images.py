@@ -284,6 +284,23 @@ def fetch_glance_image(
     if resp.status_code != 200:
         raise LocationUnreachable(f"glance {shown}: GET image answered HTTP {resp.status_code}")
     record = _decode_json(bytes(body), f"glance {shown}")
+    return glance_image(
+        record, endpoint, image_id, max_locations=max_locations, prefer_stores=prefer_stores
+    )
+
+
+def glance_image(
+    record: Any,
+    endpoint: str,
+    image_id: str,
+    *,
+    max_locations: int = 100_000,
+    prefer_stores: tuple[str, ...] = (),
+) -> Image:
+    """An image record Glance answered (a GET, or the answer of a PATCH), parsed and
+    checked active, with the ``/file`` location added last."""
+    endpoint = endpoint.rstrip("/")
+    shown = redact_url(endpoint)
     image = parse_image(record, image_id, source=f"glance {shown}", max_locations=max_locations)
     if image.status != "active":
         raise ImageNotActive(

@@ -10,9 +10,16 @@ the PATCH arrives (and deletes the data of a store-managed location). So:
   list inside it and removes only the one entry whose URL, locpick marker (and, when given,
   metadata) match; several matches remove nothing. Without a lock only the designated
   process (``cache reap``, ``verify --prune``) removes;
-* after any write the list is read again and checked: every other entry still there, the
+* after any write the list is checked — in the PATCH's answer, which is the image record as
+  the write left it (a read only when there is none) — every other entry still there, the
   added one listed once. A difference is reported (logged, :attr:`GlanceLocations.problems`),
-  never repaired by another index write.
+  never repaired by another index write. Glance can still lose an add it answered 200 to a
+  concurrent write: a filling copy confirms its add once later
+  (:mod:`locpick.cache.fill.register`).
+
+Without a coordination backend an add trusts the record its caller read just before (``seen``)
+instead of reading it again: a registering node then makes three Glance requests — the GET
+that chose, the add, the later confirmation — and reads the add's answer for the storm.
 
 This needs ``show_multiple_locations = True`` and a role that Glance's policy lets change
 locations; operators expose it only on an internal endpoint (OSSN-0090). Refusals become
@@ -25,7 +32,7 @@ import contextlib
 import logging
 import time
 import urllib.parse
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import httpx
@@ -132,6 +139,8 @@ class GlanceLocations:
         self.designated = designated
         #: What the checks after each write found wrong (one line each; also logged).
         self.problems: list[str] = []
+        #: The image record in the last write's answer (as that write left it), if it had one.
+        self.answer: Mapping[str, Any] | None = None
         if token:
             SCRUB.add(token)
 
@@ -182,7 +191,9 @@ class GlanceLocations:
             raise PublishError(f"glance {self._shown}: {request} answered HTTP {resp.status_code}")
         return resp.json()
 
-    def _send(self, method: str, url: str, body: Any, content_type: str, what: str) -> int:
+    def _send(
+        self, method: str, url: str, body: Any, content_type: str, what: str
+    ) -> httpx.Response:
         try:
             resp = self.http.request(
                 method, url, json=body, headers=self._headers(content_type), timeout=60.0
@@ -192,7 +203,7 @@ class GlanceLocations:
                 f"glance {self._shown}: {what} failed ({type(exc).__name__})"
             ) from exc
         if resp.status_code in (200, 201, 202, 204):
-            return resp.status_code
+            return resp
         body_text = SCRUB(resp.text.strip().replace("\n", " "))[:300]
         if resp.status_code == 403:
             raise PublishError(
@@ -208,14 +219,27 @@ class GlanceLocations:
         err.status = resp.status_code
         raise err
 
-    def _patch(self, image_id: str, ops: list[dict[str, Any]], what: str) -> None:
-        self._send("PATCH", self._url(image_id), ops, PATCH_TYPE, what)
+    def _patch(
+        self, image_id: str, ops: list[dict[str, Any]], what: str
+    ) -> list[dict[str, Any]] | None:
+        """One JSON-patch; returns the locations in its answer (the image record as the write
+        left it, kept as :attr:`answer`), None when the answer shows none."""
+        resp = self._send("PATCH", self._url(image_id), ops, PATCH_TYPE, what)
+        try:
+            record = resp.json()
+        except ValueError:
+            return None
+        if not isinstance(record, Mapping) or not isinstance(record.get("locations"), list):
+            return None
+        self.answer = record
+        return self._locations(image_id, record)
 
     def _append(
         self, image_id: str, record: Mapping[str, Any], url: str, metadata: Mapping[str, Any]
-    ) -> None:
+    ) -> list[dict[str, Any]] | None:
         """One append: the service-role locations API for a queued image (the only state
-        Glance lets it change), else ``add /locations/-``."""
+        Glance lets it change), else ``add /locations/-``. Returns the locations in the
+        answer (None: not shown; read them)."""
         what = f"add location {redact_url(url)} to image {image_id}"
         if record.get("status") == "queued":
             try:
@@ -226,12 +250,12 @@ class GlanceLocations:
                     "application/json",
                     what,
                 )
-                return
+                return None
             except PublishError as exc:
                 if exc.status not in (404, 405, 409):  # not offered here: the PATCH way
                     raise
         op = {"op": "add", "path": "/locations/-", "value": {"url": url, "metadata": metadata}}
-        self._patch(image_id, [op], what)
+        return self._patch(image_id, [op], what)
 
     @contextlib.contextmanager
     def _locked(self, image_id: str) -> Iterator[None]:
@@ -255,27 +279,32 @@ class GlanceLocations:
         *,
         added: str | None = None,
         removed: dict[str, Any] | None = None,
+        answer: list[dict[str, Any]] | None = None,
     ) -> list[dict[str, Any]]:
-        """Read the list again after a write and report what differs from what was meant:
-        another entry gone (a concurrent write lost by Glance), the added URL not listed once,
-        the removed entry still there. Reported, never repaired. Returns the list read."""
-        try:
-            after = self.locations(image_id)
-        except PublishError as exc:
-            self._report(f"image {image_id}: not checked after the write: {exc}")
-            return []
-        keep = list(before)
-        if removed is not None and removed in keep:
-            keep.remove(removed)
-        rest = list(after)
+        """Check the list after a write (``answer``: the write's own answer; None: read it)
+        and report what differs from what was meant: another entry gone (a concurrent write
+        lost by Glance), the added URL not listed once, the removed entry still there.
+        Reported, never repaired. Returns the list checked. Entries are matched by URL: the
+        ``before`` of an add may be the caller's parsed record, not Glance's raw one."""
+        after = answer
+        if after is None:
+            try:
+                after = self.locations(image_id)
+            except PublishError as exc:
+                self._report(f"image {image_id}: not checked after the write: {exc}")
+                return []
+        keep = [str(loc.get("url")) for loc in before]
+        if removed is not None and str(removed.get("url")) in keep:
+            keep.remove(str(removed.get("url")))
+        rest = [str(loc.get("url")) for loc in after]
         lost = []
-        for loc in keep:
-            if loc in rest:
-                rest.remove(loc)
+        for u in keep:
+            if u in rest:
+                rest.remove(u)
             else:
-                lost.append(loc)
+                lost.append(u)
         if lost:
-            shown = ", ".join(redact_url(str(loc.get("url"))) for loc in lost[:4])
+            shown = ", ".join(redact_url(u) for u in lost[:4])
             self._report(
                 f"image {image_id}: {len(lost)} location(s) listed before this write are gone "
                 f"after it ({shown}): a concurrent change; not repaired, check the image"
@@ -300,26 +329,27 @@ class GlanceLocations:
         url: str,
         metadata: Mapping[str, Any],
         *,
-        listed: Collection[str] | None = None,
+        seen: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Append ``url`` as a location unless it is already one; True when added.
+        """Append ``url`` as a location unless it is already one; True when added (the record
+        as the add left it is then :attr:`answer`, when Glance showed it).
 
-        ``listed``: the location URLs of a record the caller fetched just now: a URL in it
-        is not added again without a GET. A locpick copy past the fleet's cap, judged on the
-        list read just before the append (inside the image's lock when there is one), is
-        :class:`CopiesCapped`."""
-        if listed is not None and url in listed:
-            return False
+        ``seen``: the image record (``status``, ``locations``) the caller read just now.
+        Without a coordination backend it stands for the read before the append (a URL in it
+        is not added again); with one, the list is read again inside the image's lock. A
+        locpick copy past the fleet's cap, judged on that list, is :class:`CopiesCapped`."""
         with self._locked(image_id):
-            record = self.record(image_id)
+            record = seen
+            if record is None or self.coordination.serialised:
+                record = self.record(image_id)
             before = self._locations(image_id, record)
             if any(loc.get("url") == url for loc in before):
                 return False
             if is_locpick_copy(metadata):
                 self._check_room(image_id, before)
-            self._append(image_id, record, url, dict(metadata))
+            answer = self._append(image_id, record, url, dict(metadata))
             log.info("glance: added location %s to image %s", redact_url(url), image_id)
-            self._check_after(image_id, before, added=url)
+            self._check_after(image_id, before, added=url, answer=answer)
         return True
 
     def _check_room(self, image_id: str, locs: list[dict[str, Any]]) -> None:
@@ -408,9 +438,9 @@ class GlanceLocations:
                 )
             index = found[0]
             op = {"op": "remove", "path": f"/locations/{index}"}
-            self._patch(image_id, [op], what)
+            answer = self._patch(image_id, [op], what)
             log.info("glance: removed location %s of image %s", redact_url(url), image_id)
-            self._check_after(image_id, locs, removed=locs[index])
+            self._check_after(image_id, locs, removed=locs[index], answer=answer)
         return 1
 
     def images(

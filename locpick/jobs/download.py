@@ -12,11 +12,13 @@ cache's side (a hit copied out, a verified copy kept) is ``locpick.jobs.cacheste
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import attrs
 
@@ -201,6 +203,18 @@ class Download:
             )
         log.warning("image %s has no hash: downloading UNVERIFIED (size check only)", image.id)
 
+    def _reload(self, image_id: str, answered: Mapping[str, Any] | None) -> Image:
+        """The storm's one refresh of the record after the add: the add's answer (the record
+        as the add left it) when Glance gave one, else a GET."""
+        if answered is not None:
+            try:
+                return self.session.image_answered(image_id, answered)
+            except LocpickError as exc:
+                log.info(
+                    "image %s: the add's answer is not a record (%s): reading it", image_id, exc
+                )
+        return self.session.image(image_id)
+
     def transfer(self, image: Image, fill: Fill | None = None) -> Result:
         """Rank the locations (in a boot storm, from this node's place among the filling
         copies), then fetch in rounds until one delivers a verified copy (``fill``: every
@@ -208,7 +222,8 @@ class Download:
         tried = fill is not None and self.publish
         reload = None
         if tried and self.metadata is None:
-            reload = lambda: self.session.image(image.id)  # noqa: E731 - the one refresh
+            assert fill is not None
+            reload = functools.partial(self._reload, image.id, fill.listing)
         image, plan = storm.prepare(
             image,
             self.config,

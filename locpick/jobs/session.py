@@ -23,7 +23,7 @@ from locpick.config.model import Config, FleetConfig
 from locpick.errors import ConfigError, ImageNotFound, InputError
 from locpick.glance.auth import OpenStackAuth, auth_from_environment
 from locpick.glance.coordination import Coordination, coordination_for
-from locpick.glance.images import fetch_glance_image, load_metadata
+from locpick.glance.images import fetch_glance_image, glance_image, load_metadata
 from locpick.glance.locations import GlanceLocations
 from locpick.glance.vouch import MIN_KEY, FleetTrust
 from locpick.models import Image
@@ -124,6 +124,18 @@ class Session:
             if self.auth is None:
                 raise
             raise ImageNotFound(f"{exc}, as {self.auth.who}") from exc
+
+    def image_answered(self, image_id: str, record: Mapping[str, Any]) -> Image:
+        """The image from a record Glance answered to a write (the PATCH's answer): the same
+        as :meth:`image` would read now, without the GET."""
+        glance_url, _ = self.glance()
+        return glance_image(
+            record,
+            glance_url,
+            image_id,
+            max_locations=self.config.security.max_locations,
+            prefer_stores=self.config.glance.prefer_stores,
+        )
 
     def glance(self) -> tuple[str, str | None]:
         """Glance endpoint and token; from Keystone (catalog, renewed token) when configured."""

@@ -27,10 +27,14 @@ from fixtures_fleet import (
     wait_for,
 )
 from fixtures_glance import GlanceWorld, fresh_image, glance_world_fixture  # noqa: F401
+from fixtures_net import GlanceCounter
 from harness.etcd import EtcdHandle
 
 from locpick._demo.origin import Origin
 from locpick.cache.store import NodeCache
+from locpick.client import Client
+from locpick.config.env import Environment
+from locpick.config.load import load_config
 from locpick.glance.coordination import coordination_for
 from locpick.glance.locations import CopiesCapped, GlanceLocations, PublishError
 from locpick.serve.renew import Renewer
@@ -292,3 +296,32 @@ def test_max_copies_per_zone(
             assert code == 0, err
         listed = [loc["url"] for loc in entries(w, image_id)]
         assert [node.url(image_id) in listed for node in made] == [True, False, True]
+
+
+def test_a_registering_node_makes_three_glance_requests(
+    glance_world: GlanceWorld, image: tuple[str, bytes, Origin], tmp_path: Path
+) -> None:
+    """Issue 24's goal of <= 3 Glance requests per node, measured on the wire: without a
+    coordination backend a node that registers its filling copy GETs the record once, adds its
+    location once (the PATCH's answer is both the check after the write and the storm
+    refresh), and confirms the add once while its download still runs."""
+    w = glance_world
+    image_id, data, origin = image
+    origin.faults.bandwidth = SIZE / 4  # a download of ~4 s: the confirmation comes in it
+    node = FleetNode(w, tmp_path, "node-a")
+    with nodes(node.start()), GlanceCounter(w.endpoint) as glance:
+        client = Client(
+            config=load_config(node.config),
+            glance_url=glance.url,
+            token=w.admin_token,
+            env=Environment(vars={}),
+        )
+        try:
+            report = client.download(image_id, tmp_path / "a.img", register=True)
+        finally:
+            client.close()
+        asked = glance.of_image(image_id)
+    assert (tmp_path / "a.img").read_bytes() == data
+    assert report.source_url == origin.url
+    assert count(w, image_id, node.url(image_id)) == 1
+    assert [m for m, _ in asked] == ["GET", "PATCH", "GET"], asked

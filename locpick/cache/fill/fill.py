@@ -17,8 +17,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import filelock
 
@@ -74,6 +74,8 @@ class Fill:
         self.writer = writer
         #: The Glance location registered for the filling copy, if any.
         self.url: str | None = None
+        #: The image record as the add of :attr:`url` left it (the add's answer), if known.
+        self.listing: Mapping[str, Any] | None = None
         self.renewal: FillRenewal | None = None
         self._client: Registrar | None = None
         self._closed = False
@@ -136,10 +138,18 @@ class Fill:
         def meta() -> dict[str, str]:
             return client.fleet.sign(self.image.id, url, filling_metadata(cfg.topology, started))
 
-        listed = [loc.url for loc in self.image.locations]
-        if not add_filling(client.glance_locations, self.image.id, url, meta(), listed=listed):
+        seen = {
+            "status": self.image.status,
+            "locations": [
+                {"url": loc.url, "metadata": dict(loc.metadata)}
+                for loc in self.image.locations
+                if loc.kind != "glance-file"  # locpick's own candidate, not a listed location
+            ],
+        }
+        added = add_filling(client.glance_locations, self.image.id, url, meta(), seen=seen)
+        if added is None:
             return
-        self.url = url
+        self.url, self.listing = url, added.record
         with contextlib.suppress(OSError):
             fd = os.open(self.meta, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w") as fh:

@@ -16,7 +16,10 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
 
 from locpick.config.model import Topology
 from locpick.errors import InputError
@@ -46,6 +49,14 @@ def filling_metadata(topology: Topology, started: float) -> dict[str, str]:
     return meta
 
 
+@attrs.frozen
+class Registered:
+    """A filling copy listed in Glance, and the image record as its add left it (the add's
+    answer; None when it did not add, the URL being listed already, or Glance showed none)."""
+
+    record: Mapping[str, Any] | None = None
+
+
 def add_filling(
     api: Api,
     image_id: str,
@@ -54,21 +65,22 @@ def add_filling(
     *,
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random = _RNG,
-    listed: Collection[str] | None = None,
-) -> bool:
-    """Add ``url`` as a location of ``image_id``; True when it is listed. A refusal is logged
-    (the cache keeps working; it registers after the download instead), never raised.
+    seen: Mapping[str, Any] | None = None,
+) -> Registered | None:
+    """Add ``url`` as a location of ``image_id``; None when it is not listed. A refusal is
+    logged (the cache keeps working; it registers after the download instead), never raised.
 
-    ``listed``: the location URLs of the image record just fetched: a URL in it is not added
-    again. The image listing ``[fleet] max_copies`` locpick copies already: not registered
-    (a leaf that reads them), False."""
+    ``seen``: the image record just fetched (``status``, ``locations``): without a
+    coordination backend the add does not read it again. The image listing ``[fleet]
+    max_copies`` locpick copies already: not registered (a leaf that reads them), None."""
     for attempt in range(ADD_TRIES):
         try:
-            api().add(image_id, url, metadata, listed=listed)
-            return True
+            gl = api()
+            added = gl.add(image_id, url, metadata, seen=seen)
+            return Registered(gl.answer if added else None)
         except CopiesCapped as exc:
             log.info("%s", exc)
-            return False
+            return None
         except PublishError as exc:
             last = exc
             if exc.status not in _RETRYABLE or attempt == ADD_TRIES - 1:
@@ -84,7 +96,7 @@ def add_filling(
         image_id,
         SCRUB(str(last)),
     )
-    return False
+    return None
 
 
 def remove_once(api: Api, image_id: str, url: str) -> None:
