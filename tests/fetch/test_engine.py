@@ -159,7 +159,9 @@ def _all_bad_world(tmp_path: Path, mib: int) -> tuple[AllLocationsFailed, list[O
         liar.faults.corrupt_at = [len(data) // 3]
         urls = [h1.url, h2.url, busy.url, hangup.url, liar.url]
         dest = tmp_path / "img"
-        cfg = TransferConfig(backoff=0.05, backoff_max=0.2)  # default 15 s header deadline
+        # an hour's header deadline: an engine that waited it out even once would be stopped
+        # by the test's hang guard (pytest-timeout) instead of failing with the reasons below
+        cfg = TransferConfig(backoff=0.05, backoff_max=0.2, first_byte_timeout=3600.0)
         with pytest.raises(AllLocationsFailed) as info:
             _fetch(dest, _image(data, urls), urls, cfg)
         assert not dest.exists() and temp_leftovers(tmp_path) == []
@@ -170,11 +172,9 @@ def _all_bad_world(tmp_path: Path, mib: int) -> tuple[AllLocationsFailed, list[O
 @pytest.mark.parametrize("mib", [4, 64])
 def test_all_bad_world_ends_without_waiting_out_header_deadlines(tmp_path: Path, mib: int) -> None:
     """Two black holes, a 503, a hang-up and a corrupt copy: the black holes are given a header
-    deadline scaled to the copies that answered (not 15 s each, not three times): the whole
-    download ends before a single default first_byte_timeout could have passed."""
-    t0 = time.monotonic()
+    deadline scaled to the copies that answered, not the configured one (an hour here): the
+    download ends, with every copy's reason."""
     exc, _ = _all_bad_world(tmp_path, mib)
-    assert time.monotonic() - t0 < TransferConfig().first_byte_timeout
     errors = " ".join(a.error or "" for a in exc.attempts)
     assert "mismatch" in errors and "no response headers" in errors
 
@@ -225,7 +225,7 @@ def test_unknown_size_copies_that_break_leave_the_pool_whole(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("n", [1, 3])
-def test_cancel_ends_within_a_second_and_keeps_the_part(tmp_path: Path, n: int) -> None:
+def test_cancel_ends_without_waiting_for_reads_and_keeps_the_part(tmp_path: Path, n: int) -> None:
     data = os.urandom(16 * MiB)
     origins = _slow_world(data, n)
     dest = tmp_path / "img"
@@ -236,14 +236,19 @@ def test_cancel_ends_within_a_second_and_keeps_the_part(tmp_path: Path, n: int) 
         threading.Timer(1.0, cancel.set).start()
         with pytest.raises(Cancelled):
             _fetch(dest, _image(data, urls), urls, cancel=cancel)
-        ended = time.monotonic()
-        assert cancel.is_set()
+        stopped = time.monotonic() - cancelled_at(cancel)
+        assert dest.read_bytes() == b"old"
+        assert _part(dest).exists()
+        # the reference, measured here: the rest of the image from the same copies (resumed)
+        t0 = time.monotonic()
+        _fetch(dest, _image(data, urls), urls)
+        rest = time.monotonic() - t0
     finally:
         for o in origins:
             o.stop()
-    assert ended - cancelled_at(cancel) < 1.0
-    assert dest.read_bytes() == b"old"
-    assert _part(dest).exists()
+    assert dest.read_bytes() == data
+    # cancelled without waiting for the reads in flight: a small part of what was left
+    assert stopped < rest / 4, (stopped, rest)
 
 
 _SET_AT: dict[int, float] = {}
@@ -276,11 +281,18 @@ def test_total_timeout_ends_the_download_and_keeps_the_part(tmp_path: Path, n: i
         with pytest.raises(AllLocationsFailed, match="total_timeout"):
             _fetch(dest, _image(data, urls), urls, cfg)
         took = time.monotonic() - t0
+        assert not dest.exists() and _part(dest).exists()
+        # the reference, measured here: the rest of the image from the same copies (resumed)
+        t0 = time.monotonic()
+        _fetch(dest, _image(data, urls), urls)
+        rest = time.monotonic() - t0
     finally:
         for o in origins:
             o.stop()
-    assert took < cfg.total_timeout + 1.0
-    assert not dest.exists() and _part(dest).exists()
+    assert dest.read_bytes() == data
+    assert took >= cfg.total_timeout  # not before the deadline
+    # ... and not long after it: a small part of what was left
+    assert took - cfg.total_timeout < rest / 4, (took, rest)
 
 
 @pytest.mark.parametrize("n", [1, 3])
