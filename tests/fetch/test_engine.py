@@ -15,6 +15,7 @@ import attrs
 import pytest
 
 from locpick._demo.blackhole import BlackHole
+from locpick._demo.faults import Faults
 from locpick._demo.origin import Origin
 from locpick.config.model import Config, TransferConfig
 from locpick.errors import AllLocationsFailed, Cancelled
@@ -121,25 +122,49 @@ def attrs_evolve(image: Image, urls: Sequence[str]) -> Image:
     return attrs.evolve(image, locations=tuple(Location(u) for u in urls))
 
 
-def test_one_corrupt_piece_costs_at_most_two_pieces(tmp_path: Path) -> None:
-    """A copy ranked first (so it reads piece 0) that corrupts one byte of piece 0 and is
-    slower than the other: its pieces are compared first, and the repair re-fetches ≤ 2."""
+class _CorruptsItsFirstPiece(Origin):
+    """A copy whose first answer is one piece with one wrong byte, wherever the swarm put it
+    (which copy claims piece 0 is a race between reader threads): that answer is cut after a
+    piece, with byte 100 of every piece flipped; its later answers are right."""
+
     piece = 1 * MiB
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self._first = True
+        self._first_lock = threading.Lock()
+        self._size = len(data)
+
+    def snapshot(self) -> Faults:
+        f = super().snapshot()
+        with self._first_lock:
+            first, self._first = self._first, False
+        if first:
+            f.corrupt_at = tuple(range(100, self._size, self.piece))
+            f.cut_after_bytes = self.piece
+        return f
+
+
+def test_one_corrupt_piece_costs_at_most_two_pieces(tmp_path: Path) -> None:
+    """A slower copy that sent one wrong piece: its pieces (the fewest) are compared first, and
+    the repair re-fetches at most two pieces; the wrong one is the one rewritten."""
+    piece = _CorruptsItsFirstPiece.piece
     data = os.urandom(16 * MiB)
     cfg = TransferConfig(backoff=0.05, piece_size=piece, stall_timeout=1.0)
-    with Origin(data) as good, Origin(data) as slow:
+    with Origin(data) as good, _CorruptsItsFirstPiece(data) as slow:
         slow.faults.uplink = 3e6
-        slow.faults.corrupt_at = [100]
         good.faults.uplink = 20e6
         urls = [slow.url, good.url]
         dest = tmp_path / "img"
         result = _fetch(dest, _image(data, urls), urls, cfg)
         assert dest.read_bytes() == data
+        first = slow.requests[0].range or "bytes=0-"
+        bad = int(first.removeprefix("bytes=").split("-")[0]) // piece
         notes = [a.note or "" for a in result.attempts if "repaired" in (a.note or "")]
         assert len(notes) == 1, result.attempts
         refetched = int(notes[0].rsplit("; ", 1)[1].split(" ")[0])
         assert refetched <= 2
-        assert "[0]" in notes[0]
+        assert f"[{bad}]" in notes[0], (bad, notes)
         extra = slow.bytes_sent + good.bytes_sent - len(data)
         assert extra <= (refetched + 2) * piece  # + in-flight pieces never finished
 
