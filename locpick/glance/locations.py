@@ -280,12 +280,14 @@ class GlanceLocations:
         added: str | None = None,
         removed: dict[str, Any] | None = None,
         answer: list[dict[str, Any]] | None = None,
+        exact: bool = True,
     ) -> list[dict[str, Any]]:
         """Check the list after a write (``answer``: the write's own answer; None: read it)
-        and report what differs from what was meant: another entry gone (a concurrent write
-        lost by Glance), the added URL not listed once, the removed entry still there.
-        Reported, never repaired. Returns the list checked. Entries are matched by URL: the
-        ``before`` of an add may be the caller's parsed record, not Glance's raw one."""
+        and report what differs from what was meant: another entry gone or changed (a
+        concurrent write lost by Glance), the added URL not listed once, the removed entry
+        still there. Reported, never repaired. Returns the list checked. Entries are compared
+        whole; by URL only when ``exact`` is False (``before`` is the caller's parsed record,
+        not Glance's raw one)."""
         after = answer
         if after is None:
             try:
@@ -293,18 +295,25 @@ class GlanceLocations:
             except PublishError as exc:
                 self._report(f"image {image_id}: not checked after the write: {exc}")
                 return []
-        keep = [str(loc.get("url")) for loc in before]
-        if removed is not None and str(removed.get("url")) in keep:
-            keep.remove(str(removed.get("url")))
-        rest = [str(loc.get("url")) for loc in after]
+
+        def same(loc: Mapping[str, Any]) -> Any:
+            return loc if exact else loc.get("url")
+
+        keep = list(before)
+        meant = (
+            None if removed is None else next((x for x in keep if same(x) == same(removed)), None)
+        )
+        if meant is not None:
+            keep.remove(meant)
+        rest = [same(loc) for loc in after]
         lost = []
-        for u in keep:
-            if u in rest:
-                rest.remove(u)
+        for loc in keep:
+            if same(loc) in rest:
+                rest.remove(same(loc))
             else:
-                lost.append(u)
+                lost.append(loc)
         if lost:
-            shown = ", ".join(redact_url(u) for u in lost[:4])
+            shown = ", ".join(redact_url(str(loc.get("url"))) for loc in lost[:4])
             self._report(
                 f"image {image_id}: {len(lost)} location(s) listed before this write are gone "
                 f"after it ({shown}): a concurrent change; not repaired, check the image"
@@ -349,7 +358,8 @@ class GlanceLocations:
                 self._check_room(image_id, before)
             answer = self._append(image_id, record, url, dict(metadata))
             log.info("glance: added location %s to image %s", redact_url(url), image_id)
-            self._check_after(image_id, before, added=url, answer=answer)
+            exact = record is not seen  # Glance's own list, not the caller's parsed one
+            self._check_after(image_id, before, added=url, answer=answer, exact=exact)
         return True
 
     def _check_room(self, image_id: str, locs: list[dict[str, Any]]) -> None:
