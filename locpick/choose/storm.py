@@ -6,10 +6,12 @@ order they were added, so every node sees the same registrants before it and can
 no central scheduler, the same tree: the first registrant pulls from the origin; each later one
 reads from an earlier one (closest topology first, at most ``[herd] fanout`` children each,
 shallowest first), which streams bytes as they arrive, so the origin serves about one copy.
-Registrants after a node are never read by it (they may be reading from it). ``[herd]
-origin_share`` lets a fraction of the later nodes draw on the origin as well. Only copies the
-fleet vouches for count (:mod:`locpick.glance.vouch`): others are ordinary locations, never a
-parent. Pure: the clock and rng are arguments.
+Without a lock a node that finds itself first looks once more a moment later: Glance may have
+lost its add, or answered a concurrent one that it kept instead. Registrants after a node are
+never read by it (they may be reading from it). ``[herd] origin_share`` lets a fraction of the
+later nodes draw on the origin as well. Only copies the fleet vouches for count
+(:mod:`locpick.glance.vouch`): others are ordinary locations, never a parent. Pure: the clock
+and rng are arguments.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "parents",
     "plan",
     "prepare",
+    "settle_delay",
     "start_delay",
     "takes_origin",
     "transfer_for",
@@ -49,6 +52,8 @@ log = logging.getLogger(__name__)
 #: the tree's cost stays O(n x this).
 MAX_TREE = 256
 _LEVELS = ("host", "rack", "zone", "region")
+#: Bounds of :func:`settle_delay` (seconds).
+SETTLE_MIN, SETTLE_MAX = 0.1, 2.0
 
 
 def _place(metadata: Mapping[str, Any]) -> Topology:
@@ -177,6 +182,13 @@ def plan(
     )
 
 
+def settle_delay(add_seconds: float) -> float:
+    """Seconds a node that finds itself first waits after its add before reading the record
+    again: twice the add's round trip (a concurrent add that Glance was handling meanwhile
+    takes about as long), at least 0.1 s and at most 2 s."""
+    return min(SETTLE_MAX, max(SETTLE_MIN, 2.0 * add_seconds))
+
+
 def prepare(
     image: Image,
     config: Config,
@@ -184,6 +196,7 @@ def prepare(
     mine: str | None,
     fleet: FleetTrust,
     reload: Callable[[], Image] | None = None,
+    recheck: Callable[[], Image] | None = None,
     rng: random.Random | None = None,
 ) -> tuple[Image, Plan]:
     """A download's storm step. After trying to register its filling copy (``mine``: the URL,
@@ -193,9 +206,26 @@ def prepare(
     one (a refused add, 409/413/500, is itself a sign of a storm). Copies the ``fleet`` does
     not vouch for lose their locpick marks first (ordinary locations: never a parent, always
     probed). The copies it must not read (its own, later ones) are dropped from the image it
-    ranks."""
+    ranks.
+
+    ``recheck`` (adds not serialised by a lock): the record read again a moment later (see
+    :func:`settle_delay`), used when this node finds itself first. Each Glance PATCH rewrites
+    the whole list, so of two concurrent adds each answer may show its own copy first and one
+    of them is then lost; without this second look both nodes would read the origin."""
     if reload is not None:
         image = reload()
+    rng = rng if rng is not None else random.Random()  # noqa: S311 - load spreading
+    image, p = _prepared(image, config, mine, fleet, rng)
+    if recheck is not None and p.active and p.position == 0:
+        image, p = _prepared(recheck(), config, mine, fleet, rng)
+    if p.active:
+        log.info("image %s: %s", image.id, p.why)
+    return image, p
+
+
+def _prepared(
+    image: Image, config: Config, mine: str | None, fleet: FleetTrust, rng: random.Random
+) -> tuple[Image, Plan]:
     image, demoted = demote(image, fleet)
     if demoted:
         log.info(
@@ -204,7 +234,6 @@ def prepare(
             image.id,
             len(demoted),
         )
-    rng = rng if rng is not None else random.Random()  # noqa: S311 - load spreading
     p = plan(image, config.herd, config.topology, mine=mine, rng=rng)
     if not p.active:
         return image, p
@@ -212,7 +241,6 @@ def prepare(
     # from a location that claims to be a peer without proof (it may lie, fast or slowly)
     barred = demoted if p.position is not None else ()
     p = attrs.evolve(p, excluded=(*p.excluded, *barred), suspect=demoted)
-    log.info("image %s: %s", image.id, p.why)
     gone = set(p.excluded)
     kept = tuple(loc for loc in image.locations if loc.url not in gone)
     return attrs.evolve(image, locations=kept), p

@@ -19,7 +19,8 @@ the PATCH arrives (and deletes the data of a store-managed location). So:
 
 Without a coordination backend an add trusts the record its caller read just before (``seen``)
 instead of reading it again: a registering node then makes three Glance requests — the GET
-that chose, the add, the later confirmation — and reads the add's answer for the storm.
+that chose, the add, the later confirmation (for the first filling copy, an earlier second
+look: :func:`locpick.choose.storm.prepare`) — and reads the add's answer for the storm.
 
 This needs ``show_multiple_locations = True`` and a role that Glance's policy lets change
 locations; operators expose it only on an internal endpoint (OSSN-0090). Refusals become

@@ -215,21 +215,42 @@ class Download:
                 )
         return self.session.image(image_id)
 
+    def _recheck(self, image_id: str, fill: Fill) -> Image:
+        """A node first among the filling copies, adds not serialised: the record read again
+        once concurrent adds have settled (:func:`storm.settle_delay`). Its copy listed there
+        confirms the add (the later confirmation is not needed); missing, the confirmation
+        adds it again."""
+        delay = storm.settle_delay(fill.add_seconds)
+        if self.cancel is not None:
+            self.cancel.wait(delay)
+        else:
+            time.sleep(delay)
+        self.check()
+        image = self.session.image(image_id)
+        if any(loc.url == fill.url for loc in image.locations):
+            fill.confirmed()
+        else:
+            log.info("image %s: this node's filling copy is not listed any more", image_id)
+        return image
+
     def transfer(self, image: Image, fill: Fill | None = None) -> Result:
         """Rank the locations (in a boot storm, from this node's place among the filling
         copies), then fetch in rounds until one delivers a verified copy (``fill``: every
         write mirrored into the node cache's filling copy, registered as ``fill.url``)."""
         tried = fill is not None and self.publish
-        reload = None
+        reload = recheck = None
         if tried and self.metadata is None:
             assert fill is not None
             reload = functools.partial(self._reload, image.id, fill.listing)
+            if fill.url is not None and not self.session.coordination.serialised:
+                recheck = functools.partial(self._recheck, image.id, fill)
         image, plan = storm.prepare(
             image,
             self.config,
             mine=fill.url if fill is not None else None,
             fleet=self.session.fleet,
             reload=reload,
+            recheck=recheck,
         )
         # a storm node probes its parent and fallback peers before trusting them (a silent one
         # costs the probe deadline, not a first-byte timeout); the origin is left alone

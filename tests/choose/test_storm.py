@@ -4,6 +4,7 @@ are probed, scored and explained. Pure units, then a real HTTP server and the re
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
@@ -25,6 +26,8 @@ from locpick.choose.storm import (
     arrange,
     parents,
     plan,
+    prepare,
+    settle_delay,
     start_delay,
     takes_origin,
     transfer_for,
@@ -32,6 +35,7 @@ from locpick.choose.storm import (
 )
 from locpick.config.model import Config, HerdConfig, Topology, TransferConfig
 from locpick.glance.lease import FILL, FILL_STARTED, MARKER
+from locpick.glance.vouch import FleetTrust
 from locpick.models import FillHeader, Image, Location, Probe, parse_fill_header
 from tests.helpers import image_record, run_cli, write_record
 
@@ -146,6 +150,55 @@ def test_first_registrant_takes_the_origin() -> None:
     p = plan(image, HerdConfig(), Topology(), mine=_peer(0))
     assert p.active and p.position == 0 and p.parent is None and p.origin
     assert set(p.excluded) == {_peer(i) for i in range(5)}
+
+
+def _listing(*nodes: int) -> Image:
+    """The record with the filling copies of ``nodes``, in that order."""
+    peers = tuple(Location(_peer(i), _fill_meta(1000.0 + i)) for i in nodes)
+    return Image(id="img", size=128 * MiB, locations=(Location(ORIGIN), *peers))
+
+
+def test_two_nodes_whose_adds_each_answered_first_end_with_one_origin_reader() -> None:
+    """Two concurrent adds, Glance's lost update: each PATCH answer shows its own copy first,
+    and Glance kept node 1's. Each node that finds itself first looks again (a GET after the
+    adds settled): node 0 is not listed any more and reads node 1; node 1 stays the root.
+    Without the second look both read the origin (red when ``recheck`` is ignored)."""
+    fleet = FleetTrust(peers=("http://node0.example", "http://node1.example"))
+    config = Config()
+    looks: list[int] = []
+
+    def look(node: int) -> Image:
+        looks.append(node)
+        return _listing(1)  # what Glance kept
+
+    plans = {}
+    for node in (0, 1):
+        answered = _listing(node)  # the add's answer: this node's copy the only one
+        recheck = functools.partial(look, node)
+        _, plans[node] = prepare(answered, config, mine=_peer(node), fleet=fleet, recheck=recheck)
+    assert sorted(looks) == [0, 1]
+    assert plans[1].position == 0 and plans[1].origin and plans[1].parent is None
+    assert plans[0].position is None and plans[0].parent == _peer(1)
+    assert sum(p.parent is None for p in plans.values()) == 1
+
+
+def test_only_a_node_that_finds_itself_first_looks_again() -> None:
+    fleet = FleetTrust(peers=("http://node0.example", "http://node1.example"))
+    looked: list[bool] = []
+
+    def look() -> Image:
+        looked.append(True)
+        return _listing(0, 1)
+
+    _, p = prepare(_listing(0, 1), Config(), mine=_peer(1), fleet=fleet, recheck=look)
+    assert p.parent == _peer(0) and looked == []
+    _, p = prepare(_listing(0, 1), Config(), mine=_peer(0), fleet=fleet, recheck=look)
+    assert p.position == 0 and looked == [True]
+
+
+@pytest.mark.parametrize(("add", "wait"), [(0.0, 0.1), (0.02, 0.1), (0.3, 0.6), (5.0, 2.0)])
+def test_settle_delay_is_twice_the_add_bounded(add: float, wait: float) -> None:
+    assert settle_delay(add) == pytest.approx(wait)
 
 
 def test_later_registrant_reads_an_earlier_one_not_the_origin() -> None:

@@ -76,6 +76,8 @@ class Fill:
         self.url: str | None = None
         #: The image record as the add of :attr:`url` left it (the add's answer), if known.
         self.listing: Mapping[str, Any] | None = None
+        #: Seconds the add took (its round trip, with any retries).
+        self.add_seconds = 0.0
         self.renewal: FillRenewal | None = None
         self._client: Registrar | None = None
         self._closed = False
@@ -146,15 +148,22 @@ class Fill:
                 if loc.kind != "glance-file"  # locpick's own candidate, not a listed location
             ],
         }
+        began = time.monotonic()
         added = add_filling(client.glance_locations, self.image.id, url, meta(), seen=seen)
         if added is None:
             return
         self.url, self.listing = url, added.record
+        self.add_seconds = time.monotonic() - began
         with contextlib.suppress(OSError):
             fd = os.open(self.meta, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w") as fh:
                 json.dump({"registered_url": url, "started": started}, fh)
         self.renewal = FillRenewal(client.glance_locations, self.image.id, url, meta, lease)
+
+    def confirmed(self) -> None:
+        """The add was seen listed in a record read after it settled: no later confirmation
+        (the one Glance request it would cost)."""
+        self._stop_renewal()
 
     def finish(self) -> list[CacheEntry] | None:
         """The download was verified: make the filled file the entry; returns the entries

@@ -7,7 +7,8 @@ the same add is retried with jittered backoff, a bounded number of times; it is 
 (``GlanceLocations.add`` looks first, so an add that did land is not made twice). Glance also
 loses some concurrent adds that it answered 200 (each PATCH rewrites the whole list; measured
 with 4 nodes): the add is confirmed once about 2 s later (jittered, 1-3 s) and appended again
-if lost (logged). The entry is never rewritten to renew a lease.
+if lost (logged); the first filling copy's second look, before it plans, stands for that
+confirmation (``Fill.confirmed``). The entry is never rewritten to renew a lease.
 """
 
 from __future__ import annotations
