@@ -340,16 +340,15 @@ def test_raising_progress_callback_aborts_cleanly(tmp_path: Path, n: int) -> Non
 
     try:
         urls = [o.url for o in origins]
-        t0 = time.monotonic()
         with pytest.raises(Stop):
             _fetch(dest, _image(data, urls), urls, progress=progress)
-        took = time.monotonic() - t0
+        sent = sum(o.bytes_sent for o in origins)
     finally:
         for o in origins:
             o.stop()
     assert threads == {threading.get_ident()}
     assert seen == sorted(seen)
-    assert took < 16 * MiB / (2e6 * n)  # long before the transfer could have finished
+    assert sent < len(data)  # stopped long before the transfer could have finished
     assert not dest.exists()
 
 

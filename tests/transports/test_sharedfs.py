@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import threading
-import time
 from pathlib import Path
 
 import attrs
@@ -352,17 +351,19 @@ def test_hung_mount_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     release = threading.Event()
     calls: list[int] = []
 
+    returned = threading.Event()
+
     def stuck(*args: object, **kwargs: object) -> sharedfs.FsReport:
         calls.append(1)
         release.wait(30)
+        returned.set()
         raise AssertionError("released")
 
     monkeypatch.setattr(sharedfs, "inspect", stuck)
     fs = Filesystem(id="nfs", mountpoint=str(tmp_path / "hung"), timeout=0.3)
-    t0 = time.monotonic()
     rep = sharedfs.check(fs, str(tmp_path / "hung" / "x"), 1, timeout=fs.timeout)
     assert rep.reason is not None and rep.reason.startswith("mount-unresponsive")
-    assert time.monotonic() - t0 < 5
+    assert not returned.is_set()  # answered while the inspection was still stuck
     rep2 = sharedfs.check(fs, str(tmp_path / "hung" / "x"), 1, timeout=fs.timeout)
     assert rep2.reason is not None and rep2.reason.startswith("mount-unresponsive")
     assert len(calls) == 1
@@ -439,19 +440,19 @@ def test_engine_shrunk_source_raises(tmp_path: Path) -> None:
 
 def test_hung_open_after_check_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The mount dies between check and copy: the open is bounded too, and names the reason."""
-    release = threading.Event()
+    release, returned = threading.Event(), threading.Event()
 
     def stuck(real: str, dev: int) -> int:
         release.wait(30)
+        returned.set()
         raise AssertionError("released")
 
     monkeypatch.setattr(sharedfs, "open_confined", stuck)
     fs = Filesystem(id="nfs", mountpoint=str(tmp_path), timeout=0.3, require_mount=False)
     report = sharedfs.FsReport(fs, str(tmp_path / "x"), None)
-    t0 = time.monotonic()
     with pytest.raises(locpick.LocpickError, match="mount-unresponsive"):
         sharedfs.open_checked(report, fs.timeout)
-    assert time.monotonic() - t0 < 5
+    assert not returned.is_set()  # refused while the open was still stuck
     release.set()
 
 
@@ -462,11 +463,12 @@ def test_copy_stall_abandoned_falls_back(
     temp file discarded, and HTTP delivers from byte 0; nothing is left beside dest."""
     mnt, _src = tmpfs
     place(mnt)
-    release = threading.Event()
+    release, returned = threading.Event(), threading.Event()
 
     def stalling(src: int, dst: int, pos: int, end: int, step, label: str) -> None:
         step(os.pwrite(dst, os.pread(src, 1 << 20, pos), pos))
         release.wait(30)  # a dead NFS server: the syscall never returns
+        returned.set()
         raise OSError(5, "Input/output error")
 
     for engine in ("copy_file_range", "sendfile"):
@@ -479,13 +481,12 @@ def test_copy_stall_abandoned_falls_back(
         with Origin(DATA) as origin:
             url = origin.url
             rec = image_record("img", DATA, [f"file://{mnt}/images/img.raw", url])
-            t0 = time.monotonic()
             result = locpick.download("img", tmp_path / "out", metadata=rec, config=config)
-            elapsed = time.monotonic() - t0
+            stalled = not returned.is_set()  # delivered while the copy was still stuck
             sent = origin.bytes_sent
     finally:
         release.set()
-    assert elapsed < 10
+    assert stalled
     assert result.source_url == url
     assert [a.outcome for a in result.attempts] == ["failed", "ok"]
     assert "stalled" in (result.attempts[0].error or "")

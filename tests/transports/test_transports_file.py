@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import time
 from pathlib import Path
 
 import pytest
@@ -104,10 +103,8 @@ def test_fifo_refused_without_blocking(share: Path, tmp_path: Path) -> None:
     reason = transport.check(Location(url=url), _image(url, size=0))
     assert reason is not None and reason.startswith("not-regular-file") and "FIFO" in reason
     # The race check() cannot see: the path became a FIFO after the check.
-    t0 = time.monotonic()
-    with pytest.raises(UnsupportedLocation, match="not-regular-file"):
+    with pytest.raises(UnsupportedLocation, match="not-regular-file"):  # blocks forever if wrong
         sharedfs.open_confined(str(fifo), os.stat(share).st_dev)
-    assert time.monotonic() - t0 < 5
     record = image_record("img", DATA, [url])
     with pytest.raises(AllLocationsFailed, match="not-regular-file"):
         locpick.download("img", tmp_path / "o.raw", metadata=record, config=_config(share))
