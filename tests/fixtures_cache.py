@@ -105,3 +105,19 @@ class ServeProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def serve_on_its_port(
+    start: Callable[[], ServeProcess], move: Callable[[], None], tries: int = 4
+) -> ServeProcess:
+    """``start()`` a serve on the port its node was given; when another server of the run took
+    that port between the free-port check and the bind, ``move()`` the node to another and
+    start again (a node's public URL must be known before it serves, so port 0 will not do)."""
+    for attempt in range(tries):
+        try:
+            return start()
+        except RuntimeError as exc:
+            if "address already in use" not in str(exc) or attempt == tries - 1:
+                raise
+            move()
+    raise AssertionError("not reached")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import glance_harness as gh
-from fixtures_cache import ServeProcess
+from fixtures_cache import ServeProcess, serve_on_its_port
 from fixtures_glance import GlanceWorld
 from helpers import run_cli
 
@@ -45,27 +45,36 @@ class FleetNode:
         self.name = name
         self.cache_dir = base / name / "cache"
         self.cache_dir.mkdir(parents=True)
-        self.public_url = f"http://127.0.0.1:{gh.find_free_port()}"
         self.config = base / name / "config.toml"
         fleet_table = f'coordination = "{coordination}"\n' if coordination else ""
-        self.config.write_text(
+        self._settings = (
             f'history_file = ""\n'
             f'[topology]\nregion = "R"\nzone = "{zone}"\nrack = "{rack}"\nhost = "{name}"\n'
-            f'[cache]\ndir = "{self.cache_dir}"\npublic_url = "{self.public_url}"\n'
+            f'[cache]\ndir = "{self.cache_dir}"\npublic_url = "{{public_url}}"\n'
             f"lease = {lease}\n[policy]\nforbid_glance_file = true\n"
             + (f"[fleet]\n{fleet_table}{fleet}" if fleet_table or fleet else "")
         )
+        self.move()
         self.cache = NodeCache(self.cache_dir)
         self.serve: ServeProcess | None = None
 
+    def move(self) -> None:
+        """A free port for this node's serve, and its config to match."""
+        self.public_url = f"http://127.0.0.1:{gh.find_free_port()}"
+        self.config.write_text(self._settings.replace("{public_url}", self.public_url))
+
     def start(self, *, renew: bool = True) -> FleetNode:
         env = {"LOCPICK_CONFIG": str(self.config), **self.w.token_env()}
-        self.serve = ServeProcess(
-            self.cache_dir,
-            bind=self.public_url.removeprefix("http://"),
-            env=env,
-            args=() if renew else ("--no-renew",),
-        )
+
+        def start() -> ServeProcess:
+            return ServeProcess(
+                self.cache_dir,
+                bind=self.public_url.removeprefix("http://"),
+                env=env,
+                args=() if renew else ("--no-renew",),
+            )
+
+        self.serve = serve_on_its_port(start, self.move)
         return self
 
     def client(self) -> Client:

@@ -11,7 +11,7 @@ from typing import Any
 import glance_harness as gh
 import httpx
 import pytest
-from fixtures_cache import ServeProcess
+from fixtures_cache import ServeProcess, serve_on_its_port
 from fixtures_glance import GlanceWorld, fresh_image, glance_world_fixture  # noqa: F401
 from helpers import run_cli
 from prometheus_client.parser import text_string_to_metric_families
@@ -42,25 +42,34 @@ class LeasedNode:
         self.w = w
         self.cache_dir = base / name / "cache"
         self.cache_dir.mkdir(parents=True)
-        self.public_url = f"http://127.0.0.1:{gh.find_free_port()}"
         self.config = base / name / "config.toml"
-        self.config.write_text(
+        self._settings = (
             f'[topology]\nregion = "R"\nzone = "z-{name}"\nhost = "{name}"\n'
-            f'[cache]\ndir = "{self.cache_dir}"\npublic_url = "{self.public_url}"\n'
+            f'[cache]\ndir = "{self.cache_dir}"\npublic_url = "{{public_url}}"\n'
             f"lease = {lease}\n[policy]\nforbid_glance_file = true\n{extra}"
         )
+        self.move()
         self.cache = NodeCache(self.cache_dir)
         self.renew = renew
         self.serve: ServeProcess | None = None
 
+    def move(self) -> None:
+        """A free port for this node's serve, and its config to match."""
+        self.public_url = f"http://127.0.0.1:{gh.find_free_port()}"
+        self.config.write_text(self._settings.replace("{public_url}", self.public_url))
+
     def start(self) -> None:
         env = {"LOCPICK_CONFIG": str(self.config), **self.w.token_env()}
-        self.serve = ServeProcess(
-            self.cache_dir,
-            bind=self.public_url.removeprefix("http://"),
-            env=env,
-            args=() if self.renew else ("--no-renew",),
-        )
+
+        def start() -> ServeProcess:
+            return ServeProcess(
+                self.cache_dir,
+                bind=self.public_url.removeprefix("http://"),
+                env=env,
+                args=() if self.renew else ("--no-renew",),
+            )
+
+        self.serve = serve_on_its_port(start, self.move)
 
     def url(self, image_id: str) -> str:
         """The capability URL this node registers for ``image_id``."""

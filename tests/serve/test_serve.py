@@ -14,8 +14,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import glance_harness as gh
 import pytest
-from fixtures_cache import ServeProcess
+from fixtures_cache import ServeProcess, serve_on_its_port
 from helpers import image_record, run_cli
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -489,3 +490,23 @@ def test_idle_keepalive_connection_is_closed(tmp_path: Path) -> None:
         assert idle.getresponse().read() == b"ok\n"
         assert idle.sock is not None and idle.sock.recv(1) == b""
         idle.close()
+
+
+def test_a_node_whose_port_was_taken_serves_on_another(tmp_path: Path) -> None:
+    """The fleet fixtures give each node a free port before it serves; another server of the
+    run may bind it first (it failed a CI run): the node moves to another port and starts."""
+    with socket.socket() as taker:
+        taker.bind(("127.0.0.1", 0))
+        taker.listen()
+        ports = [taker.getsockname()[1]]
+        cache = tmp_path / "cache"
+        cache.mkdir()
+
+        def start() -> ServeProcess:
+            return ServeProcess(cache, bind=f"127.0.0.1:{ports[-1]}")
+
+        serve = serve_on_its_port(start, lambda: ports.append(gh.find_free_port()))
+        try:
+            assert len(ports) == 2 and serve.port == ports[1]
+        finally:
+            serve.stop()
